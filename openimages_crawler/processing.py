@@ -1,0 +1,110 @@
+"""The CPU stage for one downloaded image: verify, decode, resize, store.
+
+Runs in a worker thread (Pillow and hashlib release the GIL), never on the
+event loop. No Scrapy import: the function takes bytes and paths and returns
+an outcome.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from .imaging import ImageRejected, ResizeSpec, decode, resized_bytes
+from .storage import AtomicWriter
+
+
+@dataclass(frozen=True, slots=True)
+class Expected:
+    """What the metadata promises about the bytes; ``None`` means not checked."""
+
+    size: int | None = None
+    md5: bytes | None = None  # the 16-byte binary digest
+
+
+@dataclass(frozen=True, slots=True)
+class OutputPlan:
+    """Which files to write for one image; ``None`` means not wanted."""
+
+    original: Path | None = None
+    resized: Path | None = None
+    spec: ResizeSpec | None = None
+
+
+@dataclass(slots=True)
+class Outcome:
+    """Result of processing: ``reason`` is ``None`` on success."""
+
+    reason: str | None = None
+    details: str = ""
+    width: int = 0
+    height: int = 0
+    bytes_written: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.reason is None
+
+
+def b64_md5(digest: bytes) -> str:
+    return base64.b64encode(digest).decode("ascii")
+
+
+def verify_bytes(body: bytes, expected: Expected) -> Outcome | None:
+    """Size then MD5; returns a failure outcome or ``None`` when both match."""
+    if expected.size is not None and len(body) != expected.size:
+        return Outcome(
+            "size_mismatch", f"expected {expected.size} bytes, got {len(body)} bytes"
+        )
+    if expected.md5 is not None:
+        actual = hashlib.md5(body).digest()
+        if actual != expected.md5:
+            return Outcome(
+                "md5_mismatch",
+                f"expected MD5 {b64_md5(expected.md5)}, got {b64_md5(actual)}",
+            )
+    return None
+
+
+def process_image(
+    body: bytes,
+    expected: Expected,
+    plan: OutputPlan,
+    writer: AtomicWriter,
+    max_pixels: int,
+) -> Outcome:
+    """Verify ``body`` against ``expected``, decode it fully, write ``plan``.
+
+    The original is written before the resized file, so an interrupted image
+    can later be resized from its stored original without a download.
+    """
+    failure = verify_bytes(body, expected)
+    if failure is not None:
+        return failure
+    try:
+        image = decode(body, max_pixels)
+    except ImageRejected as exc:
+        return Outcome(exc.reason, exc.details)
+    outcome = Outcome(width=image.width, height=image.height)
+    try:
+        resized = (
+            resized_bytes(image, plan.spec)
+            if plan.resized is not None and plan.spec is not None
+            else None
+        )
+    except (OSError, ValueError) as exc:
+        return Outcome("corrupt", f"{image.format} could not be converted: {exc}")
+    finally:
+        image.close()
+    try:
+        if plan.original is not None:
+            writer.write(plan.original, body)
+            outcome.bytes_written += len(body)
+        if resized is not None and plan.resized is not None:
+            writer.write(plan.resized, resized)
+            outcome.bytes_written += len(resized)
+    except OSError as exc:
+        return Outcome("io_error", f"cannot write to the store: {exc}")
+    return outcome

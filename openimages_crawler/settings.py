@@ -1,0 +1,134 @@
+"""Settings for openimages-crawler. Every one is listed in README's settings table.
+
+Defaults suit image hosts (many hosts, large bodies, random 5xx), not the
+polite one-request-per-second template of ``scrapy startproject``.
+"""
+
+# Project name Scrapy reports.
+BOT_NAME = "openimages_crawler"
+# Where the openimages spider lives.
+SPIDER_MODULES = ["openimages_crawler.spiders"]
+# Adds `scrapy demo` (and later commands) to the scrapy command line.
+COMMANDS_MODULE = "openimages_crawler.commands"
+
+# --- Store layout and outputs -------------------------------------------------
+# Root folder of the dataset: {IMAGES_STORE}/{Subset}/...
+IMAGES_STORE = "openimages"
+# Keep the byte-exact originals under {Subset}/{OPENIMAGES_ORIGINALS_DIR}/.
+OPENIMAGES_SAVE_ORIGINALS = False
+# Write a resized copy under {Subset}/{OPENIMAGES_RESIZED_DIR}/.
+OPENIMAGES_RESIZE = True
+# Folder name of the originals inside a subset.
+OPENIMAGES_ORIGINALS_DIR = "images-original"
+# Folder name of the resized images inside a subset.
+OPENIMAGES_RESIZED_DIR = "images-resized"
+# Characters of the ImageID used as a prefix folder (0 = no prefix folder).
+OPENIMAGES_SUBDIR_CHARS = 3
+# ShrinkToFit (fit in the box, never enlarge), FillCrop (cover, centre crop) or FillDistort.
+OPENIMAGES_RESIZE_MODE = "ShrinkToFit"
+# Box size in pixels for the resize modes.
+OPENIMAGES_RESIZE_SIZE = 224
+# Resampling filter: lanczos, nearest, bilinear, bicubic, box or hamming.
+OPENIMAGES_RESAMPLE = "lanczos"
+# Format of the resized images: jpg, png or webp.
+OPENIMAGES_RESIZE_FORMAT = "jpg"
+# JPEG/WebP quality of the resized images (1-100).
+OPENIMAGES_RESIZE_QUALITY = 90
+
+# --- Verification and resume --------------------------------------------------
+# On restart, re-check the MD5 of a stored original before counting it as done.
+OPENIMAGES_CHECK_MD5_IF_EXISTS = True
+# Largest image, in pixels, that is decoded (decompression bomb guard).
+OPENIMAGES_MAX_PIXELS = 178_956_970
+# Image worker threads (decode, resize, encode, MD5); 0 = one per CPU.
+OPENIMAGES_WORKERS = 0
+# Seconds a graceful stop (one Ctrl-C) waits for transfers before cutting them off.
+OPENIMAGES_STOP_GRACE = 3.0
+
+# --- Connections (the crawler's connection limits are Scrapy's) --------------
+# Total simultaneous downloads.
+CONCURRENT_REQUESTS = 128
+# Simultaneous downloads per host.
+CONCURRENT_REQUESTS_PER_DOMAIN = 16
+# No politeness delay: image CDNs serve many parallel requests.
+DOWNLOAD_DELAY = 0
+# Seconds before a download is abandoned (then retried).
+DOWNLOAD_TIMEOUT = 60
+# Larger bodies are cut off early and recorded as too_large.
+DOWNLOAD_MAXSIZE = 64 * 1024 * 1024
+# Log a warning for bodies over this size.
+DOWNLOAD_WARNSIZE = 32 * 1024 * 1024
+# A body cut short is a (retried) connection error, never a partial image.
+DOWNLOAD_FAIL_ON_DATALOSS = True
+# Retries of transient faults (5xx, 408, 429, timeouts, connection errors).
+RETRY_TIMES = 3
+# Statuses that are retried; others (404, 403, 3xx) are final at once.
+RETRY_HTTP_CODES = [500, 502, 503, 504, 522, 524, 408, 429]
+# Redirects are never followed: Flickr's 302 means the photo is gone.
+REDIRECT_ENABLED = False
+# Giving up on a row is routine (it lands in images-failure.csv), not an error.
+RETRY_GIVE_UP_LOG_LEVEL = "DEBUG"
+# Image hosts have no robots.txt worth a request per host.
+ROBOTSTXT_OBEY = False
+# Cookies are never needed for static images.
+COOKIES_ENABLED = False
+# Response bytes being processed before new downloads wait (back-pressure).
+SCRAPER_SLOT_MAX_ACTIVE_SIZE = 64 * 1024 * 1024
+# Threads for DNS lookups and file reads.
+REACTOR_THREADPOOL_MAXSIZE = 20
+# Sent with every image request.
+USER_AGENT = "openimages-crawler (+https://storage.googleapis.com/openimages/web/index.html)"
+
+# --- Engine components -------------------------------------------------------
+# Holds CONCURRENT_REQUESTS(_PER_DOMAIN) (Scrapy 2.19 does not with DOWNLOAD_DELAY=0).
+DOWNLOADER = "openimages_crawler.downloader.ConnectionLimitDownloader"
+# In-memory queue even with JOBDIR: the store itself is the checkpoint.
+SCHEDULER = "openimages_crawler.scheduler.MemoryScheduler"
+# No fingerprint set growing with millions of URLs; rows are unique by construction.
+DUPEFILTER_CLASS = "scrapy.dupefilters.BaseDupeFilter"
+# Verification, decoding and resizing (an ImagesPipeline subclass).
+ITEM_PIPELINES = {"openimages_crawler.pipelines.OpenImagesPipeline": 300}
+# Per-subset results feeds instead of the stock exporter; quick graceful stop.
+EXTENSIONS = {
+    "scrapy.extensions.feedexport.FeedExporter": None,
+    "openimages_crawler.feeds.SubsetFeedExporter": 0,
+    "openimages_crawler.extensions.QuickStop": 0,
+}
+# Redirect and meta-refresh handling is never wanted for image bytes.
+DOWNLOADER_MIDDLEWARES = {
+    "scrapy.downloadermiddlewares.redirect.RedirectMiddleware": None,
+    "scrapy.downloadermiddlewares.redirect.MetaRefreshMiddleware": None,
+}
+# Image URLs are not links to crawl: no depth, referer or length filtering.
+SPIDER_MIDDLEWARES = {
+    "scrapy.spidermiddlewares.depth.DepthMiddleware": None,
+    "scrapy.spidermiddlewares.referer.RefererMiddleware": None,
+    "scrapy.spidermiddlewares.urllength.UrlLengthMiddleware": None,
+}
+
+# --- Results (feed exports, one pair of files per subset) ---------------------
+# Local feed files are repaired after a crash and appended to.
+FEED_STORAGES = {
+    "": "openimages_crawler.feeds.ResumableFileFeedStorage",
+    "file": "openimages_crawler.feeds.ResumableFileFeedStorage",
+}
+# CSV rows flushed one at a time, header written once per file.
+FEED_EXPORTERS = {"results_csv": "openimages_crawler.feeds.ResultsCsvItemExporter"}
+# images-success.csv (the input's columns) and images-failure.csv (+ reason, details) per subset.
+FEEDS = {
+    "%(images_store)s/%(subset)s/images-success.csv": {
+        "format": "results_csv",
+        "item_classes": ["openimages_crawler.items.SuccessRow"],
+        "encoding": "utf-8",
+    },
+    "%(images_store)s/%(subset)s/images-failure.csv": {
+        "format": "results_csv",
+        "item_classes": ["openimages_crawler.items.FailureRow"],
+        "encoding": "utf-8",
+    },
+}
+
+# INFO: per-row lines (crawled, scraped) are DEBUG and stay quiet.
+LOG_LEVEL = "INFO"
+# The asyncio reactor (Scrapy's default, stated so the worker pool can rely on it).
+TWISTED_REACTOR = "twisted.internet.asyncioreactor.AsyncioSelectorReactor"

@@ -1,0 +1,183 @@
+"""The ``openimages`` spider: metadata rows in, image requests and results out.
+
+Rows are streamed and turned into work lazily (the documented back-out
+pattern), so memory does not grow with the row count. Each row ends as
+exactly one results row across any number of runs: rows already in the
+results files are skipped, rows whose outputs are complete on disk are
+recorded without a download, and stored originals are re-verified (through a
+``file://`` request, so the check runs in the pipeline's worker pool) before
+any download is made.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import scrapy
+from scrapy import signals
+from scrapy.exceptions import UsageError
+from scrapy.http import Request, Response
+from twisted.python.failure import Failure
+
+from ..config import CrawlConfig
+from ..failures import INVALID_ROW
+from ..feeds import subset_feed_paths
+from ..items import FailureRow, FetchedImage, SuccessRow
+from ..ledger import ResultsLedger
+from ..rows import SAFE_SUBSET, ImageRow, InvalidRow, MetadataError, iter_rows, read_header, validate_row
+from ..storage import file_size, nonempty
+
+# Rows handled between two returns to the event loop while skipping done rows.
+_YIELD_EVERY = 256
+
+
+class OpenImagesSpider(scrapy.Spider):
+    name = "openimages"
+
+    def __init__(
+        self,
+        metadata: str | None = None,
+        subset: str | None = None,
+        limit: str | int | None = None,
+        *args: Any,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        if not metadata:
+            raise UsageError("give the metadata file: scrapy crawl openimages -a metadata=PATH")
+        self.metadata = Path(metadata)
+        if not self.metadata.is_file():
+            raise UsageError(f"metadata file {self.metadata} does not exist")
+        if subset is not None and (not SAFE_SUBSET.fullmatch(subset) or subset in (".", "..")):
+            raise UsageError(f"-a subset={subset!r} is not a plain subset name")
+        self.subset = subset
+        self.limit = _parse_limit(limit)
+        try:
+            self.header = read_header(self.metadata)
+        except MetadataError as exc:
+            raise UsageError(str(exc)) from exc
+
+    @classmethod
+    def from_crawler(cls, crawler: Any, *args: Any, **kwargs: Any) -> OpenImagesSpider:
+        spider = super().from_crawler(crawler, *args, **kwargs)
+        spider.config = CrawlConfig.from_settings(crawler.settings)
+        return spider
+
+    async def start(self) -> AsyncIterator[Any]:
+        settings = self.crawler.settings
+        files = {
+            "success": subset_feed_paths(settings, SuccessRow),
+            "failure": subset_feed_paths(settings, FailureRow),
+        }
+        self.ledger = await asyncio.to_thread(ResultsLedger.load, files, self.header)
+        stats = self.crawler.stats
+        handled = 0
+        for fields, problem in self.selected_rows():
+            handled += 1
+            if handled % _YIELD_EVERY == 0:
+                stats.set_value("openimages/rows_read", handled)
+                await asyncio.sleep(0)
+            work = self.work_for(validate_row(fields, problem, self.subset))
+            if work is None:
+                stats.inc_value("openimages/rows_skipped")
+                continue
+            if isinstance(work, Request):
+                while self.crawler.engine.needs_backout():
+                    await self.crawler.signals.wait_for(signals.scheduler_empty)
+            yield work
+        stats.set_value("openimages/rows_read", handled)
+
+    def selected_rows(self) -> Iterator[tuple[dict[str, str], str | None]]:
+        """Rows of the wanted subset, up to ``limit``."""
+        kept = 0
+        for fields, problem in iter_rows(self.metadata, self.header):
+            if self.limit is not None and kept >= self.limit:
+                return
+            row_subset = fields.get("Subset", "")
+            if self.subset and row_subset and row_subset != self.subset:
+                continue
+            kept += 1
+            yield fields, problem
+
+    def work_for(self, row: ImageRow | InvalidRow) -> Request | SuccessRow | FailureRow | None:
+        """What a row needs: nothing, a result straight away, or a request."""
+        if isinstance(row, InvalidRow):
+            image_id = row.fields.get("ImageID", "")
+            if image_id and (image_id in self.ledger.failed or image_id in self.ledger.succeeded):
+                return None
+            return FailureRow(row.fields, row.subset, INVALID_ROW, row.details)
+        if row.image_id in self.ledger.failed:
+            return None
+        recorded = row.image_id in self.ledger.succeeded
+        config = self.config
+        layout = config.layout
+        original = layout.original_path(row.subset, row.image_id, row.url)
+        resized_done = config.resize is None or nonempty(
+            layout.resized_path(row.subset, row.image_id, config.resize.format)
+        )
+        original_there = file_size(original) == row.size
+        original_done = not config.save_originals or (
+            original_there and (recorded or not config.check_md5_if_exists)
+        )
+        if resized_done and original_done:
+            return None if recorded else SuccessRow(row.fields, row.subset)
+        download = self.image_request(row, recorded=recorded)
+        if original_there:
+            return self.image_request(row, recorded=recorded, stored=original, fallback=download)
+        return download
+
+    def image_request(
+        self,
+        row: ImageRow,
+        *,
+        recorded: bool,
+        stored: Path | None = None,
+        fallback: Request | None = None,
+    ) -> Request:
+        """The request for a row's image: from its URL, or from its stored original."""
+        return Request(
+            stored.resolve().as_uri() if stored is not None else row.url,
+            callback=self.parse_image,
+            errback=self.image_failed,
+            dont_filter=True,
+            meta={
+                "row": row,
+                "recorded": recorded,
+                "from_store": stored is not None,
+                "fallback": fallback,
+                "dont_redirect": True,
+                "handle_httpstatus_all": True,
+            },
+        )
+
+    def parse_image(self, response: Response) -> Iterator[FetchedImage]:
+        yield self.fetched(response.meta, response=response)
+
+    def image_failed(self, failure: Failure) -> Iterator[FetchedImage]:
+        yield self.fetched(failure.request.meta, failure=failure)
+
+    @staticmethod
+    def fetched(meta: dict[str, Any], **outcome: Any) -> FetchedImage:
+        return FetchedImage(
+            meta["row"],
+            from_store=meta["from_store"],
+            recorded=meta["recorded"],
+            fallback=meta["fallback"],
+            **outcome,
+        )
+
+
+def _parse_limit(limit: str | int | None) -> int | None:
+    if limit is None or limit == "":
+        return None
+    try:
+        value = int(limit)
+    except ValueError:
+        raise UsageError(f"-a limit={limit!r} is not a whole number") from None
+    if value < 0:
+        raise UsageError(f"-a limit={limit!r} must be 0 or more")
+    return value
+

@@ -1,0 +1,123 @@
+"""Fixtures: a real mirror server on 127.x and real `scrapy crawl` processes."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from openimages_crawler.mirror import Mirror, MirrorServer, build_mirror, refused_base
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = Path(__file__).resolve().parent / "data"
+
+# Short timeouts so the hanging host costs seconds, not minutes.
+FAST_SETTINGS = {"DOWNLOAD_TIMEOUT": "1.5", "RETRY_TIMES": "2", "LOG_LEVEL": "INFO"}
+
+
+@dataclass
+class Served:
+    server: MirrorServer
+    mirror: Mirror
+    metadata: Path
+
+
+def serve(tmp_path: Path, addresses: tuple[str, ...] = ("127.0.0.1", "127.0.0.2"),
+          **build_options: object) -> Served:
+    server = MirrorServer(addresses)
+    build_options.setdefault("refused_url", refused_base())
+    build_options.setdefault("hang_seconds", 6.0)
+    mirror = build_mirror(server.bases, **build_options)  # type: ignore[arg-type]
+    metadata = mirror.write_metadata(tmp_path / "images.csv")
+    server.serve(mirror)
+    return Served(server, mirror, metadata)
+
+
+@pytest.fixture
+def mirror(tmp_path: Path) -> Iterator[Served]:
+    served = serve(tmp_path)
+    yield served
+    served.server.close()
+
+
+@pytest.fixture
+def clean_mirror(tmp_path: Path) -> Iterator[Served]:
+    served = serve(tmp_path, faults=False)
+    yield served
+    served.server.close()
+
+
+def crawl_command(metadata: Path, store: Path, settings: dict[str, str] | None = None,
+                  **args: str) -> list[str]:
+    command = [sys.executable, "-m", "scrapy", "crawl", "openimages", "-a", f"metadata={metadata}"]
+    for name, value in args.items():
+        command += ["-a", f"{name}={value}"]
+    merged = {**FAST_SETTINGS, "IMAGES_STORE": str(store), **(settings or {})}
+    for name, value in merged.items():
+        command += ["-s", f"{name}={value}"]
+    return command
+
+
+def run_crawl(metadata: Path, store: Path, settings: dict[str, str] | None = None,
+              timeout: float = 120, **args: str) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        crawl_command(metadata, store, settings, **args),
+        cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    return result
+
+
+def start_crawl(metadata: Path, store: Path, settings: dict[str, str] | None = None,
+                **args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        crawl_command(metadata, store, settings, **args),
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
+    )
+
+
+def read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    if not path.exists():
+        return [], []
+    with open(path, newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        rows = list(reader)
+        return list(reader.fieldnames or []), rows
+
+
+def outcomes(store: Path, subset: str = "train") -> dict[str, list[str]]:
+    """ImageID -> every outcome recorded for it ("success" or a FailureReason)."""
+    found: dict[str, list[str]] = {}
+    _, success = read_csv(store / subset / "images-success.csv")
+    _, failure = read_csv(store / subset / "images-failure.csv")
+    for row in success:
+        found.setdefault(row["ImageID"], []).append("success")
+    for row in failure:
+        found.setdefault(row["ImageID"], []).append(row["FailureReason"])
+    return found
+
+
+def wait_for(condition, timeout: float = 60, interval: float = 0.1) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(interval)
+    raise AssertionError("condition not met in time")
+
+
+def count_rows(path: Path) -> int:
+    return len(read_csv(path)[1]) if path.exists() else 0
+
+
+def kill(process: subprocess.Popen[str], sig: int = signal.SIGKILL) -> None:
+    os.killpg(process.pid, sig)

@@ -1,0 +1,325 @@
+"""End-to-end crawls: real `scrapy crawl` processes against the local mirror."""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import hashlib
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from openimages_crawler.catalogue import FAILURE_COLUMNS, IMAGE_INFO_COLUMNS, IMAGES_CSV_COLUMNS
+from openimages_crawler.failures import FAILURE_REASONS
+from openimages_crawler.mirror import IMAGE_KINDS, MirrorRow, Route
+
+from .conftest import (
+    Served,
+    count_rows,
+    kill,
+    outcomes,
+    read_csv,
+    run_crawl,
+    serve,
+    start_crawl,
+    wait_for,
+)
+
+
+def image_requests(served: Served) -> int:
+    """Requests the mirror served for image paths (not counting retries of faults)."""
+    return sum(served.server.counter.requests.values())
+
+
+def stored_files(store: Path) -> list[Path]:
+    return [p for p in store.rglob("*") if p.is_file() and p.suffix in (".jpg", ".png", ".webp")]
+
+
+def test_every_row_gets_its_expected_outcome_exactly_once(mirror: Served, tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    run_crawl(mirror.metadata, store, {"OPENIMAGES_SAVE_ORIGINALS": "True"})
+
+    found = outcomes(store)
+    expected = mirror.mirror.expected()
+    assert {k: v for k, v in found.items()} == {k: [v] for k, v in expected.items()}
+    # Every FailureReason but io_error (its own test) is exercised by the mirror.
+    assert set(expected.values()) >= set(FAILURE_REASONS) - {"io_error"}
+
+    # Results keep the input's columns, in order, and its values byte for byte.
+    header, success = read_csv(store / "train" / "images-success.csv")
+    assert header == list(IMAGES_CSV_COLUMNS)
+    failure_header, failures = read_csv(store / "train" / "images-failure.csv")
+    assert failure_header == [*IMAGES_CSV_COLUMNS, *FAILURE_COLUMNS]
+    by_id = {row.fields["ImageID"]: row.fields for row in mirror.mirror.rows}
+    for row in success:
+        assert row == {k: by_id[row["ImageID"]][k] for k in IMAGES_CSV_COLUMNS}
+    assert all(row["FailureDetails"] for row in failures)
+
+    # Originals are byte-exact and match the metadata; resized are RGB, within the box.
+    for row in success:
+        image_id = row["ImageID"]
+        ext = "png" if row["OriginalURL"].endswith(".png") else "jpg"
+        original = store / "train" / "images-original" / image_id[:3] / f"{image_id}.{ext}"
+        body = original.read_bytes()
+        assert len(body) == int(row["OriginalSize"])
+        assert base64.b64encode(hashlib.md5(body).digest()).decode() == row["OriginalMD5"]
+        resized = store / "train" / "images-resized" / image_id[:3] / f"{image_id}.jpg"
+        with Image.open(resized) as image:
+            assert image.format == "JPEG" and image.mode == "RGB"
+            assert max(image.size) <= 224
+    # Nothing for failed rows, nothing left in staging.
+    failed_ids = {row["ImageID"] for row in failures}
+    assert not [p for p in stored_files(store) if p.stem in failed_ids]
+    assert not list((store / ".tmp").glob("*")) if (store / ".tmp").exists() else True
+
+
+def test_rerun_downloads_nothing_and_records_nothing_twice(mirror: Served, tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    run_crawl(mirror.metadata, store, {"OPENIMAGES_SAVE_ORIGINALS": "True"})
+    first = outcomes(store)
+    before = image_requests(mirror)
+    run_crawl(mirror.metadata, store, {"OPENIMAGES_SAVE_ORIGINALS": "True"})
+    assert image_requests(mirror) == before
+    assert outcomes(store) == first
+
+
+def test_missing_resized_file_is_rebuilt_from_the_stored_original(
+    clean_mirror: Served, tmp_path: Path
+) -> None:
+    store = tmp_path / "store"
+    settings = {"OPENIMAGES_SAVE_ORIGINALS": "True"}
+    run_crawl(clean_mirror.metadata, store, settings)
+    resized = sorted((store / "train" / "images-resized").rglob("*.jpg"))
+    victims = resized[:3]
+    for path in victims:
+        path.unlink()
+    # A stored original with a wrong MD5 must not be trusted: it is downloaded again.
+    originals = sorted((store / "train" / "images-original").rglob("*.jpg"))
+    before = image_requests(clean_mirror)
+    # The success file forgets the last row: its outputs are complete, so no download.
+    success = store / "train" / "images-success.csv"
+    lines = success.read_bytes().splitlines(keepends=True)
+    success.write_bytes(b"".join(lines[:-1]))
+    run_crawl(clean_mirror.metadata, store, settings)
+    assert all(path.stat().st_size > 0 for path in victims)
+    assert image_requests(clean_mirror) == before
+    assert all(v == ["success"] for v in outcomes(store).values())
+    assert len(outcomes(store)) == len(clean_mirror.mirror.rows)
+
+    # Corrupt one stored original and drop its resized file: re-downloaded, not trusted.
+    bad = originals[0]
+    bad.write_bytes(b"\0" * bad.stat().st_size)
+    next(iter((store / "train" / "images-resized").rglob(f"{bad.stem}.jpg"))).unlink()
+    run_crawl(clean_mirror.metadata, store, settings)
+    assert image_requests(clean_mirror) == before + 1
+    with Image.open(bad) as image:
+        image.load()
+
+
+@pytest.mark.parametrize(
+    ("mode", "resample", "fmt"),
+    [
+        ("ShrinkToFit", "lanczos", "jpg"),
+        ("FillCrop", "nearest", "png"),
+        ("FillDistort", "bilinear", "webp"),
+        ("ShrinkToFit", "bicubic", "webp"),
+        ("FillCrop", "box", "jpg"),
+        ("FillDistort", "hamming", "png"),
+    ],
+)
+def test_resize_modes_resample_and_formats(
+    clean_mirror: Served, tmp_path: Path, mode: str, resample: str, fmt: str
+) -> None:
+    store = tmp_path / "store"
+    size = 200  # every mirror kind is larger but jpeg_small (160x120)
+    run_crawl(
+        clean_mirror.metadata,
+        store,
+        {
+            "OPENIMAGES_RESIZE_MODE": mode,
+            "OPENIMAGES_RESAMPLE": resample,
+            "OPENIMAGES_RESIZE_FORMAT": fmt,
+            "OPENIMAGES_RESIZE_SIZE": str(size),
+            "OPENIMAGES_SUBDIR_CHARS": "0",
+        },
+    )
+    pillow_format = {"jpg": "JPEG", "png": "PNG", "webp": "WEBP"}[fmt]
+    for row in clean_mirror.mirror.rows:
+        image_id = row.fields["ImageID"]
+        path = store / "train" / "images-resized" / f"{image_id}.{fmt}"
+        with Image.open(path) as image:
+            assert image.format == pillow_format
+            assert image.mode == "RGB"
+            if mode == "ShrinkToFit":
+                if row.kind == "jpeg_small":
+                    assert image.size == (160, 120)  # smaller than the box: kept
+                else:
+                    assert max(image.size) == size
+            else:
+                assert image.size == (size, size)
+    assert not (store / "train" / "images-original").exists()
+
+
+def test_image_kinds_come_out_upright_rgb(clean_mirror: Served, tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    run_crawl(clean_mirror.metadata, store, {"OPENIMAGES_RESIZE_SIZE": "150"})
+    kinds = {row.kind: row.fields["ImageID"] for row in clean_mirror.mirror.rows}
+    assert set(kinds) == set(IMAGE_KINDS)
+    for kind, image_id in kinds.items():
+        with Image.open(store / "train" / "images-resized" / image_id[:3] / f"{image_id}.jpg") as im:
+            assert im.mode == "RGB", kind
+            rgb = im.convert("RGB")
+            if kind == "jpeg_exif_rotated":
+                assert im.size == (150, 100)  # landscape again after orientation 6
+                red, green, blue = rgb.getpixel((5, 5))
+                assert red > 180 and green < 90 and blue < 90  # the marker is top-left
+            if kind == "png_rgba":  # alpha 0 along the top: flattened on white
+                assert rgb.getpixel((im.width // 2, 0)) == pytest.approx((255, 255, 255), abs=12)
+            if kind == "png_16bit":  # white at the bottom: scaled to 8 bits, not clipped
+                assert rgb.getpixel((im.width // 2, im.height - 2))[0] > 200
+                assert rgb.getpixel((im.width // 2, 1))[0] < 40
+
+
+def test_v4_gzip_subset_and_limit(tmp_path: Path) -> None:
+    served = serve(tmp_path, faults=False)
+    try:
+        rows = served.mirror.rows
+        for index, row in enumerate(rows):
+            row.fields["Subset"] = "validation" if index % 2 else "train"
+        plain = served.mirror.write_metadata(tmp_path / "info.csv", IMAGE_INFO_COLUMNS)
+        metadata = tmp_path / "info.csv.gz"
+        metadata.write_bytes(gzip.compress(plain.read_bytes()))
+        store = tmp_path / "store"
+        run_crawl(metadata, store, subset="validation", limit="3")
+        header, success = read_csv(store / "validation" / "images-success.csv")
+        assert header == list(IMAGE_INFO_COLUMNS)
+        wanted = [r.fields["ImageID"] for r in rows if r.fields["Subset"] == "validation"][:3]
+        assert sorted(row["ImageID"] for row in success) == sorted(wanted)
+        assert not (store / "train").exists()
+    finally:
+        served.server.close()
+
+
+def test_io_error_and_download_maxsize(clean_mirror: Served, tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    (store / "train").mkdir(parents=True)
+    (store / "train" / "images-resized").write_text("a file where a folder should be")
+    run_crawl(clean_mirror.metadata, store, {"DOWNLOAD_MAXSIZE": "60000"})
+    found = outcomes(store)
+    sizes = {r.fields["ImageID"]: int(r.fields["OriginalSize"]) for r in clean_mirror.mirror.rows}
+    for image_id, size in sizes.items():
+        assert found[image_id] == (["too_large"] if size > 60000 else ["io_error"])
+    assert "too_large" in {v[0] for v in found.values()}
+
+
+def test_connection_limits_hold_at_the_server(tmp_path: Path) -> None:
+    served = serve(tmp_path, ("127.0.0.1", "127.0.0.2", "127.0.0.3"), faults=False, copies=3)
+    try:
+        for route in served.mirror.routes.values():
+            route.delay = 0.25
+        store = tmp_path / "store"
+        run_crawl(served.metadata, store,
+                  {"CONCURRENT_REQUESTS": "5", "CONCURRENT_REQUESTS_PER_DOMAIN": "3"})
+        counter = served.server.counter
+        # The total limit is reached and holds; no host gets more than its share,
+        # counted both as requests in flight and as open connections.
+        assert counter.in_flight.total_peak == 5
+        assert max(counter.in_flight.peak.values()) <= 3
+        assert max(counter.connections.peak.values()) <= 3
+        served.server.counter.reset_peaks()
+        run_crawl(served.metadata, tmp_path / "store2",
+                  {"CONCURRENT_REQUESTS": "100", "CONCURRENT_REQUESTS_PER_DOMAIN": "2"})
+        assert max(counter.in_flight.peak.values()) == 2
+        assert max(counter.connections.peak.values()) == 2
+        assert counter.connections.total_peak <= 6
+    finally:
+        served.server.close()
+
+
+def route_of(served: Served, row: MirrorRow) -> Route:
+    url = row.fields["OriginalURL"]
+    split = url.index("/", len("http://"))
+    return served.server.routes[(url[:split], url[split:])]
+
+
+def _slow_mirror(tmp_path: Path, delay: float) -> Served:
+    served = serve(tmp_path, faults=False, copies=6)
+    for route in served.mirror.routes.values():
+        route.delay = delay
+    return served
+
+
+def test_kill_9_then_resume_records_each_row_once_without_redownloads(tmp_path: Path) -> None:
+    served = _slow_mirror(tmp_path, 0.15)
+    try:
+        store = tmp_path / "store"
+        settings = {"OPENIMAGES_SAVE_ORIGINALS": "True", "CONCURRENT_REQUESTS": "4",
+                    "JOBDIR": str(tmp_path / "job")}
+        process = start_crawl(served.metadata, store, settings)
+        success = store / "train" / "images-success.csv"
+        wait_for(lambda: count_rows(success) >= 12, timeout=90)
+        kill(process)
+        process.wait(timeout=30)
+        # No partial file under a final name: every stored file decodes.
+        for path in stored_files(store):
+            with Image.open(path) as image:
+                image.load()
+        done_before = {row["ImageID"] for row in read_csv(success)[1]}
+        requests_before = dict(served.server.counter.requests)
+        run_crawl(served.metadata, store, settings)
+        found = outcomes(store)
+        assert found == {r.fields["ImageID"]: ["success"] for r in served.mirror.rows}
+        by_id = {r.fields["ImageID"]: r for r in served.mirror.rows}
+        for image_id in done_before:
+            path = by_id[image_id].fields["OriginalURL"].split("/", 3)[3]
+            assert served.server.counter.requests[f"/{path}"] == requests_before[f"/{path}"]
+        assert not any((store / ".tmp").glob("*")) if (store / ".tmp").exists() else True
+    finally:
+        served.server.close()
+
+
+def test_ctrl_c_stops_within_seconds_and_resume_completes(tmp_path: Path) -> None:
+    served = _slow_mirror(tmp_path, 0.3)
+    hang = route_of(served, served.mirror.rows[-1])
+    hang.delay = 60
+    try:
+        store = tmp_path / "store"
+        settings = {"CONCURRENT_REQUESTS": "4", "DOWNLOAD_TIMEOUT": "120",
+                    "OPENIMAGES_STOP_GRACE": "1"}
+        process = start_crawl(served.metadata, store, settings)
+        success = store / "train" / "images-success.csv"
+        wait_for(lambda: count_rows(success) >= 5, timeout=90)
+        process.send_signal(signal.SIGINT)
+        started = time.monotonic()
+        process.wait(timeout=20)
+        assert time.monotonic() - started < 15
+        assert process.returncode == 0
+        partial = outcomes(store)
+        assert all(v == ["success"] for v in partial.values())
+        assert len(partial) < len(served.mirror.rows)
+        # Resume: the rest is done, nothing recorded twice.
+        for route in served.server.routes.values():
+            route.delay = 0
+        run_crawl(served.metadata, store, {"DOWNLOAD_TIMEOUT": "5"})
+        final = outcomes(store)
+        assert set(final) == {r.fields["ImageID"] for r in served.mirror.rows}
+        assert all(len(v) == 1 for v in final.values())
+    finally:
+        served.server.close()
+
+
+def test_bad_metadata_is_a_clear_error(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.csv"
+    bad.write_text("ImageID,Subset,OriginalURL\nabc,train,http://x/y.jpg\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "scrapy", "crawl", "openimages", "-a", f"metadata={bad}",
+         "-s", f"IMAGES_STORE={tmp_path / 'store'}"],
+        cwd=Path(__file__).resolve().parent.parent, capture_output=True, text=True, timeout=60,
+    )
+    assert "missing column(s) OriginalSize, OriginalMD5" in result.stderr
+    assert not (tmp_path / "store" / "train").exists()
