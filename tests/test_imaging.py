@@ -1,0 +1,151 @@
+"""The Pillow functions, without a crawler."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from openimages_crawler.imaging import (
+    RESAMPLE_FILTERS,
+    RESIZE_MODES,
+    ImageRejected,
+    ResizeSpec,
+    decode,
+    resize,
+    resized_bytes,
+    target_size,
+    upright_rgb,
+)
+from openimages_crawler.mirror import IMAGE_KINDS, _bomb_png, _photo
+from openimages_crawler.processing import Expected, OutputPlan, process_image
+from openimages_crawler.storage import AtomicWriter
+
+MAX_PIXELS = 178_956_970
+
+
+def jpeg(width: int, height: int) -> bytes:
+    out = io.BytesIO()
+    _photo(width, height, 1).save(out, "JPEG", quality=90)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("mode", "size_in", "size_out"),
+    [
+        ("ShrinkToFit", (1000, 500), (224, 112)),
+        ("ShrinkToFit", (500, 1000), (112, 224)),
+        ("ShrinkToFit", (100, 50), (100, 50)),
+        ("ShrinkToFit", (224, 10), (224, 10)),
+        ("ShrinkToFit", (10000, 3), (224, 1)),
+        ("FillCrop", (1000, 500), (224, 224)),
+        ("FillCrop", (100, 50), (224, 224)),
+        ("FillDistort", (1000, 500), (224, 224)),
+    ],
+)
+def test_resize_sizes(mode: str, size_in: tuple[int, int], size_out: tuple[int, int]) -> None:
+    spec = ResizeSpec(mode=mode, size=224)
+    assert target_size(*size_in, spec) == size_out
+    assert resize(Image.new("RGB", size_in), spec).size == size_out
+
+
+@pytest.mark.parametrize("resample", sorted(RESAMPLE_FILTERS))
+@pytest.mark.parametrize("mode", RESIZE_MODES)
+def test_every_mode_and_filter_produces_a_decodable_jpeg(mode: str, resample: str) -> None:
+    image = decode(jpeg(640, 480), MAX_PIXELS)
+    data = resized_bytes(image, ResizeSpec(mode=mode, resample=resample, size=64))
+    with Image.open(io.BytesIO(data)) as out:
+        assert out.format == "JPEG" and out.mode == "RGB"
+        assert out.size == ((64, 48) if mode == "ShrinkToFit" else (64, 64))
+
+
+def test_fill_crop_keeps_the_centre() -> None:
+    image = Image.new("RGB", (300, 100), (255, 0, 0))
+    image.paste((0, 0, 255), (100, 0, 200, 100))  # blue centre third
+    out = resize(image, ResizeSpec(mode="FillCrop", size=50))
+    assert out.getpixel((25, 25)) == pytest.approx((0, 0, 255), abs=3)
+    assert out.getpixel((1, 25))[2] > 200  # the red sides are cropped away
+
+
+@pytest.mark.parametrize("kind", sorted(IMAGE_KINDS))
+def test_every_mirror_kind_becomes_rgb(kind: str) -> None:
+    _, maker = IMAGE_KINDS[kind]
+    image = upright_rgb(decode(maker(3), MAX_PIXELS))  # type: ignore[operator]
+    assert image.mode == "RGB"
+
+
+def test_exif_orientation_is_applied() -> None:
+    _, maker = IMAGE_KINDS["jpeg_exif_rotated"]
+    raw = decode(maker(1), MAX_PIXELS)  # type: ignore[operator]
+    assert raw.size == (200, 300)
+    upright = upright_rgb(raw)
+    assert upright.size == (300, 200)
+    red, green, blue = upright.getpixel((10, 10))
+    assert red > 180 and green < 90 and blue < 90
+
+
+def test_transparency_is_flattened_on_white() -> None:
+    rgba = Image.new("RGBA", (10, 10), (0, 0, 0, 0))
+    assert upright_rgb(rgba).getpixel((5, 5)) == (255, 255, 255)
+    la = Image.new("LA", (10, 10), (0, 0))
+    assert upright_rgb(la).getpixel((5, 5)) == (255, 255, 255)
+    palette = Image.new("P", (10, 10), 0)
+    palette.info["transparency"] = 0
+    assert upright_rgb(palette).getpixel((5, 5)) == (255, 255, 255)
+
+
+def test_sixteen_bit_grey_is_scaled() -> None:
+    image = Image.new("I;16", (4, 4), 65535)
+    assert upright_rgb(image).getpixel((0, 0)) == (255, 255, 255)
+    image = Image.new("I;16", (4, 4), 32768)
+    assert upright_rgb(image).getpixel((0, 0))[0] == pytest.approx(128, abs=1)
+
+
+def test_cmyk_becomes_rgb() -> None:
+    cmyk = Image.new("CMYK", (8, 8), (0, 255, 255, 0))  # red
+    assert upright_rgb(cmyk).getpixel((1, 1)) == pytest.approx((255, 0, 0), abs=2)
+
+
+def test_rejections() -> None:
+    with pytest.raises(ImageRejected) as not_image:
+        decode(b"<html>gone</html>", MAX_PIXELS)
+    assert not_image.value.reason == "not_image"
+    with pytest.raises(ImageRejected) as corrupt:
+        decode(jpeg(800, 600)[:5000], MAX_PIXELS)
+    assert corrupt.value.reason == "corrupt"
+    with pytest.raises(ImageRejected) as bomb:
+        decode(_bomb_png(20000), MAX_PIXELS)
+    assert bomb.value.reason == "too_large"
+    with pytest.raises(ImageRejected) as small_limit:
+        decode(jpeg(100, 100), 9999)
+    assert small_limit.value.reason == "too_large"
+
+
+def test_bad_specs_are_refused() -> None:
+    for bad in ({"mode": "Stretch"}, {"resample": "cubic"}, {"format": "gif"}, {"size": 0},
+                {"quality": 101}):
+        with pytest.raises(ValueError):
+            ResizeSpec(**bad)  # type: ignore[arg-type]
+
+
+def test_process_image_checks_size_then_md5_then_decodes(tmp_path: Path) -> None:
+    import hashlib
+
+    body = jpeg(300, 200)
+    writer = AtomicWriter(tmp_path)
+    writer.open()
+    plan = OutputPlan(original=tmp_path / "o" / "x.jpg", resized=tmp_path / "r" / "x.jpg",
+                      spec=ResizeSpec(size=100))
+    good = Expected(size=len(body), md5=hashlib.md5(body).digest())
+    assert process_image(body, Expected(size=len(body) + 1), plan, writer, MAX_PIXELS).reason == "size_mismatch"
+    assert process_image(body, Expected(md5=b"\0" * 16), plan, writer, MAX_PIXELS).reason == "md5_mismatch"
+    assert not plan.original.exists() and not plan.resized.exists()
+    outcome = process_image(body, good, plan, writer, MAX_PIXELS)
+    assert outcome.ok and (outcome.width, outcome.height) == (300, 200)
+    assert plan.original.read_bytes() == body
+    with Image.open(plan.resized) as out:
+        assert out.size == (100, 67)
+    writer.close()
+    assert not (tmp_path / ".tmp").exists()

@@ -1,0 +1,112 @@
+"""Row reading and validation: real V3 metadata and hostile rows."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import pytest
+
+from openimages_crawler.catalogue import IMAGES_CSV_COLUMNS
+from openimages_crawler.rows import (
+    ImageRow,
+    InvalidRow,
+    MetadataError,
+    iter_rows,
+    read_header,
+    validate_row,
+)
+
+V3_SAMPLE = Path(__file__).parent / "data" / "v3-validation-images-200.csv"
+GOOD = {
+    "ImageID": "000060e3121c7305",
+    "Subset": "train",
+    "OriginalURL": "https://c1.staticflickr.com/1/2/3_o.jpg",
+    "OriginalSize": "141489",
+    "OriginalMD5": "XKWUMkcNib71Ge6Yq1/0/g==",
+}
+
+
+def test_real_v3_rows_all_validate() -> None:
+    header = read_header(V3_SAMPLE)
+    assert header == list(IMAGES_CSV_COLUMNS)
+    rows = [validate_row(fields, problem, None) for fields, problem in iter_rows(V3_SAMPLE, header)]
+    assert len(rows) == 200
+    assert all(isinstance(row, ImageRow) for row in rows)
+    first = rows[0]
+    assert isinstance(first, ImageRow) and first.subset == "validation"
+    assert len(first.md5) == 16 and first.size > 0
+
+
+def test_gzip_and_bom_are_read(tmp_path: Path) -> None:
+    text = "\ufeff" + V3_SAMPLE.read_text(encoding="utf-8")
+    path = tmp_path / "images.csv.gz"
+    path.write_bytes(gzip.compress(text.encode("utf-8")))
+    header = read_header(path)
+    assert header[0] == "ImageID"
+    assert sum(1 for _ in iter_rows(path, header)) == 200
+
+
+def test_quoted_newlines_and_short_rows(tmp_path: Path) -> None:
+    path = tmp_path / "images.csv"
+    path.write_text(
+        "ImageID,Subset,OriginalURL,OriginalSize,OriginalMD5,Title\n"
+        'a1,train,http://h/a.jpg,1,XKWUMkcNib71Ge6Yq1/0/g==,"two\nlines, ""quoted"""\n'
+        "a2,train,http://h/b.jpg\n"
+    )
+    header = read_header(path)
+    (first, problem1), (second, problem2) = list(iter_rows(path, header))
+    assert problem1 is None and first["Title"] == 'two\nlines, "quoted"'
+    assert problem2 == "row has 3 fields, the header has 6"
+    assert second["OriginalMD5"] == ""
+    assert isinstance(validate_row(second, problem2, None), InvalidRow)
+
+
+def test_missing_columns_are_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "images.csv"
+    path.write_text("ImageID,OriginalURL\n")
+    with pytest.raises(MetadataError, match="missing column.*OriginalSize, OriginalMD5"):
+        read_header(path)
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")
+    with pytest.raises(MetadataError, match="empty"):
+        read_header(empty)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("ImageID", "../../etc/passwd", "ImageID"),
+        ("ImageID", "", "ImageID"),
+        ("ImageID", "a/b", "ImageID"),
+        ("ImageID", "-rf", "ImageID"),
+        ("Subset", "..", "Subset"),
+        ("Subset", "a/b", "Subset"),
+        ("OriginalURL", "ftp://h/a.jpg", "http or https"),
+        ("OriginalURL", "file:///etc/passwd", "http or https"),
+        ("OriginalURL", "javascript:alert(1)", "http or https"),
+        ("OriginalURL", "http:///nohost.jpg", "http or https"),
+        ("OriginalSize", "12kb", "not an integer"),
+        ("OriginalSize", "-5", "not an integer"),
+        ("OriginalSize", "", "not an integer"),
+        ("OriginalSize", "١٢", "not an integer"),
+        ("OriginalMD5", "not-base64!", "16-byte"),
+        ("OriginalMD5", "AAAA", "16-byte"),
+        ("OriginalMD5", "", "16-byte"),
+    ],
+)
+def test_hostile_values_become_invalid_rows(field: str, value: str, message: str) -> None:
+    fields = {**GOOD, field: value}
+    result = validate_row(fields, None, None)
+    assert isinstance(result, InvalidRow)
+    assert message in result.details
+    assert result.subset in ("train", "unknown")
+
+
+def test_subset_defaults() -> None:
+    row = validate_row({**GOOD, "Subset": ""}, None, "validation")
+    assert isinstance(row, ImageRow) and row.subset == "validation"
+    row = validate_row({**GOOD, "Subset": ""}, None, None)
+    assert isinstance(row, ImageRow) and row.subset == "unknown"
+    row = validate_row(GOOD, None, None)
+    assert isinstance(row, ImageRow) and row.md5.hex() == "5ca59432470d89bef519ee98ab5ff4fe"
