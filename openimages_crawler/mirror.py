@@ -253,6 +253,7 @@ def build_mirror(
     add("forbidden", "http_error", "jpg", good, Route(status=403, body=b"Forbidden",
                                                        content_type="text/html"))
     add("flaky", "success", "jpg", good, Route(body=good, fail_first=2))
+    add("slow_host", "success", "jpg", good, Route(body=good, delay=0.5))
     add("dead", "http_error", "jpg", good, Route(body=good, fail_first=10**9))
     altered = bytearray(good)
     altered[len(altered) // 2] ^= 0xFF
