@@ -23,7 +23,6 @@ class CrawlConfig:
     check_md5_if_exists: bool
     max_pixels: int
     workers: int
-    stop_grace: float
 
     @classmethod
     def from_settings(cls, settings: BaseSettings) -> CrawlConfig:
@@ -63,7 +62,6 @@ class CrawlConfig:
             check_md5_if_exists=settings.getbool("OPENIMAGES_CHECK_MD5_IF_EXISTS", True),
             max_pixels=settings.getint("OPENIMAGES_MAX_PIXELS", 178956970),
             workers=workers,
-            stop_grace=settings.getfloat("OPENIMAGES_STOP_GRACE", 3.0),
         )
 
 
