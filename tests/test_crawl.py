@@ -283,17 +283,21 @@ def test_kill_9_then_resume_records_each_row_once_without_redownloads(tmp_path: 
         served.server.close()
 
 
+def _crawl_with_a_hanging_first_row(served: Served, store: Path, grace: float) -> subprocess.Popen[str]:
+    """A crawl whose first row hangs for a minute, once a few rows are recorded."""
+    route_of(served, served.mirror.rows[0]).delay = 60  # in flight from the start
+    settings = {"CONCURRENT_REQUESTS": "4", "DOWNLOAD_TIMEOUT": "120",
+                "OPENIMAGES_STOP_GRACE": str(grace)}
+    process = start_crawl(served.metadata, store, settings)
+    wait_for(lambda: count_rows(store / "train" / "images-success.csv") >= 3, timeout=90)
+    return process
+
+
 def test_ctrl_c_stops_within_seconds_and_resume_completes(tmp_path: Path) -> None:
     served = _slow_mirror(tmp_path, 0.3)
-    hang = route_of(served, served.mirror.rows[0])  # in flight from the start
-    hang.delay = 60
     try:
         store = tmp_path / "store"
-        settings = {"CONCURRENT_REQUESTS": "4", "DOWNLOAD_TIMEOUT": "120",
-                    "OPENIMAGES_STOP_GRACE": "1"}
-        process = start_crawl(served.metadata, store, settings)
-        success = store / "train" / "images-success.csv"
-        wait_for(lambda: count_rows(success) >= 5, timeout=90)
+        process = _crawl_with_a_hanging_first_row(served, store, grace=1)
         process.send_signal(signal.SIGINT)
         started = time.monotonic()
         process.wait(timeout=20)
@@ -315,21 +319,16 @@ def test_ctrl_c_stops_within_seconds_and_resume_completes(tmp_path: Path) -> Non
 
 def test_second_ctrl_c_stops_at_once_with_whole_result_lines(tmp_path: Path) -> None:
     served = _slow_mirror(tmp_path, 0.3)
-    route_of(served, served.mirror.rows[0]).delay = 60  # in flight from the start
     try:
         store = tmp_path / "store"
-        settings = {"CONCURRENT_REQUESTS": "4", "DOWNLOAD_TIMEOUT": "120",
-                    "OPENIMAGES_STOP_GRACE": "100"}
-        process = start_crawl(served.metadata, store, settings)
-        success = store / "train" / "images-success.csv"
-        wait_for(lambda: count_rows(success) >= 3, timeout=90)
+        process = _crawl_with_a_hanging_first_row(served, store, grace=100)
         process.send_signal(signal.SIGINT)
         time.sleep(1.0)
         process.send_signal(signal.SIGINT)
         started = time.monotonic()
         process.wait(timeout=20)
         assert time.monotonic() - started < 10
-        assert success.read_bytes().endswith(b"\n")
+        assert (store / "train" / "images-success.csv").read_bytes().endswith(b"\n")
         assert all(v == ["success"] for v in outcomes(store).values())
     finally:
         served.server.close()
