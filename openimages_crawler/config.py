@@ -23,6 +23,7 @@ class CrawlConfig:
     check_md5_if_exists: bool
     max_pixels: int
     workers: int
+    fast_resize: bool
 
     @classmethod
     def from_settings(cls, settings: BaseSettings) -> CrawlConfig:
@@ -62,6 +63,7 @@ class CrawlConfig:
             check_md5_if_exists=settings.getbool("OPENIMAGES_CHECK_MD5_IF_EXISTS", True),
             max_pixels=settings.getint("OPENIMAGES_MAX_PIXELS", 178956970),
             workers=workers,
+            fast_resize=settings.getbool("OPENIMAGES_FAST_RESIZE", True),
         )
 
 

@@ -123,7 +123,9 @@ class OpenImagesPipeline(ImagesPipeline):
             path = config.layout.resized_path(row.subset, row.image_id, config.resize.format)
             if not (item.from_store and nonempty(path)):
                 resized = path
-        return OutputPlan(original=original, resized=resized, spec=config.resize)
+        return OutputPlan(
+            original=original, resized=resized, spec=config.resize, fast=config.fast_resize
+        )
 
     def item_completed(
         self, results: Outcome | None, item: Any, info: MediaPipeline.SpiderInfo

@@ -12,7 +12,7 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from .imaging import ImageRejected, ResizeSpec, decode, resized_bytes
+from .imaging import REDUCING_GAP, ImageRejected, ResizeSpec, decode, resized_bytes
 from .storage import AtomicWriter
 
 
@@ -31,6 +31,13 @@ class OutputPlan:
     original: Path | None = None
     resized: Path | None = None
     spec: ResizeSpec | None = None
+    # Reduced JPEG decode and pre-reduction before the final filter
+    # (imaging.REDUCING_GAP); False is a full decode and a plain resize.
+    fast: bool = True
+
+    @property
+    def wants_resized(self) -> bool:
+        return self.resized is not None and self.spec is not None
 
 
 @dataclass(slots=True)
@@ -39,8 +46,6 @@ class Outcome:
 
     reason: str | None = None
     details: str = ""
-    width: int = 0
-    height: int = 0
     bytes_written: int = 0
 
     @property
@@ -75,7 +80,7 @@ def process_image(
     writer: AtomicWriter,
     max_pixels: int,
 ) -> Outcome:
-    """Verify ``body`` against ``expected``, decode it fully, write ``plan``.
+    """Verify ``body`` against ``expected``, decode all of it, write ``plan``.
 
     The original is written before the resized file, so an interrupted image
     can later be resized from its stored original without a download.
@@ -84,14 +89,19 @@ def process_image(
     if failure is not None:
         return failure
     try:
-        image = decode(body, max_pixels)
+        image = decode(
+            body,
+            max_pixels,
+            reduce_for=plan.spec if plan.fast and plan.wants_resized else None,
+            check_only=plan.fast and not plan.wants_resized,
+        )
     except ImageRejected as exc:
         return Outcome(exc.reason, exc.details)
-    outcome = Outcome(width=image.width, height=image.height)
+    outcome = Outcome()
     try:
         resized = (
-            resized_bytes(image, plan.spec)
-            if plan.resized is not None and plan.spec is not None
+            resized_bytes(image, plan.spec, reducing_gap=REDUCING_GAP if plan.fast else None)
+            if plan.wants_resized and plan.spec is not None
             else None
         )
     except (OSError, ValueError) as exc:
@@ -108,3 +118,4 @@ def process_image(
     except OSError as exc:
         return Outcome("io_error", f"cannot write to the store: {exc}")
     return outcome
+

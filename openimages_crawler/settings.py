@@ -40,8 +40,12 @@ OPENIMAGES_RESIZE_QUALITY = 90
 OPENIMAGES_CHECK_MD5_IF_EXISTS = True
 # Largest image, in pixels, that is decoded (decompression bomb guard).
 OPENIMAGES_MAX_PIXELS = 178_956_970
+# Decode JPEGs at a reduced DCT scale and pre-reduce before the final filter (False: full decode, plain resize).
+OPENIMAGES_FAST_RESIZE = True
 # Image worker threads (decode, resize, encode, MD5); 0 = one per CPU.
 OPENIMAGES_WORKERS = 0
+# Bytes Twisted reads from a socket at once (its default, 64 KiB, costs more event-loop trips per image).
+OPENIMAGES_SOCKET_READ_SIZE = 262_144
 # Seconds a graceful stop (one Ctrl-C) waits for transfers before cutting them off.
 OPENIMAGES_STOP_GRACE = 3.0
 

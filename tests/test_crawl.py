@@ -19,6 +19,7 @@ from openimages_crawler.failures import FAILURE_REASONS
 from openimages_crawler.mirror import IMAGE_KINDS, MirrorRow, Route
 
 from .conftest import (
+    ROOT,
     Served,
     count_rows,
     kill,
@@ -344,3 +345,14 @@ def test_bad_metadata_is_a_clear_error(tmp_path: Path) -> None:
     )
     assert "missing column(s) OriginalSize, OriginalMD5" in result.stderr
     assert not (tmp_path / "store" / "train").exists()
+
+
+def test_demo_checks_every_row_with_an_absolute_folder(tmp_path: Path) -> None:
+    folder = tmp_path / "demo"  # absolute: the results are globbed from there
+    done = subprocess.run(
+        [sys.executable, "-m", "scrapy", "demo", "--dir", str(folder), "--copies", "1"],
+        cwd=ROOT, capture_output=True, text=True, timeout=240,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "recorded exactly once, each with the expected outcome" in done.stdout
+    assert (folder / "openimages" / "train" / "images-success.csv").exists()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import glob
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -71,7 +72,7 @@ class Command(ScrapyCommand):
         print("\nResults:")
         for item_class in (SuccessRow, FailureRow):
             for pattern in subset_feed_paths(self.settings, item_class):
-                for path in sorted(Path().glob(pattern)):
+                for path in sorted(glob.glob(pattern)):  # absolute or relative
                     with open(path, newline="", encoding="utf-8") as handle:
                         rows = list(csv.DictReader(handle))
                     for row in rows:

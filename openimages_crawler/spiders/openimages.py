@@ -114,10 +114,12 @@ class OpenImagesSpider(scrapy.Spider):
         recorded = row.image_id in self.ledger.succeeded
         config = self.config
         layout = config.layout
-        original = layout.original_path(row.subset, row.image_id, row.url)
         resized_done = config.resize is None or nonempty(
             layout.resized_path(row.subset, row.image_id, config.resize.format)
         )
+        if resized_done and not config.save_originals:  # the common rerun: one stat a row
+            return None if recorded else SuccessRow(row.fields, row.subset)
+        original = layout.original_path(row.subset, row.image_id, row.url)
         original_there = file_size(original) == row.size
         original_done = not config.save_originals or (
             original_there and (recorded or not config.check_md5_if_exists)

@@ -1,0 +1,160 @@
+"""The commands compared by the benchmark, and how each one's images are counted."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+IMG2DATASET_VERSION = "1.47.0"
+
+
+@dataclass
+class Inputs:
+    """What every contender reads: metadata, URL list, local files."""
+
+    metadata: Path
+    url_list: Path
+    files: Path
+    images: int
+    image_bytes: int
+    img2dataset_python: Path | None
+    cores: int = field(default_factory=lambda: os.cpu_count() or 1)
+
+
+@dataclass
+class Contender:
+    key: str
+    label: str
+    command: Callable[[Inputs, Path], list[str]]
+    count: Callable[[Path, Path], int]  # (output dir, log) -> images done
+    needs_network: bool = True
+    env: dict[str, str] = field(default_factory=dict)
+
+
+def _success_rows(out: Path, log: Path) -> int:
+    path = out / "train" / "images-success.csv"
+    if not path.exists():
+        return 0
+    with open(path, newline="") as handle:
+        return max(0, sum(1 for _ in csv.reader(handle)) - 1)
+
+
+def _printed_count(out: Path, log: Path) -> int:
+    lines = [line for line in log.read_text().splitlines() if line.strip()]
+    return int(lines[-1]) if lines and lines[-1].strip().isdigit() else 0
+
+
+def _img2dataset_successes(out: Path, log: Path) -> int:
+    return sum(json.loads(path.read_text()).get("successes", 0) for path in out.glob("*_stats.json"))
+
+
+def ours(key: str, label: str, *settings: str) -> Contender:
+    def command(inputs: Inputs, out: Path) -> list[str]:
+        argv = [
+            sys.executable, "-m", "scrapy", "crawl", "openimages",
+            "-a", f"metadata={inputs.metadata}",
+            "-s", f"IMAGES_STORE={out}",
+        ]
+        for setting in settings:
+            argv += ["-s", setting]
+        return argv
+
+    return Contender(key, label, command, _success_rows)
+
+
+def img2dataset(key: str, label: str, resize_mode: str, threads: int) -> Contender:
+    """Tuned fairly: a process per core, shards small enough to use them all,
+    MD5 verified like ours, no extra hash or EXIF extraction, same JPEG quality."""
+
+    def command(inputs: Inputs, out: Path) -> list[str]:
+        assert inputs.img2dataset_python is not None
+        shard = max(50, inputs.images // (inputs.cores * 4))
+        args = {
+            "url_list": str(inputs.url_list),
+            "input_format": "csv",
+            "url_col": "url",
+            "output_folder": str(out),
+            "output_format": "files",
+            "processes_count": inputs.cores,
+            "thread_count": threads,
+            "image_size": 224,
+            "resize_mode": resize_mode,
+            "resize_only_if_bigger": resize_mode == "keep_ratio_largest",
+            "encode_quality": 90,
+            "number_sample_per_shard": shard,
+            "compute_hash": "md5",  # it insists on computing the hash it verifies
+            "verify_hash": ["md5", "md5"],
+            "extract_exif": False,
+            "timeout": 10,
+            "retries": 0,
+        }
+        code = (
+            "import json, sys; from img2dataset import download; "
+            "download(**json.loads(sys.argv[1]))"
+        )
+        return [str(inputs.img2dataset_python), "-c", code, json.dumps(args)]
+
+    # No update check over the network from albumentations on import.
+    return Contender(key, label, command, _img2dataset_successes, env={"NO_ALBUMENTATIONS_UPDATE": "1"})
+
+
+def baseline(processes: int) -> Contender:
+    def command(inputs: Inputs, out: Path) -> list[str]:
+        return [
+            sys.executable, "-m", "bench.baseline", str(inputs.url_list), str(out),
+            "--processes", str(processes),
+        ]
+
+    return Contender(
+        "baseline", f"requests + hashlib + Pillow thumbnail, Pool({processes})", command, _printed_count
+    )
+
+
+def limit(path: str) -> Contender:
+    label = {
+        "fast": "Pillow limit: our fast path (reduced JPEG decode), no network",
+        "plain": "Pillow limit: full decode + Lanczos, no network",
+    }[path]
+
+    def command(inputs: Inputs, out: Path) -> list[str]:
+        return [sys.executable, "-m", "bench.limit", str(inputs.files), "--path", path]
+
+    return Contender(f"limit_{path}", label, command, _printed_count, needs_network=False)
+
+
+def ours_shrink() -> Contender:
+    return ours(
+        "ours_shrink", "ours: ShrinkToFit 224, no originals",
+        "OPENIMAGES_RESIZE_MODE=ShrinkToFit", "OPENIMAGES_RESIZE_SIZE=224",
+    )
+
+
+def all_contenders(img2dataset_threads: int, baseline_processes: int, with_img2dataset: bool) -> list[Contender]:
+    contenders = [
+        ours_shrink(),
+        ours(
+            "ours_fillcrop", "ours: FillCrop 224, no originals",
+            "OPENIMAGES_RESIZE_MODE=FillCrop", "OPENIMAGES_RESIZE_SIZE=224",
+        ),
+        ours(
+            "ours_originals", "ours: originals only (verify + save, no resize)",
+            "OPENIMAGES_SAVE_ORIGINALS=True", "OPENIMAGES_RESIZE=False",
+        ),
+    ]
+    if with_img2dataset:
+        contenders += [
+            img2dataset(
+                "i2d_largest", "img2dataset keep_ratio_largest 224", "keep_ratio_largest",
+                img2dataset_threads,
+            ),
+            img2dataset("i2d_center_crop", "img2dataset center_crop 224", "center_crop", img2dataset_threads),
+            img2dataset("i2d_no", "img2dataset resize_mode=no", "no", img2dataset_threads),
+        ]
+    contenders += [baseline(baseline_processes), limit("fast"), limit("plain")]
+    return contenders

@@ -1,0 +1,155 @@
+"""Probes: a 9.2M-row metadata CSV (time to the first request, RSS over the
+first minutes), a rerun over a finished 100k-image store (rows skipped per
+second, downloads made) and the fast path's output quality."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+from PIL import Image
+
+from openimages_crawler.catalogue import IMAGES_CSV_COLUMNS
+from openimages_crawler.storage import StoreLayout
+
+from . import corpus as corpus_module
+from . import quality, servers
+from .contenders import REPO
+
+PROBE_PORT = 47_123  # fixed, so the generated CSVs stay valid between runs
+
+
+def run(name: str, corpus: corpus_module.Corpus, work: Path, args: argparse.Namespace) -> dict:
+    if name == "quality":
+        return quality.compare(corpus)
+    probe = {"csv": csv_probe, "rerun": rerun_probe}[name]
+    return probe(corpus, work / f"probe-{name}", args)
+
+
+def _metadata(corpus: corpus_module.Corpus, rows: int) -> Path:
+    path = corpus.root.parent / f"probe-metadata-{rows}-{PROBE_PORT}.csv"
+    if not path.exists():
+        print(f"writing a {rows}-row metadata CSV (once)", flush=True)
+        corpus.metadata_for(PROBE_PORT, path.with_suffix(".tmp"), rows=rows)
+        path.with_suffix(".tmp").rename(path)
+    return path
+
+
+def _crawl(metadata: Path, store: Path, log: Path, *settings: str) -> subprocess.Popen:
+    argv = [
+        sys.executable, "-m", "scrapy", "crawl", "openimages", "-a", f"metadata={metadata}",
+        "-s", f"IMAGES_STORE={store}",
+    ]
+    for setting in settings:
+        argv += ["-s", setting]
+    return subprocess.Popen(argv, cwd=REPO, stdout=open(log, "w"), stderr=subprocess.STDOUT)
+
+
+def csv_probe(corpus: corpus_module.Corpus, work: Path, args: argparse.Namespace) -> dict:
+    metadata = _metadata(corpus, args.probe_rows)
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    with servers.start(corpus.files, work / "server", port=PROBE_PORT) as server:
+        started_wall = time.time()
+        process = _crawl(metadata, work / "store", work / "crawl.log")
+        proc = psutil.Process(process.pid)
+        samples: list[tuple[float, float]] = []
+        deadline = time.monotonic() + args.probe_seconds
+        while time.monotonic() < deadline and process.poll() is None:
+            try:
+                samples.append((round(time.time() - started_wall, 1), proc.memory_info().rss / 2**20))
+            except psutil.Error:
+                break
+            time.sleep(1)
+        process.kill()
+        process.wait()
+        requests = server.requests()
+    first = min((t for t, _, _ in requests), default=None)
+    first_request_s = round(first - started_wall, 2) if first is not None else None
+    rss = [round(value, 1) for _, value in samples]
+    early = rss[len(rss) // 4] if rss else 0.0
+    result = {
+        "rows": args.probe_rows,
+        "metadata_gb": round(metadata.stat().st_size / 1e9, 2),
+        "first_request_s": first_request_s,
+        "requests_served": len(requests),
+        "seconds": args.probe_seconds,
+        "rss_mb_samples": rss,
+        "peak_rss_mb": max(rss, default=0.0),
+        "rss_growth_last_three_quarters_mb": round(rss[-1] - early, 1) if rss else 0.0,
+    }
+    result["summary"] = (
+        f"{args.probe_rows:,}-row images.csv ({result['metadata_gb']} GB): first request "
+        f"{first_request_s} s after the process started; RSS peak {result['peak_rss_mb']} MB "
+        f"over {args.probe_seconds} s (growth over the last three quarters "
+        f"{result['rss_growth_last_three_quarters_mb']} MB); {len(requests)} images fetched."
+    )
+    return result
+
+
+def _finished_store(corpus: corpus_module.Corpus, metadata: Path, rows: int) -> Path:
+    """A store in which every row is recorded as a success with its resized file."""
+    store = corpus.root.parent / f"probe-store-{rows}"
+    if (store / "ready").exists():
+        return store
+    print(f"building a finished {rows}-image store (once)", flush=True)
+    shutil.rmtree(store, ignore_errors=True)
+    layout = StoreLayout(store)
+    thumbnail = io.BytesIO()
+    Image.new("RGB", (224, 168), (120, 130, 140)).save(thumbnail, "JPEG")
+    body = thumbnail.getvalue()
+    success = store / "train" / "images-success.csv"
+    success.parent.mkdir(parents=True)
+    made: set[Path] = set()
+    with open(metadata, newline="") as source, open(success, "w", newline="") as out:
+        reader = csv.DictReader(source)
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(IMAGES_CSV_COLUMNS)
+        for row in reader:
+            path = layout.resized_path("train", row["ImageID"], "jpg")
+            if path.parent not in made:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                made.add(path.parent)
+            path.write_bytes(body)
+            writer.writerow([row[name] for name in IMAGES_CSV_COLUMNS])
+    (store / "ready").write_text("")
+    return store
+
+
+def rerun_probe(corpus: corpus_module.Corpus, work: Path, args: argparse.Namespace) -> dict:
+    metadata = _metadata(corpus, args.store_rows)
+    store = _finished_store(corpus, metadata, args.store_rows)
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    with servers.start(corpus.files, work / "server", port=PROBE_PORT) as server:
+        started = time.perf_counter()
+        process = _crawl(metadata, store, work / "crawl.log")
+        process.wait()
+        wall = time.perf_counter() - started
+        downloads = len(server.requests())
+    log = (work / "crawl.log").read_text()
+    elapsed = re.search(r"'elapsed_time_seconds': ([0-9.]+)", log)
+    spider_s = float(elapsed.group(1)) if elapsed else wall
+    result = {
+        "rows": args.store_rows,
+        "wall_s": round(wall, 2),
+        "spider_s": round(spider_s, 2),
+        "rows_per_s": round(args.store_rows / spider_s),
+        "rows_per_s_with_startup": round(args.store_rows / wall),
+        "downloads": downloads,
+        "returncode": process.returncode,
+    }
+    result["summary"] = (
+        f"rerun over a finished {args.store_rows:,}-image store: {result['rows_per_s']:,} rows/s "
+        f"skipped from spider open to close ({result['rows_per_s_with_startup']:,} rows/s "
+        f"including start-up, {result['wall_s']} s), {downloads} downloads."
+    )
+    return result
