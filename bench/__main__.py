@@ -16,11 +16,21 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from . import corpus as corpus_module
 from . import measure, probes, report, servers
-from .contenders import IMG2DATASET_VERSION, REPO, Contender, Inputs, all_contenders, img2dataset, baseline, ours_shrink
+from .contenders import (
+    IMG2DATASET_VERSION,
+    REPO,
+    Contender,
+    Inputs,
+    all_contenders,
+    baseline,
+    img2dataset,
+    ours_shrink,
+)
 
 CACHE = REPO / "bench" / ".cache"
 RESULTS = REPO / "bench" / "results"
@@ -72,7 +82,7 @@ def median_of(runs: list[dict]) -> dict:
 
 
 def tune(
-    candidates: list[int], make: callable, inputs: Inputs, work: Path, name: str
+    candidates: list[int], make: Callable[[int], Contender], inputs: Inputs, work: Path, name: str
 ) -> tuple[int, dict[int, float]]:
     """One run per candidate value; the fastest wins."""
     speeds = {}

@@ -6,7 +6,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from openimages_crawler.imaging import REDUCING_GAP, RESIZE_MODES, ResizeSpec, decode, resize, upright_rgb
+from openimages_crawler.imaging import (
+    REDUCING_GAP,
+    RESIZE_MODES,
+    ResizeSpec,
+    decode,
+    resize,
+    upright_rgb,
+)
 
 from .corpus import Corpus
 

@@ -85,23 +85,6 @@ class Server:
         lines = self.access_log.read_text().splitlines()
         return [(float(t), status, path) for t, status, path in (line.split(" ", 2) for line in lines)]
 
-    def reset_log(self) -> None:
-        self.access_log.write_text("")
-        if self.kind == "nginx" and self.process is not None:
-            self.process.send_signal(signal.SIGUSR1)  # reopen the log file
-            time.sleep(0.2)
-
-    def cpu_seconds(self) -> float:
-        import psutil
-
-        assert self.process is not None
-        proc = psutil.Process(self.process.pid)
-        total = 0.0
-        for each in [proc, *proc.children(recursive=True)]:
-            times = each.cpu_times()
-            total += times.user + times.system
-        return total
-
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()

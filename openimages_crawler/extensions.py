@@ -16,7 +16,7 @@ from .downloader import ConnectionLimitDownloader
 
 if TYPE_CHECKING:
     from scrapy.crawler import Crawler
-    from typing_extensions import Self
+    from typing import Self
 
 logger = logging.getLogger(__name__)
 

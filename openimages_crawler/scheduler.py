@@ -14,7 +14,7 @@ from scrapy.utils.misc import build_from_crawler, load_object
 
 if TYPE_CHECKING:
     from scrapy.crawler import Crawler
-    from typing_extensions import Self
+    from typing import Self
 
 
 class MemoryScheduler(Scheduler):
