@@ -46,6 +46,12 @@ OPENIMAGES_FAST_RESIZE = True
 OPENIMAGES_WORKERS = 0
 # Bytes Twisted reads from a socket at once (its default, 64 KiB, costs more event-loop trips per image).
 OPENIMAGES_SOCKET_READ_SIZE = 262_144
+# Where -a version=N fetches metadata from (the official bucket, or a mirror with the same paths).
+OPENIMAGES_METADATA_URL = "https://storage.googleapis.com/openimages/"
+# Check fetched metadata against the catalogue's published size and MD5.
+OPENIMAGES_METADATA_VERIFY = True
+# Keep downloaded metadata archives (.tar.gz) after unpacking them.
+OPENIMAGES_SAVE_TARBALLS = False
 # Seconds a graceful stop (one Ctrl-C) waits for transfers before cutting them off.
 OPENIMAGES_STOP_GRACE = 3.0
 

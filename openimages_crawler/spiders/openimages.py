@@ -22,12 +22,22 @@ from scrapy.exceptions import UsageError
 from scrapy.http import Request, Response
 from twisted.python.failure import Failure
 
+from ..catalogue import DEFAULT_METADATA_URL, MetadataSource, sources_for
 from ..config import CrawlConfig
 from ..failures import INVALID_ROW
 from ..feeds import subset_feed_paths
 from ..items import FailureRow, FetchedImage, SuccessRow
 from ..ledger import ResultsLedger
-from ..rows import SAFE_SUBSET, ImageRow, InvalidRow, MetadataError, iter_rows, read_header, validate_row
+from ..metadata import MetadataFetcher
+from ..rows import (
+    SAFE_SUBSET,
+    ImageRow,
+    InvalidRow,
+    MetadataError,
+    iter_rows,
+    read_header,
+    validate_row,
+)
 from ..storage import file_size, nonempty
 
 # Rows handled between two returns to the event loop while skipping done rows.
@@ -42,29 +52,73 @@ class OpenImagesSpider(scrapy.Spider):
         metadata: str | None = None,
         subset: str | None = None,
         limit: str | int | None = None,
+        version: str | int | None = None,
+        download_metadata: str | bool = True,
         *args: Any,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
-        if not metadata:
-            raise UsageError("give the metadata file: scrapy crawl openimages -a metadata=PATH")
-        self.metadata = Path(metadata)
-        if not self.metadata.is_file():
-            raise UsageError(f"metadata file {self.metadata} does not exist")
         if subset is not None and (not SAFE_SUBSET.fullmatch(subset) or subset in (".", "..")):
             raise UsageError(f"-a subset={subset!r} is not a plain subset name")
-        self.subset = subset
         self.limit = _parse_limit(limit)
-        try:
-            self.header = read_header(self.metadata)
-        except MetadataError as exc:
-            raise UsageError(str(exc)) from exc
+        self.download_metadata = _parse_bool("download_metadata", download_metadata)
+        self.sources: list[MetadataSource] = []
+        self.metadata_files: list[Path] = []
+        if metadata and version:
+            raise UsageError("give -a metadata=PATH or -a version=N, not both")
+        if version:
+            if not subset:
+                raise UsageError("-a version=N needs -a subset=train|validation|test|all")
+            try:
+                self.sources = sources_for(_parse_version(version), subset)
+            except ValueError as exc:
+                raise UsageError(str(exc)) from None
+            subset = None if subset == "all" else subset  # "all": rows keep their own Subset
+        elif metadata:
+            self.metadata_files = [Path(metadata)]
+            if not self.metadata_files[0].is_file():
+                raise UsageError(f"metadata file {metadata} does not exist")
+            self.header = self._read_headers()
+        else:
+            raise UsageError(
+                "give the metadata: scrapy crawl openimages -a version=N -a subset=NAME, "
+                "or -a metadata=PATH"
+            )
+        self.subset = subset
 
     @classmethod
     def from_crawler(cls, crawler: Any, *args: Any, **kwargs: Any) -> OpenImagesSpider:
         spider = super().from_crawler(crawler, *args, **kwargs)
         spider.config = CrawlConfig.from_settings(crawler.settings)
+        if spider.sources:
+            spider.fetch_metadata()
         return spider
+
+    def fetch_metadata(self) -> None:
+        """The version's CSVs, from ``{IMAGES_STORE}/metadata/`` or downloaded there."""
+        settings = self.crawler.settings
+        try:
+            fetcher = MetadataFetcher(
+                self.config.layout.root / "metadata",
+                settings.get("OPENIMAGES_METADATA_URL") or DEFAULT_METADATA_URL,
+                verify=settings.getbool("OPENIMAGES_METADATA_VERIFY", True),
+                keep_archives=settings.getbool("OPENIMAGES_SAVE_TARBALLS", False),
+                download=self.download_metadata,
+            )
+            self.metadata_files = fetcher.csv_paths(self.sources)
+        except MetadataError as exc:
+            raise UsageError(str(exc)) from exc
+        self.header = self._read_headers()
+
+    def _read_headers(self) -> list[str]:
+        """The common header of the metadata files."""
+        try:
+            headers = [read_header(path) for path in self.metadata_files]
+        except MetadataError as exc:
+            raise UsageError(str(exc)) from exc
+        if any(header != headers[0] for header in headers):
+            raise UsageError("the metadata files do not share one header")
+        return headers[0]
 
     async def start(self) -> AsyncIterator[Any]:
         settings = self.crawler.settings
@@ -93,14 +147,15 @@ class OpenImagesSpider(scrapy.Spider):
     def selected_rows(self) -> Iterator[tuple[dict[str, str], str | None]]:
         """Rows of the wanted subset, up to ``limit``."""
         kept = 0
-        for fields, problem in iter_rows(self.metadata, self.header):
-            if self.limit is not None and kept >= self.limit:
-                return
-            row_subset = fields.get("Subset", "")
-            if self.subset and row_subset and row_subset != self.subset:
-                continue
-            kept += 1
-            yield fields, problem
+        for path in self.metadata_files:
+            for fields, problem in iter_rows(path, self.header):
+                if self.limit is not None and kept >= self.limit:
+                    return
+                row_subset = fields.get("Subset", "")
+                if self.subset and row_subset and row_subset != self.subset:
+                    continue
+                kept += 1
+                yield fields, problem
 
     def work_for(self, row: ImageRow | InvalidRow) -> Request | SuccessRow | FailureRow | None:
         """What a row needs: nothing, a result straight away, or a request."""
@@ -170,6 +225,23 @@ class OpenImagesSpider(scrapy.Spider):
             fallback=meta["fallback"],
             **outcome,
         )
+
+
+def _parse_version(version: str | int) -> int:
+    try:
+        return int(version)
+    except ValueError:
+        raise UsageError(f"-a version={version!r} is not a version number") from None
+
+
+def _parse_bool(name: str, value: str | bool) -> bool:
+    if isinstance(value, bool):
+        return value
+    if value.lower() in ("1", "true", "yes"):
+        return True
+    if value.lower() in ("0", "false", "no"):
+        return False
+    raise UsageError(f"-a {name}={value!r} is not true or false")
 
 
 def _parse_limit(limit: str | int | None) -> int | None:

@@ -1,0 +1,221 @@
+"""Versions: metadata fetched from a local metadata mirror, verified, unpacked
+safely, reused; end to end with -a version=N."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import subprocess
+import sys
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from openimages_crawler.catalogue import (
+    IMAGE_INFO_COLUMNS,
+    IMAGES_CSV_COLUMNS,
+    MetadataSource,
+    RemoteFile,
+    sources_for,
+)
+from openimages_crawler.metadata import MetadataFetcher
+from openimages_crawler.mirror import Mirror, MirrorServer, Route, build_mirror
+from openimages_crawler.rows import MetadataError
+
+from .conftest import FAST_SETTINGS, ROOT, outcomes
+
+SPLITS = ("train", "validation", "test")
+
+
+def csv_bytes(rows: list[dict[str, str]], columns: tuple[str, ...]) -> bytes:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow([row.get(name, "") for name in columns])
+    return out.getvalue().encode()
+
+
+def tarball(members: dict[str, bytes], links: dict[str, str] | None = None) -> bytes:
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w:gz") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        for name, target in (links or {}).items():
+            info = tarfile.TarInfo(name)
+            info.type = tarfile.SYMTYPE
+            info.linkname = target
+            tar.addfile(info)
+    return out.getvalue()
+
+
+@dataclass
+class MetadataMirror:
+    server: MirrorServer
+    images: Mirror
+    base: str
+    split_of: dict[str, str]  # ImageID -> split
+
+    def publish(self, path: str, body: bytes) -> None:
+        self.server.routes[(self.server.bases[0], "/openimages/" + path)] = Route(
+            body=body, content_type="application/octet-stream"
+        )
+
+    def downloads(self, path: str) -> int:
+        return self.server.counter.requests["/openimages/" + path]
+
+    def rows(self, split: str) -> list[dict[str, str]]:
+        return [row.fields | {"Subset": split} for row in self.images.rows
+                if self.split_of[row.fields["ImageID"]] == split]
+
+
+@pytest.fixture
+def metadata_mirror() -> Iterator[MetadataMirror]:
+    """Image hosts plus, on the first one, an Open Images bucket of our own."""
+    server = MirrorServer()
+    images = build_mirror(server.bases, faults=False)
+    split_of = {row.fields["ImageID"]: SPLITS[i % 3] for i, row in enumerate(images.rows)}
+    server.serve(images)
+    yield MetadataMirror(server, images, server.bases[0] + "/openimages/", split_of)
+    server.close()
+
+
+def publish_v3(mirror: MetadataMirror, **extra: bytes) -> bytes:
+    members = {f"2017_11/{split}/images.csv": csv_bytes(mirror.rows(split), IMAGES_CSV_COLUMNS)
+               for split in SPLITS}
+    body = tarball({**members, **extra})
+    mirror.publish("2017_11/images_2017_11.tar.gz", body)
+    return body
+
+
+def version_crawl(store: Path, settings: dict[str, str], **args: str) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "scrapy", "crawl", "openimages"]
+    for name, value in args.items():
+        command += ["-a", f"{name}={value}"]
+    for name, value in {**FAST_SETTINGS, "IMAGES_STORE": str(store), **settings}.items():
+        command += ["-s", f"{name}={value}"]
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=180)
+
+
+def test_v3_tarball_is_fetched_unpacked_crawled_and_reused(
+    metadata_mirror: MetadataMirror, tmp_path: Path
+) -> None:
+    publish_v3(metadata_mirror, **{"../../escape.csv": b"x", "/tmp/absolute-escape.csv": b"x"})
+    store = tmp_path / "data" / "store"
+    settings = {"OPENIMAGES_METADATA_URL": metadata_mirror.base, "OPENIMAGES_METADATA_VERIFY": "False"}
+    done = version_crawl(store, settings, version="3", subset="train")
+    assert done.returncode == 0, done.stderr[-3000:]
+    train = {row["ImageID"] for row in metadata_mirror.rows("train")}
+    assert outcomes(store) == {image_id: ["success"] for image_id in train}
+    assert (store / "metadata" / "2017_11" / "train" / "images.csv").is_file()
+    assert not (store / "metadata" / "2017_11" / "validation" / "images.csv").exists()
+    assert not list((store / "metadata").rglob("*.tar.gz"))  # archives are not kept
+    assert not list(tmp_path.rglob("escape.csv")) and not Path("/tmp/absolute-escape.csv").exists()
+    assert metadata_mirror.downloads("2017_11/images_2017_11.tar.gz") == 1
+    # A rerun uses the cache; only a split not unpacked yet needs the archive again.
+    again = version_crawl(store, settings, version="3", subset="train", download_metadata="false")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert metadata_mirror.downloads("2017_11/images_2017_11.tar.gz") == 1
+    assert version_crawl(store, settings, version="3", subset="all").returncode == 0
+    assert metadata_mirror.downloads("2017_11/images_2017_11.tar.gz") == 2
+    for split in SPLITS:  # rows are filed under their own Subset, each once
+        rows = metadata_mirror.rows(split)
+        assert outcomes(store, split) == {row["ImageID"]: ["success"] for row in rows}
+
+
+def test_v4_image_info_file_and_its_rotation_column(metadata_mirror: MetadataMirror, tmp_path: Path) -> None:
+    path = "2018_04/validation/validation-images-with-rotation.csv"
+    metadata_mirror.publish(path, csv_bytes(metadata_mirror.rows("validation"), IMAGE_INFO_COLUMNS))
+    store = tmp_path / "store"
+    settings = {"OPENIMAGES_METADATA_URL": metadata_mirror.base, "OPENIMAGES_METADATA_VERIFY": "False"}
+    done = version_crawl(store, settings, version="4", subset="validation")
+    assert done.returncode == 0, done.stderr[-3000:]
+    expected = {row["ImageID"] for row in metadata_mirror.rows("validation")}
+    assert set(outcomes(store, "validation")) == expected
+    header = (store / "validation" / "images-success.csv").read_text().splitlines()[0]
+    assert header.endswith(",Rotation")
+    assert (store / "metadata" / path).is_file()
+
+
+def test_checksum_mismatch_is_a_clear_error_and_keeps_nothing(
+    metadata_mirror: MetadataMirror, tmp_path: Path
+) -> None:
+    publish_v3(metadata_mirror)
+    store = tmp_path / "store"
+    done = version_crawl(store, {"OPENIMAGES_METADATA_URL": metadata_mirror.base}, version="3",
+                         subset="validation")
+    assert done.returncode != 0
+    assert "the catalogue says 1038133015" in done.stderr
+    assert "OPENIMAGES_METADATA_VERIFY=False" in done.stderr
+    assert not [p for p in (store / "metadata").rglob("*") if p.is_file()]
+    assert not (store / "validation").exists()
+
+
+def test_missing_cache_without_download_and_bad_arguments_are_clear_errors(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    done = version_crawl(store, {}, version="3", subset="train", download_metadata="false")
+    assert done.returncode != 0 and "download_metadata=false" in done.stderr
+    for args, message in (
+        ({"version": "8", "subset": "train"}, "version 8 is not one of"),
+        ({"version": "1", "subset": "test"}, "version 1 has no subset 'test'"),
+        ({"version": "3"}, "needs -a subset="),
+        ({"version": "3", "subset": "train", "metadata": "x.csv"}, "not both"),
+    ):
+        done = version_crawl(store, {}, **args)
+        assert done.returncode != 0 and message in done.stderr, (args, done.stderr[-1500:])
+
+
+# --- the fetcher on its own -----------------------------------------------------
+
+
+def test_v1_layout_and_published_checksums_are_checked(metadata_mirror: MetadataMirror, tmp_path: Path) -> None:
+    members = {f"images_2016_08/{split}/images.csv": csv_bytes(metadata_mirror.rows(split), IMAGES_CSV_COLUMNS)
+               for split in ("train", "validation")}
+    body = tarball(members)
+    metadata_mirror.publish("2016_08/images_2016_08_v5.tar.gz", body)
+    remote = RemoteFile("2016_08/images_2016_08_v5.tar.gz", len(body), hashlib.md5(body).hexdigest())
+    sources = [MetadataSource(remote, source.member) for source in sources_for(1, "all")]
+    fetcher = MetadataFetcher(tmp_path / "metadata", metadata_mirror.base)
+    paths = fetcher.csv_paths(sources)
+    assert [p.relative_to(tmp_path / "metadata").as_posix() for p in paths] == [
+        "images_2016_08/train/images.csv", "images_2016_08/validation/images.csv"]
+    assert paths[1].read_bytes() == members["images_2016_08/validation/images.csv"]
+    wrong_md5 = RemoteFile(remote.path, remote.size, "0" * 32)
+    with pytest.raises(MetadataError, match="MD5"):
+        MetadataFetcher(tmp_path / "other", metadata_mirror.base).fetch(wrong_md5)
+    assert not list((tmp_path / "other").rglob("*.part"))
+
+
+def test_kept_archive_serves_later_splits_without_a_download(
+    metadata_mirror: MetadataMirror, tmp_path: Path
+) -> None:
+    publish_v3(metadata_mirror)
+    fetcher = MetadataFetcher(tmp_path, metadata_mirror.base, verify=False, keep_archives=True)
+    fetcher.csv_paths(sources_for(3, "train"))
+    fetcher.csv_paths(sources_for(3, "test"))
+    assert (tmp_path / "2017_11" / "images_2017_11.tar.gz").is_file()
+    assert metadata_mirror.downloads("2017_11/images_2017_11.tar.gz") == 1
+    assert (tmp_path / "2017_11" / "test" / "images.csv").is_file()
+
+
+def test_a_wanted_member_that_is_a_link_is_refused(metadata_mirror: MetadataMirror, tmp_path: Path) -> None:
+    body = tarball({"2017_11/train/images.csv": b"ImageID\n"},
+                   links={"2017_11/validation/images.csv": "/etc/passwd"})
+    metadata_mirror.publish("2017_11/images_2017_11.tar.gz", body)
+    fetcher = MetadataFetcher(tmp_path, metadata_mirror.base, verify=False)
+    with pytest.raises(MetadataError, match="not a regular file"):
+        fetcher.csv_paths(sources_for(3, "validation"))
+    assert not (tmp_path / "2017_11" / "validation" / "images.csv").exists()
+    with pytest.raises(MetadataError, match="has no member 2017_11/test/images.csv"):
+        fetcher.csv_paths(sources_for(3, "test"))
+
+
+def test_only_http_metadata_urls() -> None:
+    with pytest.raises(MetadataError, match="must be http"):
+        MetadataFetcher(Path("x"), "file:///etc/")
