@@ -15,8 +15,9 @@ from scrapy.utils.asyncio import create_looping_call
 from .downloader import ConnectionLimitDownloader
 
 if TYPE_CHECKING:
-    from scrapy.crawler import Crawler
     from typing import Self
+
+    from scrapy.crawler import Crawler
 
 logger = logging.getLogger(__name__)
 

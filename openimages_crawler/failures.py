@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from typing import Final
 
-from scrapy.exceptions import DownloadCancelledError, DownloadTimeoutError, ResponseDataLossError
+from scrapy.exceptions import (
+    DownloadCancelledError,
+    DownloadTimeoutError,
+    ResponseDataLossError,
+)
 from scrapy.http import Response
 from twisted.internet import error as twisted_errors
 from twisted.python.failure import Failure

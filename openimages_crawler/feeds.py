@@ -17,8 +17,8 @@ from typing import IO, Any
 
 from scrapy import Spider
 from scrapy.exporters import CsvItemExporter
-from scrapy.settings import BaseSettings
 from scrapy.extensions.feedexport import FeedExporter, FeedSlot, FileFeedStorage
+from scrapy.settings import BaseSettings
 from scrapy.utils.misc import load_object
 
 logger = logging.getLogger(__name__)

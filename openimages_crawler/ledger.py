@@ -65,6 +65,11 @@ def read_ids(path: Path) -> IdSet:
     repair_tail(path)
     if not read_csv_header(path):
         return IdSet()
+    return read_id_column(path)
+
+
+def read_id_column(path: Path) -> IdSet:
+    """The ImageID column of any CSV, read in chunks (the file is not changed)."""
     parts = []
     reader = pd.read_csv(
         path,

@@ -13,8 +13,9 @@ from scrapy.core.scheduler import Scheduler
 from scrapy.utils.misc import build_from_crawler, load_object
 
 if TYPE_CHECKING:
-    from scrapy.crawler import Crawler
     from typing import Self
+
+    from scrapy.crawler import Crawler
 
 
 class MemoryScheduler(Scheduler):

@@ -12,8 +12,8 @@ from pathlib import Path
 from scrapy.commands import ScrapyCommand
 from scrapy.settings import SETTINGS_PRIORITIES
 
-from ..items import FailureRow, SuccessRow
 from ..feeds import subset_feed_paths
+from ..items import FailureRow, SuccessRow
 from ..mirror import MirrorServer, build_mirror, refused_base
 
 # The demo's hanging host must time out quickly.

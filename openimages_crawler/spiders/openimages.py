@@ -38,6 +38,7 @@ from ..rows import (
     read_header,
     validate_row,
 )
+from ..selection import Selection, SelectionError, Shard, read_exclusions, read_id_list
 from ..storage import file_size, nonempty
 
 # Rows handled between two returns to the event loop while skipping done rows.
@@ -54,13 +55,26 @@ class OpenImagesSpider(scrapy.Spider):
         limit: str | int | None = None,
         version: str | int | None = None,
         download_metadata: str | bool = True,
+        ids: str | None = None,
+        exclude: str | None = None,
+        offset: str | int | None = None,
+        shard: str | None = None,
         *args: Any,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         if subset is not None and (not SAFE_SUBSET.fullmatch(subset) or subset in (".", "..")):
             raise UsageError(f"-a subset={subset!r} is not a plain subset name")
-        self.limit = _parse_limit(limit)
+        try:
+            self.selection = Selection(
+                ids=read_id_list(Path(ids)) if ids else None,
+                exclude=read_exclusions(Path(exclude)) if exclude else None,
+                shard=Shard.parse(shard) if shard else None,
+                offset=_parse_count("offset", offset) or 0,
+                limit=_parse_count("limit", limit),
+            )
+        except SelectionError as exc:
+            raise UsageError(str(exc)) from None
         self.download_metadata = _parse_bool("download_metadata", download_metadata)
         self.sources: list[MetadataSource] = []
         self.metadata_files: list[Path] = []
@@ -85,6 +99,7 @@ class OpenImagesSpider(scrapy.Spider):
                 "or -a metadata=PATH"
             )
         self.subset = subset
+        self.selection.subset = subset
 
     @classmethod
     def from_crawler(cls, crawler: Any, *args: Any, **kwargs: Any) -> OpenImagesSpider:
@@ -145,17 +160,10 @@ class OpenImagesSpider(scrapy.Spider):
         stats.set_value("openimages/rows_read", handled)
 
     def selected_rows(self) -> Iterator[tuple[dict[str, str], str | None]]:
-        """Rows of the wanted subset, up to ``limit``."""
-        kept = 0
-        for path in self.metadata_files:
-            for fields, problem in iter_rows(path, self.header):
-                if self.limit is not None and kept >= self.limit:
-                    return
-                row_subset = fields.get("Subset", "")
-                if self.subset and row_subset and row_subset != self.subset:
-                    continue
-                kept += 1
-                yield fields, problem
+        """Rows of every metadata file that the selection takes."""
+        return self.selection.rows(
+            row for path in self.metadata_files for row in iter_rows(path, self.header)
+        )
 
     def work_for(self, row: ImageRow | InvalidRow) -> Request | SuccessRow | FailureRow | None:
         """What a row needs: nothing, a result straight away, or a request."""
@@ -244,14 +252,13 @@ def _parse_bool(name: str, value: str | bool) -> bool:
     raise UsageError(f"-a {name}={value!r} is not true or false")
 
 
-def _parse_limit(limit: str | int | None) -> int | None:
-    if limit is None or limit == "":
+def _parse_count(name: str, value: str | int | None) -> int | None:
+    if value is None or value == "":
         return None
     try:
-        value = int(limit)
+        count = int(value)
     except ValueError:
-        raise UsageError(f"-a limit={limit!r} is not a whole number") from None
-    if value < 0:
-        raise UsageError(f"-a limit={limit!r} must be 0 or more")
-    return value
-
+        raise UsageError(f"-a {name}={value!r} is not a whole number") from None
+    if count < 0:
+        raise UsageError(f"-a {name}={value!r} must be 0 or more")
+    return count

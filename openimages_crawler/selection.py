@@ -1,0 +1,135 @@
+"""Which metadata rows a crawl takes: subset, id lists, exclusions, shard,
+offset and limit. Pure functions over rows; no Scrapy import."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .ledger import IdSet, read_id_column
+from .rows import open_text
+
+# One id per line, optionally with its split: the official downloader.py format.
+ID_LINE = re.compile(r"(?:(?P<split>[A-Za-z0-9_.-]+)/)?(?P<id>[A-Za-z0-9][A-Za-z0-9_-]*)")
+
+
+class SelectionError(Exception):
+    """A selection argument or file that cannot be used; stops the crawl before it starts."""
+
+
+@dataclass
+class IdList:
+    """ImageIDs, each either for any split or for one split only."""
+
+    anywhere: IdSet = field(default_factory=IdSet)
+    by_split: dict[str, IdSet] = field(default_factory=dict)
+
+    def holds(self, image_id: str, subset: str) -> bool:
+        if image_id in self.anywhere:
+            return True
+        in_split = self.by_split.get(subset)
+        return in_split is not None and image_id in in_split
+
+    def __len__(self) -> int:
+        return len(self.anywhere) + sum(len(ids) for ids in self.by_split.values())
+
+
+def read_id_list(path: Path) -> IdList:
+    """``ImageID`` or ``split/ImageID`` per line; blank lines and ``#`` comments skipped."""
+    anywhere: list[str] = []
+    by_split: dict[str, list[str]] = {}
+    try:
+        with open_text(path) as handle:
+            for number, line in enumerate(handle, 1):
+                text = line.strip()
+                if not text or text.startswith("#"):
+                    continue
+                match = ID_LINE.fullmatch(text)
+                if match is None:
+                    raise SelectionError(f"{path}:{number}: {text[:80]!r} is not an ImageID or split/ImageID")
+                if match["split"]:
+                    by_split.setdefault(match["split"], []).append(match["id"])
+                else:
+                    anywhere.append(match["id"])
+    except OSError as exc:
+        raise SelectionError(f"cannot read {path}: {exc}") from exc
+    return IdList(IdSet(anywhere), {split: IdSet(ids) for split, ids in by_split.items()})
+
+
+def read_exclusions(path: Path) -> IdList:
+    """An id list, or any CSV with an ImageID column (e.g. an annotations file)."""
+    try:
+        with open_text(path) as handle:
+            first = next(csv.reader(handle), [])
+        if "ImageID" in [name.strip() for name in first]:
+            return IdList(read_id_column(path))
+    except (OSError, ValueError) as exc:  # pandas' parser errors are ValueErrors
+        raise SelectionError(f"cannot read {path}: {exc}") from exc
+    return read_id_list(path)
+
+
+@dataclass(frozen=True, slots=True)
+class Shard:
+    """Shard ``index`` (1-based) of ``count``, by a hash of the ImageID: the
+    shards of one N cover every row exactly once, whatever the file order."""
+
+    index: int
+    count: int
+
+    @classmethod
+    def parse(cls, text: str) -> Shard:
+        match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
+        if match is None:
+            raise SelectionError(f"-a shard={text!r} is not K/N (for example 1/4)")
+        index, count = int(match[1]), int(match[2])
+        if not 1 <= index <= count:
+            raise SelectionError(f"-a shard={text!r}: K must be between 1 and N")
+        return cls(index, count)
+
+    def holds(self, image_id: str) -> bool:
+        digest = hashlib.md5(image_id.encode("utf-8", "surrogateescape")).digest()
+        return int.from_bytes(digest[:8], "big") % self.count == self.index - 1
+
+
+@dataclass
+class Selection:
+    """The filters, applied in this order: subset, ids, exclude, shard, offset, limit."""
+
+    subset: str | None = None
+    ids: IdList | None = None
+    exclude: IdList | None = None
+    shard: Shard | None = None
+    offset: int = 0
+    limit: int | None = None
+
+    def takes(self, fields: dict[str, str]) -> bool:
+        """Whether a row passes the subset, id, exclusion and shard filters."""
+        row_subset = fields.get("Subset", "")
+        if self.subset and row_subset and row_subset != self.subset:
+            return False
+        image_id = fields.get("ImageID", "")
+        subset = row_subset or self.subset or ""
+        if self.ids is not None and not self.ids.holds(image_id, subset):
+            return False
+        if self.exclude is not None and self.exclude.holds(image_id, subset):
+            return False
+        return self.shard is None or self.shard.holds(image_id)
+
+    def rows(
+        self, rows: Iterable[tuple[dict[str, str], str | None]]
+    ) -> Iterator[tuple[dict[str, str], str | None]]:
+        skipped = kept = 0
+        for fields, problem in rows:
+            if not self.takes(fields):
+                continue
+            if skipped < self.offset:
+                skipped += 1
+                continue
+            if self.limit is not None and kept >= self.limit:
+                return
+            kept += 1
+            yield fields, problem
