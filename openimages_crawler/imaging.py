@@ -41,6 +41,13 @@ FULL_SIZE: Final = "openimages_full_size"
 # EXIF orientations that swap width and height.
 _TRANSPOSING_ORIENTATIONS: Final = frozenset({5, 6, 7, 8})
 
+# V4+ Rotation (degrees counter-clockwise) -> the transpose that applies it.
+_ROTATIONS: Final = {
+    90: Image.Transpose.ROTATE_90,
+    180: Image.Transpose.ROTATE_180,
+    270: Image.Transpose.ROTATE_270,
+}
+
 # Pillow's own bomb limit applies on top of ours; disable its warning-only band
 # so the explicit pixel check below is the single rule.
 Image.MAX_IMAGE_PIXELS = None
@@ -138,21 +145,34 @@ def full_size(image: Image.Image) -> tuple[int, int]:
     return image.info.get(FULL_SIZE, image.size)
 
 
-def upright_rgb(image: Image.Image) -> Image.Image:
-    """Apply EXIF orientation and convert any mode to 8-bit RGB.
+def upright_rgb(image: Image.Image, rotation: int = 0) -> Image.Image:
+    """Turn the image upright and convert any mode to 8-bit RGB.
 
-    Transparency is flattened on white; 16-bit and float grey are scaled, not
-    clipped; CMYK (including Adobe's inverted JPEGs, which Pillow handles)
-    becomes RGB. The full-resolution size is carried along (and turned with
-    the image), so outputs do not depend on a reduced decode.
+    Upright means: the file's EXIF orientation when it has one; otherwise
+    ``rotation`` (V4+ metadata, degrees counter-clockwise, which Open Images
+    derived from the originals' EXIF, for copies that lost it). Never both,
+    so an image is never turned twice. Transparency is flattened on white;
+    16-bit and float grey are scaled, not clipped; CMYK (including Adobe's
+    inverted JPEGs, which Pillow handles) becomes RGB. The full-resolution
+    size is carried along (and turned with the image), so outputs do not
+    depend on a reduced decode.
     """
     width, height = full_size(image)
     try:
-        if image.getexif().get(ExifTags.Base.Orientation, 1) in _TRANSPOSING_ORIENTATIONS:
-            width, height = height, width
-        ImageOps.exif_transpose(image, in_place=True)
+        orientation = image.getexif().get(ExifTags.Base.Orientation)
     except Exception:  # a malformed EXIF block must not lose a good image
-        pass
+        orientation = None
+    if orientation is not None:
+        if orientation in _TRANSPOSING_ORIENTATIONS:
+            width, height = height, width
+        try:
+            ImageOps.exif_transpose(image, in_place=True)
+        except Exception:  # as above
+            pass
+    elif rotation in _ROTATIONS:
+        image = image.transpose(_ROTATIONS[rotation])
+        if rotation in (90, 270):
+            width, height = height, width
     image = _rgb(image)
     image.info[FULL_SIZE] = (width, height)
     return image
@@ -251,7 +271,8 @@ def encode(image: Image.Image, spec: ResizeSpec) -> bytes:
 
 
 def resized_bytes(
-    image: Image.Image, spec: ResizeSpec, *, reducing_gap: float | None = None
+    image: Image.Image, spec: ResizeSpec, *, reducing_gap: float | None = None, rotation: int = 0
 ) -> bytes:
     """Upright RGB, resized and encoded: the whole resize stage for one output."""
-    return encode(resize(upright_rgb(image), spec, reducing_gap=reducing_gap), spec)
+    upright = upright_rgb(image, rotation)
+    return encode(resize(upright, spec, reducing_gap=reducing_gap), spec)

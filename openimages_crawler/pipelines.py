@@ -124,7 +124,11 @@ class OpenImagesPipeline(ImagesPipeline):
             if not (item.from_store and nonempty(path)):
                 resized = path
         return OutputPlan(
-            original=original, resized=resized, spec=config.resize, fast=config.fast_resize
+            original=original,
+            resized=resized,
+            spec=config.resize,
+            fast=config.fast_resize,
+            rotation=row.rotation,
         )
 
     def item_completed(

@@ -34,6 +34,7 @@ class OutputPlan:
     # Reduced JPEG decode and pre-reduction before the final filter
     # (imaging.REDUCING_GAP); False is a full decode and a plain resize.
     fast: bool = True
+    rotation: int = 0  # V4+ Rotation for files without an EXIF orientation
 
     @property
     def wants_resized(self) -> bool:
@@ -100,7 +101,12 @@ def process_image(
     outcome = Outcome()
     try:
         resized = (
-            resized_bytes(image, plan.spec, reducing_gap=REDUCING_GAP if plan.fast else None)
+            resized_bytes(
+                image,
+                plan.spec,
+                reducing_gap=REDUCING_GAP if plan.fast else None,
+                rotation=plan.rotation,
+            )
             if plan.wants_resized and plan.spec is not None
             else None
         )

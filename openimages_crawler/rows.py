@@ -44,6 +44,7 @@ class ImageRow:
     size: int
     md5: bytes
     subset: str
+    rotation: int = 0  # V4+ Rotation, applied only to files without an EXIF orientation
 
 
 @dataclass(slots=True)
@@ -141,4 +142,17 @@ def validate_row(
         md5 = b""
     if len(md5) != 16:
         return invalid(f"OriginalMD5 {md5_text[:40]!r} is not a base64 16-byte MD5")
-    return ImageRow(fields, image_id, url, int(size_text), md5, subset)
+    rotation_text = fields.get("Rotation", "").strip()
+    rotation = parse_rotation(rotation_text)
+    if rotation is None and rotation_text.lower() not in ("", "nan"):
+        return invalid(f"Rotation {rotation_text[:40]!r} is not 0, 90, 180 or 270")
+    return ImageRow(fields, image_id, url, int(size_text), md5, subset, rotation or 0)
+
+
+def parse_rotation(text: str) -> int | None:
+    """V4+ Rotation ("90", "90.0"): degrees counter-clockwise; None if not a right angle."""
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return int(value) if value in (0.0, 90.0, 180.0, 270.0) else None

@@ -356,3 +356,24 @@ def test_demo_checks_every_row_with_an_absolute_folder(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert "recorded exactly once, each with the expected outcome" in done.stdout
     assert (folder / "openimages" / "train" / "images-success.csv").exists()
+
+
+def test_v4_rotation_turns_images_without_exif_once(tmp_path: Path) -> None:
+    served = serve(tmp_path, faults=False)
+    try:
+        rows = [r for r in served.mirror.rows if r.kind in ("jpeg_large", "jpeg_exif_rotated")]
+        served.mirror.rows = rows
+        for row in rows:
+            row.fields["Rotation"] = "90.0"
+        metadata = served.mirror.write_metadata(tmp_path / "info.csv", IMAGE_INFO_COLUMNS)
+        store = tmp_path / "store"
+        run_crawl(metadata, store)
+        for row in rows:
+            image_id = row.fields["ImageID"]
+            with Image.open(store / "train" / "images-resized" / image_id[:3] / f"{image_id}.jpg") as out:
+                if row.kind == "jpeg_large":  # 1600x1067, no EXIF: turned by Rotation
+                    assert out.size == (149, 224)
+                else:  # stored 200x300 with an EXIF turn to landscape: EXIF only
+                    assert out.size == (224, 149)
+    finally:
+        served.server.close()

@@ -280,3 +280,57 @@ def test_process_image_fast_and_plain_write_the_same_sizes(tmp_path: Path) -> No
     outcome = process_image(truncated, Expected(), OutputPlan(original=tmp_path / "t.jpg"), writer, MAX_PIXELS)
     assert outcome.reason == "corrupt" and not (tmp_path / "t.jpg").exists()
     writer.close()
+
+
+# --- V4+ Rotation and EXIF orientation ---------------------------------------
+
+
+def _marked(exif_orientation: int | None = None, size: tuple[int, int] = (300, 200)) -> bytes:
+    """A landscape JPEG, red on its left third, grey elsewhere."""
+    image = Image.new("RGB", size, (128, 128, 128))
+    image.paste((255, 0, 0), (0, 0, size[0] // 3, size[1]))
+    options: dict[str, object] = {}
+    if exif_orientation is not None:
+        exif = Image.Exif()
+        exif[0x0112] = exif_orientation
+        options["exif"] = exif.tobytes()
+    return _jpeg_bytes(image, **options)
+
+
+def _red_at(image: Image.Image, xy: tuple[int, int]) -> bool:
+    red, green, blue = image.getpixel(xy)
+    return red > 200 and green < 60 and blue < 60
+
+
+def test_rotation_applies_to_files_without_exif_orientation() -> None:
+    ccw = upright_rgb(decode(_marked(), MAX_PIXELS), 90)
+    assert ccw.size == (200, 300)
+    assert _red_at(ccw, (100, 290)) and not _red_at(ccw, (100, 10))  # the left side is now at the bottom
+    half = upright_rgb(decode(_marked(), MAX_PIXELS), 180)
+    assert half.size == (300, 200) and _red_at(half, (290, 100))
+    cw = upright_rgb(decode(_marked(), MAX_PIXELS), 270)
+    assert cw.size == (200, 300) and _red_at(cw, (100, 10))
+
+
+@pytest.mark.parametrize("orientation", [1, 3, 6, 8])
+def test_exif_orientation_wins_so_nothing_is_turned_twice(orientation: int) -> None:
+    data = _marked(orientation)
+    by_exif = upright_rgb(decode(data, MAX_PIXELS))
+    for rotation in (0, 90, 180, 270):
+        both = upright_rgb(decode(data, MAX_PIXELS), rotation)
+        assert both.size == by_exif.size
+        assert mean_abs_diff(both, by_exif) == 0
+
+
+@pytest.mark.parametrize("rotation", [90, 270])
+@pytest.mark.parametrize("mode", RESIZE_MODES)
+def test_rotation_on_the_fast_path_keeps_sizes(rotation: int, mode: str) -> None:
+    data = _jpeg_bytes(_photo(1999, 1201, 12))
+    spec = ResizeSpec(mode=mode, size=150)
+    plain = resize(upright_rgb(decode(data, MAX_PIXELS), rotation), spec)
+    fast = resize(upright_rgb(decode(data, MAX_PIXELS, reduce_for=spec), rotation), spec,
+                  reducing_gap=REDUCING_GAP)
+    assert plain.size == fast.size
+    assert mean_abs_diff(fast, plain) < 3.0
+    if mode == "ShrinkToFit":
+        assert plain.size == (90, 150)

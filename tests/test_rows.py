@@ -93,6 +93,8 @@ def test_missing_columns_are_a_clear_error(tmp_path: Path) -> None:
         ("OriginalMD5", "not-base64!", "16-byte"),
         ("OriginalMD5", "AAAA", "16-byte"),
         ("OriginalMD5", "", "16-byte"),
+        ("Rotation", "45", "not 0, 90, 180 or 270"),
+        ("Rotation", "left", "not 0, 90, 180 or 270"),
     ],
 )
 def test_hostile_values_become_invalid_rows(field: str, value: str, message: str) -> None:
@@ -110,3 +112,10 @@ def test_subset_defaults() -> None:
     assert isinstance(row, ImageRow) and row.subset == "unknown"
     row = validate_row(GOOD, None, None)
     assert isinstance(row, ImageRow) and row.md5.hex() == "5ca59432470d89bef519ee98ab5ff4fe"
+
+
+@pytest.mark.parametrize(("text", "rotation"), [("", 0), ("nan", 0), ("0", 0), ("90.0", 90),
+                                                 ("180", 180), (" 270.0 ", 270)])
+def test_rotation_values(text: str, rotation: int) -> None:
+    row = validate_row({**GOOD, "Rotation": text}, None, None)
+    assert isinstance(row, ImageRow) and row.rotation == rotation
