@@ -14,7 +14,11 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from openimages_crawler.catalogue import FAILURE_COLUMNS, IMAGE_INFO_COLUMNS, IMAGES_CSV_COLUMNS
+from openimages_crawler.catalogue import (
+    FAILURE_COLUMNS,
+    IMAGE_INFO_COLUMNS,
+    IMAGES_CSV_COLUMNS,
+)
 from openimages_crawler.failures import FAILURE_REASONS
 from openimages_crawler.mirror import IMAGE_KINDS, MirrorRow, Route
 
