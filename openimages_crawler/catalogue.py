@@ -29,6 +29,18 @@ REQUIRED_COLUMNS: Final = ("ImageID", "OriginalURL", "OriginalSize", "OriginalMD
 # Columns the failure results add after the input's own.
 FAILURE_COLUMNS: Final = ("FailureReason", "FailureDetails")
 
+# Columns the results add when images may come from elsewhere than OriginalURL
+# (300K thumbnails, the CVDF mirror): the URL used and the bytes actually stored.
+DOWNLOAD_COLUMNS: Final = ("DownloadURL", "DownloadSize", "DownloadMD5")
+
+# The CVDF mirror of the boxable subset: rescaled copies, no OriginalSize/MD5.
+DEFAULT_CVDF_URL: Final = "https://open-images-dataset.s3.amazonaws.com"
+
+
+def cvdf_url(base: str, split: str, image_id: str) -> str:
+    return f"{base.rstrip('/')}/{split}/{image_id}.jpg"
+
+
 # Subset folder used for rows that carry no Subset and no -a subset was given.
 UNKNOWN_SUBSET: Final = "unknown"
 

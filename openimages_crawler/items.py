@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import base64
 from dataclasses import dataclass
 
 from scrapy.http import Request, Response
 from twisted.python.failure import Failure
 
-from .catalogue import FAILURE_COLUMNS
+from .catalogue import DOWNLOAD_COLUMNS, FAILURE_COLUMNS
 from .rows import ImageRow
 
 
@@ -23,6 +24,14 @@ class ResultRow(dict[str, str]):
     def __init__(self, fields: dict[str, str], subset: str) -> None:
         super().__init__(fields)
         self.subset = subset
+
+
+def with_download(
+    fields: dict[str, str], url: str = "", size: int | None = None, md5: bytes | None = None
+) -> dict[str, str]:
+    """The input's fields plus DOWNLOAD_COLUMNS (empty where not known)."""
+    values = (url, "" if size is None else str(size), base64.b64encode(md5).decode() if md5 else "")
+    return {**fields, **dict(zip(DOWNLOAD_COLUMNS, values, strict=True))}
 
 
 class SuccessRow(ResultRow):
@@ -46,6 +55,9 @@ class FailureRow(ResultRow):
 class FetchedImage:
     """A download's outcome on its way to the pipeline (never exported).
 
+    ``verified`` is False for bytes that are not the original (300K
+    thumbnails, CVDF copies): only the decode check applies to them.
+
     ``from_store`` marks bytes read back from a stored original; ``fallback``
     is the request to make if those bytes turn out bad. ``recorded`` marks a
     row already in the results, being repaired, so it is not recorded twice.
@@ -57,6 +69,8 @@ class FetchedImage:
     from_store: bool = False
     recorded: bool = False
     fallback: Request | None = None
+    verified: bool = True  # the metadata's size and MD5 apply to these bytes
+    download_url: str | None = None  # set when the results record the URL used
 
 
 @dataclass(slots=True)

@@ -24,7 +24,7 @@ from scrapy.pipelines.images import ImagesPipeline
 
 from . import failures
 from .config import CrawlConfig
-from .items import FailureRow, FetchedImage, SuccessRow, Unrecorded
+from .items import FailureRow, FetchedImage, SuccessRow, Unrecorded, with_download
 from .processing import Expected, Outcome, OutputPlan, process_image
 from .storage import AtomicWriter, nonempty
 
@@ -99,7 +99,11 @@ class OpenImagesPipeline(ImagesPipeline):
         row = item.row
         from_store = item.from_store
         check_md5 = self.config.check_md5_if_exists or not from_store
-        expected = Expected(size=row.size, md5=row.md5 if check_md5 else None)
+        expected = (
+            Expected(size=row.size, md5=row.md5 if check_md5 else None)
+            if item.verified
+            else Expected()  # not the original: only the decode check applies
+        )
         assert self.executor is not None
         task = partial(
             process_image,
@@ -159,8 +163,11 @@ class OpenImagesPipeline(ImagesPipeline):
                 )
             self.stats.inc_value(f"openimages/repaired/{'ok' if results.ok else 'failed'}")
             return Unrecorded(row.image_id, "already recorded; outputs rebuilt")
+        fields = row.fields
+        if item.download_url is not None:
+            fields = with_download(fields, item.download_url, results.size or None, results.md5)
         if results.ok:
-            return SuccessRow(row.fields, row.subset)
+            return SuccessRow(fields, row.subset)
         assert results.reason is not None
         logger.debug("%s failed: %s: %s", row.image_id, results.reason, results.details)
-        return FailureRow(row.fields, row.subset, results.reason, results.details)
+        return FailureRow(fields, row.subset, results.reason, results.details)

@@ -48,6 +48,8 @@ class Outcome:
     reason: str | None = None
     details: str = ""
     bytes_written: int = 0
+    md5: bytes | None = None  # of the bytes processed, on success
+    size: int = 0
 
     @property
     def ok(self) -> bool:
@@ -58,14 +60,13 @@ def b64_md5(digest: bytes) -> str:
     return base64.b64encode(digest).decode("ascii")
 
 
-def verify_bytes(body: bytes, expected: Expected) -> Outcome | None:
-    """Size then MD5; returns a failure outcome or ``None`` when both match."""
+def verify_bytes(body: bytes, expected: Expected, actual: bytes) -> Outcome | None:
+    """Size then MD5 (``actual`` is the body's); a failure outcome, or ``None``."""
     if expected.size is not None and len(body) != expected.size:
         return Outcome(
             "size_mismatch", f"expected {expected.size} bytes, got {len(body)} bytes"
         )
     if expected.md5 is not None:
-        actual = hashlib.md5(body).digest()
         if actual != expected.md5:
             return Outcome(
                 "md5_mismatch",
@@ -86,7 +87,8 @@ def process_image(
     The original is written before the resized file, so an interrupted image
     can later be resized from its stored original without a download.
     """
-    failure = verify_bytes(body, expected)
+    digest = hashlib.md5(body).digest()
+    failure = verify_bytes(body, expected, digest)
     if failure is not None:
         return failure
     try:
@@ -98,7 +100,7 @@ def process_image(
         )
     except ImageRejected as exc:
         return Outcome(exc.reason, exc.details)
-    outcome = Outcome()
+    outcome = Outcome(md5=digest, size=len(body))
     try:
         resized = (
             resized_bytes(

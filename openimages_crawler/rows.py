@@ -45,6 +45,7 @@ class ImageRow:
     md5: bytes
     subset: str
     rotation: int = 0  # V4+ Rotation, applied only to files without an EXIF orientation
+    thumbnail_url: str = ""  # Thumbnail300KURL when it is an http(s) URL
 
 
 @dataclass(slots=True)
@@ -146,7 +147,18 @@ def validate_row(
     rotation = parse_rotation(rotation_text)
     if rotation is None and rotation_text.lower() not in ("", "nan"):
         return invalid(f"Rotation {rotation_text[:40]!r} is not 0, 90, 180 or 270")
-    return ImageRow(fields, image_id, url, int(size_text), md5, subset, rotation or 0)
+    thumbnail = fields.get("Thumbnail300KURL", "").strip()
+    if thumbnail and not _is_http_url(thumbnail):
+        thumbnail = ""  # no usable thumbnail: the original is used
+    return ImageRow(fields, image_id, url, int(size_text), md5, subset, rotation or 0, thumbnail)
+
+
+def _is_http_url(url: str) -> bool:
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return False
+    return parts.scheme.lower() in ALLOWED_SCHEMES and bool(parts.hostname)
 
 
 def parse_rotation(text: str) -> int | None:

@@ -52,6 +52,10 @@ OPENIMAGES_METADATA_URL = "https://storage.googleapis.com/openimages/"
 OPENIMAGES_METADATA_VERIFY = True
 # Keep downloaded metadata archives (.tar.gz) after unpacking them.
 OPENIMAGES_SAVE_TARBALLS = False
+# Download Thumbnail300KURL (~640 px, no size/MD5 check, decode check only) where a row has one.
+OPENIMAGES_DOWNLOAD_300K = False
+# Base of the CVDF mirror used by -a source=cvdf ({base}/{split}/{ImageID}.jpg).
+OPENIMAGES_CVDF_URL = "https://open-images-dataset.s3.amazonaws.com"
 # Seconds a graceful stop (one Ctrl-C) waits for transfers before cutting them off.
 OPENIMAGES_STOP_GRACE = 3.0
 

@@ -15,6 +15,7 @@ import asyncio
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import scrapy
 from scrapy import signals
@@ -22,11 +23,18 @@ from scrapy.exceptions import UsageError
 from scrapy.http import Request, Response
 from twisted.python.failure import Failure
 
-from ..catalogue import DEFAULT_METADATA_URL, MetadataSource, sources_for
+from ..catalogue import (
+    DEFAULT_CVDF_URL,
+    DEFAULT_METADATA_URL,
+    DOWNLOAD_COLUMNS,
+    MetadataSource,
+    cvdf_url,
+    sources_for,
+)
 from ..config import CrawlConfig
 from ..failures import INVALID_ROW
 from ..feeds import subset_feed_paths
-from ..items import FailureRow, FetchedImage, SuccessRow
+from ..items import FailureRow, FetchedImage, SuccessRow, with_download
 from ..ledger import ResultsLedger
 from ..metadata import MetadataFetcher
 from ..rows import (
@@ -59,6 +67,7 @@ class OpenImagesSpider(scrapy.Spider):
         exclude: str | None = None,
         offset: str | int | None = None,
         shard: str | None = None,
+        source: str = "original",
         *args: Any,
         **kwargs: Any,
     ) -> None:
@@ -76,6 +85,9 @@ class OpenImagesSpider(scrapy.Spider):
         except SelectionError as exc:
             raise UsageError(str(exc)) from None
         self.download_metadata = _parse_bool("download_metadata", download_metadata)
+        if source not in ("original", "cvdf"):
+            raise UsageError(f"-a source={source!r} is not original or cvdf")
+        self.source = source
         self.sources: list[MetadataSource] = []
         self.metadata_files: list[Path] = []
         if metadata and version:
@@ -104,10 +116,48 @@ class OpenImagesSpider(scrapy.Spider):
     @classmethod
     def from_crawler(cls, crawler: Any, *args: Any, **kwargs: Any) -> OpenImagesSpider:
         spider = super().from_crawler(crawler, *args, **kwargs)
-        spider.config = CrawlConfig.from_settings(crawler.settings)
+        settings = crawler.settings
+        spider.config = CrawlConfig.from_settings(settings)
+        spider.download_300k = settings.getbool("OPENIMAGES_DOWNLOAD_300K", False)
+        spider.cvdf_base = str(settings.get("OPENIMAGES_CVDF_URL") or DEFAULT_CVDF_URL)
+        if urlsplit(spider.cvdf_base).scheme not in ("http", "https"):
+            raise UsageError(f"OPENIMAGES_CVDF_URL must be http(s), not {spider.cvdf_base!r}")
+        # Results name the URL used whenever it may not be OriginalURL.
+        spider.record_download = spider.download_300k or spider.source == "cvdf"
         if spider.sources:
             spider.fetch_metadata()
+        spider.load_ledger()
         return spider
+
+    def load_ledger(self) -> None:
+        """What earlier runs recorded; before the crawl, so a store that does not
+        fit this metadata is a clear error (and a non-zero exit)."""
+        settings = self.crawler.settings
+        files = {
+            "success": subset_feed_paths(settings, SuccessRow),
+            "failure": subset_feed_paths(settings, FailureRow),
+        }
+        try:
+            self.ledger = ResultsLedger.load(files, self.result_header)
+        except MetadataError as exc:
+            raise UsageError(str(exc)) from exc
+
+    @property
+    def result_header(self) -> list[str]:
+        """The columns of the results files (failure files add FAILURE_COLUMNS)."""
+        return self.header + (list(DOWNLOAD_COLUMNS) if self.record_download else [])
+
+    def result_fields(self, fields: dict[str, str]) -> dict[str, str]:
+        """A row's fields as a result without a download."""
+        return with_download(fields) if self.record_download else fields
+
+    def download_source(self, row: ImageRow) -> tuple[str, bool]:
+        """The URL to fetch and whether the metadata's size and MD5 apply to it."""
+        if self.source == "cvdf":
+            return cvdf_url(self.cvdf_base, row.subset, row.image_id), False
+        if self.download_300k and row.thumbnail_url:
+            return row.thumbnail_url, False
+        return row.url, True
 
     def fetch_metadata(self) -> None:
         """The version's CSVs, from ``{IMAGES_STORE}/metadata/`` or downloaded there."""
@@ -136,12 +186,6 @@ class OpenImagesSpider(scrapy.Spider):
         return headers[0]
 
     async def start(self) -> AsyncIterator[Any]:
-        settings = self.crawler.settings
-        files = {
-            "success": subset_feed_paths(settings, SuccessRow),
-            "failure": subset_feed_paths(settings, FailureRow),
-        }
-        self.ledger = await asyncio.to_thread(ResultsLedger.load, files, self.header)
         stats = self.crawler.stats
         handled = 0
         for fields, problem in self.selected_rows():
@@ -171,7 +215,7 @@ class OpenImagesSpider(scrapy.Spider):
             image_id = row.fields.get("ImageID", "")
             if image_id and (image_id in self.ledger.failed or image_id in self.ledger.succeeded):
                 return None
-            return FailureRow(row.fields, row.subset, INVALID_ROW, row.details)
+            return FailureRow(self.result_fields(row.fields), row.subset, INVALID_ROW, row.details)
         if row.image_id in self.ledger.failed:
             return None
         recorded = row.image_id in self.ledger.succeeded
@@ -180,31 +224,37 @@ class OpenImagesSpider(scrapy.Spider):
         resized_done = config.resize is None or nonempty(
             layout.resized_path(row.subset, row.image_id, config.resize.format)
         )
+        done = None if recorded else SuccessRow(self.result_fields(row.fields), row.subset)
         if resized_done and not config.save_originals:  # the common rerun: one stat a row
-            return None if recorded else SuccessRow(row.fields, row.subset)
-        original = layout.original_path(row.subset, row.image_id, row.url)
-        original_there = file_size(original) == row.size
+            return done
+        url, verified = self.download_source(row)
+        original = layout.original_path(row.subset, row.image_id, url)
+        original_there = file_size(original) == row.size if verified else nonempty(original)
         original_done = not config.save_originals or (
             original_there and (recorded or not config.check_md5_if_exists)
         )
         if resized_done and original_done:
-            return None if recorded else SuccessRow(row.fields, row.subset)
-        download = self.image_request(row, recorded=recorded)
+            return done
+        download = self.image_request(row, url, verified, recorded=recorded)
         if original_there:
-            return self.image_request(row, recorded=recorded, stored=original, fallback=download)
+            return self.image_request(
+                row, url, verified, recorded=recorded, stored=original, fallback=download
+            )
         return download
 
     def image_request(
         self,
         row: ImageRow,
+        url: str,
+        verified: bool,
         *,
         recorded: bool,
         stored: Path | None = None,
         fallback: Request | None = None,
     ) -> Request:
-        """The request for a row's image: from its URL, or from its stored original."""
+        """The request for a row's image: from ``url``, or from its stored copy."""
         return Request(
-            stored.resolve().as_uri() if stored is not None else row.url,
+            stored.resolve().as_uri() if stored is not None else url,
             callback=self.parse_image,
             errback=self.image_failed,
             dont_filter=True,
@@ -213,6 +263,8 @@ class OpenImagesSpider(scrapy.Spider):
                 "recorded": recorded,
                 "from_store": stored is not None,
                 "fallback": fallback,
+                "verified": verified,
+                "download_url": url if self.record_download else None,
                 "dont_redirect": True,
                 "handle_httpstatus_all": True,
             },
@@ -231,6 +283,8 @@ class OpenImagesSpider(scrapy.Spider):
             from_store=meta["from_store"],
             recorded=meta["recorded"],
             fallback=meta["fallback"],
+            verified=meta["verified"],
+            download_url=meta["download_url"],
             **outcome,
         )
 
