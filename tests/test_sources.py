@@ -7,6 +7,7 @@ import hashlib
 import io
 import subprocess
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from PIL import Image
 
@@ -34,9 +35,9 @@ def test_300k_thumbnails_where_rows_have_one(tmp_path: Path) -> None:
         for index, row in enumerate(rows):
             if not row.fields["Thumbnail300KURL"]:
                 continue
-            host, path = row.fields["Thumbnail300KURL"].split("/", 3)[2], "/" + row.fields["Thumbnail300KURL"].split("/", 3)[3]
+            url = urlsplit(row.fields["Thumbnail300KURL"])
             body = small_jpeg(index)
-            served.server.routes[(f"http://{host}", path)] = Route(body=body)
+            served.server.routes[(f"{url.scheme}://{url.netloc}", url.path)] = Route(body=body)
             thumbnails[row.fields["ImageID"]] = body
         assert 0 < len(thumbnails) < len(rows)
         store = tmp_path / "store"
