@@ -133,6 +133,7 @@ class OpenImagesPipeline(ImagesPipeline):
             spec=config.resize,
             fast=config.fast_resize,
             rotation=row.rotation,
+            record_md5=item.download_url is not None,
         )
 
     def item_completed(

@@ -35,6 +35,7 @@ class OutputPlan:
     # (imaging.REDUCING_GAP); False is a full decode and a plain resize.
     fast: bool = True
     rotation: int = 0  # V4+ Rotation for files without an EXIF orientation
+    record_md5: bool = False  # the results need the MD5 even when nothing checks it
 
     @property
     def wants_resized(self) -> bool:
@@ -60,8 +61,9 @@ def b64_md5(digest: bytes) -> str:
     return base64.b64encode(digest).decode("ascii")
 
 
-def verify_bytes(body: bytes, expected: Expected, actual: bytes) -> Outcome | None:
-    """Size then MD5 (``actual`` is the body's); a failure outcome, or ``None``."""
+def verify_bytes(body: bytes, expected: Expected, actual: bytes | None) -> Outcome | None:
+    """Size then MD5 (``actual`` is the body's, given whenever ``expected.md5`` is);
+    a failure outcome, or ``None``."""
     if expected.size is not None and len(body) != expected.size:
         return Outcome(
             "size_mismatch", f"expected {expected.size} bytes, got {len(body)} bytes"
@@ -87,7 +89,9 @@ def process_image(
     The original is written before the resized file, so an interrupted image
     can later be resized from its stored original without a download.
     """
-    digest = hashlib.md5(body).digest()
+    # No MD5 when nothing needs it (OPENIMAGES_CHECK_MD5_IF_EXISTS=False on stored files).
+    wants_md5 = expected.md5 is not None or plan.record_md5
+    digest = hashlib.md5(body).digest() if wants_md5 else None
     failure = verify_bytes(body, expected, digest)
     if failure is not None:
         return failure
