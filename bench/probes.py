@@ -1,6 +1,7 @@
 """Probes: a 9.2M-row metadata CSV (time to the first request, RSS over the
 first minutes), a rerun over a finished 100k-image store (rows skipped per
-second, downloads made) and the fast path's output quality."""
+second, downloads made), the fast path's output quality and selection by
+class over a 14.6M-row bounding-box file (bench/classes.py)."""
 
 from __future__ import annotations
 
@@ -20,8 +21,8 @@ from PIL import Image
 from openimages_crawler.catalogue import IMAGES_CSV_COLUMNS
 from openimages_crawler.storage import StoreLayout
 
+from . import classes, quality, servers
 from . import corpus as corpus_module
-from . import quality, servers
 from .contenders import REPO
 
 PROBE_PORT = 47_123  # fixed, so the generated CSVs stay valid between runs
@@ -30,6 +31,8 @@ PROBE_PORT = 47_123  # fixed, so the generated CSVs stay valid between runs
 def run(name: str, corpus: corpus_module.Corpus, work: Path, args: argparse.Namespace) -> dict:
     if name == "quality":
         return quality.compare(corpus)
+    if name == "classes":
+        return classes.probe(work / "probe-classes", corpus.root.parent, args)
     probe = {"csv": csv_probe, "rerun": rerun_probe}[name]
     return probe(corpus, work / f"probe-{name}", args)
 

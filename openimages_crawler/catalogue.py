@@ -75,19 +75,42 @@ class MetadataSource:
 
 
 @dataclass(frozen=True, slots=True)
+class Annotations:
+    """Where a version's class names and per-split annotations live.
+
+    ``boxes`` are the bounding boxes, ``labels`` the human-verified image-level
+    labels (Confidence 1 = present, 0 = verified absent). A split missing from
+    either has no such annotations in that version.
+    """
+
+    class_names: MetadataSource
+    boxes: dict[str, MetadataSource]
+    labels: dict[str, MetadataSource]
+
+    def of_kind(self, kind: str) -> dict[str, MetadataSource]:
+        """``boxes`` or ``labels`` (the values of ``-a labels``: boxes, verified)."""
+        return self.boxes if kind == "boxes" else self.labels
+
+
+@dataclass(frozen=True, slots=True)
 class Version:
     number: int
     sources: dict[str, MetadataSource]  # split (or "all") -> source
+    annotations: Annotations
 
     @property
     def splits(self) -> tuple[str, ...]:
         return tuple(name for name in self.sources if name != "all")
 
 
-def _tarball_version(number: int, remote: RemoteFile, folder: str, splits: tuple[str, ...]) -> Version:
-    return Version(
-        number, {split: MetadataSource(remote, f"{folder}/{split}/images.csv") for split in splits}
-    )
+def _members(remote: RemoteFile, folder: str, name: str, splits: tuple[str, ...]) -> dict[str, MetadataSource]:
+    """One archive holding ``{folder}/{split}/{name}`` per split."""
+    return {split: MetadataSource(remote, f"{folder}/{split}/{name}") for split in splits}
+
+
+def _files(pattern: str, splits: tuple[str, ...]) -> dict[str, MetadataSource]:
+    """One plain file per split, ``pattern`` formatted with ``split``."""
+    return {split: MetadataSource(RemoteFile(pattern.format(split=split))) for split in splits}
 
 
 _IMAGE_INFO_2018 = {
@@ -110,39 +133,153 @@ _IMAGE_INFO_2018 = {
     "all": MetadataSource(RemoteFile("2018_04/image_ids_and_rotation.csv")),
 }
 
+_SPLITS = ("train", "validation", "test")
+
+
+def _tarball_version(
+    number: int,
+    folder: str,
+    images: RemoteFile,
+    boxes: RemoteFile,
+    labels: RemoteFile,
+    classes: RemoteFile,
+) -> Version:
+    """V2 and V3: one archive each for images, boxes, human labels, classes."""
+    return Version(
+        number,
+        _members(images, folder, "images.csv", _SPLITS),
+        Annotations(
+            MetadataSource(classes, f"{folder}/class-descriptions.csv"),
+            _members(boxes, folder, "annotations-human-bbox.csv", _SPLITS),
+            _members(labels, folder, "annotations-human.csv", _SPLITS),
+        ),
+    )
+
+
+# V5+ validation and test boxes and labels (V6 and V7 reuse them).
+_V5_BOXES = _files("v5/{split}-annotations-bbox.csv", ("validation", "test"))
+_V5_LABELS = _files("v5/{split}-annotations-human-imagelabels.csv", _SPLITS)
+_V6_BOXES = {
+    "train": MetadataSource(RemoteFile("v6/oidv6-train-annotations-bbox.csv")),
+    **_V5_BOXES,
+}
+
 VERSIONS: Final[dict[int, Version]] = {
-    1: _tarball_version(
+    1: Version(
         1,
-        RemoteFile("2016_08/images_2016_08_v5.tar.gz", 1038144161, "0e47566d03759f0b69cf4a3fba29592c"),
-        "images_2016_08",
-        ("train", "validation"),
+        _members(
+            RemoteFile("2016_08/images_2016_08_v5.tar.gz", 1038144161, "0e47566d03759f0b69cf4a3fba29592c"),
+            "images_2016_08",
+            "images.csv",
+            ("train", "validation"),
+        ),
+        Annotations(
+            # V1 labels use the same MIDs; its names list (dict.csv) is not in the
+            # bucket, so V1 takes the names of V3's classes archive.
+            MetadataSource(
+                RemoteFile("2017_11/classes_2017_11.tar.gz", 303055, "3937f6dddf777ca912c816d5f6ffe06f"),
+                "2017_11/class-descriptions.csv",
+            ),
+            {},  # V1 has no boxes
+            _members(  # and human labels for validation only
+                RemoteFile("2016_08/human_ann_2016_08_v3.tar.gz", 9718729, "ac549b4cc3179309a7b41b81e96c07dc"),
+                "human_ann_2016_08",
+                "labels.csv",
+                ("validation",),
+            ),
+        ),
     ),
     2: _tarball_version(
         2,
-        RemoteFile("2017_07/images_2017_07.tar.gz", 1038132176, "9c7d7d1b9c19f72c77ac0fa8e2695e00"),
         "2017_07",
-        ("train", "validation", "test"),
+        RemoteFile("2017_07/images_2017_07.tar.gz", 1038132176, "9c7d7d1b9c19f72c77ac0fa8e2695e00"),
+        RemoteFile("2017_07/annotations_human_bbox_2017_07.tar.gz", 38732419, "3c57bff20c56e50025e16562c4c0d709"),
+        RemoteFile("2017_07/annotations_human_2017_07.tar.gz", 69263638, "27610fb9d349b728448507beec244e9f"),
+        RemoteFile("2017_07/classes_2017_07.tar.gz", 300021, "a51205f02faf3867ae2d3e8dc968fd6d"),
     ),
     3: _tarball_version(
         3,
-        RemoteFile("2017_11/images_2017_11.tar.gz", 1038133015, "d840296342470becab9db7228bda86cc"),
         "2017_11",
-        ("train", "validation", "test"),
+        RemoteFile("2017_11/images_2017_11.tar.gz", 1038133015, "d840296342470becab9db7228bda86cc"),
+        RemoteFile("2017_11/annotations_human_bbox_2017_11.tar.gz", 102011131, "427faa2f208ab358bed6a7f380a99493"),
+        RemoteFile("2017_11/annotations_human_2017_11.tar.gz", 144102834, "cdcbb5e9aba900530c85cb370564f599"),
+        RemoteFile("2017_11/classes_2017_11.tar.gz", 303055, "3937f6dddf777ca912c816d5f6ffe06f"),
     ),
-    # V5-V7 reuse the 2018_04 image information (new annotations only).
-    **{number: Version(number, _IMAGE_INFO_2018) for number in (4, 5, 6, 7)},
+    # V5-V7 reuse the 2018_04 image information; they differ in annotations.
+    4: Version(
+        4,
+        _IMAGE_INFO_2018,
+        Annotations(
+            MetadataSource(RemoteFile("2018_04/class-descriptions.csv")),
+            _files("2018_04/{split}/{split}-annotations-bbox.csv", _SPLITS),
+            _files("2018_04/{split}/{split}-annotations-human-imagelabels.csv", _SPLITS),
+        ),
+    ),
+    5: Version(
+        5,
+        _IMAGE_INFO_2018,
+        Annotations(
+            MetadataSource(RemoteFile("v5/class-descriptions.csv")),
+            {"train": MetadataSource(RemoteFile("2018_04/train/train-annotations-bbox.csv")), **_V5_BOXES},
+            _V5_LABELS,
+        ),
+    ),
+    6: Version(
+        6,
+        _IMAGE_INFO_2018,
+        Annotations(
+            MetadataSource(RemoteFile("v6/oidv6-class-descriptions.csv")),
+            _V6_BOXES,
+            {"train": MetadataSource(RemoteFile("v6/oidv6-train-annotations-human-imagelabels.csv")),
+             **{split: _V5_LABELS[split] for split in ("validation", "test")}},
+        ),
+    ),
+    7: Version(
+        7,
+        _IMAGE_INFO_2018,
+        Annotations(
+            MetadataSource(RemoteFile("v7/oidv7-class-descriptions.csv")),  # has a header row
+            _V6_BOXES,
+            {split: MetadataSource(RemoteFile(f"v7/oidv7-{short}-annotations-human-imagelabels.csv"))
+             for split, short in (("train", "train"), ("validation", "val"), ("test", "test"))},
+        ),
+    ),
 }
+
+
+def version_of(number: int) -> Version:
+    if number not in VERSIONS:
+        raise ValueError(f"version {number} is not one of {', '.join(map(str, VERSIONS))}")
+    return VERSIONS[number]
+
+
+def splits_for(version: int, subset: str) -> tuple[str, ...]:
+    """The splits ``subset`` (a split or ``all``) of ``version`` covers."""
+    known = version_of(version)
+    if subset == "all":
+        return known.splits
+    if subset in known.splits:
+        return (subset,)
+    raise ValueError(
+        f"version {version} has no subset {subset!r}; it has {', '.join(known.splits)} and all"
+    )
 
 
 def sources_for(version: int, subset: str) -> list[MetadataSource]:
     """The metadata sources of ``subset`` (a split or ``all``) of ``version``."""
-    if version not in VERSIONS:
-        raise ValueError(f"version {version} is not one of {', '.join(map(str, VERSIONS))}")
+    splits = splits_for(version, subset)
     known = VERSIONS[version]
-    if subset in known.sources:
+    if subset in known.sources:  # a split, or one file holding every split
         return [known.sources[subset]]
-    if subset == "all":
-        return [known.sources[split] for split in known.splits]
-    raise ValueError(
-        f"version {version} has no subset {subset!r}; it has {', '.join(known.splits)} and all"
-    )
+    return [known.sources[split] for split in splits]
+
+
+# --- Annotations written next to the results of a selection ----------------------
+
+# {IMAGES_STORE}/{Subset}/ file per kind of annotations (official columns, selected rows).
+ANNOTATION_FILES: Final = {"boxes": "annotations-bbox.csv", "labels": "annotations-labels.csv"}
+
+# Columns the selection reads from annotation files (present in every version).
+ANNOTATION_ID_COLUMN: Final = "ImageID"
+ANNOTATION_LABEL_COLUMN: Final = "LabelName"
+ANNOTATION_CONFIDENCE_COLUMN: Final = "Confidence"

@@ -116,13 +116,17 @@ class MetadataFetcher:
             )
 
     def unpack(self, archive: Path, members: list[str]) -> None:
-        """Stream the wanted regular-file members out of ``archive``."""
+        """Stream the wanted regular-file members out of ``archive``. A member
+        stored without the catalogue's top folder (``train/x.csv`` for
+        ``2017_11/train/x.csv``) is accepted and written to the catalogue's path."""
         wanted = set(members)
+        names = {name: name for name in members}
+        names.update({name.split("/", 1)[1]: name for name in members if "/" in name})
         logger.info("Unpacking %s from %s", ", ".join(members), archive)
         try:
             with tarfile.open(archive, "r:*") as tar:
                 for member in tar:
-                    name = posixpath.normpath(member.name)
+                    name = names.get(posixpath.normpath(member.name))
                     if name not in wanted:
                         continue
                     if not member.isfile():

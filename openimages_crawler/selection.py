@@ -97,9 +97,12 @@ class Shard:
 
 @dataclass
 class Selection:
-    """The filters, applied in this order: subset, ids, exclude, shard, offset, limit."""
+    """The filters, applied in this order: subset, classes, ids, exclude,
+    shard, offset, limit. ``classes`` holds the images that carry the
+    requested classes, by split."""
 
     subset: str | None = None
+    classes: IdList | None = None
     ids: IdList | None = None
     exclude: IdList | None = None
     shard: Shard | None = None
@@ -107,12 +110,14 @@ class Selection:
     limit: int | None = None
 
     def takes(self, fields: dict[str, str]) -> bool:
-        """Whether a row passes the subset, id, exclusion and shard filters."""
+        """Whether a row passes the subset, class, id, exclusion and shard filters."""
         row_subset = fields.get("Subset", "")
         if self.subset and row_subset and row_subset != self.subset:
             return False
         image_id = fields.get("ImageID", "")
         subset = row_subset or self.subset or ""
+        if self.classes is not None and not self.classes.holds(image_id, subset):
+            return False
         if self.ids is not None and not self.ids.holds(image_id, subset):
             return False
         if self.exclude is not None and self.exclude.holds(image_id, subset):

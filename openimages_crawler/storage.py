@@ -11,8 +11,11 @@ import os
 import shutil
 import socket
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 from urllib.parse import urlsplit
 
 STAGING_DIR = ".tmp"
@@ -50,7 +53,7 @@ class AtomicWriter:
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self.staging = root / STAGING_DIR / f"{_host_tag()}-{os.getpid()}"
+        self.staging = staging_folder(root)
         self._made_dirs: set[Path] = set()
 
     def open(self) -> None:
@@ -82,6 +85,27 @@ class AtomicWriter:
         except BaseException:
             temp.unlink(missing_ok=True)
             raise
+
+
+def staging_folder(root: Path) -> Path:
+    """This process's staging folder in the store (removed by the next run if it dies)."""
+    return root / STAGING_DIR / f"{_host_tag()}-{os.getpid()}"
+
+
+@contextmanager
+def atomic_text_file(root: Path, path: Path) -> Iterator[IO[str]]:
+    """A text file streamed into the staging folder and renamed to ``path``
+    only when the ``with`` block completes."""
+    staging = staging_folder(root)
+    staging.mkdir(parents=True, exist_ok=True)
+    temp = staging / f"{uuid.uuid4().hex}.part"
+    try:
+        with open(temp, "w", encoding="utf-8", newline="") as handle:
+            yield handle
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)
 
 
 def _host_tag() -> str:

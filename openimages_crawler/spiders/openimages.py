@@ -12,6 +12,7 @@ any download is made.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,21 +22,33 @@ import scrapy
 from scrapy import signals
 from scrapy.exceptions import UsageError
 from scrapy.http import Request, Response
+from scrapy.utils.defer import maybe_deferred_to_future
+from twisted.internet import threads
 from twisted.python.failure import Failure
 
+from ..annotations import (
+    ClassFilter,
+    ClassNames,
+    copy_selected_rows,
+    parse_class_list,
+    selected_rows_reader,
+)
 from ..catalogue import (
+    ANNOTATION_FILES,
     DEFAULT_CVDF_URL,
     DEFAULT_METADATA_URL,
     DOWNLOAD_COLUMNS,
     MetadataSource,
     cvdf_url,
     sources_for,
+    splits_for,
+    version_of,
 )
 from ..config import CrawlConfig
 from ..failures import INVALID_ROW
 from ..feeds import subset_feed_paths
 from ..items import FailureRow, FetchedImage, SuccessRow, with_download
-from ..ledger import ResultsLedger
+from ..ledger import IdSet, ResultsLedger
 from ..metadata import MetadataFetcher
 from ..rows import (
     SAFE_SUBSET,
@@ -46,8 +59,17 @@ from ..rows import (
     read_header,
     validate_row,
 )
-from ..selection import Selection, SelectionError, Shard, read_exclusions, read_id_list
-from ..storage import file_size, nonempty
+from ..selection import (
+    IdList,
+    Selection,
+    SelectionError,
+    Shard,
+    read_exclusions,
+    read_id_list,
+)
+from ..storage import atomic_text_file, file_size, nonempty
+
+logger = logging.getLogger(__name__)
 
 # Rows handled between two returns to the event loop while skipping done rows.
 _YIELD_EVERY = 256
@@ -68,6 +90,11 @@ class OpenImagesSpider(scrapy.Spider):
         offset: str | int | None = None,
         shard: str | None = None,
         source: str = "original",
+        classes: str | None = None,
+        match: str = "any",
+        labels: str = "boxes",
+        all_labels: str | bool = False,
+        annotations: str | bool | None = None,
         *args: Any,
         **kwargs: Any,
     ) -> None:
@@ -82,21 +109,41 @@ class OpenImagesSpider(scrapy.Spider):
                 offset=_parse_count("offset", offset) or 0,
                 limit=_parse_count("limit", limit),
             )
+            self.classes = parse_class_list(classes) if classes is not None else []
         except SelectionError as exc:
             raise UsageError(str(exc)) from None
+        if match not in ("any", "all"):
+            raise UsageError(f"-a match={match!r} is not any or all")
+        if labels not in ("boxes", "verified"):
+            raise UsageError(f"-a labels={labels!r} is not boxes or verified")
+        self.match_all = match == "all"
+        self.label_kind = "labels" if labels == "verified" else "boxes"  # catalogue kinds
+        self.all_labels = _parse_bool("all_labels", all_labels)
+        # Annotations are written by default when classes select the images.
+        self.write_annotations = (
+            bool(self.classes) if annotations is None else _parse_bool("annotations", annotations)
+        )
         self.download_metadata = _parse_bool("download_metadata", download_metadata)
         if source not in ("original", "cvdf"):
             raise UsageError(f"-a source={source!r} is not original or cvdf")
         self.source = source
         self.sources: list[MetadataSource] = []
         self.metadata_files: list[Path] = []
+        self.version: int | None = None
+        self.splits: tuple[str, ...] = ()
         if metadata and version:
             raise UsageError("give -a metadata=PATH or -a version=N, not both")
+        if (self.classes or self.write_annotations) and not version:
+            raise UsageError(
+                "-a classes and -a annotations need -a version=N (the catalogue knows its annotations)"
+            )
         if version:
             if not subset:
                 raise UsageError("-a version=N needs -a subset=train|validation|test|all")
             try:
-                self.sources = sources_for(_parse_version(version), subset)
+                self.version = _parse_version(version)
+                self.splits = splits_for(self.version, subset)
+                self.sources = sources_for(self.version, subset)
             except ValueError as exc:
                 raise UsageError(str(exc)) from None
             subset = None if subset == "all" else subset  # "all": rows keep their own Subset
@@ -112,6 +159,9 @@ class OpenImagesSpider(scrapy.Spider):
             )
         self.subset = subset
         self.selection.subset = subset
+        self.class_filter: ClassFilter | None = None
+        self.annotation_files: dict[tuple[str, str], Path] = {}  # (kind, split) -> CSV
+        self.annotated: dict[str, set[str]] = {}  # split -> selected ImageIDs
 
     @classmethod
     def from_crawler(cls, crawler: Any, *args: Any, **kwargs: Any) -> OpenImagesSpider:
@@ -124,8 +174,12 @@ class OpenImagesSpider(scrapy.Spider):
             raise UsageError(f"OPENIMAGES_CVDF_URL must be http(s), not {spider.cvdf_base!r}")
         # Results name the URL used whenever it may not be OriginalURL.
         spider.record_download = spider.download_300k or spider.source == "cvdf"
+        if spider.classes:  # first: an unknown class name must stop before big downloads
+            spider.resolve_classes()
         if spider.sources:
             spider.fetch_metadata()
+        if spider.classes or spider.write_annotations:
+            spider.fetch_annotations()
         spider.load_ledger()
         return spider
 
@@ -159,8 +213,8 @@ class OpenImagesSpider(scrapy.Spider):
             return row.thumbnail_url, False
         return row.url, True
 
-    def fetch_metadata(self) -> None:
-        """The version's CSVs, from ``{IMAGES_STORE}/metadata/`` or downloaded there."""
+    def metadata_paths(self, sources: list[MetadataSource]) -> list[Path]:
+        """Local CSVs of ``sources``, from ``{IMAGES_STORE}/metadata/`` or downloaded there."""
         settings = self.crawler.settings
         try:
             fetcher = MetadataFetcher(
@@ -170,10 +224,65 @@ class OpenImagesSpider(scrapy.Spider):
                 keep_archives=settings.getbool("OPENIMAGES_SAVE_TARBALLS", False),
                 download=self.download_metadata,
             )
-            self.metadata_files = fetcher.csv_paths(self.sources)
+            return fetcher.csv_paths(sources)
         except MetadataError as exc:
             raise UsageError(str(exc)) from exc
+
+    def fetch_metadata(self) -> None:
+        """The version's image CSVs."""
+        self.metadata_files = self.metadata_paths(self.sources)
         self.header = self._read_headers()
+
+    def resolve_classes(self) -> None:
+        """``-a classes`` as label ids, from the version's class descriptions."""
+        assert self.version is not None
+        annotations = version_of(self.version).annotations
+        for split in self.splits:
+            if split not in annotations.of_kind(self.label_kind):
+                other = "verified" if self.label_kind == "boxes" else "boxes"
+                raise UsageError(
+                    f"version {self.version} has no {_KIND_NAMES[self.label_kind]} for {split}: "
+                    f"try -a labels={other} or another subset"
+                )
+        (path,) = self.metadata_paths([annotations.class_names])
+        try:
+            resolved = ClassNames.load(path).resolve(self.classes)
+        except (MetadataError, SelectionError) as exc:
+            raise UsageError(str(exc)) from None
+        for name, mids in resolved.items():
+            logger.info("Class %r is %s", name, ", ".join(sorted(mids)))
+        self.class_filter = ClassFilter(
+            resolved, match_all=self.match_all, confirmed_only=self.label_kind == "labels"
+        )
+
+    def fetch_annotations(self) -> None:
+        """The annotation files the class selection and the annotation output need,
+        then the images carrying the classes, split by split."""
+        assert self.version is not None
+        annotations = version_of(self.version).annotations
+        kinds = [self.label_kind] if self.class_filter else []
+        if self.write_annotations:
+            kinds = list(ANNOTATION_FILES)
+        wanted = {
+            (kind, split): annotations.of_kind(kind)[split]
+            for kind in kinds
+            for split in self.splits
+            if split in annotations.of_kind(kind)
+        }
+        self.annotation_files = dict(zip(wanted, self.metadata_paths(list(wanted.values())), strict=True))
+        if self.class_filter is None:
+            return
+        by_split = {}
+        for split in self.splits:
+            path = self.annotation_files[(self.label_kind, split)]
+            logger.info("Finding the images of %s in %s", ", ".join(self.classes), path)
+            try:
+                by_split[split] = IdSet(self.class_filter.images(path))
+            except (MetadataError, OSError) as exc:
+                raise UsageError(f"cannot read {path}: {exc}") from exc
+            logger.info("%d %s images carry %s %s", len(by_split[split]), split,
+                        "all of" if self.match_all else "any of", ", ".join(self.classes))
+        self.selection.classes = IdList(by_split=by_split)
 
     def _read_headers(self) -> list[str]:
         """The common header of the metadata files."""
@@ -193,6 +302,9 @@ class OpenImagesSpider(scrapy.Spider):
             if handled % _YIELD_EVERY == 0:
                 stats.set_value("openimages/rows_read", handled)
                 await asyncio.sleep(0)
+            if self.write_annotations:
+                split = fields.get("Subset") or self.subset or ""
+                self.annotated.setdefault(split, set()).add(fields.get("ImageID", ""))
             work = self.work_for(validate_row(fields, problem, self.subset))
             if work is None:
                 stats.inc_value("openimages/rows_skipped")
@@ -202,6 +314,29 @@ class OpenImagesSpider(scrapy.Spider):
                     await self.crawler.signals.wait_for(signals.scheduler_empty)
             yield work
         stats.set_value("openimages/rows_read", handled)
+        if self.annotation_files and self.write_annotations:
+            await maybe_deferred_to_future(threads.deferToThread(self.write_annotation_files))
+
+    def write_annotation_files(self) -> None:
+        """``{IMAGES_STORE}/{Subset}/annotations-*.csv``: the official rows of the
+        selected images (of the requested classes only, unless all_labels)."""
+        root = self.config.layout.root
+        label_names = None
+        if self.class_filter is not None and not self.all_labels:
+            label_names = self.class_filter.label_names
+        logger.info("Writing the annotations of %d selected images",
+                    sum(len(ids) for ids in self.annotated.values()))
+        for (kind, split), source in self.annotation_files.items():
+            target = root / split / ANNOTATION_FILES[kind]
+            image_ids = self.annotated.get(split, set())
+            try:
+                with selected_rows_reader(source) as reader, atomic_text_file(root, target) as out:
+                    copied = copy_selected_rows(reader, out, image_ids, label_names)
+            except (MetadataError, OSError) as exc:
+                logger.error("Cannot write %s: %s", target, exc)
+                self.crawler.stats.inc_value("openimages/annotation_errors")
+                continue
+            logger.info("Wrote %s: %d rows of %d selected images", target, copied, len(image_ids))
 
     def selected_rows(self) -> Iterator[tuple[dict[str, str], str | None]]:
         """Rows of every metadata file that the selection takes."""
@@ -287,6 +422,9 @@ class OpenImagesSpider(scrapy.Spider):
             download_url=meta["download_url"],
             **outcome,
         )
+
+
+_KIND_NAMES = {"boxes": "bounding boxes", "labels": "human-verified image labels"}
 
 
 def _parse_version(version: str | int) -> int:
