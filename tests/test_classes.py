@@ -104,6 +104,9 @@ class SampleMirror:
         for split, source in version.sources.items():
             shared = split == "all" or source == version.sources.get("all")
             files[source] = csv_bytes(everything if shared else self.rows[split], columns)
+        for split, source in version.boxable_sources.items():
+            boxed = images_with(split, "boxes", {line.split(",")[2] for line in annotation_lines(split, "boxes")[1]})
+            files[source] = csv_bytes([row for row in self.rows[split] if row["ImageID"] in boxed], columns)
         for kind in ("boxes", "labels"):
             for split, source in version.annotations.of_kind(kind).items():
                 header, lines = annotation_lines(split, kind)
@@ -372,6 +375,32 @@ def test_v7_layout_every_split_and_its_folders(sample_mirror: SampleMirror, tmp_
         assert written(store, split, "boxes")[1] == rows_of(annotation_lines(split, "boxes")[1], chosen, mids)
     assert sample_mirror.downloads("v7/oidv7-val-annotations-human-imagelabels.csv") == 1
     assert sample_mirror.downloads("v6/oidv6-train-annotations-bbox.csv") == 1
+
+
+def test_boxes_of_v4_train_come_from_the_boxable_file(sample_mirror: SampleMirror, tmp_path: Path) -> None:
+    sample_mirror.publish_version(4)
+    store = tmp_path / "store"
+    done = crawl(sample_mirror, store, version="4", subset="train", classes="Tree")
+    assert done.returncode == 0, done.stderr[-3000:]
+    chosen = images_with("train", "boxes", mids_of("Tree"))
+    assert chosen and outcomes(store, "train") == {image_id: ["success"] for image_id in chosen}
+    assert sample_mirror.downloads("2018_04/train/train-images-boxable-with-rotation.csv") == 1
+    assert sample_mirror.downloads("2018_04/image_ids_and_rotation.csv") == 0  # 3.35 GB saved
+    # The CVDF mirror holds only boxable images: the same smaller file.
+    settings = {"OPENIMAGES_METADATA_URL": sample_mirror.base, "OPENIMAGES_METADATA_VERIFY": "False",
+                "OPENIMAGES_CVDF_URL": sample_mirror.server.bases[1]}
+    done = version_crawl(tmp_path / "cvdf", settings, version="4", subset="train", source="cvdf")
+    assert done.returncode == 0, done.stderr[-3000:]
+    boxable = {row["ImageID"] for row in sample_rows("train")} & images_with(
+        "train", "boxes", {line.split(",")[2] for line in annotation_lines("train", "boxes")[1]})
+    assert set(outcomes(tmp_path / "cvdf", "train")) == boxable  # (404s here: no copies served)
+    assert sample_mirror.downloads("2018_04/train/train-images-boxable-with-rotation.csv") == 2
+    assert sample_mirror.downloads("2018_04/image_ids_and_rotation.csv") == 0
+    # Image labels are not limited to boxable images: the full file is needed.
+    done = crawl(sample_mirror, tmp_path / "labels", version="4", subset="train", classes="Tree",
+                 labels="verified")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert sample_mirror.downloads("2018_04/image_ids_and_rotation.csv") == 1
 
 
 def test_annotations_for_an_id_selection_without_classes(sample_mirror: SampleMirror, tmp_path: Path) -> None:

@@ -143,7 +143,10 @@ class OpenImagesSpider(scrapy.Spider):
             try:
                 self.version = _parse_version(version)
                 self.splits = splits_for(self.version, subset)
-                self.sources = sources_for(self.version, subset)
+                # Images with boxes of a class, and the CVDF mirror's images, are all
+                # in the (smaller) boxable files.
+                boxed_only = (bool(self.classes) and self.label_kind == "boxes") or source == "cvdf"
+                self.sources = sources_for(self.version, subset, boxed_only=boxed_only)
             except ValueError as exc:
                 raise UsageError(str(exc)) from None
             subset = None if subset == "all" else subset  # "all": rows keep their own Subset
@@ -280,8 +283,9 @@ class OpenImagesSpider(scrapy.Spider):
                 by_split[split] = IdSet(self.class_filter.images(path))
             except (MetadataError, OSError) as exc:
                 raise UsageError(f"cannot read {path}: {exc}") from exc
-            logger.info("%d %s images carry %s %s", len(by_split[split]), split,
-                        "all of" if self.match_all else "any of", ", ".join(self.classes))
+            level = logging.INFO if by_split[split] else logging.WARNING
+            logger.log(level, "%d %s images carry %s %s", len(by_split[split]), split,
+                       "all of" if self.match_all else "any of", ", ".join(self.classes))
         self.selection.classes = IdList(by_split=by_split)
 
     def _read_headers(self) -> list[str]:
