@@ -403,24 +403,33 @@ def test_boxes_of_v4_train_come_from_the_boxable_file(sample_mirror: SampleMirro
     assert sample_mirror.downloads("2018_04/image_ids_and_rotation.csv") == 1
 
 
-def test_annotations_for_an_id_selection_without_classes(sample_mirror: SampleMirror, tmp_path: Path) -> None:
+def test_annotations_for_an_id_list_and_when_they_are_off(sample_mirror: SampleMirror, tmp_path: Path) -> None:
     sample_mirror.publish_version(4)
     wanted = [row["ImageID"] for row in sample_rows("validation")[3:7]]
     (tmp_path / "ids.txt").write_text("".join(f"validation/{image_id}\n" for image_id in wanted))
     store = tmp_path / "store"
-    done = crawl(sample_mirror, store, version="4", subset="validation", ids=str(tmp_path / "ids.txt"),
-                 annotations="true")
+    done = crawl(sample_mirror, store, version="4", subset="validation", ids=str(tmp_path / "ids.txt"))
     assert done.returncode == 0, done.stderr[-3000:]
     assert set(outcomes(store, "validation")) == set(wanted)
-    for kind in ("boxes", "labels"):
+    for kind in ("boxes", "labels"):  # an id list is a selected set: annotations by default
         header, lines = written(store, "validation", kind)
         assert lines == rows_of(annotation_lines("validation", kind)[1], set(wanted))
-    # Without classes and without -a annotations=true nothing is fetched or written.
-    plain = tmp_path / "plain"
-    done = crawl(sample_mirror, plain, version="4", subset="validation", ids=str(tmp_path / "ids.txt"))
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert not (plain / "validation" / "annotations-bbox.csv").exists()
+    # Turned off, or a selection that is not a set of images: nothing fetched or written.
+    for name, args in (("off", {"ids": str(tmp_path / "ids.txt"), "annotations": "false"}),
+                       ("limit", {"limit": "3", "shard": "1/2"})):
+        done = crawl(sample_mirror, tmp_path / name, version="4", subset="validation", **args)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert outcomes(tmp_path / name, "validation")
+        assert not (tmp_path / name / "validation" / "annotations-bbox.csv").exists()
     assert sample_mirror.downloads("2018_04/validation/validation-annotations-bbox.csv") == 1
+    # ... unless asked for.
+    done = crawl(sample_mirror, tmp_path / "asked", version="4", subset="validation", limit="3",
+                 annotations="true")
+    assert done.returncode == 0, done.stderr[-3000:]
+    taken = set(outcomes(tmp_path / "asked", "validation"))
+    assert len(taken) == 3
+    assert written(tmp_path / "asked", "validation", "labels")[1] == rows_of(
+        annotation_lines("validation", "labels")[1], taken)
 
 
 def test_selection_errors_are_clear(sample_mirror: SampleMirror, tmp_path: Path) -> None:
@@ -433,7 +442,8 @@ def test_selection_errors_are_clear(sample_mirror: SampleMirror, tmp_path: Path)
     chosen = images_with("validation", "labels", mids_of("Person"))
     assert set(outcomes(store, "validation")) == chosen
     for args, message in (
-        ({"metadata": str(SAMPLE / "train" / "images.csv"), "classes": "Person"}, "need -a version=N"),
+        ({"metadata": str(SAMPLE / "train" / "images.csv"), "classes": "Person"}, "needs -a version=N"),
+        ({"metadata": str(SAMPLE / "train" / "images.csv"), "annotations": "true"}, "needs -a version=N"),
         ({"version": "3", "subset": "train", "classes": "Person", "match": "some"}, "-a match='some'"),
         ({"version": "3", "subset": "train", "classes": "Person", "labels": "machine"}, "-a labels='machine'"),
         ({"version": "3", "subset": "train", "classes": ""}, "-a classes is empty"),

@@ -119,9 +119,9 @@ class OpenImagesSpider(scrapy.Spider):
         self.match_all = match == "all"
         self.label_kind = "labels" if labels == "verified" else "boxes"  # catalogue kinds
         self.all_labels = _parse_bool("all_labels", all_labels)
-        # Annotations are written by default when classes select the images.
+        # Annotations are written by default when classes or an id list name the images.
         self.write_annotations = (
-            bool(self.classes) if annotations is None else _parse_bool("annotations", annotations)
+            bool(self.classes or ids) if annotations is None else _parse_bool("annotations", annotations)
         )
         self.download_metadata = _parse_bool("download_metadata", download_metadata)
         if source not in ("original", "cvdf"):
@@ -133,10 +133,12 @@ class OpenImagesSpider(scrapy.Spider):
         self.splits: tuple[str, ...] = ()
         if metadata and version:
             raise UsageError("give -a metadata=PATH or -a version=N, not both")
-        if (self.classes or self.write_annotations) and not version:
-            raise UsageError(
-                "-a classes and -a annotations need -a version=N (the catalogue knows its annotations)"
-            )
+        if self.classes and not version:
+            raise UsageError("-a classes needs -a version=N (the catalogue knows its annotations)")
+        if annotations is not None and self.write_annotations and not version:
+            raise UsageError("-a annotations=true needs -a version=N (the catalogue knows its annotations)")
+        if not version:
+            self.write_annotations = False  # -a metadata=PATH: no catalogue, no annotations
         if version:
             if not subset:
                 raise UsageError("-a version=N needs -a subset=train|validation|test|all")
