@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import csv
 import difflib
+import itertools
 import logging
+import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +30,8 @@ from .selection import SelectionError
 logger = logging.getLogger(__name__)
 
 _SUGGESTIONS = 5
+_MAX_RECORD_LINES = 1000  # a quoted field left open longer than this is a broken file
+_STOP_CHECK_EVERY = 1 << 16  # rows between checks of a stop request while copying
 
 
 def parse_class_list(text: str) -> list[str]:
@@ -127,15 +131,9 @@ class AnnotationReader:
     def __iter__(self) -> Iterator[tuple[str, list[str]]]:
         indexes = self.indexes
         cut = max(indexes) + 1
-        handle = self.handle
-        for line in handle:
+        for line in self.handle:
             if '"' in line:  # the rare quoted record: parse it properly
-                while line.count('"') % 2 and (more := next(handle, "")):
-                    line += more
-                try:
-                    fields = next(csv.reader([line]), [])
-                except csv.Error:
-                    fields = []
+                line, fields = self._quoted_record(line)
             else:
                 fields = line.rstrip("\r\n").split(",", cut)
             if len(fields) < cut:
@@ -143,6 +141,28 @@ class AnnotationReader:
                     self.malformed += 1
                 continue
             yield line, [fields[i] for i in indexes]
+
+    def _quoted_record(self, first: str) -> tuple[str, list[str]]:
+        """A record holding a quote, parsed as CSV. It runs onto the next lines
+        only while a field that opened with a quote is still open (a stray quote
+        inside a field is just a character), for at most _MAX_RECORD_LINES."""
+        lines = [first]
+
+        def following() -> Iterator[str]:
+            for line in self.handle:
+                lines.append(line)
+                if len(lines) > _MAX_RECORD_LINES:
+                    raise MetadataError(
+                        f"{self.path}: a quoted field is still open after {_MAX_RECORD_LINES} "
+                        f"lines; the file is broken near {first[:80]!r}"
+                    )
+                yield line
+
+        try:
+            fields = next(csv.reader(itertools.chain([first], following())), [])
+        except csv.Error:
+            fields = []
+        return "".join(lines), fields
 
 
 def _is_confirmed(confidence: str) -> bool:
@@ -189,20 +209,61 @@ class ClassFilter:
         return [image_id for image_id, mask in found.items() if mask == every]
 
 
-def copy_selected_rows(
-    reader: AnnotationReader, out: IO[str], image_ids: set[str], label_names: frozenset[str] | None
+class CopyStopped(Exception):
+    """The crawl is stopping: the annotation file is left for the next run."""
+
+
+def merge_selected_rows(
+    source: Path,
+    existing: Path | None,
+    out: IO[str],
+    image_ids: set[str],
+    label_names: frozenset[str] | None,
+    stop: threading.Event | None = None,
 ) -> int:
-    """Copy the header and the rows of ``image_ids`` (of ``label_names`` only, if
-    given) from ``reader`` (columns ImageID, LabelName) to ``out``, text unchanged."""
-    out.write(reader.header_line if reader.header_line.endswith("\n") else reader.header_line + "\n")
-    copied = 0
-    for raw, (image_id, label) in reader:
-        if image_id in image_ids and (label_names is None or label in label_names):
-            out.write(raw if raw.endswith("\n") else raw + "\n")
-            copied += 1
-    return copied
+    """Write to ``out`` the rows of ``existing`` (an earlier run's file with the
+    same columns), then the rows of ``source`` for ``image_ids`` (and of
+    ``label_names`` only, if given) that are not there yet, as they are. So
+    several selections into one store (shards, other classes) add up, and a
+    rerun adds nothing. Returns the number of rows added."""
+    with AnnotationReader(source, (ANNOTATION_ID_COLUMN, ANNOTATION_LABEL_COLUMN)) as reader:
+        out.write(_line(reader.header_line))
+        present = _copy_existing(existing, reader.header_line, out, image_ids) if existing else set()
+        added = 0
+        for number, (raw, (image_id, label)) in enumerate(reader):
+            if number % _STOP_CHECK_EVERY == 0 and stop is not None and stop.is_set():
+                raise CopyStopped(str(source))
+            if image_id in image_ids and (label_names is None or label in label_names):
+                if raw.rstrip("\r\n") not in present:
+                    out.write(_line(raw))
+                    added += 1
+    return added
 
 
-def selected_rows_reader(path: Path) -> AnnotationReader:
-    """A reader for :func:`copy_selected_rows`."""
-    return AnnotationReader(path, (ANNOTATION_ID_COLUMN, ANNOTATION_LABEL_COLUMN))
+def _copy_existing(existing: Path, header_line: str, out: IO[str], image_ids: set[str]) -> set[str]:
+    """Copy an earlier file's rows to ``out``; the rows of ``image_ids`` among them."""
+    present: set[str] = set()
+    if not existing.is_file():
+        return present
+    try:
+        with AnnotationReader(existing, (ANNOTATION_ID_COLUMN, ANNOTATION_LABEL_COLUMN)) as old:
+            if old.header_line.rstrip("\r\n") != header_line.rstrip("\r\n"):
+                logger.warning("Replacing %s: its columns are not those of this version's file", existing)
+                return present
+            for raw, (image_id, _) in old:
+                out.write(_line(raw))
+                if image_id in image_ids:
+                    present.add(raw.rstrip("\r\n"))
+    except MetadataError as exc:
+        logger.warning("Replacing %s: %s", existing, exc)
+    return present
+
+
+def header_only(source: Path, out: IO[str]) -> None:
+    """The columns of ``source`` and no rows: a split where nothing was selected."""
+    with AnnotationReader(source, (ANNOTATION_ID_COLUMN,)) as reader:
+        out.write(_line(reader.header_line))
+
+
+def _line(text: str) -> str:
+    return text if text.endswith("\n") else text + "\n"

@@ -17,6 +17,11 @@ from .rows import open_text
 ID_LINE = re.compile(r"(?:(?P<split>[A-Za-z0-9_.-]+)/)?(?P<id>[A-Za-z0-9][A-Za-z0-9_-]*)")
 
 
+# A metadata row: its fields, a parse problem (or None) and the split of the
+# file it came from ("" when the file holds several splits or is the user's own).
+MetadataRecord = tuple[dict[str, str], str | None, str]
+
+
 class SelectionError(Exception):
     """A selection argument or file that cannot be used; stops the crawl before it starts."""
 
@@ -109,13 +114,14 @@ class Selection:
     offset: int = 0
     limit: int | None = None
 
-    def takes(self, fields: dict[str, str]) -> bool:
-        """Whether a row passes the subset, class, id, exclusion and shard filters."""
+    def takes(self, fields: dict[str, str], file_subset: str = "") -> bool:
+        """Whether a row passes the subset, class, id, exclusion and shard
+        filters; ``file_subset`` is the split of the file it came from, if any."""
         row_subset = fields.get("Subset", "")
         if self.subset and row_subset and row_subset != self.subset:
             return False
         image_id = fields.get("ImageID", "")
-        subset = row_subset or self.subset or ""
+        subset = row_subset or self.subset or file_subset
         if self.classes is not None and not self.classes.holds(image_id, subset):
             return False
         if self.ids is not None and not self.ids.holds(image_id, subset):
@@ -124,12 +130,11 @@ class Selection:
             return False
         return self.shard is None or self.shard.holds(image_id)
 
-    def rows(
-        self, rows: Iterable[tuple[dict[str, str], str | None]]
-    ) -> Iterator[tuple[dict[str, str], str | None]]:
+    def rows(self, records: Iterable[MetadataRecord]) -> Iterator[MetadataRecord]:
+        """The records (fields, parse problem, file's split) that pass, in order."""
         skipped = kept = 0
-        for fields, problem in rows:
-            if not self.takes(fields):
+        for record in records:
+            if not self.takes(record[0], record[2]):
                 continue
             if skipped < self.offset:
                 skipped += 1
@@ -137,4 +142,4 @@ class Selection:
             if self.limit is not None and kept >= self.limit:
                 return
             kept += 1
-            yield fields, problem
+            yield record

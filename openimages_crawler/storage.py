@@ -87,16 +87,19 @@ class AtomicWriter:
             raise
 
 
-def staging_folder(root: Path) -> Path:
-    """This process's staging folder in the store (removed by the next run if it dies)."""
-    return root / STAGING_DIR / f"{_host_tag()}-{os.getpid()}"
+def staging_folder(root: Path, purpose: str = "") -> Path:
+    """A staging folder of this process in the store (``purpose`` keeps users
+    apart); the next run removes it if the process died."""
+    suffix = f"-{purpose}" if purpose else ""
+    return root / STAGING_DIR / f"{_host_tag()}-{os.getpid()}{suffix}"
 
 
 @contextmanager
 def atomic_text_file(root: Path, path: Path) -> Iterator[IO[str]]:
-    """A text file streamed into the staging folder and renamed to ``path``
-    only when the ``with`` block completes."""
-    staging = staging_folder(root)
+    """A text file streamed into a staging folder of its own (the pipeline's
+    may be removed at close while this runs) and renamed to ``path`` only
+    when the ``with`` block completes."""
+    staging = staging_folder(root, "text")
     staging.mkdir(parents=True, exist_ok=True)
     temp = staging / f"{uuid.uuid4().hex}.part"
     try:
@@ -106,6 +109,11 @@ def atomic_text_file(root: Path, path: Path) -> Iterator[IO[str]]:
         os.replace(temp, path)
     finally:
         temp.unlink(missing_ok=True)
+        for folder in (staging, staging.parent):
+            try:
+                folder.rmdir()  # only when empty
+            except OSError:
+                break
 
 
 def _host_tag() -> str:
@@ -133,7 +141,7 @@ def remove_dead_staging(root: Path) -> list[Path]:
         name = entry.name
         if not name.startswith(prefix):
             continue
-        pid_text = name[len(prefix) :]
+        pid_text = name[len(prefix) :].split("-", 1)[0]
         if pid_text.isdigit() and int(pid_text) != os.getpid() and not _pid_alive(int(pid_text)):
             shutil.rmtree(entry, ignore_errors=True)
             removed.append(entry)

@@ -19,7 +19,7 @@ from openimages_crawler.annotations import (
     AnnotationReader,
     ClassFilter,
     ClassNames,
-    copy_selected_rows,
+    merge_selected_rows,
     parse_class_list,
 )
 from openimages_crawler.catalogue import (
@@ -95,22 +95,28 @@ class SampleMirror:
     def image_downloads(self) -> int:
         return sum(n for path, n in self.server.counter.requests.items() if path.startswith("/img/"))
 
-    def publish_version(self, number: int) -> None:
-        """Lay the sample out as the catalogue says ``number``'s files are."""
+    def publish_version(self, number: int, *, line_end: str = "\n", drop_subset: bool = False) -> None:
+        """Lay the sample out as the catalogue says ``number``'s files are
+        (annotation lines ending in ``line_end``; image rows without a Subset
+        if ``drop_subset``)."""
         version = VERSIONS[number]
         columns = IMAGES_CSV_COLUMNS if number <= 3 else IMAGE_INFO_COLUMNS
         everything = [row for split in SPLITS for row in self.rows[split]]
         files: dict[MetadataSource, bytes] = {}
         for split, source in version.sources.items():
             shared = split == "all" or source == version.sources.get("all")
-            files[source] = csv_bytes(everything if shared else self.rows[split], columns)
+            rows = everything if shared else self.rows[split]
+            if drop_subset:
+                rows = [row | {"Subset": ""} for row in rows]
+            files[source] = csv_bytes(rows, columns)
         for split, source in version.boxable_sources.items():
             boxed = images_with(split, "boxes", {line.split(",")[2] for line in annotation_lines(split, "boxes")[1]})
             files[source] = csv_bytes([row for row in self.rows[split] if row["ImageID"] in boxed], columns)
         for kind in ("boxes", "labels"):
             for split, source in version.annotations.of_kind(kind).items():
                 header, lines = annotation_lines(split, kind)
-                files[source] = (header + "".join(lines)).encode()
+                text = header + "".join(lines)
+                files[source] = text.replace("\n", line_end).encode()
         names = CLASS_NAMES.read_bytes()
         if number == 7:  # the V7 file has a header row
             names = b"LabelName,DisplayName\n" + names
@@ -165,10 +171,14 @@ def crawl(mirror: SampleMirror, store: Path, **args: str):  # type: ignore[no-un
     return version_crawl(store, settings, **args)
 
 
-def written(store: Path, split: str, kind: str) -> tuple[str, list[str]]:
+def written(store: Path, split: str, kind: str, line_end: str = "\n") -> tuple[str, list[str]]:
+    """A written annotation file's header and lines, each checked to end in ``line_end``."""
     name = "annotations-bbox.csv" if kind == "boxes" else "annotations-labels.csv"
-    header, *lines = (store / split / name).read_text().splitlines(keepends=True)
-    return header, lines
+    raw = (store / split / name).read_bytes().decode()
+    lines = raw.split(line_end)
+    assert lines[-1] == "" and all("\r" not in line and "\n" not in line for line in lines), raw[:300]
+    header, *rows = [line + "\n" for line in lines[:-1]]
+    return header, rows
 
 
 def rows_of(lines: list[str], image_ids: set[str], mids: set[str] | None = None) -> list[str]:
@@ -255,11 +265,11 @@ def test_reader_handles_quoted_records_line_endings_and_bad_rows(tmp_path: Path)
     )
     flt = ClassFilter({"Person": frozenset({"/m/01g317"})}, confirmed_only=True)
     assert flt.images(path) == ["aaaaaaaaaaaaaaaa", "bbbbbbbbbbbbbbbb", "eeeeeeeeeeeeeeee"]
-    out = io.StringIO()
     with AnnotationReader(path, ("ImageID", "LabelName")) as reader:
-        copied = copy_selected_rows(reader, out, {"bbbbbbbbbbbbbbbb", "eeeeeeeeeeeeeeee"}, None)
-        assert reader.malformed == 1
-    assert copied == 2
+        assert len(list(reader)) == 4 and reader.malformed == 1  # the short row; blank lines are fine
+    out = io.StringIO()
+    added = merge_selected_rows(path, None, out, {"bbbbbbbbbbbbbbbb", "eeeeeeeeeeeeeeee"}, None)
+    assert added == 2
     assert out.getvalue() == (
         "ImageID,Source,LabelName,Confidence\r\n"
         'bbbbbbbbbbbbbbbb,"multi\nline, source",/m/01g317,1.0\n'
@@ -267,6 +277,42 @@ def test_reader_handles_quoted_records_line_endings_and_bad_rows(tmp_path: Path)
     )
     with pytest.raises(MetadataError, match="no column LabelName"):
         AnnotationReader(SAMPLE / "train" / "images.csv", ("ImageID", "LabelName"))
+
+
+def test_a_stray_quote_is_a_character_and_an_open_quote_is_bounded(tmp_path: Path) -> None:
+    path = tmp_path / "boxes.csv"
+    rows = [f"{i:016x},xclick,/m/01g317,1\n" for i in range(5000)]
+    rows[10] = '000000000000000a,ab"c,/m/01g317,1\n'  # a quote inside a field: just a character
+    path.write_text("ImageID,Source,LabelName,Confidence\n" + "".join(rows))
+    flt = ClassFilter({"Person": frozenset({"/m/01g317"})})
+    assert flt.images(path) == [f"{i:016x}" for i in range(5000)]  # nothing lost, at once
+    rows[10] = '000000000000000a,"never closed,/m/01g317,1\n'  # a quoted field left open
+    path.write_text("ImageID,Source,LabelName,Confidence\n" + "".join(rows))
+    with pytest.raises(MetadataError, match="quoted field is still open after 1000 lines"):
+        flt.images(path)
+
+
+def test_selections_into_one_store_add_up(tmp_path: Path) -> None:
+    source = tmp_path / "source.csv"
+    source.write_text("ImageID,Source,LabelName,Confidence\r\n"
+                      "a,v,/m/1,1\r\na,v,/m/2,1\r\nb,v,/m/1,1\r\nc,v,/m/2,1\r\n")
+    first, second = tmp_path / "first.csv", tmp_path / "second.csv"
+    with open(first, "w", newline="") as out:
+        assert merge_selected_rows(source, first, out, {"a", "b"}, frozenset({"/m/1"})) == 2
+    with open(second, "w", newline="") as out:  # another class, overlapping images
+        assert merge_selected_rows(source, first, out, {"a", "c"}, frozenset({"/m/2"})) == 2
+    assert second.read_bytes() == (b"ImageID,Source,LabelName,Confidence\r\n"
+                                   b"a,v,/m/1,1\r\nb,v,/m/1,1\r\na,v,/m/2,1\r\nc,v,/m/2,1\r\n")
+    again = tmp_path / "again.csv"
+    with open(again, "w", newline="") as out:  # the same selection again adds nothing
+        assert merge_selected_rows(source, second, out, {"a", "c"}, frozenset({"/m/2"})) == 0
+    assert again.read_bytes() == second.read_bytes()
+    other = tmp_path / "other.csv"
+    other.write_text("ImageID,LabelName,XMin\nz,/m/9,0.1\n")  # another version's columns: replaced
+    with open(tmp_path / "replaced.csv", "w", newline="") as out:
+        assert merge_selected_rows(source, other, out, {"b"}, None) == 1
+    assert (tmp_path / "replaced.csv").read_bytes() == (b"ImageID,Source,LabelName,Confidence\r\n"
+                                                        b"b,v,/m/1,1\r\n")
 
 
 def test_catalogue_paths_of_annotations() -> None:
@@ -284,6 +330,16 @@ def test_catalogue_paths_of_annotations() -> None:
     assert path(7, "labels", "validation") == "v7/oidv7-val-annotations-human-imagelabels.csv"
     assert VERSIONS[7].annotations.class_names.local_path == "v7/oidv7-class-descriptions.csv"
     assert VERSIONS[1].annotations.boxes == {}
+    assert path(1, "labels", "validation") == "human_ann_2016_08/validation/labels.csv"
+    assert VERSIONS[1].annotations.labels["validation"].remote.path == "2016_08/human_ann_2016_08_v3.tar.gz"
+    assert VERSIONS[2].annotations.class_names.local_path == "2017_07/class-descriptions.csv"
+    assert path(5, "boxes", "train") == "2018_04/train/train-annotations-bbox.csv"
+    assert path(5, "labels", "test") == "v5/test-annotations-human-imagelabels.csv"
+    assert VERSIONS[5].annotations.class_names.local_path == "v5/class-descriptions.csv"
+    assert path(6, "labels", "train") == "v6/oidv6-train-annotations-human-imagelabels.csv"
+    assert path(6, "labels", "validation") == "v5/validation-annotations-human-imagelabels.csv"
+    assert VERSIONS[6].annotations.class_names.local_path == "v6/oidv6-class-descriptions.csv"
+    assert VERSIONS[4].boxable_sources["train"].local_path == "2018_04/train/train-images-boxable-with-rotation.csv"
 
 
 # --- end to end -----------------------------------------------------------------
@@ -403,40 +459,73 @@ def test_boxes_of_v4_train_come_from_the_boxable_file(sample_mirror: SampleMirro
     assert sample_mirror.downloads("2018_04/image_ids_and_rotation.csv") == 1
 
 
-def test_annotations_for_an_id_list_and_when_they_are_off(sample_mirror: SampleMirror, tmp_path: Path) -> None:
+def test_annotations_of_an_id_list_only_when_asked(sample_mirror: SampleMirror, tmp_path: Path) -> None:
     sample_mirror.publish_version(4)
     wanted = [row["ImageID"] for row in sample_rows("validation")[3:7]]
     (tmp_path / "ids.txt").write_text("".join(f"validation/{image_id}\n" for image_id in wanted))
+    ids = str(tmp_path / "ids.txt")
+    # By default only classes fetch annotations: an id list crawls from the cache alone.
+    plain = tmp_path / "plain"
+    assert crawl(sample_mirror, plain, version="4", subset="validation", ids=ids).returncode == 0
+    again = crawl(sample_mirror, plain, version="4", subset="validation", ids=ids, download_metadata="false")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert set(outcomes(plain, "validation")) == set(wanted)
+    assert not (plain / "validation" / "annotations-bbox.csv").exists()
+    assert sample_mirror.downloads("2018_04/validation/validation-annotations-bbox.csv") == 0
     store = tmp_path / "store"
-    done = crawl(sample_mirror, store, version="4", subset="validation", ids=str(tmp_path / "ids.txt"))
+    done = crawl(sample_mirror, store, version="4", subset="validation", ids=ids, annotations="true")
     assert done.returncode == 0, done.stderr[-3000:]
-    assert set(outcomes(store, "validation")) == set(wanted)
-    for kind in ("boxes", "labels"):  # an id list is a selected set: annotations by default
+    for kind in ("boxes", "labels"):
         header, lines = written(store, "validation", kind)
         assert lines == rows_of(annotation_lines("validation", kind)[1], set(wanted))
-    # Turned off, or a selection that is not a set of images: nothing fetched or written.
-    for name, args in (("off", {"ids": str(tmp_path / "ids.txt"), "annotations": "false"}),
-                       ("limit", {"limit": "3", "shard": "1/2"})):
-        done = crawl(sample_mirror, tmp_path / name, version="4", subset="validation", **args)
-        assert done.returncode == 0, done.stderr[-3000:]
-        assert outcomes(tmp_path / name, "validation")
-        assert not (tmp_path / name / "validation" / "annotations-bbox.csv").exists()
-    assert sample_mirror.downloads("2018_04/validation/validation-annotations-bbox.csv") == 1
-    # ... unless asked for.
-    done = crawl(sample_mirror, tmp_path / "asked", version="4", subset="validation", limit="3",
-                 annotations="true")
+    done = crawl(sample_mirror, tmp_path / "off", version="4", subset="validation", classes="Person",
+                 annotations="false")
     assert done.returncode == 0, done.stderr[-3000:]
-    taken = set(outcomes(tmp_path / "asked", "validation"))
-    assert len(taken) == 3
-    assert written(tmp_path / "asked", "validation", "labels")[1] == rows_of(
-        annotation_lines("validation", "labels")[1], taken)
+    assert not (tmp_path / "off" / "validation" / "annotations-labels.csv").exists()
+    assert sample_mirror.downloads("2018_04/validation/validation-annotations-human-imagelabels.csv") == 1
+
+
+def test_shards_and_other_classes_into_one_store_add_up(sample_mirror: SampleMirror, tmp_path: Path) -> None:
+    sample_mirror.publish_version(3, line_end="\r\n")
+    store = tmp_path / "store"
+    for shard in ("1/2", "2/2"):
+        done = crawl(sample_mirror, store, version="3", subset="validation", classes="Person", shard=shard)
+        assert done.returncode == 0, done.stderr[-3000:]
+    person = mids_of("Person")
+    chosen = images_with("validation", "boxes", person)
+    assert set(outcomes(store, "validation")) == chosen
+    _, boxes = written(store, "validation", "boxes", line_end="\r\n")  # line endings kept
+    assert sorted(boxes) == sorted(rows_of(annotation_lines("validation", "boxes")[1], chosen, person))
+    done = crawl(sample_mirror, store, version="3", subset="validation", classes="Car")
+    assert done.returncode == 0, done.stderr[-3000:]
+    car = mids_of("Car")
+    with_car = images_with("validation", "boxes", car)
+    assert with_car & chosen and with_car - chosen  # overlapping selections
+    _, boxes = written(store, "validation", "boxes", line_end="\r\n")
+    official = annotation_lines("validation", "boxes")[1]
+    assert sorted(boxes) == sorted(rows_of(official, chosen, person) + rows_of(official, with_car, car))
+    assert len(boxes) == len(set(boxes))  # each row once
+    assert not (store / ".tmp").exists()
+
+
+def test_rows_without_subset_belong_to_their_files_split(sample_mirror: SampleMirror, tmp_path: Path) -> None:
+    sample_mirror.publish_version(3, drop_subset=True)
+    store = tmp_path / "store"
+    done = crawl(sample_mirror, store, version="3", subset="all", classes="Person")
+    assert done.returncode == 0, done.stderr[-3000:]
+    person = mids_of("Person")
+    for split in SPLITS:
+        chosen = images_with(split, "boxes", person)
+        assert chosen and set(outcomes(store, split)) == chosen, split
+        assert written(store, split, "boxes")[1] == rows_of(annotation_lines(split, "boxes")[1], chosen, person)
 
 
 def test_selection_errors_are_clear(sample_mirror: SampleMirror, tmp_path: Path) -> None:
     sample_mirror.publish_version(1)
     store = tmp_path / "store"
     v1 = crawl(sample_mirror, store, version="1", subset="validation", classes="Person")
-    assert v1.returncode != 0 and "version 1 has no bounding boxes for validation" in v1.stderr
+    assert v1.returncode != 0
+    assert "version 1 has no bounding boxes for validation: try -a labels=verified" in v1.stderr
     v1 = crawl(sample_mirror, store, version="1", subset="validation", classes="Person", labels="verified")
     assert v1.returncode == 0, v1.stderr[-3000:]
     chosen = images_with("validation", "labels", mids_of("Person"))
@@ -447,6 +536,9 @@ def test_selection_errors_are_clear(sample_mirror: SampleMirror, tmp_path: Path)
         ({"version": "3", "subset": "train", "classes": "Person", "match": "some"}, "-a match='some'"),
         ({"version": "3", "subset": "train", "classes": "Person", "labels": "machine"}, "-a labels='machine'"),
         ({"version": "3", "subset": "train", "classes": ""}, "-a classes is empty"),
+        ({"version": "3", "subset": "train", "match": "all"}, "-a match only apply with -a classes"),
+        ({"version": "1", "subset": "train", "classes": "Person", "labels": "verified"},
+         "version 1 has no human-verified image labels for train: try another subset"),
     ):
         done = crawl(sample_mirror, store, **args)
         assert done.returncode != 0 and message in done.stderr, (args, done.stderr[-1500:])

@@ -26,8 +26,8 @@ def ids(count: int) -> list[str]:
     return [hashlib.sha1(str(i).encode()).hexdigest()[:16] for i in range(count)]
 
 
-def rows(image_ids: list[str], subset: str = "train") -> list[tuple[dict[str, str], None]]:
-    return [({"ImageID": image_id, "Subset": subset}, None) for image_id in image_ids]
+def rows(image_ids: list[str], subset: str = "train") -> list[tuple[dict[str, str], None, str]]:
+    return [({"ImageID": image_id, "Subset": subset}, None, "") for image_id in image_ids]
 
 
 def test_shards_cover_every_row_exactly_once() -> None:
@@ -80,12 +80,12 @@ def test_filters_apply_in_order() -> None:
     chosen = IdList(anywhere=IdSet(image_ids[:60]))
     excluded = IdList(anywhere=IdSet(image_ids[:10]))
     selection = Selection(subset="train", ids=chosen, exclude=excluded, offset=5, limit=20)
-    taken = [f["ImageID"] for f, _ in selection.rows(rows(image_ids) + rows(image_ids[:60], "test"))]
+    taken = [f["ImageID"] for f, _, _ in selection.rows(rows(image_ids) + rows(image_ids[:60], "test"))]
     assert taken == image_ids[15:35]
     shard_one = Selection(shard=Shard(1, 2))
     shard_two = Selection(shard=Shard(2, 2))
-    one = [f["ImageID"] for f, _ in shard_one.rows(rows(image_ids))]
-    two = [f["ImageID"] for f, _ in shard_two.rows(rows(image_ids))]
+    one = [f["ImageID"] for f, _, _ in shard_one.rows(rows(image_ids))]
+    two = [f["ImageID"] for f, _, _ in shard_two.rows(rows(image_ids))]
     assert sorted(one + two) == sorted(image_ids) and not set(one) & set(two)
 
 

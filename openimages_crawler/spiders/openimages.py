@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -29,9 +30,10 @@ from twisted.python.failure import Failure
 from ..annotations import (
     ClassFilter,
     ClassNames,
-    copy_selected_rows,
+    CopyStopped,
+    header_only,
+    merge_selected_rows,
     parse_class_list,
-    selected_rows_reader,
 )
 from ..catalogue import (
     ANNOTATION_FILES,
@@ -61,6 +63,7 @@ from ..rows import (
 )
 from ..selection import (
     IdList,
+    MetadataRecord,
     Selection,
     SelectionError,
     Shard,
@@ -91,9 +94,9 @@ class OpenImagesSpider(scrapy.Spider):
         shard: str | None = None,
         source: str = "original",
         classes: str | None = None,
-        match: str = "any",
-        labels: str = "boxes",
-        all_labels: str | bool = False,
+        match: str | None = None,
+        labels: str | None = None,
+        all_labels: str | bool | None = None,
         annotations: str | bool | None = None,
         *args: Any,
         **kwargs: Any,
@@ -112,16 +115,21 @@ class OpenImagesSpider(scrapy.Spider):
             self.classes = parse_class_list(classes) if classes is not None else []
         except SelectionError as exc:
             raise UsageError(str(exc)) from None
-        if match not in ("any", "all"):
+        given = [f"-a {name}" for name, value in
+                 (("match", match), ("labels", labels), ("all_labels", all_labels)) if value is not None]
+        if given and not self.classes:
+            raise UsageError(f"{', '.join(given)} only apply with -a classes")
+        if match not in (None, "any", "all"):
             raise UsageError(f"-a match={match!r} is not any or all")
-        if labels not in ("boxes", "verified"):
+        if labels not in (None, "boxes", "verified"):
             raise UsageError(f"-a labels={labels!r} is not boxes or verified")
         self.match_all = match == "all"
         self.label_kind = "labels" if labels == "verified" else "boxes"  # catalogue kinds
-        self.all_labels = _parse_bool("all_labels", all_labels)
-        # Annotations are written by default when classes or an id list name the images.
+        self.all_labels = _parse_bool("all_labels", all_labels) if all_labels is not None else False
+        # Annotations are written by default when classes select the images (an
+        # id list or a shard would otherwise fetch gigabytes nobody asked for).
         self.write_annotations = (
-            bool(self.classes or ids) if annotations is None else _parse_bool("annotations", annotations)
+            bool(self.classes) if annotations is None else _parse_bool("annotations", annotations)
         )
         self.download_metadata = _parse_bool("download_metadata", download_metadata)
         if source not in ("original", "cvdf"):
@@ -167,6 +175,8 @@ class OpenImagesSpider(scrapy.Spider):
         self.class_filter: ClassFilter | None = None
         self.annotation_files: dict[tuple[str, str], Path] = {}  # (kind, split) -> CSV
         self.annotated: dict[str, set[str]] = {}  # split -> selected ImageIDs
+        self.file_subsets: list[str] = [""]  # per metadata file: its split, if it has one
+        self.stopping = threading.Event()  # set at close: an annotation copy gives up
 
     @classmethod
     def from_crawler(cls, crawler: Any, *args: Any, **kwargs: Any) -> OpenImagesSpider:
@@ -236,6 +246,9 @@ class OpenImagesSpider(scrapy.Spider):
     def fetch_metadata(self) -> None:
         """The version's image CSVs."""
         self.metadata_files = self.metadata_paths(self.sources)
+        # One file per split: rows without a Subset belong to their file's split.
+        one_each = len(self.sources) == len(self.splits)
+        self.file_subsets = list(self.splits) if one_each else [""] * len(self.sources)
         self.header = self._read_headers()
 
     def resolve_classes(self) -> None:
@@ -244,10 +257,12 @@ class OpenImagesSpider(scrapy.Spider):
         annotations = version_of(self.version).annotations
         for split in self.splits:
             if split not in annotations.of_kind(self.label_kind):
-                other = "verified" if self.label_kind == "boxes" else "boxes"
+                other = "labels" if self.label_kind == "boxes" else "boxes"
+                hint = "another subset"
+                if split in annotations.of_kind(other):
+                    hint = f"-a labels={_LABELS_ARGUMENT[other]} or {hint}"
                 raise UsageError(
-                    f"version {self.version} has no {_KIND_NAMES[self.label_kind]} for {split}: "
-                    f"try -a labels={other} or another subset"
+                    f"version {self.version} has no {_KIND_NAMES[self.label_kind]} for {split}: try {hint}"
                 )
         (path,) = self.metadata_paths([annotations.class_names])
         try:
@@ -303,15 +318,16 @@ class OpenImagesSpider(scrapy.Spider):
     async def start(self) -> AsyncIterator[Any]:
         stats = self.crawler.stats
         handled = 0
-        for fields, problem in self.selected_rows():
+        for fields, problem, file_subset in self.selected_rows():
+            subset = self.subset or file_subset
             handled += 1
             if handled % _YIELD_EVERY == 0:
                 stats.set_value("openimages/rows_read", handled)
                 await asyncio.sleep(0)
             if self.write_annotations:
-                split = fields.get("Subset") or self.subset or ""
+                split = fields.get("Subset") or subset
                 self.annotated.setdefault(split, set()).add(fields.get("ImageID", ""))
-            work = self.work_for(validate_row(fields, problem, self.subset))
+            work = self.work_for(validate_row(fields, problem, subset or None))
             if work is None:
                 stats.inc_value("openimages/rows_skipped")
                 continue
@@ -325,7 +341,8 @@ class OpenImagesSpider(scrapy.Spider):
 
     def write_annotation_files(self) -> None:
         """``{IMAGES_STORE}/{Subset}/annotations-*.csv``: the official rows of the
-        selected images (of the requested classes only, unless all_labels)."""
+        selected images (of the requested classes only, unless all_labels),
+        added to what earlier runs into this store wrote there."""
         root = self.config.layout.root
         label_names = None
         if self.class_filter is not None and not self.all_labels:
@@ -335,19 +352,33 @@ class OpenImagesSpider(scrapy.Spider):
         for (kind, split), source in self.annotation_files.items():
             target = root / split / ANNOTATION_FILES[kind]
             image_ids = self.annotated.get(split, set())
+            if not image_ids and target.exists():
+                continue  # nothing to add
             try:
-                with selected_rows_reader(source) as reader, atomic_text_file(root, target) as out:
-                    copied = copy_selected_rows(reader, out, image_ids, label_names)
+                with atomic_text_file(root, target) as out:
+                    if image_ids:
+                        added = merge_selected_rows(source, target, out, image_ids, label_names, self.stopping)
+                    else:
+                        added = 0
+                        header_only(source, out)
+            except CopyStopped:
+                logger.info("Stopping: %s is left for the next run", target)
+                return
             except (MetadataError, OSError) as exc:
                 logger.error("Cannot write %s: %s", target, exc)
                 self.crawler.stats.inc_value("openimages/annotation_errors")
                 continue
-            logger.info("Wrote %s: %d rows of %d selected images", target, copied, len(image_ids))
+            logger.info("Wrote %s: %d rows added for %d selected images", target, added, len(image_ids))
 
-    def selected_rows(self) -> Iterator[tuple[dict[str, str], str | None]]:
+    def closed(self, reason: str) -> None:
+        self.stopping.set()
+
+    def selected_rows(self) -> Iterator[MetadataRecord]:
         """Rows of every metadata file that the selection takes."""
         return self.selection.rows(
-            row for path in self.metadata_files for row in iter_rows(path, self.header)
+            (fields, problem, file_subset)
+            for path, file_subset in zip(self.metadata_files, self.file_subsets, strict=True)
+            for fields, problem in iter_rows(path, self.header)
         )
 
     def work_for(self, row: ImageRow | InvalidRow) -> Request | SuccessRow | FailureRow | None:
@@ -431,6 +462,7 @@ class OpenImagesSpider(scrapy.Spider):
 
 
 _KIND_NAMES = {"boxes": "bounding boxes", "labels": "human-verified image labels"}
+_LABELS_ARGUMENT = {"boxes": "boxes", "labels": "verified"}  # catalogue kind -> -a labels
 
 
 def _parse_version(version: str | int) -> int:
