@@ -23,7 +23,7 @@ from typing import IO
 
 import psutil
 
-from openimages_crawler.catalogue import IMAGE_INFO_COLUMNS, VERSIONS
+from openimages_crawler.catalogue import IMAGE_INFO_COLUMNS, VERSIONS, sources_for
 
 from .contenders import REPO
 from .measure import tree_rss
@@ -53,7 +53,8 @@ def generate(folder: Path, rows: int, seed: int = 7) -> dict[str, Path]:
         "boxes": folder / version.annotations.boxes["train"].local_path,
         "labels": folder / version.annotations.labels["train"].local_path,
         "classes": folder / version.annotations.class_names.local_path,
-        "images": folder / version.sources["train"].local_path,
+        # what a crawl selecting by boxes reads (the boxable image file on V4+)
+        "images": folder / sources_for(6, "train", boxed_only=True)[0].local_path,
     }
     rng = random.Random(seed)
     labels = [_label(i) for i in range(CLASSES)]
@@ -176,6 +177,9 @@ def probe(work: Path, cache: Path, args: argparse.Namespace) -> dict:
     size_gb = data["boxes"].stat().st_size / 1e9
     select = _timed_crawl(_store_with_cache(work, cache / f"classes-{args.bbox_rows}"), work / "select.log", False)
     write = _timed_crawl(_store_with_cache(work, cache / f"classes-{args.bbox_rows}"), work / "write.log", True)
+    for run, log in ((select, "select.log"), (write, "write.log")):
+        if run["returncode"] != 0:
+            raise SystemExit(f"the classes probe's crawl failed: see {work / log}")
     result = {"rows": args.bbox_rows, "file_gb": round(size_gb, 2), "classes": list(WANTED),
               "select": select, "select_and_write": write}
     result["summary"] = (
