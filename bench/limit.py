@@ -24,7 +24,7 @@ def _init(fast: bool) -> None:
 
 def convert(path: str) -> int:
     data = Path(path).read_bytes()
-    image = decode(data, MAX_PIXELS, reduce_for=SPEC if _fast else None)
+    image = decode(data, MAX_PIXELS, reduce_for=(SPEC,) if _fast else ())
     gap = REDUCING_GAP if _fast else None
     return len(resized_bytes(image, SPEC, reducing_gap=gap)) > 0
 

@@ -117,7 +117,7 @@ def _finished_store(corpus: corpus_module.Corpus, metadata: Path, rows: int) -> 
         writer = csv.writer(out, lineterminator="\n")
         writer.writerow(IMAGES_CSV_COLUMNS)
         for row in reader:
-            path = layout.resized_path("train", row["ImageID"], "jpg")
+            path = layout.image_path("train", "images-resized", row["ImageID"], "jpg")
             if path.parent not in made:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 made.add(path.parent)

@@ -30,7 +30,7 @@ def compare(corpus: Corpus, sample: int = 200, size: int = 224) -> dict:
             data = path.read_bytes()
             plain = resize(upright_rgb(decode(data, MAX_PIXELS)), spec)
             fast = resize(
-                upright_rgb(decode(data, MAX_PIXELS, reduce_for=spec)), spec, reducing_gap=REDUCING_GAP
+                upright_rgb(decode(data, MAX_PIXELS, reduce_for=(spec,))), spec, reducing_gap=REDUCING_GAP
             )
             assert fast.size == plain.size, (path, fast.size, plain.size)
             diffs.append(np.abs(np.asarray(fast, np.int16) - np.asarray(plain, np.int16)).mean())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +13,19 @@ from scrapy.settings import BaseSettings
 from .imaging import ResizeSpec
 from .storage import StoreLayout
 
+# Keys of one OPENIMAGES_OUTPUTS entry: required, then optional (defaults from
+# the single-output settings).
+_OUTPUT_KEYS = ("dir", "mode", "size")
+_OPTIONAL_OUTPUT_KEYS = ("format", "quality", "resample")
+
+
+@dataclass(frozen=True, slots=True)
+class ResizedOutput:
+    """One resized copy of every image, under ``{Subset}/{dir}/``."""
+
+    dir: str
+    spec: ResizeSpec
+
 
 @dataclass(frozen=True, slots=True)
 class CrawlConfig:
@@ -19,7 +33,7 @@ class CrawlConfig:
 
     layout: StoreLayout
     save_originals: bool
-    resize: ResizeSpec | None
+    outputs: tuple[ResizedOutput, ...]
     check_md5_if_exists: bool
     max_pixels: int
     workers: int
@@ -27,48 +41,94 @@ class CrawlConfig:
 
     @classmethod
     def from_settings(cls, settings: BaseSettings) -> CrawlConfig:
-        try:
-            resize = (
-                ResizeSpec(
-                    mode=settings.get("OPENIMAGES_RESIZE_MODE", "ShrinkToFit"),
-                    size=settings.getint("OPENIMAGES_RESIZE_SIZE", 224),
-                    resample=str(settings.get("OPENIMAGES_RESAMPLE", "lanczos")).lower(),
-                    format=str(settings.get("OPENIMAGES_RESIZE_FORMAT", "jpg")).lower(),
-                    quality=settings.getint("OPENIMAGES_RESIZE_QUALITY", 90),
-                )
-                if settings.getbool("OPENIMAGES_RESIZE", True)
-                else None
-            )
-        except ValueError as exc:
-            raise UsageError(f"bad resize setting: {exc}") from exc
         save_originals = settings.getbool("OPENIMAGES_SAVE_ORIGINALS", False)
-        if resize is None and not save_originals:
+        originals_dir = _folder_name(settings.get("OPENIMAGES_ORIGINALS_DIR") or "images-original",
+                                     "OPENIMAGES_ORIGINALS_DIR")
+        outputs = _outputs(settings)
+        if not outputs and not save_originals:
             raise UsageError(
-                "nothing to store: set OPENIMAGES_RESIZE=True or OPENIMAGES_SAVE_ORIGINALS=True"
+                "nothing to store: set OPENIMAGES_RESIZE=True, OPENIMAGES_OUTPUTS or "
+                "OPENIMAGES_SAVE_ORIGINALS=True"
             )
+        if originals_dir in {output.dir for output in outputs}:
+            raise UsageError(f"an output folder is also OPENIMAGES_ORIGINALS_DIR ({originals_dir!r})")
         subdir_chars = settings.getint("OPENIMAGES_SUBDIR_CHARS", 3)
         if subdir_chars < 0:
             raise UsageError("OPENIMAGES_SUBDIR_CHARS must be 0 or more")
         layout = StoreLayout(
             root=Path(settings.get("IMAGES_STORE") or "openimages"),
-            originals_dir=_folder_name(settings, "OPENIMAGES_ORIGINALS_DIR", "images-original"),
-            resized_dir=_folder_name(settings, "OPENIMAGES_RESIZED_DIR", "images-resized"),
+            originals_dir=originals_dir,
             subdir_chars=subdir_chars,
         )
         workers = settings.getint("OPENIMAGES_WORKERS", 0) or os.cpu_count() or 1
         return cls(
             layout=layout,
             save_originals=save_originals,
-            resize=resize,
+            outputs=outputs,
             check_md5_if_exists=settings.getbool("OPENIMAGES_CHECK_MD5_IF_EXISTS", True),
             max_pixels=settings.getint("OPENIMAGES_MAX_PIXELS", 178956970),
             workers=workers,
             fast_resize=settings.getbool("OPENIMAGES_FAST_RESIZE", True),
         )
 
+    def output_path(self, output: ResizedOutput, subset: str, image_id: str) -> Path:
+        return self.layout.image_path(subset, output.dir, image_id, output.spec.format)
 
-def _folder_name(settings: BaseSettings, name: str, default: str) -> str:
-    value = str(settings.get(name) or default)
-    if value in (".", "..") or "/" in value or "\\" in value:
+
+def _outputs(settings: BaseSettings) -> tuple[ResizedOutput, ...]:
+    """OPENIMAGES_OUTPUTS (a list, or its JSON), else the single-output settings."""
+    defaults = {
+        "mode": settings.get("OPENIMAGES_RESIZE_MODE", "ShrinkToFit"),
+        "size": settings.get("OPENIMAGES_RESIZE_SIZE", 224),
+        "resample": settings.get("OPENIMAGES_RESAMPLE", "lanczos"),
+        "format": settings.get("OPENIMAGES_RESIZE_FORMAT", "jpg"),
+        "quality": settings.get("OPENIMAGES_RESIZE_QUALITY", 90),
+    }
+    entries = settings.get("OPENIMAGES_OUTPUTS") or []
+    if isinstance(entries, str):
+        try:
+            entries = json.loads(entries)
+        except ValueError as exc:
+            raise UsageError(f"OPENIMAGES_OUTPUTS is not valid JSON: {exc}") from None
+    if not isinstance(entries, list | tuple) or not all(isinstance(e, dict) for e in entries):
+        raise UsageError("OPENIMAGES_OUTPUTS must be a list of dicts (dir, mode, size[, format, quality, resample])")
+    if not entries:
+        if not settings.getbool("OPENIMAGES_RESIZE", True):
+            return ()
+        entries = [{"dir": settings.get("OPENIMAGES_RESIZED_DIR") or "images-resized"}]
+        label = "resize setting"
+    else:
+        label = "OPENIMAGES_OUTPUTS entry"
+        for entry in entries:
+            missing = [key for key in _OUTPUT_KEYS if key not in entry]
+            unknown = sorted(set(entry) - set(_OUTPUT_KEYS) - set(_OPTIONAL_OUTPUT_KEYS))
+            if missing or unknown:
+                raise UsageError(
+                    f"OPENIMAGES_OUTPUTS entry {entry}: "
+                    + "; ".join(filter(None, [missing and f"missing {', '.join(missing)}",
+                                               unknown and f"unknown {', '.join(unknown)}"]))
+                )
+    outputs = []
+    for entry in entries:
+        values = defaults | entry
+        try:
+            spec = ResizeSpec(
+                mode=str(values["mode"]),
+                size=int(values["size"]),
+                resample=str(values["resample"]).lower(),
+                format=str(values["format"]).lower(),
+                quality=int(values["quality"]),
+            )
+        except (TypeError, ValueError) as exc:
+            raise UsageError(f"bad {label} {entry}: {exc}") from None
+        outputs.append(ResizedOutput(_folder_name(str(values["dir"]), "an output dir"), spec))
+    folders = [output.dir for output in outputs]
+    if len(set(folders)) != len(folders):
+        raise UsageError(f"OPENIMAGES_OUTPUTS: each output needs its own dir, not {folders}")
+    return tuple(outputs)
+
+
+def _folder_name(value: str, name: str) -> str:
+    if not value or value in (".", "..") or "/" in value or "\\" in value:
         raise UsageError(f"{name} must be a plain folder name, not {value!r}")
     return value

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import math
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -91,14 +92,14 @@ def decode(
     data: bytes,
     max_pixels: int,
     *,
-    reduce_for: ResizeSpec | None = None,
+    reduce_for: Sequence[ResizeSpec] = (),
     check_only: bool = False,
 ) -> Image.Image:
     """Decode ``data`` completely, refusing non-images, bombs and truncation.
 
     The pixel count is checked from the header before any pixel is decoded,
     so a small file that claims a huge canvas costs nothing. A JPEG may be
-    decoded at a reduced DCT scale: just large enough for ``reduce_for``, or
+    decoded at a reduced DCT scale: just large enough for every output of ``reduce_for``, or
     the smallest scale when the pixels are only ``check_only``. Every
     entropy-coded block is still read, so truncation and corrupt data are
     found as in a full decode.
@@ -119,8 +120,10 @@ def decode(
             "too_large",
             f"{width}x{height} = {width * height} pixels exceeds the limit of {max_pixels}",
         )
-    if image.format == "JPEG" and (reduce_for is not None or check_only):
-        request = (1, 1) if reduce_for is None else draft_request(width, height, reduce_for)
+    if image.format == "JPEG" and (reduce_for or check_only):
+        request = (1, 1)
+        for spec in reduce_for:  # large enough for the largest output
+            request = max(request, draft_request(width, height, spec))
         if request[0] < width and request[1] < height:
             image.draft(None, request)
             if image.size != (width, height):
@@ -274,5 +277,21 @@ def resized_bytes(
     image: Image.Image, spec: ResizeSpec, *, reducing_gap: float | None = None, rotation: int = 0
 ) -> bytes:
     """Upright RGB, resized and encoded: the whole resize stage for one output."""
+    return resized_set(image, (spec,), reducing_gap=reducing_gap, rotation=rotation)[0]
+
+
+def resized_set(
+    image: Image.Image,
+    specs: Sequence[ResizeSpec],
+    *,
+    reducing_gap: float | None = None,
+    rotation: int = 0,
+) -> list[bytes]:
+    """Every output of one decoded image: turned upright and converted once,
+    then resized and encoded per spec."""
     upright = upright_rgb(image, rotation)
-    return encode(resize(upright, spec, reducing_gap=reducing_gap), spec)
+    try:
+        return [encode(resize(upright, spec, reducing_gap=reducing_gap), spec) for spec in specs]
+    finally:
+        if upright is not image:
+            upright.close()

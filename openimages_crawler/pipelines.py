@@ -116,21 +116,20 @@ class OpenImagesPipeline(ImagesPipeline):
         return await asyncio.get_running_loop().run_in_executor(self.executor, task)
 
     def output_plan(self, item: FetchedImage) -> OutputPlan:
-        """Originals are written unless they came from the store; the resized
-        file unless it is already there."""
+        """Originals are written unless they came from the store; each resized
+        output unless it is already there (outputs resume independently)."""
         row, config = item.row, self.config
         original = None
         if config.save_originals and not item.from_store:
             original = config.layout.original_path(row.subset, row.image_id, row.url)
-        resized = None
-        if config.resize is not None:
-            path = config.layout.resized_path(row.subset, row.image_id, config.resize.format)
-            if not (item.from_store and nonempty(path)):
-                resized = path
+        resized = []
+        for output in config.outputs:
+            path = config.output_path(output, row.subset, row.image_id)
+            if not nonempty(path):
+                resized.append((path, output.spec))
         return OutputPlan(
             original=original,
-            resized=resized,
-            spec=config.resize,
+            resized=tuple(resized),
             fast=config.fast_resize,
             rotation=row.rotation,
             record_md5=item.download_url is not None,

@@ -12,7 +12,7 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from .imaging import REDUCING_GAP, ImageRejected, ResizeSpec, decode, resized_bytes
+from .imaging import REDUCING_GAP, ImageRejected, ResizeSpec, decode, resized_set
 from .storage import AtomicWriter
 
 
@@ -29,8 +29,7 @@ class OutputPlan:
     """Which files to write for one image; ``None`` means not wanted."""
 
     original: Path | None = None
-    resized: Path | None = None
-    spec: ResizeSpec | None = None
+    resized: tuple[tuple[Path, ResizeSpec], ...] = ()  # every output still to write
     # Reduced JPEG decode and pre-reduction before the final filter
     # (imaging.REDUCING_GAP); False is a full decode and a plain resize.
     fast: bool = True
@@ -38,8 +37,8 @@ class OutputPlan:
     record_md5: bool = False  # the results need the MD5 even when nothing checks it
 
     @property
-    def wants_resized(self) -> bool:
-        return self.resized is not None and self.spec is not None
+    def specs(self) -> tuple[ResizeSpec, ...]:
+        return tuple(spec for _, spec in self.resized)
 
 
 @dataclass(slots=True)
@@ -84,9 +83,10 @@ def process_image(
     writer: AtomicWriter,
     max_pixels: int,
 ) -> Outcome:
-    """Verify ``body`` against ``expected``, decode all of it, write ``plan``.
+    """Verify ``body`` against ``expected``, decode all of it once, write
+    ``plan``: the original and every resized output.
 
-    The original is written before the resized file, so an interrupted image
+    The original is written before the resized files, so an interrupted image
     can later be resized from its stored original without a download.
     """
     # No MD5 when nothing needs it (OPENIMAGES_CHECK_MD5_IF_EXISTS=False on stored files).
@@ -99,22 +99,22 @@ def process_image(
         image = decode(
             body,
             max_pixels,
-            reduce_for=plan.spec if plan.fast and plan.wants_resized else None,
-            check_only=plan.fast and not plan.wants_resized,
+            reduce_for=plan.specs if plan.fast else (),
+            check_only=plan.fast and not plan.resized,
         )
     except ImageRejected as exc:
         return Outcome(exc.reason, exc.details)
     outcome = Outcome(md5=digest, size=len(body))
     try:
         resized = (
-            resized_bytes(
+            resized_set(
                 image,
-                plan.spec,
+                plan.specs,
                 reducing_gap=REDUCING_GAP if plan.fast else None,
                 rotation=plan.rotation,
             )
-            if plan.wants_resized and plan.spec is not None
-            else None
+            if plan.resized
+            else []
         )
     except (OSError, ValueError) as exc:
         return Outcome("corrupt", f"{image.format} could not be converted: {exc}")
@@ -124,9 +124,9 @@ def process_image(
         if plan.original is not None:
             writer.write(plan.original, body)
             outcome.bytes_written += len(body)
-        if resized is not None and plan.resized is not None:
-            writer.write(plan.resized, resized)
-            outcome.bytes_written += len(resized)
+        for (path, _), data in zip(plan.resized, resized, strict=True):
+            writer.write(path, data)
+            outcome.bytes_written += len(data)
     except OSError as exc:
         return Outcome("io_error", f"cannot write to the store: {exc}")
     return outcome

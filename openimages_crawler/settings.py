@@ -34,6 +34,9 @@ OPENIMAGES_RESAMPLE = "lanczos"
 OPENIMAGES_RESIZE_FORMAT = "jpg"
 # JPEG/WebP quality of the resized images (1-100).
 OPENIMAGES_RESIZE_QUALITY = 90
+# Several resized outputs from one download: [{"dir", "mode", "size"[, "format", "quality", "resample"]}, ...]
+# (JSON on the command line); replaces the single output above when not empty.
+OPENIMAGES_OUTPUTS: list[dict[str, object]] = []
 
 # --- Verification and resume --------------------------------------------------
 # On restart, re-check the MD5 of a stored original before counting it as done.

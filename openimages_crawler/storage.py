@@ -27,7 +27,6 @@ class StoreLayout:
 
     root: Path
     originals_dir: str = "images-original"
-    resized_dir: str = "images-resized"
     subdir_chars: int = 3
 
     def image_path(self, subset: str, folder: str, image_id: str, ext: str) -> Path:
@@ -39,8 +38,6 @@ class StoreLayout:
     def original_path(self, subset: str, image_id: str, url: str) -> Path:
         return self.image_path(subset, self.originals_dir, image_id, original_extension(url))
 
-    def resized_path(self, subset: str, image_id: str, ext: str) -> Path:
-        return self.image_path(subset, self.resized_dir, image_id, ext)
 
 
 def original_extension(url: str) -> str:

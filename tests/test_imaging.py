@@ -139,17 +139,16 @@ def test_process_image_checks_size_then_md5_then_decodes(tmp_path: Path) -> None
     body = jpeg(300, 200)
     writer = AtomicWriter(tmp_path)
     writer.open()
-    plan = OutputPlan(original=tmp_path / "o" / "x.jpg", resized=tmp_path / "r" / "x.jpg",
-                      spec=ResizeSpec(size=100))
+    plan = OutputPlan(original=tmp_path / "o" / "x.jpg", resized=((tmp_path / "r" / "x.jpg", ResizeSpec(size=100)),))
     good = Expected(size=len(body), md5=hashlib.md5(body).digest())
     assert process_image(body, Expected(size=len(body) + 1), plan, writer, MAX_PIXELS).reason == "size_mismatch"
     assert process_image(body, Expected(md5=b"\0" * 16), plan, writer, MAX_PIXELS).reason == "md5_mismatch"
-    assert not plan.original.exists() and not plan.resized.exists()
+    assert not plan.original.exists() and not plan.resized[0][0].exists()
     outcome = process_image(body, good, plan, writer, MAX_PIXELS)
     assert outcome.ok
     assert plan.original.read_bytes() == body
-    assert outcome.bytes_written == len(body) + plan.resized.stat().st_size
-    with Image.open(plan.resized) as out:
+    assert outcome.bytes_written == len(body) + plan.resized[0][0].stat().st_size
+    with Image.open(plan.resized[0][0]) as out:
         assert out.size == (100, 67)
     writer.close()
     assert not (tmp_path / ".tmp").exists()
@@ -203,7 +202,7 @@ ALL_KINDS = _all_kinds()
 
 def plain_and_fast(data: bytes, spec: ResizeSpec) -> tuple[Image.Image, Image.Image]:
     plain = resize(upright_rgb(decode(data, MAX_PIXELS)), spec)
-    fast = resize(upright_rgb(decode(data, MAX_PIXELS, reduce_for=spec)), spec,
+    fast = resize(upright_rgb(decode(data, MAX_PIXELS, reduce_for=(spec,))), spec,
                   reducing_gap=REDUCING_GAP)
     return plain, fast
 
@@ -229,7 +228,7 @@ def test_large_jpegs_really_take_the_reduced_decode(kind: str) -> None:
     data = ALL_KINDS[kind]
     spec = ResizeSpec(size=224)
     full = decode(data, MAX_PIXELS)
-    reduced = decode(data, MAX_PIXELS, reduce_for=spec)
+    reduced = decode(data, MAX_PIXELS, reduce_for=(spec,))
     if full.format != "JPEG":
         assert reduced.size == full.size
         return
@@ -250,7 +249,7 @@ def test_exif_rotation_is_applied_once_on_the_fast_path() -> None:
         assert plain.size == fast.size == expected
 
 
-@pytest.mark.parametrize("options", [{"reduce_for": ResizeSpec()}, {"check_only": True}, {}])
+@pytest.mark.parametrize("options", [{"reduce_for": (ResizeSpec(),)}, {"check_only": True}, {}])
 def test_reduced_decodes_still_reject_truncated_and_garbled_jpegs(options: dict) -> None:
     data = _jpeg_bytes(_photo(2000, 1500, 9))
     with pytest.raises(ImageRejected) as truncated:
@@ -267,7 +266,7 @@ def test_process_image_fast_and_plain_write_the_same_sizes(tmp_path: Path) -> No
         sizes = []
         for fast in (True, False):
             out = tmp_path / f"{kind}-{fast}.jpg"
-            plan = OutputPlan(resized=out, spec=ResizeSpec(mode="FillCrop", size=128), fast=fast)
+            plan = OutputPlan(resized=((out, ResizeSpec(mode="FillCrop", size=128)),), fast=fast)
             assert process_image(body, Expected(size=len(body)), plan, writer, MAX_PIXELS).ok
             with Image.open(out) as image:
                 sizes.append(image.size)
@@ -328,7 +327,7 @@ def test_rotation_on_the_fast_path_keeps_sizes(rotation: int, mode: str) -> None
     data = _jpeg_bytes(_photo(1999, 1201, 12))
     spec = ResizeSpec(mode=mode, size=150)
     plain = resize(upright_rgb(decode(data, MAX_PIXELS), rotation), spec)
-    fast = resize(upright_rgb(decode(data, MAX_PIXELS, reduce_for=spec), rotation), spec,
+    fast = resize(upright_rgb(decode(data, MAX_PIXELS, reduce_for=(spec,)), rotation), spec,
                   reducing_gap=REDUCING_GAP)
     assert plain.size == fast.size
     assert mean_abs_diff(fast, plain) < 3.0

@@ -393,8 +393,8 @@ class OpenImagesSpider(scrapy.Spider):
         recorded = row.image_id in self.ledger.succeeded
         config = self.config
         layout = config.layout
-        resized_done = config.resize is None or nonempty(
-            layout.resized_path(row.subset, row.image_id, config.resize.format)
+        resized_done = all(
+            nonempty(config.output_path(output, row.subset, row.image_id)) for output in config.outputs
         )
         done = None if recorded else SuccessRow(self.result_fields(row.fields), row.subset)
         if resized_done and not config.save_originals:  # the common rerun: one stat a row
