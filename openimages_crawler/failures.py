@@ -39,6 +39,9 @@ FAILURE_REASONS: Final = (
     IO_ERROR,
 )
 
+# Stats key prefix of the failure counts: openimages/failure/{FailureReason}.
+FAILURE_STAT_PREFIX: Final = "openimages/failure/"
+
 _TIMEOUTS = (DownloadTimeoutError, twisted_errors.TimeoutError, TimeoutError)
 
 

@@ -70,7 +70,7 @@ class OpenImagesPipeline(ImagesPipeline):
                 )
             item = self.item_completed(outcome, item, info)
         if isinstance(item, FailureRow):
-            self.stats.inc_value(f"openimages/failure/{item.reason}")
+            self.stats.inc_value(failures.FAILURE_STAT_PREFIX + item.reason)
         elif isinstance(item, SuccessRow):
             self.stats.inc_value("openimages/success")
         return item
@@ -113,7 +113,11 @@ class OpenImagesPipeline(ImagesPipeline):
             self.writer,
             self.config.max_pixels,
         )
-        return await asyncio.get_running_loop().run_in_executor(self.executor, task)
+        self.stats.inc_value("openimages/in_workers")  # a gauge for the progress display
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self.executor, task)
+        finally:
+            self.stats.inc_value("openimages/in_workers", -1)
 
     def output_plan(self, item: FetchedImage) -> OutputPlan:
         """Originals are written unless they came from the store; each resized

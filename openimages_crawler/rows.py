@@ -65,6 +65,22 @@ def open_text(path: Path) -> IO[str]:
     return io.TextIOWrapper(raw, encoding="utf-8-sig", errors="replace", newline="")
 
 
+def count_lines(path: Path) -> int:
+    """Data rows of a metadata file, counted cheaply as line breaks after the
+    header (a quoted title holding a line break makes it an overestimate)."""
+    with open(path, "rb") as probe:
+        gzipped = probe.read(2) == b"\x1f\x8b"
+    lines = 0
+    with gzip.open(path, "rb") if gzipped else open(path, "rb") as raw:
+        last = b""
+        while chunk := raw.read(1 << 22):
+            lines += chunk.count(b"\n")
+            last = chunk
+    if last and not last.endswith(b"\n"):
+        lines += 1  # a last row without a line break
+    return max(lines - 1, 0)
+
+
 def read_header(path: Path) -> list[str]:
     """The metadata file's columns, checked for the ones the crawl needs."""
     with open_text(path) as handle:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import math
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -113,6 +114,18 @@ class Selection:
     shard: Shard | None = None
     offset: int = 0
     limit: int | None = None
+
+    def estimate(self, rows: int) -> int:
+        """How many of ``rows`` metadata rows the selection will take, roughly
+        (for progress: exclusions and other splits in a shared file are not
+        counted out)."""
+        for chosen in (self.classes, self.ids):
+            if chosen is not None:
+                rows = min(rows, len(chosen))
+        if self.shard is not None:
+            rows = math.ceil(rows / self.shard.count)
+        rows = max(rows - self.offset, 0)
+        return rows if self.limit is None else min(rows, self.limit)
 
     def takes(self, fields: dict[str, str], file_subset: str = "") -> bool:
         """Whether a row passes the subset, class, id, exclusion and shard

@@ -105,11 +105,14 @@ SCHEDULER = "openimages_crawler.scheduler.MemoryScheduler"
 DUPEFILTER_CLASS = "scrapy.dupefilters.BaseDupeFilter"
 # Verification, decoding and resizing (an ImagesPipeline subclass).
 ITEM_PIPELINES = {"openimages_crawler.pipelines.OpenImagesPipeline": 300}
-# Per-subset results feeds instead of the stock exporter; quick graceful stop.
+# Per-subset results feeds instead of the stock exporter; quick graceful stop; live progress.
 EXTENSIONS = {
     "scrapy.extensions.feedexport.FeedExporter": None,
     "openimages_crawler.feeds.SubsetFeedExporter": 0,
     "openimages_crawler.extensions.QuickStop": 0,
+    # Live progress replaces Scrapy's "Crawled N pages" line.
+    "scrapy.extensions.logstats.LogStats": None,
+    "openimages_crawler.extensions.CrawlProgress": 0,
 }
 # Redirect and meta-refresh handling is never wanted for image bytes.
 DOWNLOADER_MIDDLEWARES = {
@@ -147,5 +150,11 @@ FEEDS = {
 
 # INFO: per-row lines (crawled, scraped) are DEBUG and stay quiet.
 LOG_LEVEL = "INFO"
+
+# --- Progress ------------------------------------------------------------------
+# auto (a live bar on a terminal, else a log line every LOGSTATS_INTERVAL), bar, log or off.
+OPENIMAGES_PROGRESS = "auto"
+# Seconds between progress lines when not on a terminal (Scrapy's setting).
+LOGSTATS_INTERVAL = 60.0
 # The asyncio reactor (Scrapy's default, stated so the worker pool can rely on it).
 TWISTED_REACTOR = "twisted.internet.asyncioreactor.AsyncioSelectorReactor"
