@@ -36,7 +36,7 @@ class Counts:
     bytes_in: int = 0  # downloaded (or read)
     bytes_out: int = 0  # written
     failures: dict[str, int] = field(default_factory=dict)  # FailureReason -> count
-    downloading: int = 0  # transfers in progress
+    downloading: int | None = 0  # transfers in progress (None: nothing is downloaded)
     working: int = 0  # images in the worker pool (verify, decode, resize, write)
     total: int | None = None  # rows expected, when known or estimated
 
@@ -130,10 +130,11 @@ def summary_line(counts: Counts, rates: Rates, unit: str = "rows") -> str:
     failed = f"failed {counts.failed:,}"
     if counts.failed:
         failed += f" ({failure_breakdown(counts.failures)})"
+    downloading = "" if counts.downloading is None else f"downloading {counts.downloading}, "
     return (
         f"{done} | {rates.images_per_s:.1f} img/s, {rates.mb_in_per_s:.1f} MB/s in, "
         f"{rates.mb_out_per_s:.1f} MB/s written | ok {counts.ok:,}, {failed} | "
-        f"downloading {counts.downloading}, in workers {counts.working}"
+        f"{downloading}in workers {counts.working}"
     )
 
 
@@ -176,7 +177,8 @@ class ProgressDisplay:
             failed += f" [{failure_breakdown(counts.failures, limit=3)}]"
         bar.set_postfix_str(
             f"{rates.images_per_s:.1f} img/s ↓{rates.mb_in_per_s:.1f} ↑{rates.mb_out_per_s:.1f} MB/s "
-            f"✓{counts.ok:,} {failed} dl {counts.downloading} cpu {counts.working}",
+            f"✓{counts.ok:,} {failed} {'' if counts.downloading is None else f'dl {counts.downloading} '}"
+            f"cpu {counts.working}",
             refresh=False,
         )
         bar.update(counts.done - bar.n)

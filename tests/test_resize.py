@@ -1,0 +1,162 @@
+"""``scrapy resize``: a tree with broken and odd files, resumed, killed, and
+the same pixels as the crawl's resize."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from openimages_crawler.imaging import REDUCING_GAP, ResizeSpec, decode, resized_bytes
+from openimages_crawler.mirror import IMAGE_KINDS, _bomb_png, _photo, _save
+
+from .conftest import ROOT, wait_for
+
+MAX_PIXELS = 178956970
+
+
+def resize_command(in_dir: Path, out_dir: Path, *options: str) -> list[str]:
+    return [sys.executable, "-m", "scrapy", "resize", "-i", str(in_dir), "-o", str(out_dir), *options]
+
+
+def run_resize(in_dir: Path, out_dir: Path, *options: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(resize_command(in_dir, out_dir, *options), cwd=ROOT, capture_output=True,
+                          text=True, timeout=180)
+
+
+def odd_tree(root: Path) -> tuple[dict[str, str], dict[str, str]]:
+    """Images (relative path -> expected output, relative) and broken files
+    (relative path -> expected FailureReason)."""
+    good: dict[str, str] = {}
+    for index, (kind, (ext, maker)) in enumerate(IMAGE_KINDS.items()):
+        folder = ["", "nested/deeper/", "space and ünïcode/"][index % 3]
+        name = f"{folder}{kind}.{ext.upper() if kind == 'jpeg_gray' else ext}"
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(maker(index))  # type: ignore[operator]
+        good[name] = f"{folder}{kind}.webp"
+    # Two inputs with one stem in one folder keep their full names.
+    (root / "twin.jpg").write_bytes(_save(_photo(300, 200, 1), "JPEG"))
+    (root / "twin.png").write_bytes(_save(_photo(300, 200, 2), "PNG"))
+    good.update({"twin.jpg": "twin.jpg.webp", "twin.png": "twin.png.webp"})
+    broken = {
+        "nested/text.jpg": "not_image",
+        "empty.png": "not_image",
+        "truncated.jpg": "corrupt",
+        "bomb.png": "too_large",
+    }
+    (root / "nested" / "text.jpg").write_text("<html>no photo here</html>")
+    (root / "empty.png").write_bytes(b"")
+    (root / "truncated.jpg").write_bytes(_save(_photo(900, 700, 3), "JPEG", quality=92)[:15000])
+    (root / "bomb.png").write_bytes(_bomb_png())
+    (root / "notes.txt").write_text("not an image: left alone")
+    (root / ".hidden").mkdir()
+    (root / ".hidden" / "skip.jpg").write_bytes(_save(_photo(50, 50, 4), "JPEG"))
+    os.symlink(root / "nested", root / "link-to-nested")  # a linked folder is not followed
+    return good, broken
+
+
+def test_a_tree_with_broken_and_odd_files(tmp_path: Path) -> None:
+    source, out = tmp_path / "in", tmp_path / "out"
+    good, broken = odd_tree(source)
+    done = run_resize(source, out, "--size", "96", "--mode", "FillCrop", "--ext", "webp",
+                      "--algorithm", "bicubic", "-j", "2", "--log", str(tmp_path / "failed.csv"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    made = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
+    assert made == set(good.values())
+    for name in good.values():
+        with Image.open(out / name) as image:
+            assert (image.format, image.mode, image.size) == ("WEBP", "RGB", (96, 96))
+    with open(tmp_path / "failed.csv", newline="", encoding="utf-8") as handle:
+        failed = {Path(row["Path"]).relative_to(source).as_posix(): row["FailureReason"]
+                  for row in csv.DictReader(handle)}
+    assert failed == broken
+    assert f"Resized {len(good)}, skipped 0 (already there), failed {len(broken)}, other files left alone 1" \
+        in done.stderr
+    assert f"Done: {len(good) + len(broken)}/{len(good) + len(broken)} files (100.0%)" in done.stderr
+    # A rerun skips every output (untouched) and reports the broken files again.
+    stamps = {name: (out / name).stat().st_mtime_ns for name in good.values()}
+    again = run_resize(source, out, "--size", "96", "--mode", "FillCrop", "--ext", "webp")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"Resized 0, skipped {len(good)}" in again.stderr
+    assert {name: (out / name).stat().st_mtime_ns for name in good.values()} == stamps
+    assert not (out / ".tmp").exists()
+
+
+def test_same_pixels_as_the_crawl_and_upright(tmp_path: Path) -> None:
+    source, out = tmp_path / "in", tmp_path / "out"
+    source.mkdir()
+    for kind in ("jpeg_exif_rotated", "jpeg_cmyk", "png_16bit", "jpeg_large"):
+        ext, maker = IMAGE_KINDS[kind]
+        (source / f"{kind}.{ext}").write_bytes(maker(7))  # type: ignore[operator]
+    assert run_resize(source, out, "--size", "120").returncode == 0
+    spec = ResizeSpec(size=120)
+    for path in source.iterdir():
+        data = path.read_bytes()
+        expected = resized_bytes(decode(data, MAX_PIXELS, reduce_for=(spec,)), spec, reducing_gap=REDUCING_GAP)
+        assert (out / f"{path.stem}.jpg").read_bytes() == expected
+    with Image.open(out / "jpeg_exif_rotated.jpg") as image:  # stored portrait, EXIF says landscape
+        assert image.size == (120, 80)
+
+
+def test_killed_then_resumed_leaves_only_whole_files(tmp_path: Path) -> None:
+    source, out = tmp_path / "in", tmp_path / "out"
+    source.mkdir()
+    big = _save(_photo(2400, 1800, 5), "PNG")  # slow to decode: the kill lands mid-run
+    for index in range(60):
+        (source / f"{index:03d}.png").write_bytes(big)
+    process = subprocess.Popen(resize_command(source, out, "--size", "64", "-j", "2"), cwd=ROOT,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    wait_for(lambda: len(list(out.glob("*.jpg"))) >= 3, timeout=60)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    finished = list(out.glob("*.jpg"))
+    assert 3 <= len(finished) < 60
+    for path in finished:  # whole files only under final names
+        with Image.open(path) as image:
+            image.load()
+    time.sleep(0.2)
+    done = run_resize(source, out, "--size", "64")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert len(list(out.glob("*.jpg"))) == 60
+    assert f"skipped {len(finished)}" in done.stderr
+    assert not (out / ".tmp").exists()  # the killed run's staging is gone
+
+
+def test_output_inside_the_input_and_bad_arguments(tmp_path: Path) -> None:
+    source = tmp_path / "in"
+    source.mkdir()
+    (source / "a.jpg").write_bytes(_save(_photo(200, 100, 1), "JPEG"))
+    inside = source / "small"
+    for _ in range(2):  # the second run must not resize its own outputs
+        assert run_resize(source, inside, "--size", "50").returncode == 0
+    assert sorted(p.relative_to(inside).as_posix() for p in inside.rglob("*")) == ["a.jpg"]
+    for options, message in (
+        (("--size", "50", "-o", str(source)), "-o must be another folder"),
+        (("--size", "0"), "positive number of pixels"),
+        (("--size", "50", "--mode", "Stretch"), "invalid choice: 'Stretch'"),
+    ):
+        command = resize_command(source, tmp_path / "out") + list(options)
+        if "-o" in options[2:]:
+            command = [sys.executable, "-m", "scrapy", "resize", "-i", str(source), *options]
+        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert done.returncode != 0 and message in done.stderr, (options, done.stderr[-800:])
+    missing = run_resize(tmp_path / "nope", tmp_path / "out", "--size", "50")
+    assert missing.returncode != 0 and "not a folder" in missing.stderr
+
+
+@pytest.mark.parametrize("ext", ["png", "jpg"])
+def test_formats(tmp_path: Path, ext: str) -> None:
+    source, out = tmp_path / "in", tmp_path / "out"
+    source.mkdir()
+    (source / "a.jpg").write_bytes(_save(_photo(300, 150, 1), "JPEG"))
+    assert run_resize(source, out, "--size", "100", "--mode", "FillDistort", "--ext", ext).returncode == 0
+    with Image.open(out / f"a.{ext}") as image:
+        assert image.size == (100, 100) and image.format == {"png": "PNG", "jpg": "JPEG"}[ext]
