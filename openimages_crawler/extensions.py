@@ -1,4 +1,4 @@
-"""Crawl extensions: a quick stop on Ctrl-C, and live progress.
+"""Crawl extensions: a quick stop on Ctrl-C, live progress, the end-of-run report.
 
 Stop quickly on one Ctrl-C: Scrapy's graceful stop waits for every transfer
 in progress, which on a slow host can take DOWNLOAD_TIMEOUT; after
@@ -8,17 +8,27 @@ rows get no result line and are simply done by the next run.
 
 from __future__ import annotations
 
+import glob
 import logging
 import time
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 from scrapy import signals
 from scrapy.exceptions import NotConfigured, UsageError
 from scrapy.utils.asyncio import create_looping_call
 
+from . import report
 from .downloader import ConnectionLimitDownloader
 from .failures import FAILURE_STAT_PREFIX
+from .feeds import subset_feed_paths
+from .items import FailureRow, SuccessRow
+from .ledger import read_id_column
 from .progress import Counts, ProgressDisplay, ProgressMeter
+from .report import HostTally
+from .storage import atomic_text_file
 
 if TYPE_CHECKING:
     from typing import Self
@@ -64,23 +74,24 @@ class QuickStop:
             logger.info("Stop: interrupted %d transfers still running; their rows stay open", count)
 
 
-# Sent after every progress sample with ``counts``, ``rates`` and ``meter``
-# (the dashboard and the end-of-run report listen).
+# Sent after every progress sample with ``counts``, ``rates``, ``meter``,
+# ``final`` (the last one, at close) and ``reason`` (the close reason, with
+# ``final``); the dashboard and the end-of-run report listen.
 progress_sampled = object()
 
 _SAMPLE_SECONDS = 1.0
 
 
 class CrawlProgress:
-    """Live progress (on by default, ``OPENIMAGES_PROGRESS``): a bar on a
-    terminal, a compact line every ``LOGSTATS_INTERVAL`` elsewhere. The
-    figures also go to the stats under ``openimages/progress/``."""
+    """Samples the crawl's figures every second into a ``ProgressMeter``, puts
+    them in the stats under ``openimages/progress/`` and sends
+    ``progress_sampled`` (for the dashboard and the report); shows them as a
+    bar on a terminal or a compact line every ``LOGSTATS_INTERVAL``
+    (``OPENIMAGES_PROGRESS``; ``off`` hides them, the sampling goes on)."""
 
     def __init__(self, crawler: Crawler) -> None:
         settings = crawler.settings
         mode = str(settings.get("OPENIMAGES_PROGRESS", "auto")).lower()
-        if mode == "off":
-            raise NotConfigured
         try:
             self.display = ProgressDisplay(mode, settings.getfloat("LOGSTATS_INTERVAL", 60.0))
         except ValueError as exc:
@@ -104,7 +115,7 @@ class CrawlProgress:
     def spider_closed(self, reason: str) -> None:
         if self.loop.running:
             self.loop.stop()
-        self.sample(final=True, finished=reason == "finished")
+        self.sample(final=True, reason=reason)
 
     def counts(self, finished: bool = False) -> Counts:
         """The crawl's figures now (a finished crawl's total is what it did)."""
@@ -135,8 +146,8 @@ class CrawlProgress:
             total=done if finished else getattr(self.crawler.spider, "rows_total", None),
         )
 
-    def sample(self, final: bool = False, finished: bool = False) -> None:
-        counts = self.counts(finished)
+    def sample(self, final: bool = False, reason: str = "") -> None:
+        counts = self.counts(finished=reason == "finished")
         self.meter.add(counts)
         rates = self.meter.rates()
         stats = self.crawler.stats
@@ -153,5 +164,85 @@ class CrawlProgress:
             stats.set_value(f"openimages/progress/{key}", value)
         self.display.show(self.meter, final=final)
         self.crawler.signals.send_catch_log(
-            progress_sampled, counts=counts, rates=rates, meter=self.meter, final=final
+            progress_sampled, counts=counts, rates=rates, meter=self.meter, final=final, reason=reason
         )
+
+
+class RunReport:
+    """Writes ``{IMAGES_STORE}/report.json`` and ``report.html`` when the crawl
+    ends (``OPENIMAGES_REPORT``): totals, failure reasons, throughput over
+    time, bytes, per-host errors and time per stage."""
+
+    def __init__(self, crawler: Crawler) -> None:
+        if not crawler.settings.getbool("OPENIMAGES_REPORT", True):
+            raise NotConfigured
+        self.crawler = crawler
+        self.root = Path(crawler.settings.get("IMAGES_STORE") or "openimages")
+        self.hosts: dict[str, HostTally] = {}
+
+    @classmethod
+    def from_crawler(cls, crawler: Crawler) -> Self:
+        extension = cls(crawler)
+        crawler.signals.connect(extension.item_scraped, signal=signals.item_scraped)
+        crawler.signals.connect(extension.progress_sampled, signal=progress_sampled)
+        return extension
+
+    def item_scraped(self, item: object) -> None:
+        if not isinstance(item, SuccessRow | FailureRow):
+            return
+        host = result_host(item)
+        tally = self.hosts.setdefault(host, HostTally())
+        if isinstance(item, FailureRow):
+            tally.failures[item.reason] += 1
+        else:
+            tally.ok += 1
+
+    def progress_sampled(self, counts: Counts, meter: ProgressMeter, final: bool, reason: str) -> None:
+        if final:
+            self.write(counts, meter, reason)
+
+    def write(self, final: Counts, meter: ProgressMeter, reason: str) -> None:
+        stats = self.crawler.stats.get_stats()
+        spider = self.crawler.spider
+        run = {
+            "store": str(self.root),
+            "started": _iso(stats.get("start_time")),
+            "finished": _iso(stats.get("finish_time")) or datetime.now(UTC).isoformat(),
+            "seconds": round(final.time, 1),
+            "finish_reason": reason,
+            "arguments": dict(getattr(spider, "arguments", {})),
+        }
+        stages = {
+            name: stats.get(f"openimages/time/{name}", 0.0)
+            for name in ("prepare_s", "download_s", "worker_s")
+        }
+        stages["wall_s"] = final.time
+        store_totals = {
+            kind: sum(len(read_id_column(Path(name)))
+                      for pattern in subset_feed_paths(self.crawler.settings, item_class)
+                      for name in glob.glob(pattern))
+            for kind, item_class in (("success rows", SuccessRow), ("failure rows", FailureRow))
+        }
+        figures = report.build(final=final, history=meter.history + [final], hosts=self.hosts,
+                               stages=stages, run=run, store_totals=store_totals)
+        try:
+            for name, text in (("report.json", report.to_json(figures)), ("report.html", report.to_html(figures))):
+                with atomic_text_file(self.root, self.root / name) as out:
+                    out.write(text)
+        except OSError as exc:
+            logger.error("Cannot write the report in %s: %s", self.root, exc)
+            return
+        logger.info("Report: %s (and report.json)", self.root / "report.html")
+
+
+def result_host(item: SuccessRow | FailureRow) -> str:
+    """The host an image came from (the URL used, else OriginalURL)."""
+    url = item.get("DownloadURL") or item.get("OriginalURL", "")
+    try:
+        return urlsplit(url).hostname or ""
+    except ValueError:
+        return ""
+
+
+def _iso(value: object) -> str:
+    return value.isoformat() if isinstance(value, datetime) else ""

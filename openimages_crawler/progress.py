@@ -154,6 +154,7 @@ class ProgressDisplay:
         self.last_line = 0.0  # the first line comes after one interval
 
     def show(self, meter: ProgressMeter, final: bool = False) -> None:
+        """Draw the bar, or log a line when one is due (nothing when ``off``)."""
         counts, rates = meter.latest, meter.rates()
         if self.mode == "bar":
             self._bar(counts, rates, final)

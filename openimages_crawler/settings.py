@@ -113,6 +113,7 @@ EXTENSIONS = {
     # Live progress replaces Scrapy's "Crawled N pages" line.
     "scrapy.extensions.logstats.LogStats": None,
     "openimages_crawler.extensions.CrawlProgress": 0,
+    "openimages_crawler.extensions.RunReport": 0,
 }
 # Redirect and meta-refresh handling is never wanted for image bytes.
 DOWNLOADER_MIDDLEWARES = {
@@ -156,5 +157,7 @@ LOG_LEVEL = "INFO"
 OPENIMAGES_PROGRESS = "auto"
 # Seconds between progress lines when not on a terminal (Scrapy's setting).
 LOGSTATS_INTERVAL = 60.0
+# Write {IMAGES_STORE}/report.html and report.json when the crawl ends.
+OPENIMAGES_REPORT = True
 # The asyncio reactor (Scrapy's default, stated so the worker pool can rely on it).
 TWISTED_REACTOR = "twisted.internet.asyncioreactor.AsyncioSelectorReactor"

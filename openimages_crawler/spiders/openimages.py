@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -182,7 +183,9 @@ class OpenImagesSpider(scrapy.Spider):
 
     @classmethod
     def from_crawler(cls, crawler: Any, *args: Any, **kwargs: Any) -> OpenImagesSpider:
+        started = time.perf_counter()
         spider = super().from_crawler(crawler, *args, **kwargs)
+        spider.arguments = dict(kwargs)  # the -a arguments, for the report
         settings = crawler.settings
         spider.config = CrawlConfig.from_settings(settings)
         spider.download_300k = settings.getbool("OPENIMAGES_DOWNLOAD_300K", False)
@@ -198,6 +201,7 @@ class OpenImagesSpider(scrapy.Spider):
         if spider.classes or spider.write_annotations:
             spider.fetch_annotations()
         spider.load_ledger()
+        spider.prepare_seconds = time.perf_counter() - started  # metadata and selection work
         return spider
 
     def load_ledger(self) -> None:
@@ -329,6 +333,7 @@ class OpenImagesSpider(scrapy.Spider):
 
     async def start(self) -> AsyncIterator[Any]:
         stats = self.crawler.stats
+        stats.set_value("openimages/time/prepare_s", round(self.prepare_seconds, 2))
         threading.Thread(target=self.count_rows, name="openimages-count-rows", daemon=True).start()
         handled = 0
         for fields, problem, file_subset in self.selected_rows():
