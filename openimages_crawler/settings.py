@@ -105,7 +105,8 @@ SCHEDULER = "openimages_crawler.scheduler.MemoryScheduler"
 DUPEFILTER_CLASS = "scrapy.dupefilters.BaseDupeFilter"
 # Verification, decoding and resizing (an ImagesPipeline subclass).
 ITEM_PIPELINES = {"openimages_crawler.pipelines.OpenImagesPipeline": 300}
-# Per-subset results feeds instead of the stock exporter; quick graceful stop; live progress.
+# Per-subset results feeds instead of the stock exporter; quick graceful stop; live progress;
+# end-of-run report; web view.
 EXTENSIONS = {
     "scrapy.extensions.feedexport.FeedExporter": None,
     "openimages_crawler.feeds.SubsetFeedExporter": 0,
@@ -114,6 +115,7 @@ EXTENSIONS = {
     "scrapy.extensions.logstats.LogStats": None,
     "openimages_crawler.extensions.CrawlProgress": 0,
     "openimages_crawler.extensions.RunReport": 0,
+    "openimages_crawler.dashboard.Dashboard": 0,
 }
 # Redirect and meta-refresh handling is never wanted for image bytes.
 DOWNLOADER_MIDDLEWARES = {
@@ -159,5 +161,9 @@ OPENIMAGES_PROGRESS = "auto"
 LOGSTATS_INTERVAL = 60.0
 # Write {IMAGES_STORE}/report.html and report.json when the crawl ends.
 OPENIMAGES_REPORT = True
+# Port of the live web view on 127.0.0.1 (None = off, 0 = any free port, logged at start).
+OPENIMAGES_DASHBOARD_PORT = None
+# How many of the latest images the web view shows.
+OPENIMAGES_DASHBOARD_IMAGES = 24
 # The asyncio reactor (Scrapy's default, stated so the worker pool can rely on it).
 TWISTED_REACTOR = "twisted.internet.asyncioreactor.AsyncioSelectorReactor"

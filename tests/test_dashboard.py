@@ -1,0 +1,146 @@
+"""The web view: its endpoints during a crawl, and the page in a real headless
+Chromium (Debian's chromium and chromium-driver, installed by .ci/run), whose
+screenshot is kept in test-artifacts/dashboard.png."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import threading
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from openimages_crawler.mirror import MirrorServer, build_mirror, refused_base
+
+from .conftest import ROOT, crawl_command
+
+ARTIFACTS = ROOT / "test-artifacts"
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+
+
+@contextmanager
+def dashboard_crawl(tmp_path: Path, **settings: str) -> Iterator[tuple[str, subprocess.Popen[str], list[str]]]:
+    """A crawl slow enough to watch (latency, two connections) with the web view
+    on a free port; yields its URL, the process and its log lines."""
+    server = MirrorServer(latency=0.25)
+    mirror = build_mirror(server.bases, copies=3, hang_seconds=6.0, refused_url=refused_base())
+    metadata = mirror.write_metadata(tmp_path / "images.csv")
+    server.serve(mirror)
+    options = {"OPENIMAGES_DASHBOARD_PORT": "0", "CONCURRENT_REQUESTS": "2", **settings}
+    process = subprocess.Popen(crawl_command(metadata, tmp_path / "store", options), cwd=ROOT,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    found = threading.Event()
+
+    def drain() -> None:  # keep reading, or a full pipe would stall the crawl
+        assert process.stderr is not None
+        for line in process.stderr:
+            lines.append(line)
+            if "Dashboard: http" in line:
+                found.set()
+
+    threading.Thread(target=drain, daemon=True).start()
+    try:
+        assert found.wait(30), "".join(lines)[-3000:]
+        url = re.search(r"Dashboard: (http://127\.0\.0\.1:\d+/)", "".join(lines))
+        assert url is not None
+        yield url.group(1), process, lines
+        assert process.wait(timeout=120) == 0, "".join(lines)[-3000:]
+    finally:
+        if process.poll() is None:
+            process.kill()
+        server.close()
+
+
+def fetch(url: str) -> tuple[int, bytes, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.status, response.read(), response.headers.get("content-type", "")
+    except urllib.error.HTTPError as error:
+        return error.code, error.read(), ""
+
+
+def test_endpoints_serve_figures_and_only_the_latest_images(tmp_path: Path) -> None:
+    with dashboard_crawl(tmp_path) as (url, _, _):
+        status = {}
+        for _ in range(100):
+            status = json.loads(fetch(url + "status.json")[1])
+            shown = {failure["reason"] for failure in status["recent_failures"]}
+            # the figures are sampled every second, the lists kept at once: they agree soon
+            if status["images"] and shown and set(status["failures"]) >= shown:
+                break
+            threading.Event().wait(0.2)
+        assert status["rows_done"] > 0 and not status["finished"]
+        assert status["failed"] >= len(status["recent_failures"]) > 0
+        code, body, kind = fetch(url + status["images"][0]["src"])
+        assert code == 200 and kind == "image/jpeg" and body[:2] == b"\xff\xd8"
+        for bad in ("image/999999", "image/..%2F..%2Fetc%2Fpasswd", "image/1/2", "image/x", "nothing"):
+            assert fetch(url + bad)[0] == 404, bad
+        page = fetch(url)[1].decode()
+        assert "<script>" in page and "http://" not in page and "https://" not in page  # no CDN
+
+
+def test_off_by_default(clean_mirror, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    done = subprocess.run(crawl_command(clean_mirror.metadata, tmp_path / "store"), cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and "Dashboard:" not in done.stderr
+
+
+@pytest.fixture(scope="session")
+def browser_installed() -> None:
+    """Debian's chromium and chromium-driver: installed here when missing (as
+    .ci/run does first), since the tests start what they need themselves."""
+    if shutil.which(CHROMIUM) and shutil.which(CHROMEDRIVER):
+        return
+    if os.geteuid() != 0:
+        pytest.fail("the browser test needs Debian's chromium and chromium-driver: "
+                    "apt-get install chromium chromium-driver")
+    environment = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for command in (["apt-get", "update", "-q"], ["apt-get", "install", "-y", "-q", "chromium", "chromium-driver"]):
+        subprocess.run(command, check=True, env=environment, capture_output=True, timeout=900)
+
+
+def test_page_in_a_headless_browser(tmp_path: Path, browser_installed: None) -> None:
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                     "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                     f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1280,1500"):
+        options.add_argument(argument)
+    with dashboard_crawl(tmp_path) as (url, _, _):
+        driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
+        try:
+            driver.get(url)
+            wait = WebDriverWait(driver, 30, poll_frequency=0.2)
+
+            def done() -> int:
+                return int(driver.find_element(By.ID, "done").text.replace(",", "") or 0)
+
+            wait.until(lambda _: done() > 0)
+            first = done()
+            wait.until(lambda _: done() > first)  # the counts advance while the page is open
+            wait.until(lambda _: len(driver.find_elements(By.CSS_SELECTOR, "#images img[data-loaded='1']")) >= 3)
+            wait.until(lambda _: driver.find_elements(By.CSS_SELECTOR, "#failures tr"))
+            wait.until(lambda _: driver.find_element(By.ID, "reasons").text)  # counts by reason
+            assert re.fullmatch(r"running for \d+s|finished", driver.find_element(By.ID, "state").text)
+            ARTIFACTS.mkdir(exist_ok=True)
+            shot = ARTIFACTS / "dashboard.png"
+            assert driver.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
+            widths = driver.execute_script(
+                "return [...document.querySelectorAll('#images img')].map((i) => i.naturalWidth)")
+            assert widths and all(width > 0 for width in widths[:3])
+        finally:
+            driver.quit()
