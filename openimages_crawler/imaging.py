@@ -122,8 +122,9 @@ def decode(
         )
     if image.format == "JPEG" and (reduce_for or check_only):
         request = (1, 1)
-        for spec in reduce_for:  # large enough for the largest output
-            request = max(request, draft_request(width, height, spec))
+        for spec in reduce_for:  # large enough for every output, in both directions
+            wanted = draft_request(width, height, spec)
+            request = (max(request[0], wanted[0]), max(request[1], wanted[1]))
         if request[0] < width and request[1] < height:
             image.draft(None, request)
             if image.size != (width, height):

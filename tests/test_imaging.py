@@ -19,6 +19,7 @@ from openimages_crawler.imaging import (
     full_size,
     resize,
     resized_bytes,
+    resized_set,
     target_size,
     upright_rgb,
 )
@@ -256,6 +257,23 @@ def test_reduced_decodes_still_reject_truncated_and_garbled_jpegs(options: dict)
         decode(data[: len(data) * 2 // 3], MAX_PIXELS, **options)
     assert truncated.value.reason == "corrupt"
     decode(data, MAX_PIXELS, **options)  # the whole file passes
+
+
+@pytest.mark.parametrize("kind", ["jpeg_large", "jpeg_exif_6", "png_large"])
+def test_several_outputs_from_one_decode_are_as_good_as_each_alone(kind: str) -> None:
+    """One decode for all outputs is sized for the largest in each direction:
+    no output is further from a full decode than when it is made alone."""
+    data = jpeg(6000, 800) if kind == "jpeg_large" else ALL_KINDS[kind]  # wide: FillDistort wants height
+    specs = (ResizeSpec(mode="ShrinkToFit", size=320), ResizeSpec(mode="FillDistort", size=224))
+    together = resized_set(decode(data, MAX_PIXELS, reduce_for=specs), specs, reducing_gap=REDUCING_GAP)
+    for spec, made in zip(specs, together, strict=True):
+        alone = resized_bytes(decode(data, MAX_PIXELS, reduce_for=(spec,)), spec, reducing_gap=REDUCING_GAP)
+        full = resized_bytes(decode(data, MAX_PIXELS), spec)
+        with Image.open(io.BytesIO(made)) as a, Image.open(io.BytesIO(alone)) as b, \
+                Image.open(io.BytesIO(full)) as reference:
+            assert a.size == b.size == reference.size
+            rgb = reference.convert("RGB")
+            assert mean_abs_diff(a.convert("RGB"), rgb) <= mean_abs_diff(b.convert("RGB"), rgb) + 0.25, spec
 
 
 def test_process_image_fast_and_plain_write_the_same_sizes(tmp_path: Path) -> None:
