@@ -59,7 +59,9 @@ class Dashboard:
         try:
             self.port = int(port)
         except ValueError:
-            raise UsageError(f"OPENIMAGES_DASHBOARD_PORT={port!r} is not a port number") from None
+            self.port = -1
+        if not 0 <= self.port <= 65535:
+            raise UsageError(f"OPENIMAGES_DASHBOARD_PORT={port!r} is not a port number (0-65535)")
         self.config = CrawlConfig.from_settings(settings)
         self.images: deque[RecentImage] = deque(maxlen=max(settings.getint("OPENIMAGES_DASHBOARD_IMAGES", 24), 1))
         self.failures: deque[dict[str, str]] = deque(maxlen=_FAILURES_SHOWN)
@@ -73,21 +75,30 @@ class Dashboard:
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> Self:
         extension = cls(crawler)
-        crawler.signals.connect(extension.spider_opened, signal=signals.spider_opened)
+        extension.listen()  # now: a busy port stops the crawl before any download
         crawler.signals.connect(extension.spider_closed, signal=signals.spider_closed)
         crawler.signals.connect(extension.item_scraped, signal=signals.item_scraped)
         crawler.signals.connect(extension.progress_sampled, signal=progress_sampled)
         return extension
 
-    def spider_opened(self) -> None:
+    def listen(self) -> None:
         from twisted.internet import reactor
+        from twisted.internet.error import CannotListenError
 
-        root = resource.Resource()
+        root = _LocalOnly(self)
         root.putChild(b"", _Static(PAGE.encode(), b"text/html; charset=utf-8"))
         root.putChild(b"status.json", _Status(self))
         root.putChild(b"image", _Images(self))
-        self.listening = reactor.listenTCP(self.port, server.Site(root), interface="127.0.0.1")  # type: ignore[attr-defined]
-        logger.info("Dashboard: http://127.0.0.1:%d/", self.listening.getHost().port)
+        try:
+            self.listening = reactor.listenTCP(self.port, server.Site(root), interface="127.0.0.1")  # type: ignore[attr-defined]
+        except CannotListenError as exc:
+            raise UsageError(f"OPENIMAGES_DASHBOARD_PORT={self.port}: cannot listen on 127.0.0.1: {exc}") from None
+        logger.info("Dashboard: http://127.0.0.1:%d/", self.bound_port)
+
+    @property
+    def bound_port(self) -> int:
+        assert self.listening is not None
+        return self.listening.getHost().port  # type: ignore[attr-defined]
 
     def spider_closed(self) -> None:
         self.finished = True
@@ -109,13 +120,10 @@ class Dashboard:
             })
 
     def thumbnail_path(self, item: SuccessRow) -> Path | None:
-        """The first resized output, else the stored original (no work: a path)."""
+        """The first resized output (no work: a path); none when only originals are kept."""
         config = self.config
         if config.outputs:
             return config.output_path(config.outputs[0], item.subset, item["ImageID"])
-        if config.save_originals:
-            url = item.get("DownloadURL") or item.get("OriginalURL", "")
-            return config.layout.original_path(item.subset, item["ImageID"], url)
         return None
 
     def progress_sampled(self, counts: Counts, rates: Rates, meter: ProgressMeter) -> None:
@@ -149,6 +157,22 @@ class Dashboard:
     def image(self, serial: int) -> RecentImage | None:
         """One of the latest images, by serial: nothing else can be asked for."""
         return next((image for image in self.images if image.serial == serial), None)
+
+
+class _LocalOnly(resource.Resource):
+    """The root: refuses requests whose Host is not this address (a web page
+    elsewhere could otherwise reach it by DNS rebinding)."""
+
+    def __init__(self, dashboard: Dashboard) -> None:
+        super().__init__()
+        self.dashboard = dashboard
+
+    def getChildWithDefault(self, path: bytes, request: Request) -> resource.Resource:  # noqa: N802
+        port = self.dashboard.bound_port
+        allowed = {f"127.0.0.1:{port}".encode(), f"localhost:{port}".encode()}
+        if request.getHeader(b"host") not in allowed:
+            return resource.ErrorPage(403, "Forbidden", "Use http://127.0.0.1:PORT/")
+        return super().getChildWithDefault(path, request)
 
 
 class _Static(resource.Resource):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 from dataclasses import dataclass
+from pathlib import Path
 
 from scrapy.http import Request, Response
 from twisted.python.failure import Failure
@@ -55,7 +56,8 @@ class FailureRow(ResultRow):
 class FetchedImage:
     """A download's outcome on its way to the pipeline (never exported).
 
-    ``verified`` is False for bytes that are not the original (300K
+    ``missing`` lists the resized outputs not on disk when the row was read
+    (the spider looked; the pipeline does not look again). ``verified`` is False for bytes that are not the original (300K
     thumbnails, CVDF copies): only the decode check applies to them.
 
     ``from_store`` marks bytes read back from a stored original; ``fallback``
@@ -71,6 +73,7 @@ class FetchedImage:
     fallback: Request | None = None
     verified: bool = True  # the metadata's size and MD5 apply to these bytes
     download_url: str | None = None  # set when the results record the URL used
+    missing: tuple[Path, ...] = ()  # resized outputs still to write (found by the spider)
 
 
 @dataclass(slots=True)

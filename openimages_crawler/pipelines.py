@@ -28,7 +28,7 @@ from . import failures
 from .config import CrawlConfig
 from .items import FailureRow, FetchedImage, SuccessRow, Unrecorded, with_download
 from .processing import Expected, Outcome, OutputPlan, process_image
-from .storage import AtomicWriter, nonempty
+from .storage import AtomicWriter
 
 if TYPE_CHECKING:
     from scrapy import Request, Spider
@@ -126,19 +126,20 @@ class OpenImagesPipeline(ImagesPipeline):
 
     def output_plan(self, item: FetchedImage) -> OutputPlan:
         """Originals are written unless they came from the store; each resized
-        output unless it is already there (outputs resume independently)."""
+        output only if it was missing (outputs resume independently)."""
         row, config = item.row, self.config
         original = None
         if config.save_originals and not item.from_store:
             original = config.layout.original_path(row.subset, row.image_id, row.url)
-        resized = []
-        for output in config.outputs:
-            path = config.output_path(output, row.subset, row.image_id)
-            if not nonempty(path):
-                resized.append((path, output.spec))
+        missing = set(item.missing)
+        resized = tuple(
+            (path, output.spec)
+            for output in config.outputs
+            if (path := config.output_path(output, row.subset, row.image_id)) in missing
+        )
         return OutputPlan(
             original=original,
-            resized=tuple(resized),
+            resized=resized,
             fast=config.fast_resize,
             rotation=row.rotation,
             record_md5=item.download_url is not None,

@@ -14,10 +14,12 @@ import math
 import os
 import sys
 from collections import deque
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import IO
 
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 logger = logging.getLogger(__name__)
 
@@ -151,6 +153,7 @@ class ProgressDisplay:
         self.interval = interval
         self.unit = unit
         self.bar: tqdm | None = None
+        self.redirect = ExitStack()  # log records printed above the bar while it lives
         self.last_line = 0.0  # the first line comes after one interval
 
     def show(self, meter: ProgressMeter, final: bool = False) -> None:
@@ -170,6 +173,7 @@ class ProgressDisplay:
                 total=counts.total, unit=f" {self.unit}", file=self.stream, smoothing=0.1, mininterval=0,
                 dynamic_ncols=sized, ncols=None if sized else 120, nrows=None if sized else 24,
             )
+            self.redirect.enter_context(logging_redirect_tqdm())
         bar = self.bar
         if counts.total is not None and bar.total != counts.total:
             bar.total = counts.total
@@ -186,6 +190,7 @@ class ProgressDisplay:
         if final:
             bar.close()
             self.bar = None
+            self.redirect.close()
 
 
 def _terminal_width(stream: IO[str]) -> int:

@@ -10,8 +10,9 @@ staging folder and renamed, unreadable inputs are reported, not fatal.
 from __future__ import annotations
 
 import os
+import stat
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,27 +38,50 @@ class JobResult:
     bytes_out: int = 0
 
 
-def find_jobs(in_dir: Path, out_dir: Path, ext: str) -> Iterator[ResizeJob | Path]:
+def find_jobs(
+    in_dir: Path, out_dir: Path, ext: str, onerror: Callable[[OSError], None] | None = None
+) -> Iterator[ResizeJob | Path]:
     """Every image under ``in_dir`` with its output path, in a stable order;
-    a file that is not an image is yielded as a bare ``Path``. Hidden folders
-    and the output tree (if inside the input) are not entered; links to
-    folders are not followed."""
+    anything else (other extensions, FIFOs, devices, broken links) is yielded
+    as a bare ``Path``. Hidden folders and the output tree (if inside the
+    input) are not entered; links to folders are not followed; a folder that
+    cannot be listed goes to ``onerror``."""
     out_resolved = out_dir.resolve()
-    for folder, subfolders, files in os.walk(in_dir):
+    for folder, subfolders, files in os.walk(in_dir, onerror=onerror):
         here = Path(folder)
         subfolders[:] = sorted(
             name for name in subfolders
             if not name.startswith(".") and (here / name).resolve() != out_resolved
         )
-        images = sorted(name for name in files if Path(name).suffix.lower() in IMAGE_SUFFIXES)
+        images = sorted(
+            name for name in files
+            if Path(name).suffix.lower() in IMAGE_SUFFIXES and _regular_file(here / name)
+        )
         for name in sorted(set(files) - set(images)):
             yield here / name
-        stems = Counter(Path(name).stem for name in images)
         target_folder = out_dir / here.relative_to(in_dir)
-        for name in images:
-            stem = Path(name).stem
-            target = target_folder / f"{stem if stems[stem] == 1 else name}.{ext}"
-            yield ResizeJob(here / name, target)
+        for name, output in output_names(images, ext).items():
+            yield ResizeJob(here / name, target_folder / output)
+
+
+def output_names(names: list[str], ext: str) -> dict[str, str]:
+    """Output file names for the images of one folder: ``{stem}.{ext}``, or
+    ``{name}.{ext}`` for every name whose output would clash with another's."""
+    chosen = {name: f"{Path(name).stem}.{ext}" for name in names}
+    while True:
+        uses = Counter(chosen.values())
+        clashing = [name for name, output in chosen.items() if uses[output] > 1]
+        if not clashing:
+            return chosen
+        for name in clashing:  # full names are unique in a folder, so this ends
+            chosen[name] = f"{name}.{ext}"
+
+
+def _regular_file(path: Path) -> bool:
+    try:
+        return stat.S_ISREG(path.stat().st_mode)
+    except OSError:  # a broken link
+        return False
 
 
 def count_images(in_dir: Path, out_dir: Path) -> int:
@@ -65,29 +89,48 @@ def count_images(in_dir: Path, out_dir: Path) -> int:
     return sum(isinstance(job, ResizeJob) for job in find_jobs(in_dir, out_dir, "x"))
 
 
-class Resizer:
-    """One worker's state: the output spec and an atomic writer in ``out_dir``."""
+@dataclass(frozen=True, slots=True)
+class ResizeOptions:
+    spec: ResizeSpec
+    max_pixels: int  # OPENIMAGES_MAX_PIXELS
+    max_bytes: int  # DOWNLOAD_MAXSIZE: larger files are not read
+    fast: bool = True  # OPENIMAGES_FAST_RESIZE
 
-    def __init__(self, out_dir: Path, spec: ResizeSpec, max_pixels: int) -> None:
-        self.spec = spec
-        self.max_pixels = max_pixels
+
+class Resizer:
+    """One worker's state: the options and an atomic writer in ``out_dir``."""
+
+    def __init__(self, out_dir: Path, options: ResizeOptions) -> None:
+        self.options = options
         self.writer = AtomicWriter(out_dir)
         self.writer.staging.mkdir(parents=True, exist_ok=True)
 
     def run(self, job: ResizeJob) -> JobResult:
-        source = str(job.source)
+        """Resize one file; any error becomes a failure result, never an exception."""
+        try:
+            return self._run(job)
+        except MemoryError:
+            return JobResult(str(job.source), "too_large", "out of memory while resizing")
+        except Exception as exc:  # noqa: BLE001 - one bad file must not stop the tree
+            return JobResult(str(job.source), "corrupt", f"{type(exc).__name__}: {exc}")
+
+    def _run(self, job: ResizeJob) -> JobResult:
+        source, options = str(job.source), self.options
         if nonempty(job.target):
             return JobResult(source, "skipped")
         try:
+            size = job.source.stat().st_size
+            if size > options.max_bytes:
+                return JobResult(source, "too_large", f"{size} bytes, over DOWNLOAD_MAXSIZE ({options.max_bytes})")
             data = job.source.read_bytes()
         except OSError as exc:
             return JobResult(source, "io_error", f"cannot read: {exc}")
         try:
-            image = decode(data, self.max_pixels, reduce_for=(self.spec,))
+            image = decode(data, options.max_pixels, reduce_for=(options.spec,) if options.fast else ())
         except ImageRejected as exc:
             return JobResult(source, exc.reason, exc.details, bytes_in=len(data))
         try:
-            output = resized_bytes(image, self.spec, reducing_gap=REDUCING_GAP)
+            output = resized_bytes(image, options.spec, reducing_gap=REDUCING_GAP if options.fast else None)
         except (OSError, ValueError) as exc:
             return JobResult(source, "corrupt", f"{image.format} could not be converted: {exc}", len(data))
         finally:
@@ -103,9 +146,9 @@ class Resizer:
 _worker: Resizer | None = None
 
 
-def init_worker(out_dir: Path, spec: ResizeSpec, max_pixels: int) -> None:
+def init_worker(out_dir: Path, options: ResizeOptions) -> None:
     global _worker
-    _worker = Resizer(out_dir, spec, max_pixels)
+    _worker = Resizer(out_dir, options)
 
 
 def run_in_worker(job: ResizeJob) -> JobResult:

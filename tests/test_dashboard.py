@@ -8,6 +8,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import threading
 import urllib.error
@@ -86,12 +87,32 @@ def test_endpoints_serve_figures_and_only_the_latest_images(tmp_path: Path) -> N
             assert fetch(url + bad)[0] == 404, bad
         page = fetch(url)[1].decode()
         assert "<script>" in page and "http://" not in page and "https://" not in page  # no CDN
+        port = url.rsplit(":", 1)[1].strip("/")
+        assert fetch(f"http://localhost:{port}/status.json")[0] == 200
+        rebound = urllib.request.Request(url + "status.json", headers={"Host": f"evil.example:{port}"})
+        try:
+            urllib.request.urlopen(rebound, timeout=10)
+            raise AssertionError("a foreign Host header was served")
+        except urllib.error.HTTPError as error:
+            assert error.code == 403  # DNS rebinding gets nothing
 
 
-def test_off_by_default(clean_mirror, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_off_by_default_and_bad_ports_stop_the_crawl(clean_mirror, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     done = subprocess.run(crawl_command(clean_mirror.metadata, tmp_path / "store"), cwd=ROOT,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and "Dashboard:" not in done.stderr
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        for port, message in ((busy.getsockname()[1], "cannot listen on 127.0.0.1"),
+                              (99999, "is not a port number")):
+            done = subprocess.run(
+                crawl_command(clean_mirror.metadata, tmp_path / f"store-{port}",
+                              {"OPENIMAGES_DASHBOARD_PORT": str(port)}),
+                cwd=ROOT, capture_output=True, text=True, timeout=60,
+            )
+            assert done.returncode != 0 and message in done.stderr, done.stderr[-1500:]
+            assert not (tmp_path / f"store-{port}" / "train").exists()  # nothing downloaded
 
 
 @pytest.fixture(scope="session")

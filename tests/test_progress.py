@@ -100,7 +100,7 @@ def test_log_lines_off_a_terminal_and_figures_in_the_stats(mirror: Served, tmp_p
 def test_a_live_bar_on_a_terminal(clean_mirror: Served, tmp_path: Path) -> None:
     primary, secondary = pty.openpty()
     process = subprocess.Popen(
-        crawl_command(clean_mirror.metadata, tmp_path / "store", {"LOG_LEVEL": "WARNING"}),
+        crawl_command(clean_mirror.metadata, tmp_path / "store", {"LOG_LEVEL": "INFO"}),
         cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=secondary,
     )
     os.close(secondary)
@@ -123,3 +123,6 @@ def test_a_live_bar_on_a_terminal(clean_mirror: Served, tmp_path: Path) -> None:
     assert "\r" in text  # redrawn in place
     assert re.search(rf"100%\|[^\n]*\| {rows}/{rows} ", text), text[-1500:]
     assert f"✓{rows}" in text and "✗0" in text and "img/s" in text
+    # Log lines are printed above the bar, each on a line of its own.
+    assert "Spider closed (finished)" in text
+    assert not re.search(r"(cpu \d+\]|rows/s\]) ?\d{4}-\d\d-\d\d \d\d:", text), text[-2000:]

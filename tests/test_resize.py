@@ -46,6 +46,11 @@ def odd_tree(root: Path) -> tuple[dict[str, str], dict[str, str]]:
     (root / "twin.jpg").write_bytes(_save(_photo(300, 200, 1), "JPEG"))
     (root / "twin.png").write_bytes(_save(_photo(300, 200, 2), "PNG"))
     good.update({"twin.jpg": "twin.jpg.webp", "twin.png": "twin.png.webp"})
+    # ... and so do names that would clash with those full names.
+    for name in ("clash.jpg", "clash.png", "clash.jpg.png"):
+        (root / name).write_bytes(_save(_photo(200, 100, len(name)), "PNG" if name.endswith("png") else "JPEG"))
+    good.update({"clash.jpg": "clash.jpg.webp", "clash.png": "clash.png.webp",
+                 "clash.jpg.png": "clash.jpg.png.webp"})
     broken = {
         "nested/text.jpg": "not_image",
         "empty.png": "not_image",
@@ -57,6 +62,8 @@ def odd_tree(root: Path) -> tuple[dict[str, str], dict[str, str]]:
     (root / "truncated.jpg").write_bytes(_save(_photo(900, 700, 3), "JPEG", quality=92)[:15000])
     (root / "bomb.png").write_bytes(_bomb_png())
     (root / "notes.txt").write_text("not an image: left alone")
+    os.mkfifo(root / "pipe.jpg")  # reading it would hang: not a regular file, left alone
+    os.symlink(root / "gone.jpg", root / "dangling.jpg")  # a broken link, left alone
     (root / ".hidden").mkdir()
     (root / ".hidden" / "skip.jpg").write_bytes(_save(_photo(50, 50, 4), "JPEG"))
     os.symlink(root / "nested", root / "link-to-nested")  # a linked folder is not followed
@@ -78,7 +85,7 @@ def test_a_tree_with_broken_and_odd_files(tmp_path: Path) -> None:
         failed = {Path(row["Path"]).relative_to(source).as_posix(): row["FailureReason"]
                   for row in csv.DictReader(handle)}
     assert failed == broken
-    assert f"Resized {len(good)}, skipped 0 (already there), failed {len(broken)}, other files left alone 1" \
+    assert f"Resized {len(good)}, skipped 0 (already there), failed {len(broken)}, other files left alone 3" \
         in done.stderr
     assert f"Done: {len(good) + len(broken)}/{len(good) + len(broken)} files (100.0%)" in done.stderr
     # A rerun skips every output (untouched) and reports the broken files again.
@@ -130,6 +137,69 @@ def test_killed_then_resumed_leaves_only_whole_files(tmp_path: Path) -> None:
     assert not (out / ".tmp").exists()  # the killed run's staging is gone
 
 
+def descendants(pid: int) -> dict[int, int]:
+    """Processes below ``pid`` and their depth (from /proc)."""
+    parents = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            parents[int(entry.name)] = int(fields[1])
+    found: dict[int, int] = {}
+    frontier = {pid: 0}
+    while frontier:
+        found.update(frontier)
+        frontier = {child: found[parent] + 1 for child, parent in parents.items()
+                    if parent in frontier and child not in found}
+    del found[pid]
+    return found
+
+
+def test_a_worker_that_dies_fails_its_files_and_the_run_goes_on(tmp_path: Path) -> None:
+    source, out = tmp_path / "in", tmp_path / "out"
+    source.mkdir()
+    big = _save(_photo(2400, 1800, 6), "PNG")
+    for index in range(40):
+        (source / f"{index:03d}.png").write_bytes(big)
+    process = subprocess.Popen(resize_command(source, out, "--size", "64", "-j", "2", "--log",
+                                              str(tmp_path / "failed.csv")),
+                               cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: len(list(out.glob("*.jpg"))) >= 2, timeout=60)
+    workers = [pid for pid, depth in descendants(process.pid).items() if depth == 2]  # under the forkserver
+    assert workers
+    os.kill(workers[0], signal.SIGKILL)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 0, stderr[-2000:]
+    with open(tmp_path / "failed.csv", newline="") as handle:
+        failed = list(csv.DictReader(handle))
+    assert failed and all("worker process died" in row["FailureDetails"] for row in failed)
+    assert len(list(out.glob("*.jpg"))) + len(failed) == 40  # the others were done by a new pool
+    again = run_resize(source, out, "--size", "64")
+    assert again.returncode == 0 and len(list(out.glob("*.jpg"))) == 40
+
+
+def test_an_unlistable_folder_is_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from openimages_crawler import resizer
+
+    source = tmp_path / "in"
+    (source / "locked").mkdir(parents=True)
+    (source / "a.jpg").write_bytes(_save(_photo(50, 50, 1), "JPEG"))
+    real_scandir = os.scandir
+
+    def scandir(path):  # type: ignore[no-untyped-def]
+        if Path(path).name == "locked":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    errors: list[OSError] = []
+    jobs = list(resizer.find_jobs(source, tmp_path / "out", "jpg", onerror=errors.append))
+    assert [job.source.name for job in jobs if isinstance(job, resizer.ResizeJob)] == ["a.jpg"]
+    assert [Path(error.filename).name for error in errors] == ["locked"]
+
+
 def test_output_inside_the_input_and_bad_arguments(tmp_path: Path) -> None:
     source = tmp_path / "in"
     source.mkdir()
@@ -142,6 +212,7 @@ def test_output_inside_the_input_and_bad_arguments(tmp_path: Path) -> None:
         (("--size", "50", "-o", str(source)), "-o must be another folder"),
         (("--size", "0"), "positive number of pixels"),
         (("--size", "50", "--mode", "Stretch"), "invalid choice: 'Stretch'"),
+        (("--size", "50", "-j", "-1"), "give 1 or more processes"),
     ):
         command = resize_command(source, tmp_path / "out") + list(options)
         if "-o" in options[2:]:

@@ -10,23 +10,27 @@ from __future__ import annotations
 import argparse
 import csv
 import logging
+import multiprocessing
 import os
 import threading
 import time
 from collections import Counter
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from scrapy.commands import ScrapyCommand
 from scrapy.exceptions import UsageError
+from scrapy.utils.log import configure_logging
 
 from ..imaging import OUTPUT_FORMATS, RESAMPLE_FILTERS, RESIZE_MODES, ResizeSpec
 from ..progress import Counts, ProgressDisplay, ProgressMeter
 from ..resizer import (
     JobResult,
     ResizeJob,
+    ResizeOptions,
     count_images,
     find_jobs,
     init_worker,
@@ -44,6 +48,7 @@ _JOBS_PER_WORKER = 4  # jobs queued per process: enough to keep it busy, few in 
 
 class Command(ScrapyCommand):
     requires_project = False
+    requires_crawler_process = False  # it never crawls
     default_settings = {"LOG_LEVEL": "INFO"}
 
     def syntax(self) -> str:
@@ -75,76 +80,90 @@ class Command(ScrapyCommand):
 
     def run(self, args: list[str], opts: argparse.Namespace) -> None:
         assert self.settings is not None
+        settings = self.settings
+        configure_logging(settings)  # no crawler process does it for this command
         in_dir, out_dir = Path(opts.in_dir), Path(opts.out_dir)
         if not in_dir.is_dir():
             raise UsageError(f"-i {in_dir}: not a folder")
         if out_dir.resolve() == in_dir.resolve():
             raise UsageError("-o must be another folder than -i")
+        if opts.processes < 0:
+            raise UsageError(f"-j {opts.processes}: give 1 or more processes (0: one per CPU)")
         try:
             spec = ResizeSpec(mode=opts.mode, size=opts.size, resample=opts.algorithm, format=opts.ext,
                               quality=opts.quality)
         except ValueError as exc:
             raise UsageError(str(exc)) from None
-        processes = opts.processes or os.cpu_count() or 1
-        out_dir.mkdir(parents=True, exist_ok=True)
-        remove_dead_staging(out_dir)  # left by a killed run
+        options = ResizeOptions(
+            spec=spec,
+            max_pixels=settings.getint("OPENIMAGES_MAX_PIXELS", 178956970),
+            max_bytes=settings.getint("DOWNLOAD_MAXSIZE", 1 << 30) or 1 << 62,
+            fast=settings.getbool("OPENIMAGES_FAST_RESIZE", True),
+        )
         display = ProgressDisplay(
-            str(self.settings.get("OPENIMAGES_PROGRESS", "auto")).lower(),
-            self.settings.getfloat("LOGSTATS_INTERVAL", 60.0),
+            str(settings.get("OPENIMAGES_PROGRESS", "auto")).lower(),
+            settings.getfloat("LOGSTATS_INTERVAL", 60.0),
             unit="files",
         )
-        run = TreeResize(in_dir, out_dir, spec, processes, self.settings.getint("OPENIMAGES_MAX_PIXELS", 178956970),
-                         display, Path(opts.failure_log) if opts.failure_log else None)
-        run.start()
+        out_dir.mkdir(parents=True, exist_ok=True)
+        remove_dead_staging(out_dir)  # left by a killed run
+        run = TreeResize(in_dir, out_dir, options, opts.processes or os.cpu_count() or 1, display,
+                         Path(opts.failure_log) if opts.failure_log else None)
+        try:
+            run.start()
+        except KeyboardInterrupt:
+            logger.warning("Interrupted: the outputs written so far are whole; run again to finish")
+            self.exitcode = 130
+            return
         self.exitcode = 0
 
 
 class TreeResize:
-    """One run of the command: feeds the pool, counts, shows progress."""
+    """One run of the command: feeds the pool a few jobs per process, counts,
+    shows progress, and survives a worker that dies (out of memory, say)."""
 
-    def __init__(self, in_dir: Path, out_dir: Path, spec: ResizeSpec, processes: int, max_pixels: int,
+    def __init__(self, in_dir: Path, out_dir: Path, options: ResizeOptions, processes: int,
                  display: ProgressDisplay, failure_log: Path | None) -> None:
-        self.in_dir, self.out_dir, self.spec = in_dir, out_dir, spec
-        self.processes, self.max_pixels = processes, max_pixels
+        self.in_dir, self.out_dir, self.options = in_dir, out_dir, options
+        self.processes = processes
         self.display = display
         self.failure_log = failure_log
+        self.writer: CsvWriter | None = None
         self.meter = ProgressMeter()
         self.started = time.monotonic()
         self.total: int | None = None
         self.tally: Counter[str] = Counter()
         self.bytes_in = self.bytes_out = 0
         self.others = 0  # files that are not images, left alone
+        self.pool: ProcessPoolExecutor | None = None
+        self.pending: dict[Future[JobResult], tuple[ResizeJob, ProcessPoolExecutor]] = {}
 
     def start(self) -> None:
-        threading.Thread(target=self._count, daemon=True).start()
+        spec = self.options.spec
         logger.info("Resizing %s into %s: %s %d px, %s, %s, %d processes", self.in_dir, self.out_dir,
-                    self.spec.mode, self.spec.size, self.spec.format, self.spec.resample, self.processes)
+                    spec.mode, spec.size, spec.format, spec.resample, self.processes)
         with ExitStack() as stack:
-            writer = None
             if self.failure_log is not None:
                 self.failure_log.parent.mkdir(parents=True, exist_ok=True)
-                writer = csv.writer(stack.enter_context(open(self.failure_log, "w", newline="", encoding="utf-8")))
-                writer.writerow(["Path", "FailureReason", "FailureDetails"])
-            pool = stack.enter_context(ProcessPoolExecutor(
-                self.processes, initializer=init_worker, initargs=(self.out_dir, self.spec, self.max_pixels)
-            ))
-            pending: set[Future[JobResult]] = set()
+                self.writer = csv.writer(stack.enter_context(open(self.failure_log, "w", newline="", encoding="utf-8")))
+                self.writer.writerow(["Path", "FailureReason", "FailureDetails"])
+            stack.callback(self._stop_pool)
+            self.pool = self._new_pool()
+            # Counting starts once the workers exist (no fork while it runs).
+            threading.Thread(target=self._count, daemon=True).start()
             last_show = 0.0
-            for job in find_jobs(self.in_dir, self.out_dir, self.spec.format):
+            for job in find_jobs(self.in_dir, self.out_dir, spec.format, onerror=self._unreadable):
                 if not isinstance(job, ResizeJob):
                     self.others += 1
                     continue
-                pending.add(pool.submit(run_in_worker, job))
-                while len(pending) >= self.processes * _JOBS_PER_WORKER:
-                    finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-                    self._record(finished, writer)
+                self.pending[self.pool.submit(run_in_worker, job)] = (job, self.pool)
+                while len(self.pending) >= self.processes * _JOBS_PER_WORKER:
+                    self._collect(timeout=None)
                 if time.monotonic() - last_show >= 1.0:
                     last_show = time.monotonic()
-                    self._show(len(pending))
-            while pending:
-                finished, pending = wait(pending, timeout=1.0, return_when=FIRST_COMPLETED)
-                self._record(finished, writer)
-                self._show(len(pending))
+                    self._show()
+            while self.pending:
+                self._collect(timeout=1.0)
         remove_dead_staging(self.out_dir)  # the workers' staging folders
         try:
             (self.out_dir / STAGING_DIR).rmdir()
@@ -159,21 +178,48 @@ class TreeResize:
             f"; failures listed in {self.failure_log}" if failed and self.failure_log else "",
         )
 
+    def _new_pool(self) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(self.processes, mp_context=multiprocessing.get_context("forkserver"),
+                                   initializer=init_worker, initargs=(self.out_dir, self.options))
+
+    def _stop_pool(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+
     def _count(self) -> None:
         self.total = count_images(self.in_dir, self.out_dir)
 
-    def _record(self, finished: set[Future[JobResult]], writer: CsvWriter | None) -> None:
+    def _collect(self, timeout: float | None) -> None:
+        finished, _ = wait(self.pending, timeout=timeout, return_when=FIRST_COMPLETED)
+        replace = False
         for future in finished:
-            result = future.result()
-            self.tally[result.status] += 1
-            self.bytes_in += result.bytes_in
-            self.bytes_out += result.bytes_out
-            if result.status not in ("ok", "skipped"):
-                logger.warning("Cannot resize %s: %s: %s", result.source, result.status, result.details)
-                if writer is not None:
-                    writer.writerow([result.source, result.status, result.details])
+            job, pool = self.pending.pop(future)
+            try:
+                result = future.result()
+            except BrokenProcessPool:
+                result = JobResult(str(job.source), "corrupt",
+                                   "a worker process died while this file was being resized (out of memory?)")
+                replace = replace or pool is self.pool
+            self._record(result)
+        if replace:  # the jobs in flight fail; the others go on in a new pool
+            assert self.pool is not None
+            self.pool.shutdown(wait=False, cancel_futures=True)
+            self.pool = self._new_pool()
+        self._show()
 
-    def _show(self, working: int = 0, final: bool = False) -> None:
+    def _unreadable(self, error: OSError) -> None:
+        self._record(JobResult(str(error.filename or error), "io_error", f"cannot list the folder: {error}"))
+
+    def _record(self, result: JobResult) -> None:
+        self.tally[result.status] += 1
+        self.bytes_in += result.bytes_in
+        self.bytes_out += result.bytes_out
+        if result.status not in ("ok", "skipped"):
+            logger.warning("Cannot resize %s: %s: %s", result.source, result.status, result.details)
+            if self.writer is not None:
+                self.writer.writerow([result.source, result.status, result.details])
+
+    def _show(self, final: bool = False) -> None:
         failures = {k: v for k, v in self.tally.items() if k not in ("ok", "skipped")}
         self.meter.add(Counts(
             time=time.monotonic() - self.started,
@@ -184,7 +230,7 @@ class TreeResize:
             bytes_out=self.bytes_out,
             failures=failures,
             downloading=None,
-            working=working,
-            total=self.total,
+            working=len(self.pending),
+            total=None if self.total is None else max(self.total, self.tally.total()),
         ))
         self.display.show(self.meter, final=final)

@@ -326,7 +326,7 @@ class OpenImagesSpider(scrapy.Spider):
         over the metadata's line count (a few seconds for GBs, in a thread)."""
         try:
             rows = sum(count_lines(path) for path in self.metadata_files)
-        except OSError as exc:
+        except Exception as exc:  # noqa: BLE001 - a broken .gz, say: progress goes without a total
             logger.debug("Cannot count the metadata rows: %s", exc)
             return
         self.rows_total = self.selection.estimate(rows)
@@ -411,9 +411,12 @@ class OpenImagesSpider(scrapy.Spider):
         recorded = row.image_id in self.ledger.succeeded
         config = self.config
         layout = config.layout
-        resized_done = all(
-            nonempty(config.output_path(output, row.subset, row.image_id)) for output in config.outputs
+        missing = tuple(
+            path
+            for path in (config.output_path(output, row.subset, row.image_id) for output in config.outputs)
+            if not nonempty(path)
         )
+        resized_done = not missing
         done = None if recorded else SuccessRow(self.result_fields(row.fields), row.subset)
         if resized_done and not config.save_originals:  # the common rerun: one stat a row
             return done
@@ -425,10 +428,10 @@ class OpenImagesSpider(scrapy.Spider):
         )
         if resized_done and original_done:
             return done
-        download = self.image_request(row, url, verified, recorded=recorded)
+        download = self.image_request(row, url, verified, missing, recorded=recorded)
         if original_there:
             return self.image_request(
-                row, url, verified, recorded=recorded, stored=original, fallback=download
+                row, url, verified, missing, recorded=recorded, stored=original, fallback=download
             )
         return download
 
@@ -437,12 +440,14 @@ class OpenImagesSpider(scrapy.Spider):
         row: ImageRow,
         url: str,
         verified: bool,
+        missing: tuple[Path, ...],
         *,
         recorded: bool,
         stored: Path | None = None,
         fallback: Request | None = None,
     ) -> Request:
-        """The request for a row's image: from ``url``, or from its stored copy."""
+        """The request for a row's image (``missing``: the resized outputs to
+        write): from ``url``, or from its stored copy."""
         return Request(
             stored.resolve().as_uri() if stored is not None else url,
             callback=self.parse_image,
@@ -454,6 +459,7 @@ class OpenImagesSpider(scrapy.Spider):
                 "from_store": stored is not None,
                 "fallback": fallback,
                 "verified": verified,
+                "missing": missing,
                 "download_url": url if self.record_download else None,
                 "dont_redirect": True,
                 "handle_httpstatus_all": True,
@@ -475,6 +481,7 @@ class OpenImagesSpider(scrapy.Spider):
             fallback=meta["fallback"],
             verified=meta["verified"],
             download_url=meta["download_url"],
+            missing=meta["missing"],
             **outcome,
         )
 
