@@ -25,7 +25,7 @@ from twisted.web import resource, server
 from .config import CrawlConfig
 from .extensions import progress_sampled, result_host
 from .items import FailureRow, SuccessRow
-from .progress import Counts, ProgressMeter, Rates
+from .progress import Counts, ProgressMeter, Rates, figures
 from .report import throughput
 
 if TYPE_CHECKING:
@@ -135,17 +135,10 @@ class Dashboard:
         return {
             "elapsed_s": round(counts.time, 1),
             "finished": self.finished,
-            "rows_done": counts.done,
-            "rows_total": counts.total,
+            **figures(counts, rates),
             "ok": counts.ok,
             "failed": counts.failed,
             "failures": counts.failures,
-            "images_per_s": round(rates.images_per_s, 2),
-            "mb_in_per_s": round(rates.mb_in_per_s, 2),
-            "mb_out_per_s": round(rates.mb_out_per_s, 2),
-            "eta_s": None if rates.eta_s is None else round(rates.eta_s),
-            "downloading": counts.downloading,
-            "in_workers": counts.working,
             "throughput": throughput(history),
             "images": [
                 {"src": f"image/{image.serial}", "image_id": image.image_id, "subset": image.subset}

@@ -23,7 +23,7 @@ from . import report
 from .downloader import ConnectionLimitDownloader
 from .failures import FAILURE_STAT_PREFIX
 from .items import FailureRow, SuccessRow
-from .progress import Counts, ProgressDisplay, ProgressMeter
+from .progress import Counts, ProgressDisplay, ProgressMeter, figures
 from .report import HostTally
 from .storage import atomic_text_file
 
@@ -151,16 +151,7 @@ class CrawlProgress:
         self.meter.add(counts)
         rates = self.meter.rates()
         stats = self.crawler.stats
-        for key, value in {
-            "rows_done": counts.done,
-            "rows_total": counts.total,
-            "images_per_s": round(rates.images_per_s, 2),
-            "mb_in_per_s": round(rates.mb_in_per_s, 2),
-            "mb_out_per_s": round(rates.mb_out_per_s, 2),
-            "eta_s": None if rates.eta_s is None else round(rates.eta_s),
-            "downloading": counts.downloading,
-            "in_workers": counts.working,
-        }.items():
+        for key, value in figures(counts, rates).items():
             stats.set_value(f"openimages/progress/{key}", value)
         self.display.show(self.meter, final=final)
         self.crawler.signals.send_catch_log(

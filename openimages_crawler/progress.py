@@ -100,6 +100,21 @@ class ProgressMeter:
         )
 
 
+def figures(counts: Counts, rates: Rates) -> dict[str, int | float | None]:
+    """The figures of one moment by name: the crawl's stats under
+    ``openimages/progress/`` and the web view's status use these."""
+    return {
+        "rows_done": counts.done,
+        "rows_total": counts.total,
+        "images_per_s": round(rates.images_per_s, 2),
+        "mb_in_per_s": round(rates.mb_in_per_s, 2),
+        "mb_out_per_s": round(rates.mb_out_per_s, 2),
+        "eta_s": None if rates.eta_s is None else round(rates.eta_s),
+        "downloading": counts.downloading,
+        "in_workers": counts.working,
+    }
+
+
 def duration(seconds: float | None) -> str:
     """``4s``, ``12m05s``, ``3h07m``, ``2d03h``; ``?`` when unknown."""
     if seconds is None or not math.isfinite(seconds):
