@@ -146,6 +146,13 @@ def all_contenders(img2dataset_threads: int, baseline_processes: int, with_img2d
             "ours_originals", "ours: originals only (verify + save, no resize)",
             "OPENIMAGES_SAVE_ORIGINALS=True", "OPENIMAGES_RESIZE=False",
         ),
+        ours(
+            "ours_two_outputs", "ours: FillCrop 224 JPEG + ShrinkToFit 640 WebP in one pass",
+            "OPENIMAGES_OUTPUTS=" + json.dumps([
+                {"dir": "crop224", "mode": "FillCrop", "size": 224},
+                {"dir": "fit640", "mode": "ShrinkToFit", "size": 640, "format": "webp"},
+            ]),
+        ),
     ]
     if with_img2dataset:
         contenders += [

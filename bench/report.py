@@ -10,6 +10,7 @@ RATIOS = (
     ("ours_shrink", "limit_plain", 0.65),
     ("ours_originals", "i2d_no", 1.0),
     ("ours_originals", "limit_fast", None),
+    ("ours_two_outputs", "ours_shrink", None),  # what a second, larger output costs
 )
 
 

@@ -34,15 +34,16 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-_POLL_SECONDS = 0.25
+class Ticking:
+    """An extension whose ``tick`` runs every ``interval`` seconds while the
+    spider is open (first at once if ``tick_at_open``); ``closed`` runs after."""
 
+    interval = 1.0
+    tick_at_open = False
 
-class QuickStop:
     def __init__(self, crawler: Crawler) -> None:
         self.crawler = crawler
-        self.grace = crawler.settings.getfloat("OPENIMAGES_STOP_GRACE", 3.0)
-        self.stopping_polls = 0
-        self.loop = create_looping_call(self.check)
+        self.loop = create_looping_call(self.tick)
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> Self:
@@ -52,18 +53,34 @@ class QuickStop:
         return extension
 
     def spider_opened(self) -> None:
-        self.loop.start(_POLL_SECONDS, now=False)
+        self.loop.start(self.interval, now=self.tick_at_open)
 
-    def spider_closed(self) -> None:
+    def spider_closed(self, reason: str) -> None:
         if self.loop.running:
             self.loop.stop()
+        self.closed(reason)
 
-    def check(self) -> None:
+    def tick(self) -> None:
+        raise NotImplementedError
+
+    def closed(self, reason: str) -> None:
+        """After the last tick."""
+
+
+class QuickStop(Ticking):
+    interval = 0.25
+
+    def __init__(self, crawler: Crawler) -> None:
+        super().__init__(crawler)
+        self.grace = crawler.settings.getfloat("OPENIMAGES_STOP_GRACE", 3.0)
+        self.stopping_polls = 0
+
+    def tick(self) -> None:
         engine = self.crawler.engine
         if engine is None or engine.running:
             return
         self.stopping_polls += 1
-        if self.stopping_polls * _POLL_SECONDS < self.grace:
+        if self.stopping_polls * self.interval < self.grace:
             return
         downloader = engine.downloader
         if isinstance(downloader, ConnectionLimitDownloader) and downloader.transfers:
@@ -76,42 +93,34 @@ class QuickStop:
 # ``final``); the dashboard and the end-of-run report listen.
 progress_sampled = object()
 
-_SAMPLE_SECONDS = 1.0
-
-
-class CrawlProgress:
+class CrawlProgress(Ticking):
     """Samples the crawl's figures every second into a ``ProgressMeter``, puts
     them in the stats under ``openimages/progress/`` and sends
     ``progress_sampled`` (for the dashboard and the report); shows them as a
     bar on a terminal or a compact line every ``LOGSTATS_INTERVAL``
     (``OPENIMAGES_PROGRESS``; ``off`` hides them, the sampling goes on)."""
 
+    tick_at_open = True
+
     def __init__(self, crawler: Crawler) -> None:
+        super().__init__(crawler)
         settings = crawler.settings
         mode = str(settings.get("OPENIMAGES_PROGRESS", "auto")).lower()
         try:
             self.display = ProgressDisplay(mode, settings.getfloat("LOGSTATS_INTERVAL", 60.0))
         except ValueError as exc:
             raise UsageError(f"OPENIMAGES_PROGRESS: {exc}") from None
-        self.crawler = crawler
         self.meter = ProgressMeter()
         self.started = time.monotonic()
-        self.loop = create_looping_call(self.sample)
-
-    @classmethod
-    def from_crawler(cls, crawler: Crawler) -> Self:
-        extension = cls(crawler)
-        crawler.signals.connect(extension.spider_opened, signal=signals.spider_opened)
-        crawler.signals.connect(extension.spider_closed, signal=signals.spider_closed)
-        return extension
 
     def spider_opened(self) -> None:
         self.started = time.monotonic()
-        self.loop.start(_SAMPLE_SECONDS, now=True)
+        super().spider_opened()
 
-    def spider_closed(self, reason: str) -> None:
-        if self.loop.running:
-            self.loop.stop()
+    def tick(self) -> None:
+        self.sample()
+
+    def closed(self, reason: str) -> None:
         self.sample(final=True, reason=reason)
 
     def counts(self, finished: bool = False) -> Counts:

@@ -156,7 +156,7 @@ class TreeResize:
                 if not isinstance(job, ResizeJob):
                     self.others += 1
                     continue
-                self.pending[self.pool.submit(run_in_worker, job)] = (job, self.pool)
+                self._submit(job)
                 while len(self.pending) >= self.processes * _JOBS_PER_WORKER:
                     self._collect(timeout=None)
                 if time.monotonic() - last_show >= 1.0:
@@ -182,6 +182,20 @@ class TreeResize:
         return ProcessPoolExecutor(self.processes, mp_context=multiprocessing.get_context("forkserver"),
                                    initializer=init_worker, initargs=(self.out_dir, self.options))
 
+    def _submit(self, job: ResizeJob) -> None:
+        assert self.pool is not None
+        try:
+            future = self.pool.submit(run_in_worker, job)
+        except BrokenProcessPool:  # a worker died since the last collect
+            self._replace_pool()
+            future = self.pool.submit(run_in_worker, job)
+        self.pending[future] = (job, self.pool)
+
+    def _replace_pool(self) -> None:
+        assert self.pool is not None
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        self.pool = self._new_pool()
+
     def _stop_pool(self) -> None:
         if self.pool is not None:
             self.pool.shutdown(wait=True, cancel_futures=True)
@@ -202,9 +216,7 @@ class TreeResize:
                 replace = replace or pool is self.pool
             self._record(result)
         if replace:  # the jobs in flight fail; the others go on in a new pool
-            assert self.pool is not None
-            self.pool.shutdown(wait=False, cancel_futures=True)
-            self.pool = self._new_pool()
+            self._replace_pool()
         self._show()
 
     def _unreadable(self, error: OSError) -> None:
