@@ -1,5 +1,5 @@
-"""Resizing a tree of images (``scrapy resize``): the same Pillow functions as
-the crawl, over files instead of downloads. No Scrapy import.
+"""Resizing a tree of images (``scrapy resize``): the crawl's own CPU stage
+(``processing.process_image``), over files instead of downloads. No Scrapy import.
 
 The output tree mirrors the input tree; an output is ``{stem}.{ext}``, or
 ``{name}.{ext}`` when two inputs of one folder share a stem (``a.jpg`` and
@@ -16,7 +16,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from .imaging import REDUCING_GAP, ImageRejected, ResizeSpec, decode, resized_bytes
+from .imaging import ResizeSpec
+from .processing import Expected, OutputPlan, process_image
 from .storage import AtomicWriter, nonempty
 
 # Files taken as images (case-insensitive); others are counted and left alone.
@@ -125,21 +126,13 @@ class Resizer:
             data = job.source.read_bytes()
         except OSError as exc:
             return JobResult(source, "io_error", f"cannot read: {exc}")
-        try:
-            image = decode(data, options.max_pixels, reduce_for=(options.spec,) if options.fast else ())
-        except ImageRejected as exc:
-            return JobResult(source, exc.reason, exc.details, bytes_in=len(data))
-        try:
-            output = resized_bytes(image, options.spec, reducing_gap=REDUCING_GAP if options.fast else None)
-        except (OSError, ValueError) as exc:
-            return JobResult(source, "corrupt", f"{image.format} could not be converted: {exc}", len(data))
-        finally:
-            image.close()
-        try:
-            self.writer.write(job.target, output)
-        except OSError as exc:
-            return JobResult(source, "io_error", f"cannot write {job.target}: {exc}", len(data))
-        return JobResult(source, "ok", bytes_in=len(data), bytes_out=len(output))
+        # The crawl's own CPU stage: no size or MD5 to check, one output.
+        plan = OutputPlan(resized=((job.target, options.spec),), fast=options.fast)
+        outcome = process_image(data, Expected(), plan, self.writer, options.max_pixels)
+        if not outcome.ok:
+            assert outcome.reason is not None
+            return JobResult(source, outcome.reason, outcome.details, bytes_in=len(data))
+        return JobResult(source, "ok", bytes_in=len(data), bytes_out=outcome.bytes_written)
 
 
 # The worker process's Resizer (ProcessPoolExecutor initializer state).

@@ -57,21 +57,23 @@ class InvalidRow:
     details: str
 
 
-def open_text(path: Path) -> IO[str]:
-    """Open a metadata file (plain or gzip) as text, BOM-tolerant."""
+def open_bytes(path: Path) -> IO[bytes]:
+    """Open a metadata file, plain or gzip (told by its first bytes)."""
     with open(path, "rb") as probe:
         magic = probe.read(2)
-    raw: IO[bytes] = gzip.open(path, "rb") if magic == b"\x1f\x8b" else open(path, "rb")
-    return io.TextIOWrapper(raw, encoding="utf-8-sig", errors="replace", newline="")
+    return gzip.open(path, "rb") if magic == b"\x1f\x8b" else open(path, "rb")
+
+
+def open_text(path: Path) -> IO[str]:
+    """Open a metadata file (plain or gzip) as text, BOM-tolerant."""
+    return io.TextIOWrapper(open_bytes(path), encoding="utf-8-sig", errors="replace", newline="")
 
 
 def count_lines(path: Path) -> int:
     """Data rows of a metadata file, counted cheaply as line breaks after the
     header (a quoted title holding a line break makes it an overestimate)."""
-    with open(path, "rb") as probe:
-        gzipped = probe.read(2) == b"\x1f\x8b"
     lines = 0
-    with gzip.open(path, "rb") if gzipped else open(path, "rb") as raw:
+    with open_bytes(path) as raw:
         last = b""
         while chunk := raw.read(1 << 22):
             lines += chunk.count(b"\n")
