@@ -19,9 +19,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from . import corpus as corpus_module
-from . import measure, probes, report, servers
-from .contenders import (
+from bench import corpus as corpus_module
+from bench import measure, probes, report, servers
+from bench.contenders import (
     IMG2DATASET_VERSION,
     REPO,
     Contender,

@@ -23,10 +23,13 @@ from typing import IO
 
 import psutil
 
-from openimages_crawler.catalogue import IMAGE_INFO_COLUMNS, VERSIONS, sources_for
-
-from .contenders import REPO
-from .measure import tree_rss
+from bench.contenders import REPO
+from bench.measure import tree_rss
+from openimages_crawler.dataset.catalogue import (
+    IMAGE_INFO_COLUMNS,
+    VERSIONS,
+    sources_for,
+)
 
 BBOX_COLUMNS = (
     "ImageID,Source,LabelName,Confidence,XMin,XMax,YMin,YMax,IsOccluded,IsTruncated,IsGroupOf,"

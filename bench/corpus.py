@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from openimages_crawler.catalogue import IMAGES_CSV_COLUMNS
+from openimages_crawler.dataset.catalogue import IMAGES_CSV_COLUMNS
 
 HOSTS = 16
 _TILE = 1024

@@ -10,7 +10,12 @@ import os
 from multiprocessing import Pool
 from pathlib import Path
 
-from openimages_crawler.imaging import REDUCING_GAP, ResizeSpec, decode, resized_bytes
+from openimages_crawler.imaging.pillow import (
+    REDUCING_GAP,
+    ResizeSpec,
+    decode,
+    resized_bytes,
+)
 
 SPEC = ResizeSpec(mode="ShrinkToFit", size=224)
 MAX_PIXELS = 178_956_970

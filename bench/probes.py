@@ -18,12 +18,11 @@ from pathlib import Path
 import psutil
 from PIL import Image
 
-from openimages_crawler.catalogue import IMAGES_CSV_COLUMNS
-from openimages_crawler.storage import StoreLayout
-
-from . import classes, quality, servers
-from . import corpus as corpus_module
-from .contenders import REPO
+from bench import classes, quality, servers
+from bench import corpus as corpus_module
+from bench.contenders import REPO
+from openimages_crawler.dataset.catalogue import IMAGES_CSV_COLUMNS
+from openimages_crawler.store.layout import StoreLayout
 
 PROBE_PORT = 47_123  # fixed, so the generated CSVs stay valid between runs
 
@@ -105,7 +104,7 @@ def _finished_store(corpus: corpus_module.Corpus, metadata: Path, rows: int) -> 
         return store
     print(f"building a finished {rows}-image store (once)", flush=True)
     shutil.rmtree(store, ignore_errors=True)
-    layout = StoreLayout(store)
+    layout = StoreLayout()
     thumbnail = io.BytesIO()
     Image.new("RGB", (224, 168), (120, 130, 140)).save(thumbnail, "JPEG")
     body = thumbnail.getvalue()
@@ -117,7 +116,7 @@ def _finished_store(corpus: corpus_module.Corpus, metadata: Path, rows: int) -> 
         writer = csv.writer(out, lineterminator="\n")
         writer.writerow(IMAGES_CSV_COLUMNS)
         for row in reader:
-            path = layout.image_path("train", "images-resized", row["ImageID"], "jpg")
+            path = store / layout.image_key("train", "images-resized", row["ImageID"], "jpg")
             if path.parent not in made:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 made.add(path.parent)

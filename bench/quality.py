@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from openimages_crawler.imaging import (
+from bench.corpus import Corpus
+from openimages_crawler.imaging.pillow import (
     REDUCING_GAP,
     RESIZE_MODES,
     ResizeSpec,
@@ -14,8 +15,6 @@ from openimages_crawler.imaging import (
     resize,
     upright_rgb,
 )
-
-from .corpus import Corpus
 
 MAX_PIXELS = 178_956_970
 

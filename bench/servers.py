@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .corpus import HOSTS
+from bench.corpus import HOSTS
 
 NGINX_CONFIG = """\
 daemon off;

@@ -7,7 +7,7 @@ polite one-request-per-second template of ``scrapy startproject``.
 # Project name Scrapy reports.
 BOT_NAME = "openimages_crawler"
 # Where the openimages spider lives.
-SPIDER_MODULES = ["openimages_crawler.spiders"]
+SPIDER_MODULES = ["openimages_crawler.crawl.spider"]
 # Adds `scrapy demo` (and later commands) to the scrapy command line.
 COMMANDS_MODULE = "openimages_crawler.commands"
 
@@ -98,24 +98,24 @@ USER_AGENT = "openimages-crawler (+https://storage.googleapis.com/openimages/web
 
 # --- Engine components -------------------------------------------------------
 # Holds CONCURRENT_REQUESTS(_PER_DOMAIN) (Scrapy 2.19 does not with DOWNLOAD_DELAY=0).
-DOWNLOADER = "openimages_crawler.downloader.ConnectionLimitDownloader"
+DOWNLOADER = "openimages_crawler.crawl.downloader.ConnectionLimitDownloader"
 # In-memory queue even with JOBDIR: the store itself is the checkpoint.
-SCHEDULER = "openimages_crawler.scheduler.MemoryScheduler"
+SCHEDULER = "openimages_crawler.crawl.scheduler.MemoryScheduler"
 # No fingerprint set growing with millions of URLs; rows are unique by construction.
 DUPEFILTER_CLASS = "scrapy.dupefilters.BaseDupeFilter"
 # Verification, decoding and resizing (an ImagesPipeline subclass).
-ITEM_PIPELINES = {"openimages_crawler.pipelines.OpenImagesPipeline": 300}
+ITEM_PIPELINES = {"openimages_crawler.crawl.pipeline.OpenImagesPipeline": 300}
 # Per-subset results feeds instead of the stock exporter; quick graceful stop; live progress;
 # end-of-run report; web view.
 EXTENSIONS = {
     "scrapy.extensions.feedexport.FeedExporter": None,
-    "openimages_crawler.feeds.SubsetFeedExporter": 0,
-    "openimages_crawler.extensions.QuickStop": 0,
+    "openimages_crawler.crawl.feeds.SubsetFeedExporter": 0,
+    "openimages_crawler.crawl.stop.QuickStop": 0,
     # Live progress replaces Scrapy's "Crawled N pages" line.
     "scrapy.extensions.logstats.LogStats": None,
-    "openimages_crawler.extensions.CrawlProgress": 0,
-    "openimages_crawler.extensions.RunReport": 0,
-    "openimages_crawler.dashboard.Dashboard": 0,
+    "openimages_crawler.monitor.extensions.CrawlProgress": 0,
+    "openimages_crawler.monitor.extensions.RunReport": 0,
+    "openimages_crawler.monitor.dashboard.Dashboard": 0,
 }
 # Redirect and meta-refresh handling is never wanted for image bytes.
 DOWNLOADER_MIDDLEWARES = {
@@ -132,21 +132,21 @@ SPIDER_MIDDLEWARES = {
 # --- Results (feed exports, one pair of files per subset) ---------------------
 # Local feed files are repaired after a crash and appended to.
 FEED_STORAGES = {
-    "": "openimages_crawler.feeds.ResumableFileFeedStorage",
-    "file": "openimages_crawler.feeds.ResumableFileFeedStorage",
+    "": "openimages_crawler.crawl.feeds.ResumableFileFeedStorage",
+    "file": "openimages_crawler.crawl.feeds.ResumableFileFeedStorage",
 }
 # CSV rows flushed one at a time, header written once per file.
-FEED_EXPORTERS = {"results_csv": "openimages_crawler.feeds.ResultsCsvItemExporter"}
+FEED_EXPORTERS = {"results_csv": "openimages_crawler.crawl.feeds.ResultsCsvItemExporter"}
 # images-success.csv (the input's columns) and images-failure.csv (+ reason, details) per subset.
 FEEDS = {
     "%(images_store)s/%(subset)s/images-success.csv": {
         "format": "results_csv",
-        "item_classes": ["openimages_crawler.items.SuccessRow"],
+        "item_classes": ["openimages_crawler.store.results.SuccessRow"],
         "encoding": "utf-8",
     },
     "%(images_store)s/%(subset)s/images-failure.csv": {
         "format": "results_csv",
-        "item_classes": ["openimages_crawler.items.FailureRow"],
+        "item_classes": ["openimages_crawler.store.results.FailureRow"],
         "encoding": "utf-8",
     },
 }

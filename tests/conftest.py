@@ -13,14 +13,28 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from scrapy.settings import Settings
 
-from openimages_crawler.mirror import Mirror, MirrorServer, build_mirror, refused_base
+from openimages_crawler.testing.mirror import (
+    Mirror,
+    MirrorServer,
+    build_mirror,
+    refused_base,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "data"
 
 # Short timeouts so the hanging host costs seconds, not minutes.
 FAST_SETTINGS = {"DOWNLOAD_TIMEOUT": "1.5", "RETRY_TIMES": "2", "LOG_LEVEL": "INFO"}
+
+
+def project_settings(values: dict[str, object] | None = None) -> Settings:
+    """The project's settings (settings.py holds every default) with ``values`` on top."""
+    settings = Settings()
+    settings.setmodule("openimages_crawler.settings", priority="project")
+    settings.update(values or {}, priority="cmdline")
+    return settings
 
 
 @dataclass

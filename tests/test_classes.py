@@ -15,26 +15,25 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from openimages_crawler.annotations import (
+from openimages_crawler.dataset.annotations import (
     AnnotationReader,
     ClassFilter,
     ClassNames,
     merge_selected_rows,
     parse_class_list,
 )
-from openimages_crawler.catalogue import (
+from openimages_crawler.dataset.catalogue import (
     IMAGE_INFO_COLUMNS,
     IMAGES_CSV_COLUMNS,
     VERSIONS,
     MetadataSource,
     RemoteFile,
 )
-from openimages_crawler.mirror import Mirror, MirrorServer, Route
-from openimages_crawler.rows import MetadataError
-from openimages_crawler.selection import SelectionError
-
-from .conftest import DATA, outcomes
-from .test_metadata import tarball, version_crawl
+from openimages_crawler.dataset.rows import MetadataError
+from openimages_crawler.dataset.selection import SelectionError
+from openimages_crawler.testing.mirror import Mirror, MirrorServer, Route
+from tests.conftest import DATA, outcomes
+from tests.test_metadata import tarball, version_crawl
 
 SAMPLE = DATA / "v3-sample"
 SPLITS = ("train", "validation", "test")

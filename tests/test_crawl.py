@@ -14,15 +14,15 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from openimages_crawler.catalogue import (
+from openimages_crawler.dataset.catalogue import (
     FAILURE_COLUMNS,
     IMAGE_INFO_COLUMNS,
     IMAGES_CSV_COLUMNS,
 )
-from openimages_crawler.failures import FAILURE_REASONS
-from openimages_crawler.mirror import IMAGE_KINDS, MirrorRow, Route
-
-from .conftest import (
+from openimages_crawler.reasons import FAILURE_REASONS
+from openimages_crawler.testing.images import IMAGE_KINDS
+from openimages_crawler.testing.mirror import MirrorRow, Route
+from tests.conftest import (
     ROOT,
     Served,
     count_rows,

@@ -19,9 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from openimages_crawler.mirror import MirrorServer, build_mirror, refused_base
-
-from .conftest import ROOT, crawl_command
+from openimages_crawler.testing.mirror import MirrorServer, build_mirror, refused_base
+from tests.conftest import ROOT, crawl_command
 
 ARTIFACTS = ROOT / "test-artifacts"
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"

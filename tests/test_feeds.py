@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from openimages_crawler.feeds import repair_tail
-from openimages_crawler.ledger import IdSet, read_ids
-from openimages_crawler.storage import AtomicWriter, remove_dead_staging
+from openimages_crawler.dataset.idset import IdSet
+from openimages_crawler.store.csvfiles import repair_tail
+from openimages_crawler.store.ledger import read_ids
+from openimages_crawler.store.local import LocalStore, remove_dead_staging
 
 
 def test_repair_cuts_only_a_torn_last_record(tmp_path: Path) -> None:
@@ -36,13 +37,14 @@ def test_id_set_holds_hex_and_other_ids() -> None:
 
 
 def test_staging_of_dead_processes_is_removed(tmp_path: Path) -> None:
-    writer = AtomicWriter(tmp_path)
-    dead = writer.staging.parent / f"{writer.staging.name.rsplit('-', 1)[0]}-999999999"
+    store = LocalStore(str(tmp_path))
+    dead = store.staging.parent / f"{store.staging.name.rsplit('-', 1)[0]}-999999999"
     dead.mkdir(parents=True)
     (dead / "x.part").write_bytes(b"partial")
     assert remove_dead_staging(tmp_path) == [dead]
-    writer.open()
-    assert writer.staging.is_dir()
-    writer.write(tmp_path / "a" / "b.jpg", b"data")
+    store.open()
+    assert store.staging.is_dir()
+    store.write("a/b.jpg", b"data")
     assert (tmp_path / "a" / "b.jpg").read_bytes() == b"data"
-    assert list(writer.staging.iterdir()) == []
+    assert store.stat("a/b.jpg") == 4 and store.stat("a/none.jpg") is None
+    assert list(store.staging.iterdir()) == []

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from openimages_crawler.imaging import (
+from openimages_crawler.imaging.pillow import (
     REDUCING_GAP,
     RESAMPLE_FILTERS,
     RESIZE_MODES,
@@ -23,16 +23,15 @@ from openimages_crawler.imaging import (
     target_size,
     upright_rgb,
 )
-from openimages_crawler.mirror import IMAGE_KINDS, _bomb_png, _photo
-from openimages_crawler.processing import Expected, OutputPlan, process_image
-from openimages_crawler.storage import AtomicWriter
+from openimages_crawler.imaging.process import Expected, process_image
+from openimages_crawler.testing.images import IMAGE_KINDS, bomb_png, photo
 
 MAX_PIXELS = 178_956_970
 
 
 def jpeg(width: int, height: int) -> bytes:
     out = io.BytesIO()
-    _photo(width, height, 1).save(out, "JPEG", quality=90)
+    photo(width, height, 1).save(out, "JPEG", quality=90)
     return out.getvalue()
 
 
@@ -120,7 +119,7 @@ def test_rejections() -> None:
         decode(jpeg(800, 600)[:5000], MAX_PIXELS)
     assert corrupt.value.reason == "corrupt"
     with pytest.raises(ImageRejected) as bomb:
-        decode(_bomb_png(20000), MAX_PIXELS)
+        decode(bomb_png(20000), MAX_PIXELS)
     assert bomb.value.reason == "too_large"
     with pytest.raises(ImageRejected) as small_limit:
         decode(jpeg(100, 100), 9999)
@@ -138,21 +137,21 @@ def test_process_image_checks_size_then_md5_then_decodes(tmp_path: Path) -> None
     import hashlib
 
     body = jpeg(300, 200)
-    writer = AtomicWriter(tmp_path)
-    writer.open()
-    plan = OutputPlan(original=tmp_path / "o" / "x.jpg", resized=((tmp_path / "r" / "x.jpg", ResizeSpec(size=100)),))
+    specs = (ResizeSpec(size=100),)
     good = Expected(size=len(body), md5=hashlib.md5(body).digest())
-    assert process_image(body, Expected(size=len(body) + 1), plan, writer, MAX_PIXELS).reason == "size_mismatch"
-    assert process_image(body, Expected(md5=b"\0" * 16), plan, writer, MAX_PIXELS).reason == "md5_mismatch"
-    assert not plan.original.exists() and not plan.resized[0][0].exists()
-    outcome = process_image(body, good, plan, writer, MAX_PIXELS)
+    too_long = process_image(body, Expected(size=len(body) + 1), specs, max_pixels=MAX_PIXELS)
+    assert too_long.reason == "size_mismatch" and not too_long.encoded
+    other_md5 = process_image(body, Expected(md5=b"\0" * 16), specs, max_pixels=MAX_PIXELS)
+    assert other_md5.reason == "md5_mismatch" and not other_md5.encoded
+    outcome = process_image(body, good, specs, max_pixels=MAX_PIXELS)
     assert outcome.ok
-    assert plan.original.read_bytes() == body
-    assert outcome.bytes_written == len(body) + plan.resized[0][0].stat().st_size
-    with Image.open(plan.resized[0][0]) as out:
+    assert outcome.md5 == good.md5 and outcome.size == len(body)
+    (encoded,) = outcome.encoded
+    with Image.open(io.BytesIO(encoded)) as out:
         assert out.size == (100, 67)
-    writer.close()
-    assert not (tmp_path / ".tmp").exists()
+    unchecked = process_image(body, Expected(), specs, max_pixels=MAX_PIXELS)
+    assert unchecked.ok and unchecked.md5 is None  # no MD5 when nothing needs it
+    assert process_image(body, Expected(), specs, max_pixels=MAX_PIXELS, want_md5=True).md5 == good.md5
 
 
 # --- the fast path: reduced JPEG decode + pre-reduction ---------------------
@@ -167,22 +166,22 @@ def _jpeg_bytes(image: Image.Image, **options: object) -> bytes:
 def _rotated(orientation: int) -> bytes:
     exif = Image.Exif()
     exif[0x0112] = orientation
-    return _jpeg_bytes(_photo(1800, 1199, 5), exif=exif.tobytes())
+    return _jpeg_bytes(photo(1800, 1199, 5), exif=exif.tobytes())
 
 
 # Inputs large enough for a reduced decode, in every odd shape and mode.
 LARGE_KINDS = {
-    "jpeg_odd_size": lambda: _jpeg_bytes(_photo(1999, 1333, 1)),
-    "jpeg_portrait_odd": lambda: _jpeg_bytes(_photo(1001, 1999, 2)),
-    "jpeg_very_wide": lambda: _jpeg_bytes(_photo(4000, 150, 3)),
-    "jpeg_progressive_large": lambda: _jpeg_bytes(_photo(2400, 1600, 4), progressive=True),
-    "jpeg_cmyk_large": lambda: _jpeg_bytes(_photo(1600, 1200, 6).convert("CMYK")),
-    "jpeg_gray_large": lambda: _jpeg_bytes(_photo(1600, 1200, 7).convert("L")),
+    "jpeg_odd_size": lambda: _jpeg_bytes(photo(1999, 1333, 1)),
+    "jpeg_portrait_odd": lambda: _jpeg_bytes(photo(1001, 1999, 2)),
+    "jpeg_very_wide": lambda: _jpeg_bytes(photo(4000, 150, 3)),
+    "jpeg_progressive_large": lambda: _jpeg_bytes(photo(2400, 1600, 4), progressive=True),
+    "jpeg_cmyk_large": lambda: _jpeg_bytes(photo(1600, 1200, 6).convert("CMYK")),
+    "jpeg_gray_large": lambda: _jpeg_bytes(photo(1600, 1200, 7).convert("L")),
     "jpeg_exif_6": lambda: _rotated(6),
     "jpeg_exif_8": lambda: _rotated(8),
     "jpeg_exif_3": lambda: _rotated(3),
     "jpeg_exif_5": lambda: _rotated(5),
-    "png_large": lambda: _png_bytes(_photo(1500, 1000, 8)),
+    "png_large": lambda: _png_bytes(photo(1500, 1000, 8)),
 }
 
 
@@ -252,7 +251,7 @@ def test_exif_rotation_is_applied_once_on_the_fast_path() -> None:
 
 @pytest.mark.parametrize("options", [{"reduce_for": (ResizeSpec(),)}, {"check_only": True}, {}])
 def test_reduced_decodes_still_reject_truncated_and_garbled_jpegs(options: dict) -> None:
-    data = _jpeg_bytes(_photo(2000, 1500, 9))
+    data = _jpeg_bytes(photo(2000, 1500, 9))
     with pytest.raises(ImageRejected) as truncated:
         decode(data[: len(data) * 2 // 3], MAX_PIXELS, **options)
     assert truncated.value.reason == "corrupt"
@@ -276,27 +275,22 @@ def test_several_outputs_from_one_decode_are_as_good_as_each_alone(kind: str) ->
             assert mean_abs_diff(a.convert("RGB"), rgb) <= mean_abs_diff(b.convert("RGB"), rgb) + 0.25, spec
 
 
-def test_process_image_fast_and_plain_write_the_same_sizes(tmp_path: Path) -> None:
-    writer = AtomicWriter(tmp_path)
-    writer.open()
+def test_process_image_fast_and_plain_give_the_same_sizes() -> None:
     for kind in ("jpeg_exif_6", "jpeg_odd_size", "png_large", "jpeg_cmyk_large"):
         body = ALL_KINDS[kind]
         sizes = []
         for fast in (True, False):
-            out = tmp_path / f"{kind}-{fast}.jpg"
-            plan = OutputPlan(resized=((out, ResizeSpec(mode="FillCrop", size=128)),), fast=fast)
-            assert process_image(body, Expected(size=len(body)), plan, writer, MAX_PIXELS).ok
-            with Image.open(out) as image:
+            outcome = process_image(body, Expected(size=len(body)), (ResizeSpec(mode="FillCrop", size=128),),
+                                    max_pixels=MAX_PIXELS, fast=fast)
+            assert outcome.ok
+            with Image.open(io.BytesIO(outcome.encoded[0])) as image:
                 sizes.append(image.size)
         assert sizes == [(128, 128), (128, 128)]
-    originals_only = OutputPlan(original=tmp_path / "o.jpg", fast=True)
     body = ALL_KINDS["jpeg_progressive_large"]
-    assert process_image(body, Expected(), originals_only, writer, MAX_PIXELS).ok
-    assert (tmp_path / "o.jpg").read_bytes() == body
+    originals_only = process_image(body, Expected(), (), max_pixels=MAX_PIXELS, fast=True)
+    assert originals_only.ok and originals_only.encoded == []  # checked by a reduced decode
     truncated = body[: len(body) // 2]
-    outcome = process_image(truncated, Expected(), OutputPlan(original=tmp_path / "t.jpg"), writer, MAX_PIXELS)
-    assert outcome.reason == "corrupt" and not (tmp_path / "t.jpg").exists()
-    writer.close()
+    assert process_image(truncated, Expected(), (), max_pixels=MAX_PIXELS).reason == "corrupt"
 
 
 # --- V4+ Rotation and EXIF orientation ---------------------------------------
@@ -342,7 +336,7 @@ def test_exif_orientation_wins_so_nothing_is_turned_twice(orientation: int) -> N
 @pytest.mark.parametrize("rotation", [90, 270])
 @pytest.mark.parametrize("mode", RESIZE_MODES)
 def test_rotation_on_the_fast_path_keeps_sizes(rotation: int, mode: str) -> None:
-    data = _jpeg_bytes(_photo(1999, 1201, 12))
+    data = _jpeg_bytes(photo(1999, 1201, 12))
     spec = ResizeSpec(mode=mode, size=150)
     plain = resize(upright_rgb(decode(data, MAX_PIXELS), rotation), spec)
     fast = resize(upright_rgb(decode(data, MAX_PIXELS, reduce_for=(spec,)), rotation), spec,

@@ -15,18 +15,17 @@ from pathlib import Path
 
 import pytest
 
-from openimages_crawler.catalogue import (
+from openimages_crawler.dataset.catalogue import (
     IMAGE_INFO_COLUMNS,
     IMAGES_CSV_COLUMNS,
     MetadataSource,
     RemoteFile,
     sources_for,
 )
-from openimages_crawler.metadata import MetadataFetcher
-from openimages_crawler.mirror import Mirror, MirrorServer, Route, build_mirror
-from openimages_crawler.rows import MetadataError
-
-from .conftest import FAST_SETTINGS, ROOT, outcomes
+from openimages_crawler.dataset.fetch import MetadataFetcher
+from openimages_crawler.dataset.rows import MetadataError
+from openimages_crawler.testing.mirror import Mirror, MirrorServer, Route, build_mirror
+from tests.conftest import FAST_SETTINGS, ROOT, outcomes
 
 SPLITS = ("train", "validation", "test")
 

@@ -10,12 +10,17 @@ from pathlib import Path
 import pytest
 from PIL import Image
 from scrapy.exceptions import UsageError
-from scrapy.settings import Settings
 
-from openimages_crawler.config import CrawlConfig
-
-from .conftest import ROOT, Served, crawl_command, outcomes, run_crawl
-from .test_crawl import image_requests
+from openimages_crawler.crawl.config import CrawlConfig
+from tests.conftest import (
+    ROOT,
+    Served,
+    crawl_command,
+    outcomes,
+    project_settings,
+    run_crawl,
+)
+from tests.test_crawl import image_requests
 
 TWO_OUTPUTS = [
     {"dir": "crop224", "mode": "FillCrop", "size": 224},
@@ -92,20 +97,20 @@ def test_an_output_added_to_a_finished_store_builds_only_the_new_one(
 )
 def test_bad_outputs_are_clear_errors(outputs: str, message: str) -> None:
     with pytest.raises(UsageError, match=message.replace("(", r"\(")):
-        CrawlConfig.from_settings(Settings({"OPENIMAGES_OUTPUTS": outputs}))
+        CrawlConfig.from_settings(project_settings({"OPENIMAGES_OUTPUTS": outputs}))
 
 
 def test_outputs_from_settings_py_and_the_single_output_defaults() -> None:
-    config = CrawlConfig.from_settings(Settings({
+    config = CrawlConfig.from_settings(project_settings({
         "OPENIMAGES_OUTPUTS": [{"dir": "a", "mode": "FillCrop", "size": 32}],
         "OPENIMAGES_RESIZE_FORMAT": "png", "OPENIMAGES_RESAMPLE": "box",
     }))
     (output,) = config.outputs
     assert (output.dir, output.spec.mode, output.spec.size, output.spec.format, output.spec.resample) == (
         "a", "FillCrop", 32, "png", "box")
-    single = CrawlConfig.from_settings(Settings({"OPENIMAGES_RESIZED_DIR": "small"})).outputs
+    single = CrawlConfig.from_settings(project_settings({"OPENIMAGES_RESIZED_DIR": "small"})).outputs
     assert [(o.dir, o.spec.mode, o.spec.size) for o in single] == [("small", "ShrinkToFit", 224)]
-    assert CrawlConfig.from_settings(Settings({"OPENIMAGES_RESIZE": False,
+    assert CrawlConfig.from_settings(project_settings({"OPENIMAGES_RESIZE": False,
                                                "OPENIMAGES_SAVE_ORIGINALS": True})).outputs == ()
 
 

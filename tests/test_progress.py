@@ -13,18 +13,17 @@ from pathlib import Path
 
 import pytest
 
-from openimages_crawler.ledger import IdSet
-from openimages_crawler.progress import (
+from openimages_crawler.dataset.idset import IdSet
+from openimages_crawler.dataset.rows import count_lines
+from openimages_crawler.dataset.selection import IdList, Selection, Shard
+from openimages_crawler.monitor.progress import (
     Counts,
     ProgressDisplay,
     ProgressMeter,
     duration,
     summary_line,
 )
-from openimages_crawler.rows import count_lines
-from openimages_crawler.selection import IdList, Selection, Shard
-
-from .conftest import ROOT, Served, crawl_command, outcomes
+from tests.conftest import ROOT, Served, crawl_command, outcomes
 
 # --- the meter -----------------------------------------------------------------
 

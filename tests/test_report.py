@@ -9,10 +9,9 @@ from collections import Counter
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from openimages_crawler.progress import Counts
-from openimages_crawler.report import HostTally, build, throughput, to_html
-
-from .conftest import Served, outcomes, read_csv, run_crawl
+from openimages_crawler.monitor.progress import Counts
+from openimages_crawler.monitor.report import HostTally, build, throughput, to_html
+from tests.conftest import Served, outcomes, read_csv, run_crawl
 
 
 def test_report_of_a_crawl_and_of_a_rerun(mirror: Served, tmp_path: Path) -> None:

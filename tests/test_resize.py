@@ -14,10 +14,14 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from openimages_crawler.imaging import REDUCING_GAP, ResizeSpec, decode, resized_bytes
-from openimages_crawler.mirror import IMAGE_KINDS, _bomb_png, _photo, _save
-
-from .conftest import ROOT, wait_for
+from openimages_crawler.imaging.pillow import (
+    REDUCING_GAP,
+    ResizeSpec,
+    decode,
+    resized_bytes,
+)
+from openimages_crawler.testing.images import IMAGE_KINDS, bomb_png, encoded, photo
+from tests.conftest import ROOT, wait_for
 
 MAX_PIXELS = 178956970
 
@@ -43,12 +47,12 @@ def odd_tree(root: Path) -> tuple[dict[str, str], dict[str, str]]:
         path.write_bytes(maker(index))  # type: ignore[operator]
         good[name] = f"{folder}{kind}.webp"
     # Two inputs with one stem in one folder keep their full names.
-    (root / "twin.jpg").write_bytes(_save(_photo(300, 200, 1), "JPEG"))
-    (root / "twin.png").write_bytes(_save(_photo(300, 200, 2), "PNG"))
+    (root / "twin.jpg").write_bytes(encoded(photo(300, 200, 1), "JPEG"))
+    (root / "twin.png").write_bytes(encoded(photo(300, 200, 2), "PNG"))
     good.update({"twin.jpg": "twin.jpg.webp", "twin.png": "twin.png.webp"})
     # ... and so do names that would clash with those full names.
     for name in ("clash.jpg", "clash.png", "clash.jpg.png"):
-        (root / name).write_bytes(_save(_photo(200, 100, len(name)), "PNG" if name.endswith("png") else "JPEG"))
+        (root / name).write_bytes(encoded(photo(200, 100, len(name)), "PNG" if name.endswith("png") else "JPEG"))
     good.update({"clash.jpg": "clash.jpg.webp", "clash.png": "clash.png.webp",
                  "clash.jpg.png": "clash.jpg.png.webp"})
     broken = {
@@ -59,13 +63,13 @@ def odd_tree(root: Path) -> tuple[dict[str, str], dict[str, str]]:
     }
     (root / "nested" / "text.jpg").write_text("<html>no photo here</html>")
     (root / "empty.png").write_bytes(b"")
-    (root / "truncated.jpg").write_bytes(_save(_photo(900, 700, 3), "JPEG", quality=92)[:15000])
-    (root / "bomb.png").write_bytes(_bomb_png())
+    (root / "truncated.jpg").write_bytes(encoded(photo(900, 700, 3), "JPEG", quality=92)[:15000])
+    (root / "bomb.png").write_bytes(bomb_png())
     (root / "notes.txt").write_text("not an image: left alone")
     os.mkfifo(root / "pipe.jpg")  # reading it would hang: not a regular file, left alone
     os.symlink(root / "gone.jpg", root / "dangling.jpg")  # a broken link, left alone
     (root / ".hidden").mkdir()
-    (root / ".hidden" / "skip.jpg").write_bytes(_save(_photo(50, 50, 4), "JPEG"))
+    (root / ".hidden" / "skip.jpg").write_bytes(encoded(photo(50, 50, 4), "JPEG"))
     os.symlink(root / "nested", root / "link-to-nested")  # a linked folder is not followed
     return good, broken
 
@@ -116,7 +120,7 @@ def test_same_pixels_as_the_crawl_and_upright(tmp_path: Path) -> None:
 def test_killed_then_resumed_leaves_only_whole_files(tmp_path: Path) -> None:
     source, out = tmp_path / "in", tmp_path / "out"
     source.mkdir()
-    big = _save(_photo(2400, 1800, 5), "PNG")  # slow to decode: the kill lands mid-run
+    big = encoded(photo(2400, 1800, 5), "PNG")  # slow to decode: the kill lands mid-run
     for index in range(60):
         (source / f"{index:03d}.png").write_bytes(big)
     process = subprocess.Popen(resize_command(source, out, "--size", "64", "-j", "2"), cwd=ROOT,
@@ -160,7 +164,7 @@ def descendants(pid: int) -> dict[int, int]:
 def test_a_worker_that_dies_fails_its_files_and_the_run_goes_on(tmp_path: Path) -> None:
     source, out = tmp_path / "in", tmp_path / "out"
     source.mkdir()
-    big = _save(_photo(2400, 1800, 6), "PNG")
+    big = encoded(photo(2400, 1800, 6), "PNG")
     for index in range(40):
         (source / f"{index:03d}.png").write_bytes(big)
     process = subprocess.Popen(resize_command(source, out, "--size", "64", "-j", "2", "--log",
@@ -181,11 +185,11 @@ def test_a_worker_that_dies_fails_its_files_and_the_run_goes_on(tmp_path: Path) 
 
 
 def test_an_unlistable_folder_is_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from openimages_crawler import resizer
+    from openimages_crawler.imaging import tree as resizer
 
     source = tmp_path / "in"
     (source / "locked").mkdir(parents=True)
-    (source / "a.jpg").write_bytes(_save(_photo(50, 50, 1), "JPEG"))
+    (source / "a.jpg").write_bytes(encoded(photo(50, 50, 1), "JPEG"))
     real_scandir = os.scandir
 
     def scandir(path):  # type: ignore[no-untyped-def]
@@ -203,7 +207,7 @@ def test_an_unlistable_folder_is_reported(tmp_path: Path, monkeypatch: pytest.Mo
 def test_output_inside_the_input_and_bad_arguments(tmp_path: Path) -> None:
     source = tmp_path / "in"
     source.mkdir()
-    (source / "a.jpg").write_bytes(_save(_photo(200, 100, 1), "JPEG"))
+    (source / "a.jpg").write_bytes(encoded(photo(200, 100, 1), "JPEG"))
     inside = source / "small"
     for _ in range(2):  # the second run must not resize its own outputs
         assert run_resize(source, inside, "--size", "50").returncode == 0
@@ -227,7 +231,7 @@ def test_output_inside_the_input_and_bad_arguments(tmp_path: Path) -> None:
 def test_formats(tmp_path: Path, ext: str) -> None:
     source, out = tmp_path / "in", tmp_path / "out"
     source.mkdir()
-    (source / "a.jpg").write_bytes(_save(_photo(300, 150, 1), "JPEG"))
+    (source / "a.jpg").write_bytes(encoded(photo(300, 150, 1), "JPEG"))
     assert run_resize(source, out, "--size", "100", "--mode", "FillDistort", "--ext", ext).returncode == 0
     with Image.open(out / f"a.{ext}") as image:
         assert image.size == (100, 100) and image.format == {"png": "PNG", "jpg": "JPEG"}[ext]

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from openimages_crawler.catalogue import IMAGES_CSV_COLUMNS
-from openimages_crawler.rows import (
+from openimages_crawler.dataset.catalogue import IMAGES_CSV_COLUMNS
+from openimages_crawler.dataset.rows import (
     ImageRow,
     InvalidRow,
     MetadataError,

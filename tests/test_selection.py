@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from openimages_crawler.ledger import IdSet
-from openimages_crawler.selection import (
+from openimages_crawler.dataset.idset import IdSet
+from openimages_crawler.dataset.selection import (
     IdList,
     Selection,
     SelectionError,
@@ -18,8 +18,7 @@ from openimages_crawler.selection import (
     read_exclusions,
     read_id_list,
 )
-
-from .conftest import ROOT, Served, count_rows, crawl_command, outcomes, run_crawl
+from tests.conftest import ROOT, Served, count_rows, crawl_command, outcomes, run_crawl
 
 
 def ids(count: int) -> list[str]:

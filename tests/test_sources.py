@@ -11,15 +11,23 @@ from urllib.parse import urlsplit
 
 from PIL import Image
 
-from openimages_crawler.catalogue import DOWNLOAD_COLUMNS, IMAGE_INFO_COLUMNS
-from openimages_crawler.mirror import Route, _photo
-
-from .conftest import ROOT, Served, crawl_command, outcomes, read_csv, run_crawl, serve
+from openimages_crawler.dataset.catalogue import DOWNLOAD_COLUMNS, IMAGE_INFO_COLUMNS
+from openimages_crawler.testing.images import photo
+from openimages_crawler.testing.mirror import Route
+from tests.conftest import (
+    ROOT,
+    Served,
+    crawl_command,
+    outcomes,
+    read_csv,
+    run_crawl,
+    serve,
+)
 
 
 def small_jpeg(seed: int, size: tuple[int, int] = (320, 213)) -> bytes:
     out = io.BytesIO()
-    _photo(*size, seed).save(out, "JPEG", quality=80)
+    photo(*size, seed).save(out, "JPEG", quality=80)
     return out.getvalue()
 
 

@@ -12,9 +12,9 @@ from pathlib import Path
 from scrapy.commands import ScrapyCommand
 from scrapy.settings import SETTINGS_PRIORITIES
 
-from ..feeds import subset_feed_paths
-from ..items import FailureRow, SuccessRow
-from ..mirror import MirrorServer, build_mirror, refused_base
+from openimages_crawler.crawl.feeds import subset_feed_paths
+from openimages_crawler.store.results import FailureRow, SuccessRow
+from openimages_crawler.testing.mirror import MirrorServer, build_mirror, refused_base
 
 # The demo's hanging host must time out quickly.
 DEMO_TIMEOUT = 2

@@ -25,9 +25,13 @@ from scrapy.commands import ScrapyCommand
 from scrapy.exceptions import UsageError
 from scrapy.utils.log import configure_logging
 
-from ..imaging import OUTPUT_FORMATS, RESAMPLE_FILTERS, RESIZE_MODES, ResizeSpec
-from ..progress import Counts, ProgressDisplay, ProgressMeter
-from ..resizer import (
+from openimages_crawler.imaging.pillow import (
+    OUTPUT_FORMATS,
+    RESAMPLE_FILTERS,
+    RESIZE_MODES,
+    ResizeSpec,
+)
+from openimages_crawler.imaging.tree import (
     JobResult,
     ResizeJob,
     ResizeOptions,
@@ -36,7 +40,9 @@ from ..resizer import (
     init_worker,
     run_in_worker,
 )
-from ..storage import STAGING_DIR, remove_dead_staging
+from openimages_crawler.monitor.progress import Counts, ProgressDisplay, ProgressMeter
+from openimages_crawler.reasons import CORRUPT, IO_ERROR
+from openimages_crawler.store.local import STAGING_DIR, remove_dead_staging
 
 if TYPE_CHECKING:
     from _csv import _writer as CsvWriter
@@ -96,13 +102,13 @@ class Command(ScrapyCommand):
             raise UsageError(str(exc)) from None
         options = ResizeOptions(
             spec=spec,
-            max_pixels=settings.getint("OPENIMAGES_MAX_PIXELS", 178956970),
-            max_bytes=settings.getint("DOWNLOAD_MAXSIZE", 1 << 30) or 1 << 62,
-            fast=settings.getbool("OPENIMAGES_FAST_RESIZE", True),
+            max_pixels=settings.getint("OPENIMAGES_MAX_PIXELS"),
+            max_bytes=settings.getint("DOWNLOAD_MAXSIZE") or 1 << 62,
+            fast=settings.getbool("OPENIMAGES_FAST_RESIZE"),
         )
         display = ProgressDisplay(
-            str(settings.get("OPENIMAGES_PROGRESS", "auto")).lower(),
-            settings.getfloat("LOGSTATS_INTERVAL", 60.0),
+            str(settings["OPENIMAGES_PROGRESS"]).lower(),
+            settings.getfloat("LOGSTATS_INTERVAL"),
             unit="files",
         )
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -211,7 +217,7 @@ class TreeResize:
             try:
                 result = future.result()
             except BrokenProcessPool:
-                result = JobResult(str(job.source), "corrupt",
+                result = JobResult(str(job.source), CORRUPT,
                                    "a worker process died while this file was being resized (out of memory?)")
                 replace = replace or pool is self.pool
             self._record(result)
@@ -220,7 +226,7 @@ class TreeResize:
         self._show()
 
     def _unreadable(self, error: OSError) -> None:
-        self._record(JobResult(str(error.filename or error), "io_error", f"cannot list the folder: {error}"))
+        self._record(JobResult(str(error.filename or error), IO_ERROR, f"cannot list the folder: {error}"))
 
     def _record(self, result: JobResult) -> None:
         self.tally[result.status] += 1

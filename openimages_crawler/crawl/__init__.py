@@ -1,0 +1,1 @@
+"""The Scrapy glue: spider, item pipeline, downloader, scheduler, feeds."""

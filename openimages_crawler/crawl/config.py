@@ -1,0 +1,154 @@
+"""The crawl's own settings, read and checked once for the spider and the pipeline."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from scrapy.exceptions import UsageError
+from scrapy.settings import BaseSettings
+
+from openimages_crawler.imaging.pillow import ResizeSpec
+from openimages_crawler.store.base import Store
+from openimages_crawler.store.layout import StoreLayout
+from openimages_crawler.store.sinks import FilesSink, OutputSink
+
+# Keys of one OPENIMAGES_OUTPUTS entry: required, then optional (defaults from
+# the single-output settings).
+_OUTPUT_KEYS = ("dir", "mode", "size")
+_OPTIONAL_OUTPUT_KEYS = ("format", "quality", "resample")
+
+
+@dataclass(frozen=True, slots=True)
+class ResizedOutput:
+    """One resized copy of every image, under ``{Subset}/{dir}/``."""
+
+    dir: str
+    spec: ResizeSpec
+
+
+@dataclass(frozen=True, slots=True)
+class CrawlConfig:
+    """What to store and how to verify it, from the ``OPENIMAGES_*`` settings
+    (their defaults are in settings.py, the one place that has them)."""
+
+    store_uri: str  # IMAGES_STORE
+    layout: StoreLayout
+    save_originals: bool
+    outputs: tuple[ResizedOutput, ...]
+    check_md5_if_exists: bool
+    max_pixels: int
+    workers: int
+    fast_resize: bool
+    metadata_url: str
+    metadata_verify: bool
+    keep_archives: bool
+    thumbnails_300k: bool
+    cvdf_url: str
+
+    @classmethod
+    def from_settings(cls, settings: BaseSettings) -> CrawlConfig:
+        store_uri = str(settings["IMAGES_STORE"] or "")
+        if not store_uri:
+            raise UsageError("IMAGES_STORE must name the dataset's folder")
+        save_originals = settings.getbool("OPENIMAGES_SAVE_ORIGINALS")
+        originals_dir = _folder_name(settings["OPENIMAGES_ORIGINALS_DIR"], "OPENIMAGES_ORIGINALS_DIR")
+        outputs = _outputs(settings)
+        if not outputs and not save_originals:
+            raise UsageError(
+                "nothing to store: set OPENIMAGES_RESIZE=True, OPENIMAGES_OUTPUTS or "
+                "OPENIMAGES_SAVE_ORIGINALS=True"
+            )
+        if originals_dir in {output.dir for output in outputs}:
+            raise UsageError(f"an output folder is also OPENIMAGES_ORIGINALS_DIR ({originals_dir!r})")
+        subdir_chars = settings.getint("OPENIMAGES_SUBDIR_CHARS")
+        if subdir_chars < 0:
+            raise UsageError("OPENIMAGES_SUBDIR_CHARS must be 0 or more")
+        cvdf_url = str(settings["OPENIMAGES_CVDF_URL"])
+        if urlsplit(cvdf_url).scheme not in ("http", "https"):
+            raise UsageError(f"OPENIMAGES_CVDF_URL must be http(s), not {cvdf_url!r}")
+        return cls(
+            store_uri=store_uri,
+            layout=StoreLayout(originals_dir=originals_dir, subdir_chars=subdir_chars),
+            save_originals=save_originals,
+            outputs=outputs,
+            check_md5_if_exists=settings.getbool("OPENIMAGES_CHECK_MD5_IF_EXISTS"),
+            max_pixels=settings.getint("OPENIMAGES_MAX_PIXELS"),
+            workers=settings.getint("OPENIMAGES_WORKERS") or os.cpu_count() or 1,
+            fast_resize=settings.getbool("OPENIMAGES_FAST_RESIZE"),
+            metadata_url=str(settings["OPENIMAGES_METADATA_URL"]),
+            metadata_verify=settings.getbool("OPENIMAGES_METADATA_VERIFY"),
+            keep_archives=settings.getbool("OPENIMAGES_SAVE_TARBALLS"),
+            thumbnails_300k=settings.getbool("OPENIMAGES_DOWNLOAD_300K"),
+            cvdf_url=cvdf_url,
+        )
+
+    @property
+    def resize_specs(self) -> tuple[ResizeSpec, ...]:
+        return tuple(output.spec for output in self.outputs)
+
+
+def _outputs(settings: BaseSettings) -> tuple[ResizedOutput, ...]:
+    """OPENIMAGES_OUTPUTS (a list, or its JSON), else the single-output settings."""
+    defaults = {
+        "mode": settings["OPENIMAGES_RESIZE_MODE"],
+        "size": settings["OPENIMAGES_RESIZE_SIZE"],
+        "resample": settings["OPENIMAGES_RESAMPLE"],
+        "format": settings["OPENIMAGES_RESIZE_FORMAT"],
+        "quality": settings["OPENIMAGES_RESIZE_QUALITY"],
+    }
+    entries = settings["OPENIMAGES_OUTPUTS"] or []
+    if isinstance(entries, str):
+        try:
+            entries = json.loads(entries)
+        except ValueError as exc:
+            raise UsageError(f"OPENIMAGES_OUTPUTS is not valid JSON: {exc}") from None
+    if not isinstance(entries, list | tuple) or not all(isinstance(e, dict) for e in entries):
+        raise UsageError("OPENIMAGES_OUTPUTS must be a list of dicts (dir, mode, size[, format, quality, resample])")
+    if not entries:
+        if not settings.getbool("OPENIMAGES_RESIZE"):
+            return ()
+        entries = [{"dir": settings["OPENIMAGES_RESIZED_DIR"]}]
+        label = "resize setting"
+    else:
+        label = "OPENIMAGES_OUTPUTS entry"
+        for entry in entries:
+            missing = [key for key in _OUTPUT_KEYS if key not in entry]
+            unknown = sorted(set(entry) - set(_OUTPUT_KEYS) - set(_OPTIONAL_OUTPUT_KEYS))
+            if missing or unknown:
+                raise UsageError(
+                    f"OPENIMAGES_OUTPUTS entry {entry}: "
+                    + "; ".join(filter(None, [missing and f"missing {', '.join(missing)}",
+                                               unknown and f"unknown {', '.join(unknown)}"]))
+                )
+    outputs = []
+    for entry in entries:
+        values = defaults | entry
+        try:
+            spec = ResizeSpec(
+                mode=str(values["mode"]),
+                size=int(values["size"]),
+                resample=str(values["resample"]).lower(),
+                format=str(values["format"]).lower(),
+                quality=int(values["quality"]),
+            )
+        except (TypeError, ValueError) as exc:
+            raise UsageError(f"bad {label} {entry}: {exc}") from None
+        outputs.append(ResizedOutput(_folder_name(str(values["dir"]), "an output dir"), spec))
+    folders = [output.dir for output in outputs]
+    if len(set(folders)) != len(folders):
+        raise UsageError(f"OPENIMAGES_OUTPUTS: each output needs its own dir, not {folders}")
+    return tuple(outputs)
+
+
+def _folder_name(value: str, name: str) -> str:
+    if not value or value in (".", "..") or "/" in value or "\\" in value:
+        raise UsageError(f"{name} must be a plain folder name, not {value!r}")
+    return value
+
+
+def output_sinks(config: CrawlConfig, store: Store) -> dict[str, OutputSink]:
+    """The sink of each resized output, by its folder (files in the layout, today)."""
+    return {output.dir: FilesSink(store, config.layout, output.dir) for output in config.outputs}

@@ -1,0 +1,244 @@
+"""The ImagesPipeline subclass that proves each image is the original and
+stores it, resized, in the layout the README documents.
+
+Downloads do not start here: the spider yields the image requests itself, so
+they go through Scrapy's scheduler, where CONCURRENT_REQUESTS, back-pressure
+(SCRAPER_SLOT_MAX_ACTIVE_SIZE) and a graceful stop apply; the stock media
+pipeline's ``engine.download_async`` route bypasses all three (see
+../shared notes), so ``get_media_requests`` is not used. Each finished
+request reaches ``process_item`` as a ``FetchedImage`` carrying the row's
+plan, and the MediaPipeline hooks run on it with Scrapy's signatures:
+``media_failed``, ``media_downloaded`` (verification, decoding, resizing
+and writing in a worker pool sized to the CPUs, off the event loop) and
+``item_completed``, which turns the outcome into a results row. The store
+comes from ``STORE_SCHEMES`` by the scheme of IMAGES_STORE (``self.store``),
+the originals' place from ``file_path`` and the resized files' from
+``thumb_path``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+from scrapy.exceptions import UsageError
+from scrapy.pipelines.images import ImagesPipeline
+
+from openimages_crawler import reasons
+from openimages_crawler.crawl import errors
+from openimages_crawler.crawl.config import CrawlConfig, output_sinks
+from openimages_crawler.crawl.items import (
+    FetchedImage,
+    Unrecorded,
+    request_meta,
+)
+from openimages_crawler.imaging.process import Expected, Outcome, process_image
+from openimages_crawler.store import STORE_SCHEMES, Store, UnsupportedStore, open_store
+from openimages_crawler.store.results import FailureRow, SuccessRow, with_download
+
+if TYPE_CHECKING:
+    from scrapy import Request, Spider
+    from scrapy.crawler import Crawler
+    from scrapy.http import Response
+    from scrapy.pipelines.media import MediaPipeline
+    from scrapy.settings import BaseSettings
+    from twisted.python.failure import Failure
+
+logger = logging.getLogger(__name__)
+
+# One (success, outcome) pair per request, as Scrapy's item_completed receives
+# them; empty when the transfer was interrupted by a stop.
+Results = list[tuple[bool, Outcome]]
+
+
+class OpenImagesPipeline(ImagesPipeline):
+    STORE_SCHEMES = STORE_SCHEMES  # type: ignore[assignment]  # the project's stores, not Scrapy's
+
+    def __init__(self, store_uri: str, download_func: None = None, *, crawler: Crawler):
+        super().__init__(store_uri, crawler=crawler)
+        self.store: Store  # set by FilesPipeline through _get_store
+        self.config = CrawlConfig.from_settings(crawler.settings)
+        self.sinks = output_sinks(self.config, self.store)
+        self.outputs = {output.dir: output for output in self.config.outputs}
+        self.executor: ThreadPoolExecutor | None = None
+        self.stats = crawler.stats
+
+    @classmethod
+    def _update_stores(cls, settings: BaseSettings) -> None:
+        """Scrapy's S3/GCS/FTP classes are not in STORE_SCHEMES: nothing to configure."""
+
+    def _get_store(self, uri: str) -> Store:  # type: ignore[override]
+        try:
+            return open_store(uri, self.STORE_SCHEMES)
+        except UnsupportedStore as exc:
+            raise UsageError(str(exc)) from None
+
+    def open_spider(self, spider: Spider | None = None) -> None:
+        super().open_spider()
+        self.store.open()
+        self.executor = ThreadPoolExecutor(
+            max_workers=self.config.workers, thread_name_prefix="openimages-worker"
+        )
+
+    def close_spider(self, spider: Spider | None = None) -> None:
+        if self.executor is not None:
+            self.executor.shutdown(wait=True)
+        for sink in self.sinks.values():
+            sink.close()
+        self.store.close()
+
+    async def process_item(self, item: Any, spider: Spider | None = None) -> Any:
+        if isinstance(item, FetchedImage):
+            info = self.spiderinfo
+            results: Results = []
+            if item.failure is not None:
+                outcome = self.media_failed(item.failure, item.failure.request, info)
+            else:
+                assert item.response is not None
+                outcome = await self.media_downloaded(item.response, item.response.request, info, item=item)
+            if outcome is not None:
+                results.append((outcome.ok, outcome))
+            item = self.item_completed(results, item, info)
+        if isinstance(item, FailureRow):
+            self.stats.inc_value(reasons.FAILURE_STAT_PREFIX + item.reason)
+        elif isinstance(item, SuccessRow):
+            self.stats.inc_value("openimages/success")
+        return item
+
+    def file_path(
+        self,
+        request: Request,
+        response: Response | None = None,
+        info: MediaPipeline.SpiderInfo | None = None,
+        *,
+        item: Any = None,
+    ) -> str:
+        """The original's key in the store."""
+        return item.plan.original
+
+    def thumb_path(
+        self,
+        request: Request,
+        thumb_id: str,
+        response: Response | None = None,
+        info: MediaPipeline.SpiderInfo | None = None,
+        *,
+        item: Any = None,
+    ) -> str:
+        """The key of the resized output ``thumb_id`` (its folder) in the store."""
+        row = item.plan.row
+        return self.config.layout.image_key(row.subset, thumb_id, row.image_id, self.outputs[thumb_id].spec.format)
+
+    def media_failed(
+        self, failure: Failure, request: Request | None, info: MediaPipeline.SpiderInfo
+    ) -> Outcome | None:
+        """The reason a download raised; ``None`` for an interrupted transfer."""
+        if failure.check(errors.TransferInterrupted):
+            return None
+        retries = request.meta.get("retry_times", 0) if request is not None else 0
+        return Outcome(*errors.exception_failure(failure, retries))
+
+    async def media_downloaded(
+        self,
+        response: Response,
+        request: Request | None,
+        info: MediaPipeline.SpiderInfo,
+        *,
+        item: Any = None,
+    ) -> Outcome:
+        status = errors.status_failure(response)
+        if status is not None:
+            return Outcome(*status)
+        assert self.executor is not None
+        task = partial(self.store_image, response.body, item)
+        self.stats.inc_value("openimages/time/download_s", response.meta.get("download_latency", 0.0))
+        self.stats.inc_value("openimages/in_workers")  # a gauge for the progress display
+        try:
+            outcome, seconds = await asyncio.get_running_loop().run_in_executor(self.executor, _timed, task)
+        finally:
+            self.stats.inc_value("openimages/in_workers", -1)
+        self.stats.inc_value("openimages/time/worker_s", seconds)
+        return outcome
+
+    def store_image(self, body: bytes, item: FetchedImage) -> Outcome:
+        """In a worker: verify and decode ``body``, then write the original (before
+        the resized files, so an interrupted image can later be resized from it
+        without a download) and every output the plan says is missing."""
+        plan, config = item.plan, self.config
+        row = plan.row
+        check_md5 = config.check_md5_if_exists or not plan.from_store
+        expected = (
+            Expected(size=row.size, md5=row.md5 if check_md5 else None)
+            if plan.verified
+            else Expected()  # not the original: only the decode check applies
+        )
+        specs = [self.outputs[folder].spec for folder in plan.outputs]
+        outcome = process_image(body, expected, specs, max_pixels=config.max_pixels,
+                                fast=config.fast_resize, rotation=row.rotation,
+                                want_md5=plan.record_download)
+        if not outcome.ok:
+            return outcome
+        encoded, outcome.encoded = outcome.encoded, []
+        request = item.response.request if item.response is not None else None
+        try:
+            if plan.keep_original and not plan.from_store:
+                self.store.write(self.file_path(request, item=item), body)
+                outcome.bytes_written += len(body)
+            for folder, spec, data in zip(plan.outputs, specs, encoded, strict=True):
+                self.sinks[folder].write(row, spec.format, data)
+                outcome.bytes_written += len(data)
+        except OSError as exc:
+            return Outcome(reasons.IO_ERROR, f"cannot write to the store: {exc}")
+        return outcome
+
+    def item_completed(
+        self, results: Results, item: Any, info: MediaPipeline.SpiderInfo
+    ) -> SuccessRow | FailureRow | Unrecorded:
+        plan = item.plan
+        row = plan.row
+        if not results:
+            self.stats.inc_value("openimages/interrupted")
+            return Unrecorded(row.image_id, "download interrupted by the stop")
+        ok, outcome = results[0]
+        if not ok and plan.from_store:
+            logger.info(
+                "Stored original of %s failed verification (%s: %s); downloading it again",
+                row.image_id,
+                outcome.reason,
+                outcome.details,
+            )
+            self.stats.inc_value("openimages/store_fallback")
+            request = item.response.request if item.response is not None else item.failure.request
+            fetch = plan.fetch_instead()
+            self.crawler.engine.crawl(request.replace(url=fetch.url, meta=request_meta(fetch)))
+            return Unrecorded(row.image_id, "stored original rejected, downloading again")
+        self.stats.inc_value("openimages/bytes_written", outcome.bytes_written)
+        if plan.recorded:
+            if not ok:
+                logger.warning(
+                    "%s is recorded as a success but could not be rebuilt: %s: %s",
+                    row.image_id,
+                    outcome.reason,
+                    outcome.details,
+                )
+            self.stats.inc_value(f"openimages/repaired/{'ok' if ok else 'failed'}")
+            return Unrecorded(row.image_id, "already recorded; outputs rebuilt")
+        fields = row.fields
+        if plan.record_download:
+            fields = with_download(fields, plan.url, outcome.size or None, outcome.md5)
+        if ok:
+            return SuccessRow(fields, row.subset)
+        assert outcome.reason is not None
+        logger.debug("%s failed: %s: %s", row.image_id, outcome.reason, outcome.details)
+        return FailureRow(fields, row.subset, outcome.reason, outcome.details)
+
+
+def _timed(task: Callable[[], Outcome]) -> tuple[Outcome, float]:
+    """Run ``task`` in a worker and say how long it took (the report's stage times)."""
+    started = time.perf_counter()
+    return task(), time.perf_counter() - started

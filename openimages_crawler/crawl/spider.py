@@ -1,0 +1,184 @@
+"""The ``openimages`` spider: metadata rows in, image requests and results out.
+
+Thin Scrapy glue over Scrapy-free steps: the ``-a`` arguments become a
+``CrawlArguments``, ``dataset.prepare`` fetches the metadata and builds the
+selection, and a ``RowPlanner`` decides what each row needs from the results
+ledger and the store. Rows are streamed and turned into work lazily (the
+documented back-out pattern), so memory does not grow with the row count.
+Each row ends as exactly one results row across any number of runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import scrapy
+from scrapy import signals
+from scrapy.exceptions import UsageError
+from scrapy.http import Request, Response
+from scrapy.utils.defer import maybe_deferred_to_future
+from twisted.internet import threads
+from twisted.python.failure import Failure
+
+from openimages_crawler.crawl.config import CrawlConfig, output_sinks
+from openimages_crawler.crawl.feeds import subset_feed_paths
+from openimages_crawler.crawl.items import PLAN_KEY, FetchedImage, request_meta
+from openimages_crawler.dataset.arguments import ArgumentError, CrawlArguments
+from openimages_crawler.dataset.catalogue import DOWNLOAD_COLUMNS
+from openimages_crawler.dataset.prepare import MetadataOptions, prepare
+from openimages_crawler.dataset.rows import MetadataError, validate_row
+from openimages_crawler.dataset.source import ImageSource
+from openimages_crawler.store import (
+    STORE_SCHEMES,
+    LocalStore,
+    UnsupportedStore,
+    open_store,
+)
+from openimages_crawler.store.annotations import AnnotationOutput
+from openimages_crawler.store.ledger import ResultsLedger
+from openimages_crawler.store.planner import PlannedOutput, RowPlan, RowPlanner
+from openimages_crawler.store.results import FailureRow, SuccessRow
+
+logger = logging.getLogger(__name__)
+
+# Rows handled between two returns to the event loop while skipping done rows.
+_YIELD_EVERY = 256
+
+
+class OpenImagesSpider(scrapy.Spider):
+    name = "openimages"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # Scrapy's own and those a scheduler adds (Scrapyd's _job) go to Scrapy.
+        scrapy_kwargs = {name: kwargs.pop(name) for name in list(kwargs)
+                         if name in ("name", "start_urls") or name.startswith("_")}
+        super().__init__(*args, **scrapy_kwargs)
+        try:
+            self.arguments = CrawlArguments.from_given(kwargs)
+        except ArgumentError as exc:
+            raise UsageError(str(exc)) from None
+        self.given = dict(kwargs)  # the -a arguments as given, for the report
+        self.rows_total: int | None = None  # rows the crawl will handle, estimated (progress)
+
+    @classmethod
+    def from_crawler(cls, crawler: Any, *args: Any, **kwargs: Any) -> OpenImagesSpider:
+        started = time.perf_counter()
+        spider = super().from_crawler(crawler, *args, **kwargs)
+        config = spider.config = CrawlConfig.from_settings(crawler.settings)
+        try:
+            spider.store = open_store(config.store_uri, STORE_SCHEMES)
+        except UnsupportedStore as exc:
+            raise UsageError(str(exc)) from None
+        spider.source = ImageSource(spider.arguments.source, config.cvdf_url, config.thumbnails_300k)
+        options = MetadataOptions(
+            cache=spider.local_root / "metadata",
+            url=config.metadata_url,
+            verify=config.metadata_verify,
+            keep_archives=config.keep_archives,
+        )
+        try:
+            spider.dataset = prepare(spider.arguments, options)
+        except ArgumentError as exc:
+            raise UsageError(str(exc)) from exc
+        spider.planner = spider.make_planner()
+        spider.annotations = spider.annotation_output()
+        spider.prepare_seconds = time.perf_counter() - started  # metadata and selection work
+        return spider
+
+    @property
+    def local_root(self) -> Path:
+        """The store's folder (the local store is the only one today)."""
+        assert isinstance(self.store, LocalStore)
+        return self.store.root
+
+    @property
+    def result_header(self) -> list[str]:
+        """The columns of the results files (failure files add FAILURE_COLUMNS)."""
+        return self.dataset.header + (list(DOWNLOAD_COLUMNS) if self.source.records_download else [])
+
+    def make_planner(self) -> RowPlanner:
+        """What earlier runs recorded, read before the crawl, so a store that does
+        not fit this metadata is a clear error (and a non-zero exit)."""
+        settings = self.crawler.settings
+        files = {
+            "success": subset_feed_paths(settings, SuccessRow),
+            "failure": subset_feed_paths(settings, FailureRow),
+        }
+        try:
+            self.ledger = ResultsLedger.load(files, self.result_header)
+        except MetadataError as exc:
+            raise UsageError(str(exc)) from exc
+        config = self.config
+        sinks = output_sinks(config, self.store)
+        outputs = tuple(PlannedOutput(output.dir, sinks[output.dir], output.spec.format) for output in config.outputs)
+        return RowPlanner(
+            self.ledger, self.store, config.layout, outputs, self.source,
+            save_originals=config.save_originals, check_md5_if_exists=config.check_md5_if_exists,
+        )
+
+    def annotation_output(self) -> AnnotationOutput | None:
+        dataset = self.dataset
+        if not (dataset.annotation_files and self.arguments.write_annotations):
+            return None
+        label_names = None
+        if dataset.class_filter is not None and not self.arguments.all_labels:
+            label_names = dataset.class_filter.label_names
+        assert isinstance(self.store, LocalStore)
+        return AnnotationOutput(self.store, dataset.annotation_files, label_names)
+
+    def count_rows(self) -> None:
+        """``rows_total`` for the progress display (in a thread)."""
+        try:
+            self.rows_total = self.dataset.estimate_rows()
+        except Exception as exc:  # noqa: BLE001 - a broken .gz, say: progress goes without a total
+            logger.debug("Cannot count the metadata rows: %s", exc)
+
+    async def start(self) -> AsyncIterator[Any]:
+        stats = self.crawler.stats
+        stats.set_value("openimages/time/prepare_s", round(self.prepare_seconds, 2))
+        threading.Thread(target=self.count_rows, name="openimages-count-rows", daemon=True).start()
+        subset = self.arguments.subset
+        handled = 0
+        for fields, problem, file_subset in self.dataset.records():
+            row_subset = subset or file_subset
+            handled += 1
+            if handled % _YIELD_EVERY == 0:
+                stats.set_value("openimages/rows_read", handled)
+                await asyncio.sleep(0)
+            if self.annotations is not None:
+                self.annotations.add(fields.get("Subset") or row_subset, fields.get("ImageID", ""))
+            work = self.planner.plan(validate_row(fields, problem, row_subset or None))
+            if work is None:
+                stats.inc_value("openimages/rows_skipped")
+                continue
+            if isinstance(work, RowPlan):
+                while self.crawler.engine.needs_backout():
+                    await self.crawler.signals.wait_for(signals.scheduler_empty)
+                work = self.image_request(work)
+            yield work
+        stats.set_value("openimages/rows_read", handled)
+        if self.annotations is not None:
+            errors = await maybe_deferred_to_future(threads.deferToThread(self.annotations.write))
+            stats.inc_value("openimages/annotation_errors", errors)
+
+    def image_request(self, plan: RowPlan) -> Request:
+        """The request for a row's image: from its URL, or from its stored original."""
+        url = self.store.request_uri(plan.original) if plan.from_store else plan.url
+        return Request(url, callback=self.parse_image, errback=self.image_failed, dont_filter=True,
+                       meta=request_meta(plan))
+
+    def closed(self, reason: str) -> None:
+        if self.annotations is not None:
+            self.annotations.stopping.set()
+
+    def parse_image(self, response: Response) -> Iterator[FetchedImage]:
+        yield FetchedImage(response.meta[PLAN_KEY], response=response)
+
+    def image_failed(self, failure: Failure) -> Iterator[FetchedImage]:
+        yield FetchedImage(failure.request.meta[PLAN_KEY], failure=failure)

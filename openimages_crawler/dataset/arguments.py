@@ -1,0 +1,179 @@
+"""The crawl's ``-a`` arguments, parsed and cross-checked once into one value.
+
+No Scrapy import: a mistake is an ``ArgumentError`` with one line for the
+user (the spider turns it into Scrapy's UsageError).
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from openimages_crawler.dataset.annotations import parse_class_list
+from openimages_crawler.dataset.catalogue import splits_for
+from openimages_crawler.dataset.rows import SAFE_SUBSET
+from openimages_crawler.dataset.selection import SelectionError, Shard
+from openimages_crawler.dataset.source import SOURCES
+
+# -a labels= -> the catalogue's annotation kind, and back.
+LABEL_KINDS = {"boxes": "boxes", "verified": "labels"}
+
+
+class ArgumentError(ValueError):
+    """A usage mistake in the ``-a`` arguments; stops the crawl before it starts."""
+
+
+@dataclass(frozen=True, slots=True)
+class CrawlArguments:
+    """What the user asked for. ``subset`` is ``None`` for ``all`` (rows keep
+    their own Subset) and for a metadata file without ``-a subset``."""
+
+    metadata: Path | None = None  # -a metadata=PATH
+    version: int | None = None  # -a version=N (the catalogue fetches the metadata)
+    subset: str | None = None
+    splits: tuple[str, ...] = ()  # the version's splits the subset covers
+    limit: int | None = None
+    offset: int = 0
+    ids: Path | None = None
+    exclude: Path | None = None
+    shard: Shard | None = None
+    source: str = "original"
+    classes: list[str] = field(default_factory=list)
+    match_all: bool = False
+    label_kind: str = "boxes"  # the catalogue's kind: boxes or labels
+    all_labels: bool = False
+    write_annotations: bool = False
+    download_metadata: bool = True
+
+    @property
+    def boxed_only(self) -> bool:
+        """Only images with boxes can be selected (class boxes, or the CVDF
+        mirror, which holds only those): the smaller boxable files serve."""
+        return (bool(self.classes) and self.label_kind == "boxes") or self.source == "cvdf"
+
+    @classmethod
+    def from_given(cls, given: dict[str, Any]) -> CrawlArguments:
+        """``parse`` for the arguments as given; an unknown name is an error
+        (a misspelt ``-a subest=validation`` must not crawl everything)."""
+        names = list(inspect.signature(cls.parse).parameters)
+        for name in sorted(given):
+            if name not in names:
+                close = difflib.get_close_matches(name, names, n=1)
+                hint = f"; did you mean -a {close[0]}?" if close else ""
+                raise ArgumentError(f"unknown argument -a {name}{hint} (known: {', '.join(names)})")
+        return cls.parse(**given)
+
+    @classmethod
+    def parse(
+        cls,
+        metadata: str | None = None,
+        subset: str | None = None,
+        limit: str | int | None = None,
+        version: str | int | None = None,
+        download_metadata: str | bool = True,
+        ids: str | None = None,
+        exclude: str | None = None,
+        offset: str | int | None = None,
+        shard: str | None = None,
+        source: str = "original",
+        classes: str | None = None,
+        match: str | None = None,
+        labels: str | None = None,
+        all_labels: str | bool | None = None,
+        annotations: str | bool | None = None,
+    ) -> CrawlArguments:
+        if subset is not None and (not SAFE_SUBSET.fullmatch(subset) or subset in (".", "..")):
+            raise ArgumentError(f"-a subset={subset!r} is not a plain subset name")
+        try:
+            parsed_shard = Shard.parse(shard) if shard else None
+            class_list = parse_class_list(classes) if classes is not None else []
+        except SelectionError as exc:
+            raise ArgumentError(str(exc)) from None
+        given = [f"-a {name}" for name, value in
+                 (("match", match), ("labels", labels), ("all_labels", all_labels)) if value is not None]
+        if given and not class_list:
+            raise ArgumentError(f"{', '.join(given)} only apply with -a classes")
+        if match not in (None, "any", "all"):
+            raise ArgumentError(f"-a match={match!r} is not any or all")
+        if labels not in (None, *LABEL_KINDS):
+            raise ArgumentError(f"-a labels={labels!r} is not boxes or verified")
+        # Annotations are written by default when classes select the images (an
+        # id list or a shard would otherwise fetch gigabytes nobody asked for).
+        write_annotations = bool(class_list) if annotations is None else _parse_bool("annotations", annotations)
+        if source not in SOURCES:
+            raise ArgumentError(f"-a source={source!r} is not original or cvdf")
+        if metadata and version:
+            raise ArgumentError("give -a metadata=PATH or -a version=N, not both")
+        if class_list and not version:
+            raise ArgumentError("-a classes needs -a version=N (the catalogue knows its annotations)")
+        if annotations is not None and write_annotations and not version:
+            raise ArgumentError("-a annotations=true needs -a version=N (the catalogue knows its annotations)")
+        number, splits = None, ()
+        if version:
+            if not subset:
+                raise ArgumentError("-a version=N needs -a subset=train|validation|test|all")
+            number = _parse_version(version)
+            try:
+                splits = splits_for(number, subset)
+            except ValueError as exc:
+                raise ArgumentError(str(exc)) from None
+            subset = None if subset == "all" else subset
+        elif metadata:
+            if not Path(metadata).is_file():
+                raise ArgumentError(f"metadata file {metadata} does not exist")
+        else:
+            raise ArgumentError(
+                "give the metadata: scrapy crawl openimages -a version=N -a subset=NAME, "
+                "or -a metadata=PATH"
+            )
+        return cls(
+            metadata=Path(metadata) if metadata and not version else None,
+            version=number,
+            subset=subset,
+            splits=splits,
+            limit=_parse_count("limit", limit),
+            offset=_parse_count("offset", offset) or 0,
+            ids=Path(ids) if ids else None,
+            exclude=Path(exclude) if exclude else None,
+            shard=parsed_shard,
+            source=source,
+            classes=class_list,
+            match_all=match == "all",
+            label_kind=LABEL_KINDS[labels or "boxes"],
+            all_labels=_parse_bool("all_labels", all_labels) if all_labels is not None else False,
+            # -a metadata=PATH: no catalogue, no annotations
+            write_annotations=write_annotations and bool(version),
+            download_metadata=_parse_bool("download_metadata", download_metadata),
+        )
+
+
+def _parse_version(version: str | int) -> int:
+    try:
+        return int(version)
+    except ValueError:
+        raise ArgumentError(f"-a version={version!r} is not a version number") from None
+
+
+def _parse_bool(name: str, value: str | bool) -> bool:
+    if isinstance(value, bool):
+        return value
+    if value.lower() in ("1", "true", "yes"):
+        return True
+    if value.lower() in ("0", "false", "no"):
+        return False
+    raise ArgumentError(f"-a {name}={value!r} is not true or false")
+
+
+def _parse_count(name: str, value: str | int | None) -> int | None:
+    if value is None or value == "":
+        return None
+    try:
+        count = int(value)
+    except ValueError:
+        raise ArgumentError(f"-a {name}={value!r} is not a whole number") from None
+    if count < 0:
+        raise ArgumentError(f"-a {name}={value!r} must be 0 or more")
+    return count

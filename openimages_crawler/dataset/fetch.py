@@ -1,0 +1,172 @@
+"""Fetching a version's metadata: download, verify, unpack, reuse.
+
+Files are streamed to disk (never held in memory) with their MD5 computed on
+the way, checked against the catalogue's published size and MD5, and
+renamed into ``{IMAGES_STORE}/metadata/`` only when complete. From archives
+only the catalogue's members are unpacked, each to the path the catalogue
+names, and only if it is a regular file: no member can write outside the
+folder. A later run finds the CSVs there and downloads nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import posixpath
+import shutil
+import tarfile
+import time
+import urllib.request
+from collections.abc import Iterable
+from pathlib import Path
+from typing import IO
+from urllib.parse import urljoin, urlsplit
+
+from openimages_crawler.dataset.catalogue import MetadataSource, RemoteFile
+from openimages_crawler.dataset.rows import MetadataError
+
+logger = logging.getLogger(__name__)
+
+_CHUNK = 1 << 20
+_PROGRESS_EVERY = 10.0  # seconds between progress lines
+
+
+class MetadataFetcher:
+    """Makes a version's metadata CSVs available under ``root``."""
+
+    def __init__(
+        self,
+        root: Path,
+        base_url: str,
+        *,
+        verify: bool = True,
+        keep_archives: bool = False,
+        download: bool = True,
+        timeout: float = 60.0,
+    ) -> None:
+        if urlsplit(base_url).scheme not in ("http", "https"):
+            raise MetadataError(f"OPENIMAGES_METADATA_URL must be http(s), not {base_url!r}")
+        self.root = root
+        self.base_url = base_url if base_url.endswith("/") else base_url + "/"
+        self.verify = verify
+        self.keep_archives = keep_archives
+        self.download = download
+        self.timeout = timeout
+
+    def csv_paths(self, sources: Iterable[MetadataSource]) -> list[Path]:
+        """Local CSVs of ``sources``, fetching and unpacking what is not cached."""
+        sources = list(sources)
+        by_remote: dict[RemoteFile, list[MetadataSource]] = {}
+        for source in sources:
+            if not (self.root / source.local_path).is_file():
+                by_remote.setdefault(source.remote, []).append(source)
+        for remote, missing in by_remote.items():
+            if not self.download:
+                names = ", ".join(str(self.root / source.local_path) for source in missing)
+                raise MetadataError(
+                    f"{names} not in the metadata cache and -a download_metadata=false"
+                )
+            fetched = self.fetch(remote)
+            members = [source.member for source in missing if source.member]
+            if members:
+                self.unpack(fetched, members)
+                if not self.keep_archives:
+                    fetched.unlink()
+        return [self.root / source.local_path for source in sources]
+
+    def fetch(self, remote: RemoteFile) -> Path:
+        """``remote`` downloaded (or kept from before) and verified."""
+        target = self.root / remote.path
+        if target.is_file():
+            self.check(target, remote, *_digest_file(target))
+            logger.info("Using the metadata file %s already downloaded", target)
+            return target
+        url = urljoin(self.base_url, remote.path)
+        part = target.with_name(target.name + ".part")
+        part.parent.mkdir(parents=True, exist_ok=True)
+        logger.info("Downloading %s to %s", url, target)
+        try:
+            with urllib.request.urlopen(url, timeout=self.timeout) as response, open(part, "wb") as out:
+                size, md5 = _copy_with_digest(response, out, url, remote.size)
+        except OSError as exc:  # URLError, HTTPError, timeouts, disk errors
+            part.unlink(missing_ok=True)
+            raise MetadataError(f"cannot download {url}: {exc}") from exc
+        try:
+            self.check(part, remote, size, md5)
+        except MetadataError:
+            part.unlink(missing_ok=True)
+            raise
+        os.replace(part, target)
+        return target
+
+    def check(self, path: Path, remote: RemoteFile, size: int, md5: str) -> None:
+        if not self.verify:
+            return
+        if remote.size is not None and size != remote.size:
+            raise MetadataError(
+                f"{path}: {size} bytes, the catalogue says {remote.size} for {remote.path} "
+                "(point OPENIMAGES_METADATA_URL at the official files, or set "
+                "OPENIMAGES_METADATA_VERIFY=False for a mirror with other files)"
+            )
+        if remote.md5 is not None and md5 != remote.md5:
+            raise MetadataError(
+                f"{path}: MD5 {md5}, the catalogue says {remote.md5} for {remote.path} "
+                "(set OPENIMAGES_METADATA_VERIFY=False for a mirror with other files)"
+            )
+
+    def unpack(self, archive: Path, members: list[str]) -> None:
+        """Stream the wanted regular-file members out of ``archive``. A member
+        stored without the catalogue's top folder (``train/x.csv`` for
+        ``2017_11/train/x.csv``) is accepted and written to the catalogue's path."""
+        wanted = set(members)
+        names = {name: name for name in members}
+        names.update({name.split("/", 1)[1]: name for name in members if "/" in name})
+        logger.info("Unpacking %s from %s", ", ".join(members), archive)
+        try:
+            with tarfile.open(archive, "r:*") as tar:
+                for member in tar:
+                    name = names.get(posixpath.normpath(member.name))
+                    if name not in wanted:
+                        continue
+                    if not member.isfile():
+                        raise MetadataError(f"{archive}: {member.name} is not a regular file")
+                    self._write_member(tar, member, self.root / name)
+                    wanted.discard(name)
+        except (tarfile.TarError, EOFError, OSError) as exc:
+            raise MetadataError(f"{archive}: not a readable tar archive: {exc}") from exc
+        if wanted:
+            raise MetadataError(f"{archive} has no member {', '.join(sorted(wanted))}")
+
+    @staticmethod
+    def _write_member(tar: tarfile.TarFile, member: tarfile.TarInfo, target: Path) -> None:
+        source = tar.extractfile(member)
+        assert source is not None  # a regular file
+        target.parent.mkdir(parents=True, exist_ok=True)
+        part = target.with_name(target.name + ".part")
+        with source, open(part, "wb") as out:
+            shutil.copyfileobj(source, out, _CHUNK)
+        os.replace(part, target)
+
+
+def _copy_with_digest(source: IO[bytes], out: IO[bytes], url: str, expected: int | None) -> tuple[int, str]:
+    md5 = hashlib.md5()
+    size = 0
+    last = time.monotonic()
+    while chunk := source.read(_CHUNK):
+        out.write(chunk)
+        md5.update(chunk)
+        size += len(chunk)
+        if time.monotonic() - last >= _PROGRESS_EVERY:
+            last = time.monotonic()
+            total = f" of {expected / 1e6:.0f}" if expected else ""
+            logger.info("%s: %.0f%s MB", url, size / 1e6, total)
+    return size, md5.hexdigest()
+
+
+def _digest_file(path: Path) -> tuple[int, str]:
+    md5 = hashlib.md5()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            md5.update(chunk)
+    return path.stat().st_size, md5.hexdigest()

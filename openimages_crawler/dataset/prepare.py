@@ -1,0 +1,191 @@
+"""Dataset preparation: from the crawl's arguments to the rows it will take.
+
+Blocking work done once before the crawl (no Scrapy import): the class names
+are resolved first (a typo stops the crawl before any big download), then
+the image metadata and the annotation files are fetched and cached, the
+images carrying the classes are found, and the selection is assembled.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from openimages_crawler.dataset.annotations import ClassFilter, ClassNames
+from openimages_crawler.dataset.arguments import (
+    LABEL_KINDS,
+    ArgumentError,
+    CrawlArguments,
+)
+from openimages_crawler.dataset.catalogue import (
+    ANNOTATION_FILES,
+    MetadataSource,
+    sources_for,
+    version_of,
+)
+from openimages_crawler.dataset.fetch import MetadataFetcher
+from openimages_crawler.dataset.idset import IdSet
+from openimages_crawler.dataset.rows import (
+    MetadataError,
+    count_lines,
+    iter_rows,
+    read_header,
+)
+from openimages_crawler.dataset.selection import (
+    IdList,
+    MetadataRecord,
+    Selection,
+    SelectionError,
+    read_exclusions,
+    read_id_list,
+)
+
+logger = logging.getLogger(__name__)
+
+_KIND_NAMES = {"boxes": "bounding boxes", "labels": "human-verified image labels"}
+
+
+@dataclass(frozen=True, slots=True)
+class MetadataOptions:
+    """Where ``-a version=N`` metadata comes from and is cached."""
+
+    cache: Path  # the local folder the files are cached in
+    url: str  # OPENIMAGES_METADATA_URL
+    verify: bool = True  # OPENIMAGES_METADATA_VERIFY
+    keep_archives: bool = False  # OPENIMAGES_SAVE_TARBALLS
+
+
+@dataclass
+class DatasetPlan:
+    """The prepared dataset: the metadata files, their common header, the
+    selection, and the annotation files the crawl copies from."""
+
+    arguments: CrawlArguments
+    metadata_files: list[Path]
+    header: list[str]
+    selection: Selection
+    file_subsets: list[str]  # per metadata file: its split, "" when it has several or none
+    class_filter: ClassFilter | None = None
+    annotation_files: dict[tuple[str, str], Path] = field(default_factory=dict)  # (kind, split) -> CSV
+
+    def records(self) -> Iterator[MetadataRecord]:
+        """Rows of every metadata file that the selection takes."""
+        return self.selection.rows(
+            (fields, problem, file_subset)
+            for path, file_subset in zip(self.metadata_files, self.file_subsets, strict=True)
+            for fields, problem in iter_rows(path, self.header)
+        )
+
+    def estimate_rows(self) -> int:
+        """Rows the crawl will handle, estimated cheaply (line breaks in the
+        metadata files, narrowed by the selection): a few seconds for GBs."""
+        return self.selection.estimate(sum(count_lines(path) for path in self.metadata_files))
+
+
+def prepare(arguments: CrawlArguments, options: MetadataOptions) -> DatasetPlan:
+    """Everything the crawl needs before its first request; ``ArgumentError``
+    for anything the user must fix."""
+    try:
+        return _Preparation(arguments, options).run()
+    except (MetadataError, SelectionError) as exc:
+        raise ArgumentError(str(exc)) from exc
+
+
+class _Preparation:
+    def __init__(self, arguments: CrawlArguments, options: MetadataOptions) -> None:
+        self.arguments = arguments
+        self.fetcher = MetadataFetcher(
+            options.cache,
+            options.url,
+            verify=options.verify,
+            keep_archives=options.keep_archives,
+            download=arguments.download_metadata,
+        )
+
+    def run(self) -> DatasetPlan:
+        arguments = self.arguments
+        selection = Selection(
+            subset=arguments.subset,
+            ids=read_id_list(arguments.ids) if arguments.ids else None,
+            exclude=read_exclusions(arguments.exclude) if arguments.exclude else None,
+            shard=arguments.shard,
+            offset=arguments.offset,
+            limit=arguments.limit,
+        )
+        class_filter = self.resolve_classes() if arguments.classes else None
+        if arguments.version is None:
+            assert arguments.metadata is not None
+            files, file_subsets = [arguments.metadata], [""]
+        else:
+            sources = sources_for(arguments.version, arguments.subset or "all", boxed_only=arguments.boxed_only)
+            files = self.fetcher.csv_paths(sources)
+            # One file per split: rows without a Subset belong to their file's split.
+            one_each = len(sources) == len(arguments.splits)
+            file_subsets = list(arguments.splits) if one_each else [""] * len(sources)
+        plan = DatasetPlan(arguments, files, _common_header(files), selection, file_subsets, class_filter)
+        if class_filter is not None or arguments.write_annotations:
+            plan.annotation_files = self.fetch_annotations()
+        if class_filter is not None:
+            selection.classes = self.images_of_classes(class_filter, plan.annotation_files)
+        return plan
+
+    def resolve_classes(self) -> ClassFilter:
+        """``-a classes`` as label ids, from the version's class descriptions."""
+        arguments = self.arguments
+        assert arguments.version is not None
+        annotations = version_of(arguments.version).annotations
+        kind = arguments.label_kind
+        for split in arguments.splits:
+            if split not in annotations.of_kind(kind):
+                other = "labels" if kind == "boxes" else "boxes"
+                hint = "another subset"
+                if split in annotations.of_kind(other):
+                    argument = next(name for name, value in LABEL_KINDS.items() if value == other)
+                    hint = f"-a labels={argument} or {hint}"
+                raise ArgumentError(
+                    f"version {arguments.version} has no {_KIND_NAMES[kind]} for {split}: try {hint}"
+                )
+        (path,) = self.fetcher.csv_paths([annotations.class_names])
+        resolved = ClassNames.load(path).resolve(arguments.classes)
+        for name, mids in resolved.items():
+            logger.info("Class %r is %s", name, ", ".join(sorted(mids)))
+        return ClassFilter(resolved, match_all=arguments.match_all, confirmed_only=kind == "labels")
+
+    def fetch_annotations(self) -> dict[tuple[str, str], Path]:
+        """The annotation files the class selection and the annotation output need."""
+        arguments = self.arguments
+        assert arguments.version is not None
+        annotations = version_of(arguments.version).annotations
+        kinds = list(ANNOTATION_FILES) if arguments.write_annotations else [arguments.label_kind]
+        wanted: dict[tuple[str, str], MetadataSource] = {
+            (kind, split): annotations.of_kind(kind)[split]
+            for kind in kinds
+            for split in arguments.splits
+            if split in annotations.of_kind(kind)
+        }
+        return dict(zip(wanted, self.fetcher.csv_paths(list(wanted.values())), strict=True))
+
+    def images_of_classes(self, class_filter: ClassFilter, files: dict[tuple[str, str], Path]) -> IdList:
+        """The images carrying the classes, split by split."""
+        arguments = self.arguments
+        by_split = {}
+        for split in arguments.splits:
+            path = files[(arguments.label_kind, split)]
+            logger.info("Finding the images of %s in %s", ", ".join(arguments.classes), path)
+            try:
+                by_split[split] = IdSet(class_filter.images(path))
+            except (MetadataError, OSError) as exc:
+                raise ArgumentError(f"cannot read {path}: {exc}") from exc
+            level = logging.INFO if by_split[split] else logging.WARNING
+            logger.log(level, "%d %s images carry %s %s", len(by_split[split]), split,
+                       "all of" if arguments.match_all else "any of", ", ".join(arguments.classes))
+        return IdList(by_split=by_split)
+
+
+def _common_header(files: list[Path]) -> list[str]:
+    headers = [read_header(path) for path in files]
+    if any(header != headers[0] for header in headers):
+        raise ArgumentError("the metadata files do not share one header")
+    return headers[0]

@@ -1,0 +1,106 @@
+"""The CPU stage for one downloaded image: verify, decode, resize, encode.
+
+Runs in a worker thread (Pillow and hashlib release the GIL), never on the
+event loop. Takes bytes, returns an outcome with the encoded outputs; storing
+them is the store's job.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from openimages_crawler.imaging.pillow import (
+    REDUCING_GAP,
+    ImageRejected,
+    ResizeSpec,
+    decode,
+    resized_set,
+)
+from openimages_crawler.reasons import CORRUPT, MD5_MISMATCH, SIZE_MISMATCH
+
+
+@dataclass(frozen=True, slots=True)
+class Expected:
+    """What the metadata promises about the bytes; ``None`` means not checked."""
+
+    size: int | None = None
+    md5: bytes | None = None  # the 16-byte binary digest
+
+
+@dataclass(slots=True)
+class Outcome:
+    """Result of processing: ``reason`` is ``None`` on success."""
+
+    reason: str | None = None
+    details: str = ""
+    bytes_written: int = 0  # by whoever stores ``encoded`` (and the original)
+    md5: bytes | None = None  # of the bytes processed, on success
+    size: int = 0
+    encoded: list[bytes] = field(default_factory=list)  # one per ResizeSpec, on success
+
+    @property
+    def ok(self) -> bool:
+        return self.reason is None
+
+
+def b64_md5(digest: bytes) -> str:
+    return base64.b64encode(digest).decode("ascii")
+
+
+def verify_bytes(body: bytes, expected: Expected, actual: bytes | None) -> Outcome | None:
+    """Size then MD5 (``actual`` is the body's, given whenever ``expected.md5`` is);
+    a failure outcome, or ``None``."""
+    if expected.size is not None and len(body) != expected.size:
+        return Outcome(
+            SIZE_MISMATCH, f"expected {expected.size} bytes, got {len(body)} bytes"
+        )
+    if expected.md5 is not None:
+        if actual != expected.md5:
+            return Outcome(
+                MD5_MISMATCH,
+                f"expected MD5 {b64_md5(expected.md5)}, got {b64_md5(actual)}",
+            )
+    return None
+
+
+def process_image(
+    body: bytes,
+    expected: Expected,
+    specs: Sequence[ResizeSpec],
+    *,
+    max_pixels: int,
+    fast: bool = True,
+    rotation: int = 0,
+    want_md5: bool = False,
+) -> Outcome:
+    """Verify ``body`` against ``expected``, decode all of it once, and encode
+    every output of ``specs`` (``Outcome.encoded``, in order).
+
+    ``fast``: reduced JPEG decode and pre-reduction before the final filter
+    (``REDUCING_GAP``); False is a full decode and a plain resize.
+    ``rotation``: V4+ Rotation for files without an EXIF orientation.
+    ``want_md5``: the results need the MD5 even when nothing checks it.
+    """
+    # No MD5 when nothing needs it (OPENIMAGES_CHECK_MD5_IF_EXISTS=False on stored files).
+    digest = hashlib.md5(body).digest() if expected.md5 is not None or want_md5 else None
+    failure = verify_bytes(body, expected, digest)
+    if failure is not None:
+        return failure
+    try:
+        image = decode(body, max_pixels, reduce_for=specs if fast else (), check_only=fast and not specs)
+    except ImageRejected as exc:
+        return Outcome(exc.reason, exc.details)
+    try:
+        encoded = (
+            resized_set(image, specs, reducing_gap=REDUCING_GAP if fast else None, rotation=rotation)
+            if specs
+            else []
+        )
+    except (OSError, ValueError) as exc:
+        return Outcome(CORRUPT, f"{image.format} could not be converted: {exc}")
+    finally:
+        image.close()
+    return Outcome(md5=digest, size=len(body), encoded=encoded)

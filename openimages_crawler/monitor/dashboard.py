@@ -1,0 +1,321 @@
+"""The web view (``OPENIMAGES_DASHBOARD_PORT``): a page served on 127.0.0.1 from
+inside the crawl, with the live figures, a throughput chart, the latest
+images and the latest failures.
+
+Served by Twisted's web server on the crawl's own reactor. Thumbnails are the
+stored outputs of the latest successes, read only when the page asks for
+them: nothing is added to the hot path. The page is one HTML file with its
+script inline (no CDN: the machine may be offline).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import deque
+from dataclasses import dataclass
+from itertools import count
+from pathlib import PurePosixPath
+from typing import TYPE_CHECKING, Any
+
+from scrapy import signals
+from scrapy.exceptions import NotConfigured, UsageError
+from twisted.web import resource, server
+
+from openimages_crawler.crawl.config import CrawlConfig
+from openimages_crawler.monitor.extensions import progress_sampled, result_host
+from openimages_crawler.monitor.progress import Counts, ProgressMeter, Rates, figures
+from openimages_crawler.monitor.report import throughput
+from openimages_crawler.store import STORE_SCHEMES, open_store
+from openimages_crawler.store.results import FailureRow, SuccessRow
+
+if TYPE_CHECKING:
+    from typing import Self
+
+    from scrapy.crawler import Crawler
+    from twisted.internet.interfaces import IListeningPort
+    from twisted.web.server import Request
+
+logger = logging.getLogger(__name__)
+
+_FAILURES_SHOWN = 20
+_CHART_POINTS = 120
+_CONTENT_TYPES = {".jpg": "image/jpeg", ".png": "image/png", ".webp": "image/webp"}
+
+
+@dataclass(frozen=True, slots=True)
+class RecentImage:
+    serial: int
+    subset: str
+    image_id: str
+    key: str  # in the store
+
+
+class Dashboard:
+    def __init__(self, crawler: Crawler) -> None:
+        settings = crawler.settings
+        port = settings.get("OPENIMAGES_DASHBOARD_PORT")
+        if port is None or port == "":
+            raise NotConfigured
+        try:
+            self.port = int(port)
+        except ValueError:
+            self.port = -1
+        if not 0 <= self.port <= 65535:
+            raise UsageError(f"OPENIMAGES_DASHBOARD_PORT={port!r} is not a port number (0-65535)")
+        self.config = CrawlConfig.from_settings(settings)
+        self.store = open_store(self.config.store_uri, STORE_SCHEMES)
+        self.images: deque[RecentImage] = deque(maxlen=max(settings.getint("OPENIMAGES_DASHBOARD_IMAGES"), 1))
+        self.failures: deque[dict[str, str]] = deque(maxlen=_FAILURES_SHOWN)
+        self.serials = count(1)
+        self.counts = Counts(0.0)
+        self.rates = Rates()
+        self.meter: ProgressMeter | None = None
+        self.finished = False
+        self.listening: IListeningPort | None = None
+
+    @classmethod
+    def from_crawler(cls, crawler: Crawler) -> Self:
+        extension = cls(crawler)
+        extension.listen()  # now: a busy port stops the crawl before any download
+        crawler.signals.connect(extension.spider_closed, signal=signals.spider_closed)
+        crawler.signals.connect(extension.item_scraped, signal=signals.item_scraped)
+        crawler.signals.connect(extension.progress_sampled, signal=progress_sampled)
+        return extension
+
+    def listen(self) -> None:
+        from twisted.internet import reactor
+        from twisted.internet.error import CannotListenError
+
+        root = _LocalOnly(self)
+        root.putChild(b"", _Static(PAGE.encode(), b"text/html; charset=utf-8"))
+        root.putChild(b"status.json", _Status(self))
+        root.putChild(b"image", _Images(self))
+        try:
+            self.listening = reactor.listenTCP(self.port, server.Site(root), interface="127.0.0.1")  # type: ignore[attr-defined]
+        except CannotListenError as exc:
+            raise UsageError(f"OPENIMAGES_DASHBOARD_PORT={self.port}: cannot listen on 127.0.0.1: {exc}") from None
+        logger.info("Dashboard: http://127.0.0.1:%d/", self.bound_port)
+
+    @property
+    def bound_port(self) -> int:
+        assert self.listening is not None
+        return self.listening.getHost().port  # type: ignore[attr-defined]
+
+    def spider_closed(self) -> None:
+        self.finished = True
+        if self.listening is not None:
+            self.listening.stopListening()
+
+    def item_scraped(self, item: object) -> None:
+        if isinstance(item, SuccessRow):
+            key = self.thumbnail_key(item)
+            if key is not None:
+                self.images.appendleft(RecentImage(next(self.serials), item.subset, item["ImageID"], key))
+        elif isinstance(item, FailureRow):
+            self.failures.appendleft({
+                "image_id": item.get("ImageID", ""),
+                "reason": item.reason,
+                "details": item.get("FailureDetails", ""),
+                "url": item.get("DownloadURL") or item.get("OriginalURL", ""),
+                "host": result_host(item),
+            })
+
+    def thumbnail_key(self, item: SuccessRow) -> str | None:
+        """The first resized output's key (no work: a name); none when only originals are kept."""
+        if not self.config.outputs:
+            return None
+        output = self.config.outputs[0]
+        return self.config.layout.image_key(item.subset, output.dir, item["ImageID"], output.spec.format)
+
+    def progress_sampled(self, counts: Counts, rates: Rates, meter: ProgressMeter) -> None:
+        self.counts, self.rates, self.meter = counts, rates, meter
+
+    def status(self) -> dict[str, Any]:
+        counts, rates = self.counts, self.rates
+        history = (self.meter.history if self.meter else [])[-_CHART_POINTS:] + [counts]
+        return {
+            "elapsed_s": round(counts.time, 1),
+            "finished": self.finished,
+            **figures(counts, rates),
+            "ok": counts.ok,
+            "failed": counts.failed,
+            "failures": counts.failures,
+            "throughput": throughput(history),
+            "images": [
+                {"src": f"image/{image.serial}", "image_id": image.image_id, "subset": image.subset}
+                for image in self.images
+            ],
+            "recent_failures": list(self.failures),
+        }
+
+    def image(self, serial: int) -> RecentImage | None:
+        """One of the latest images, by serial: nothing else can be asked for."""
+        return next((image for image in self.images if image.serial == serial), None)
+
+
+class _LocalOnly(resource.Resource):
+    """The root: refuses requests whose Host is not this address (a web page
+    elsewhere could otherwise reach it by DNS rebinding)."""
+
+    def __init__(self, dashboard: Dashboard) -> None:
+        super().__init__()
+        self.dashboard = dashboard
+
+    def getChildWithDefault(self, path: bytes, request: Request) -> resource.Resource:  # noqa: N802
+        port = self.dashboard.bound_port
+        allowed = {f"127.0.0.1:{port}".encode(), f"localhost:{port}".encode()}
+        if request.getHeader(b"host") not in allowed:
+            return resource.ErrorPage(403, "Forbidden", "Use http://127.0.0.1:PORT/")
+        return super().getChildWithDefault(path, request)
+
+
+class _Static(resource.Resource):
+    isLeaf = True
+
+    def __init__(self, body: bytes, content_type: bytes) -> None:
+        super().__init__()
+        self.body, self.content_type = body, content_type
+
+    def render_GET(self, request: Request) -> bytes:  # noqa: N802
+        request.setHeader(b"content-type", self.content_type)
+        request.setHeader(b"cache-control", b"no-store")
+        return self.body
+
+
+class _Status(resource.Resource):
+    isLeaf = True
+
+    def __init__(self, dashboard: Dashboard) -> None:
+        super().__init__()
+        self.dashboard = dashboard
+
+    def render_GET(self, request: Request) -> bytes:  # noqa: N802
+        request.setHeader(b"content-type", b"application/json")
+        request.setHeader(b"cache-control", b"no-store")
+        return json.dumps(self.dashboard.status()).encode()
+
+
+class _Images(resource.Resource):
+    isLeaf = True
+
+    def __init__(self, dashboard: Dashboard) -> None:
+        super().__init__()
+        self.dashboard = dashboard
+
+    def render_GET(self, request: Request) -> bytes:  # noqa: N802
+        path = request.postpath
+        found = None
+        if len(path) == 1 and path[0].isdigit():
+            found = self.dashboard.image(int(path[0]))
+        try:
+            body = self.dashboard.store.read(found.key) if found is not None else None
+        except OSError:
+            body = None
+        if found is None or body is None:
+            request.setResponseCode(404)
+            return b"not one of the latest images"
+        request.setHeader(b"content-type", _CONTENT_TYPES.get(PurePosixPath(found.key).suffix, "application/octet-stream").encode())
+        request.setHeader(b"cache-control", b"max-age=3600")
+        return body
+
+
+PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>openimages-crawler</title>
+<style>
+body { font: 14px/1.4 system-ui, sans-serif; margin: 1.5em; color: #222; }
+h1 { font-size: 1.3em; margin: 0 0 .5em; } .sub { color: #666; }
+.cards { display: flex; flex-wrap: wrap; gap: .5em; }
+.card { border: 1px solid #ddd; border-radius: 6px; padding: .4em .7em; min-width: 8em; }
+.card b { display: block; font-size: 1.3em; } .card span { color: #666; }
+canvas { width: 100%; max-width: 60em; height: 140px; border: 1px solid #eee; background: #fafafa; }
+#images { display: flex; flex-wrap: wrap; gap: 4px; }
+#images img { height: 96px; border-radius: 3px; background: #eee; }
+table { border-collapse: collapse; } td, th { border-bottom: 1px solid #eee; padding: .15em .5em; text-align: left; }
+td.url { max-width: 30em; overflow: hidden; text-overflow: ellipsis; white-space: nowrap; color: #666; }
+</style></head><body>
+<h1>openimages-crawler <span class=sub id=state>connecting…</span></h1>
+<div class=cards>
+ <div class=card><b id=done>0</b><span>rows done <span id=total></span></span></div>
+ <div class=card><b id=ok>0</b><span>stored</span></div>
+ <div class=card><b id=failed>0</b><span>failed</span></div>
+ <div class=card><b id=rate>0</b><span>images/s</span></div>
+ <div class=card><b id=mbin>0</b><span>MB/s downloaded</span></div>
+ <div class=card><b id=mbout>0</b><span>MB/s written</span></div>
+ <div class=card><b id=eta>?</b><span>ETA</span></div>
+ <div class=card><b id=active>0 / 0</b><span>downloading / in workers</span></div>
+</div>
+<h2>Throughput (images/s)</h2><canvas id=chart width=960 height=140></canvas>
+<h2>Latest images</h2><div id=images></div>
+<h2>Latest failures</h2><p class=sub id=reasons></p>
+<table><thead><tr><th>ImageID</th><th>reason</th><th>details</th><th>URL</th></tr></thead><tbody id=failures></tbody></table>
+<script>
+"use strict";
+const $ = (id) => document.getElementById(id);
+const fmt = (n) => n.toLocaleString("en-US");
+function duration(s) {
+  if (s === null || s === undefined) return "?";
+  if (s < 60) return s + "s";
+  if (s < 3600) return Math.floor(s / 60) + "m" + String(s % 60).padStart(2, "0") + "s";
+  if (s < 86400) return Math.floor(s / 3600) + "h" + String(Math.floor(s % 3600 / 60)).padStart(2, "0") + "m";
+  return Math.floor(s / 86400) + "d" + String(Math.floor(s % 86400 / 3600)).padStart(2, "0") + "h";
+}
+function drawChart(points) {
+  const canvas = $("chart"), ctx = canvas.getContext("2d");
+  ctx.clearRect(0, 0, canvas.width, canvas.height);
+  if (points.length < 2) return;
+  const top = Math.max(1, ...points.map((p) => p.images_per_s));
+  const x0 = points[0].t, x1 = points[points.length - 1].t || 1;
+  ctx.strokeStyle = "#2a6fdb"; ctx.lineWidth = 2; ctx.beginPath();
+  points.forEach((p, i) => {
+    const x = 10 + (p.t - x0) / ((x1 - x0) || 1) * (canvas.width - 20);
+    const y = canvas.height - 10 - p.images_per_s / top * (canvas.height - 30);
+    if (i === 0) ctx.moveTo(x, y); else ctx.lineTo(x, y);
+  });
+  ctx.stroke();
+  ctx.fillStyle = "#555"; ctx.font = "12px sans-serif"; ctx.fillText("max " + top.toFixed(1), 12, 14);
+}
+function showImages(images) {
+  const box = $("images"), wanted = new Set(images.map((i) => i.src));
+  for (const img of [...box.children]) if (!wanted.has(img.dataset.src)) img.remove();
+  const have = new Set([...box.children].map((img) => img.dataset.src));
+  for (const image of [...images].reverse()) {
+    if (have.has(image.src)) continue;
+    const img = document.createElement("img");
+    img.dataset.src = image.src; img.alt = image.image_id; img.title = image.subset + "/" + image.image_id;
+    img.onload = () => { img.dataset.loaded = "1"; };
+    img.src = image.src;
+    box.prepend(img);
+  }
+}
+function showFailures(rows, reasons) {
+  $("reasons").textContent = Object.entries(reasons).sort((a, b) => b[1] - a[1]).map(([r, n]) => r + " " + n).join(", ");
+  const body = $("failures"); body.replaceChildren();
+  for (const row of rows) {
+    const tr = document.createElement("tr");
+    for (const [key, cls] of [["image_id", ""], ["reason", ""], ["details", ""], ["url", "url"]]) {
+      const td = document.createElement("td"); td.textContent = row[key]; if (cls) td.className = cls; tr.append(td);
+    }
+    body.append(tr);
+  }
+}
+async function refresh() {
+  try {
+    const s = await (await fetch("status.json", {cache: "no-store"})).json();
+    $("done").textContent = fmt(s.rows_done);
+    $("total").textContent = s.rows_total ? "of " + fmt(s.rows_total) : "";
+    $("ok").textContent = fmt(s.ok); $("failed").textContent = fmt(s.failed);
+    $("rate").textContent = s.images_per_s.toFixed(1);
+    $("mbin").textContent = s.mb_in_per_s.toFixed(1); $("mbout").textContent = s.mb_out_per_s.toFixed(1);
+    $("eta").textContent = duration(s.eta_s);
+    $("active").textContent = s.downloading + " / " + s.in_workers;
+    $("state").textContent = s.finished ? "finished" : "running for " + duration(Math.round(s.elapsed_s));
+    drawChart(s.throughput); showImages(s.images); showFailures(s.recent_failures, s.failures);
+  } catch (e) {
+    $("state").textContent = "crawl not reachable (finished?)";
+  }
+}
+refresh(); setInterval(refresh, 1000);
+</script>
+</body></html>
+"""

@@ -1,0 +1,69 @@
+"""``{Subset}/annotations-*.csv``: the official annotation rows of the images
+a crawl selected, added to what earlier runs into the store wrote there."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+
+from openimages_crawler.dataset.annotations import (
+    CopyStopped,
+    header_only,
+    merge_selected_rows,
+)
+from openimages_crawler.dataset.catalogue import ANNOTATION_FILES
+from openimages_crawler.dataset.rows import MetadataError
+from openimages_crawler.store.base import writing_text
+from openimages_crawler.store.local import LocalStore
+
+logger = logging.getLogger(__name__)
+
+
+class AnnotationOutput:
+    """Collects the selected ImageIDs per split while the rows are read, then
+    copies their rows (of ``label_names`` only, unless ``None``)."""
+
+    def __init__(
+        self,
+        store: LocalStore,
+        sources: dict[tuple[str, str], Path],
+        label_names: frozenset[str] | None,
+    ) -> None:
+        self.store = store
+        self.sources = sources  # (kind, split) -> the version's annotation CSV
+        self.label_names = label_names
+        self.selected: dict[str, set[str]] = {}  # split -> ImageIDs
+        self.stopping = threading.Event()  # set at close: a copy in progress gives up
+
+    def add(self, split: str, image_id: str) -> None:
+        self.selected.setdefault(split, set()).add(image_id)
+
+    def write(self) -> int:
+        """Write every file (blocking: run it in a thread); the number of files
+        that could not be written."""
+        logger.info("Writing the annotations of %d selected images",
+                    sum(len(ids) for ids in self.selected.values()))
+        errors = 0
+        for (kind, split), source in self.sources.items():
+            key = f"{split}/{ANNOTATION_FILES[kind]}"
+            target = self.store.path(key)
+            image_ids = self.selected.get(split, set())
+            if not image_ids and target.exists():
+                continue  # nothing to add
+            try:
+                with writing_text(self.store, key) as out:
+                    if image_ids:
+                        added = merge_selected_rows(source, target, out, image_ids, self.label_names, self.stopping)
+                    else:
+                        added = 0
+                        header_only(source, out)
+            except CopyStopped:
+                logger.info("Stopping: %s is left for the next run", target)
+                return errors
+            except (MetadataError, OSError) as exc:
+                logger.error("Cannot write %s: %s", target, exc)
+                errors += 1
+                continue
+            logger.info("Wrote %s: %d rows added for %d selected images", target, added, len(image_ids))
+        return errors

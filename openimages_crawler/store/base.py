@@ -1,0 +1,82 @@
+"""The store interface, and the store chosen by the scheme of IMAGES_STORE.
+
+As Scrapy's FilesPipeline does with ``STORE_SCHEMES``, the scheme of the
+store URI picks the class: a local folder (no scheme, or ``file://``) today;
+object stores plug in next to it. An unsupported scheme is a clear error
+before anything is downloaded.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
+from pathlib import Path
+from typing import IO, Protocol
+from urllib.parse import urlsplit
+
+
+class UnsupportedStore(ValueError):
+    """IMAGES_STORE names a scheme no store class serves."""
+
+
+class Store(Protocol):
+    """What the crawl needs of a store. Keys are POSIX paths relative to its root."""
+
+    uri: str
+
+    def open(self) -> None:
+        """Before the first write: make it writable, clean up after a dead run."""
+
+    def close(self) -> None:
+        """After the last write."""
+
+    def stat(self, key: str) -> int | None:
+        """Size in bytes of the object at ``key``, ``None`` when there is none."""
+
+    def read(self, key: str) -> bytes:
+        """The whole object at ``key`` (``OSError`` when it cannot be read)."""
+
+    def write(self, key: str, data: bytes) -> None:
+        """Store ``data`` at ``key`` so that it appears complete or not at all."""
+
+    def writing(self, key: str) -> AbstractContextManager[IO[bytes]]:
+        """A file to stream into; it appears at ``key`` only when the block completes."""
+
+    def list(self, prefix: str) -> Iterator[str]:
+        """Keys under ``prefix`` (a folder key), in no particular order."""
+
+    def request_uri(self, key: str) -> str:
+        """A URI a Scrapy request can read the object at ``key`` from."""
+
+
+def store_scheme(uri: str) -> str:
+    """The scheme of a store URI; an absolute local path has none to speak of."""
+    if Path(uri).is_absolute():
+        return "file"
+    return urlsplit(uri).scheme
+
+
+def open_store(uri: str, schemes: dict[str, type[Store]]) -> Store:
+    """The store for ``uri``, from the classes registered by scheme."""
+    scheme = store_scheme(uri)
+    store_class = schemes.get(scheme)
+    if store_class is None:
+        served = ", ".join(f"{name}://" for name in sorted(schemes) if name) or "none"
+        raise UnsupportedStore(
+            f"IMAGES_STORE={uri!r}: the {scheme}:// scheme is not supported "
+            f"(stores: a local folder, {served})"
+        )
+    return store_class(uri)  # type: ignore[call-arg]
+
+
+@contextmanager
+def writing_text(store: Store, key: str) -> Iterator[IO[str]]:
+    """``store.writing`` as UTF-8 text with the line endings written as given."""
+    with store.writing(key) as raw:
+        text = io.TextIOWrapper(raw, encoding="utf-8", newline="")
+        try:
+            yield text
+        finally:
+            text.flush()
+            text.detach()

@@ -1,0 +1,159 @@
+"""A store in a local folder, and how files get there atomically.
+
+Every file is first written under ``{store}/.tmp/{host}-{pid}/`` and then
+renamed into place, so a kill -9 never leaves a partial file under a final
+name. A new run removes the staging folders of dead processes of this host.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import socket
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from io import BytesIO
+from pathlib import Path
+from typing import IO, Any
+
+STAGING_DIR = ".tmp"
+
+
+class LocalStore:
+    """A folder on a local disk or a shared filesystem (``IMAGES_STORE=DIR`` or
+    ``file://DIR``). Writes go through a staging folder of this process and
+    ``os.replace``; the Scrapy ``FilesStoreProtocol`` methods are there too."""
+
+    def __init__(self, uri: str) -> None:
+        self.uri = uri
+        self.root = Path(uri.removeprefix("file://"))
+        self.staging = staging_folder(self.root)
+        self._made_dirs: set[Path] = set()
+
+    def path(self, key: str) -> Path:
+        """The local file of ``key``."""
+        return self.root.joinpath(*key.split("/"))
+
+    def open(self) -> None:
+        remove_dead_staging(self.root)
+        self.staging.mkdir(parents=True, exist_ok=True)
+
+    def close(self) -> None:
+        shutil.rmtree(self.staging, ignore_errors=True)
+        try:
+            self.staging.parent.rmdir()  # only when no other process stages here
+        except OSError:
+            pass
+
+    def stat(self, key: str) -> int | None:
+        try:
+            return os.stat(self.path(key)).st_size
+        except OSError:
+            return None
+
+    def read(self, key: str) -> bytes:
+        return self.path(key).read_bytes()
+
+    def write(self, key: str, data: bytes) -> None:
+        path = self.path(key)
+        parent = path.parent
+        if parent not in self._made_dirs:
+            parent.mkdir(parents=True, exist_ok=True)
+            self._made_dirs.add(parent)
+        temp = self.staging / f"{uuid.uuid4().hex}.part"
+        try:
+            with open(temp, "wb") as handle:
+                handle.write(data)
+            try:
+                os.replace(temp, path)
+            except FileNotFoundError:  # the folder was removed under us: make it again
+                parent.mkdir(parents=True, exist_ok=True)
+                os.replace(temp, path)
+        except BaseException:
+            temp.unlink(missing_ok=True)
+            raise
+
+    @contextmanager
+    def writing(self, key: str) -> Iterator[IO[bytes]]:
+        """Streamed through a staging folder of its own (the crawl's may be
+        removed at close while this runs), renamed when the block completes."""
+        path = self.path(key)
+        staging = staging_folder(self.root, "stream")
+        staging.mkdir(parents=True, exist_ok=True)
+        temp = staging / f"{uuid.uuid4().hex}.part"
+        try:
+            with open(temp, "wb") as handle:
+                yield handle
+            path.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(temp, path)
+        finally:
+            temp.unlink(missing_ok=True)
+            for folder in (staging, staging.parent):
+                try:
+                    folder.rmdir()  # only when empty
+                except OSError:
+                    break
+
+    def list(self, prefix: str) -> Iterator[str]:
+        top = self.path(prefix)
+        for folder, _, files in os.walk(top):
+            relative = Path(folder).relative_to(self.root).as_posix()
+            for name in files:
+                yield f"{relative}/{name}"
+
+    def request_uri(self, key: str) -> str:
+        return self.path(key).resolve().as_uri()
+
+    # Scrapy's FilesStoreProtocol, so FilesPipeline's own methods work on it too.
+    def persist_file(self, path: str, buf: BytesIO, info: object, meta: object = None,
+                     headers: object = None) -> None:
+        self.write(path, buf.getvalue())
+
+    def stat_file(self, path: str, info: object) -> dict[str, Any]:
+        try:
+            data = self.read(path)
+            modified = os.stat(self.path(path)).st_mtime
+        except OSError:
+            return {}
+        return {"last_modified": modified, "checksum": hashlib.md5(data).hexdigest()}
+
+
+def staging_folder(root: Path, purpose: str = "") -> Path:
+    """A staging folder of this process in the store (``purpose`` keeps users
+    apart); the next run removes it if the process died."""
+    suffix = f"-{purpose}" if purpose else ""
+    return root / STAGING_DIR / f"{_host_tag()}-{os.getpid()}{suffix}"
+
+
+def _host_tag() -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in socket.gethostname())
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_dead_staging(root: Path) -> list[Path]:
+    """Delete staging folders left by processes of this host that no longer run."""
+    removed: list[Path] = []
+    staging_root = root / STAGING_DIR
+    if not staging_root.is_dir():
+        return removed
+    prefix = f"{_host_tag()}-"
+    for entry in staging_root.iterdir():
+        name = entry.name
+        if not name.startswith(prefix):
+            continue
+        pid_text = name[len(prefix) :].split("-", 1)[0]
+        if pid_text.isdigit() and int(pid_text) != os.getpid() and not _pid_alive(int(pid_text)):
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry)
+    return removed

@@ -1,0 +1,50 @@
+"""Output sinks: where one output's encoded images go.
+
+What img2dataset's writer classes are: the crawl hands each sink the bytes of
+a row's image and asks it, on a rerun, whether it already holds a row. Today
+there is one kind, files in the store's layout; container formats (WebDataset,
+Parquet, TFRecord shards) plug in beside it. Whatever the sink, the results
+ledger stays the crawl's checkpoint.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from openimages_crawler.dataset.rows import ImageRow
+from openimages_crawler.store.base import Store
+from openimages_crawler.store.layout import StoreLayout
+
+
+class OutputSink(Protocol):
+    """One output of every image (a resized copy, or the originals)."""
+
+    def holds(self, row: ImageRow, ext: str) -> bool:
+        """Whether the row's image is already stored complete (resume)."""
+
+    def write(self, row: ImageRow, ext: str, data: bytes) -> None:
+        """Store the row's encoded image; ``OSError`` when the store cannot."""
+
+    def close(self) -> None:
+        """After the last write of the crawl."""
+
+
+class FilesSink:
+    """One file per image: ``{Subset}/{folder}/{prefix}/{ImageID}.{ext}`` in the store."""
+
+    def __init__(self, store: Store, layout: StoreLayout, folder: str) -> None:
+        self.store = store
+        self.layout = layout
+        self.folder = folder
+
+    def key(self, row: ImageRow, ext: str) -> str:
+        return self.layout.image_key(row.subset, self.folder, row.image_id, ext)
+
+    def holds(self, row: ImageRow, ext: str) -> bool:
+        return bool(self.store.stat(self.key(row, ext)))  # an empty file is not an image
+
+    def write(self, row: ImageRow, ext: str, data: bytes) -> None:
+        self.store.write(self.key(row, ext), data)
+
+    def close(self) -> None:
+        """Every file is complete when written."""
