@@ -344,6 +344,7 @@ def test_catalogue_paths_of_annotations() -> None:
 # --- end to end -----------------------------------------------------------------
 
 
+@pytest.mark.e2e
 def test_classes_select_images_and_write_their_annotations(sample_mirror: SampleMirror, tmp_path: Path) -> None:
     sample_mirror.publish_version(3)
     store = tmp_path / "store"
@@ -374,6 +375,7 @@ def test_classes_select_images_and_write_their_annotations(sample_mirror: Sample
     assert not list(store.rglob("*.part"))
 
 
+@pytest.mark.e2e
 def test_match_all_verified_labels_all_labels_and_other_filters(
     sample_mirror: SampleMirror, tmp_path: Path
 ) -> None:
@@ -404,6 +406,7 @@ def test_match_all_verified_labels_all_labels_and_other_filters(
     assert {line.split(",")[0] for line in written(store, "test", "labels")[1]} == taken
 
 
+@pytest.mark.e2e
 def test_unknown_class_stops_before_any_big_download(sample_mirror: SampleMirror, tmp_path: Path) -> None:
     sample_mirror.publish_version(3)
     store = tmp_path / "store"
@@ -416,6 +419,7 @@ def test_unknown_class_stops_before_any_big_download(sample_mirror: SampleMirror
     assert not (store / "train").exists()
 
 
+@pytest.mark.e2e
 def test_v7_layout_every_split_and_its_folders(sample_mirror: SampleMirror, tmp_path: Path) -> None:
     sample_mirror.publish_version(7)
     store = tmp_path / "store"
@@ -432,6 +436,7 @@ def test_v7_layout_every_split_and_its_folders(sample_mirror: SampleMirror, tmp_
     assert sample_mirror.downloads("v6/oidv6-train-annotations-bbox.csv") == 1
 
 
+@pytest.mark.e2e
 def test_boxes_of_v4_train_come_from_the_boxable_file(sample_mirror: SampleMirror, tmp_path: Path) -> None:
     sample_mirror.publish_version(4)
     store = tmp_path / "store"
@@ -458,6 +463,7 @@ def test_boxes_of_v4_train_come_from_the_boxable_file(sample_mirror: SampleMirro
     assert sample_mirror.downloads("2018_04/image_ids_and_rotation.csv") == 1
 
 
+@pytest.mark.e2e
 def test_annotations_of_an_id_list_only_when_asked(sample_mirror: SampleMirror, tmp_path: Path) -> None:
     sample_mirror.publish_version(4)
     wanted = [row["ImageID"] for row in sample_rows("validation")[3:7]]
@@ -484,6 +490,7 @@ def test_annotations_of_an_id_list_only_when_asked(sample_mirror: SampleMirror, 
     assert sample_mirror.downloads("2018_04/validation/validation-annotations-human-imagelabels.csv") == 1
 
 
+@pytest.mark.e2e
 def test_shards_and_other_classes_into_one_store_add_up(sample_mirror: SampleMirror, tmp_path: Path) -> None:
     sample_mirror.publish_version(3, line_end="\r\n")
     store = tmp_path / "store"
@@ -507,6 +514,7 @@ def test_shards_and_other_classes_into_one_store_add_up(sample_mirror: SampleMir
     assert not (store / ".tmp").exists()
 
 
+@pytest.mark.e2e
 def test_rows_without_subset_belong_to_their_files_split(sample_mirror: SampleMirror, tmp_path: Path) -> None:
     sample_mirror.publish_version(3, drop_subset=True)
     store = tmp_path / "store"
@@ -519,6 +527,7 @@ def test_rows_without_subset_belong_to_their_files_split(sample_mirror: SampleMi
         assert written(store, split, "boxes")[1] == rows_of(annotation_lines(split, "boxes")[1], chosen, person)
 
 
+@pytest.mark.e2e
 def test_selection_errors_are_clear(sample_mirror: SampleMirror, tmp_path: Path) -> None:
     sample_mirror.publish_version(1)
     store = tmp_path / "store"
@@ -543,6 +552,7 @@ def test_selection_errors_are_clear(sample_mirror: SampleMirror, tmp_path: Path)
         assert done.returncode != 0 and message in done.stderr, (args, done.stderr[-1500:])
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("number", sorted(VERSIONS))
 def test_every_version_layout_end_to_end(sample_mirror: SampleMirror, tmp_path: Path, number: int) -> None:
     """Each version's catalogue layout (archives or plain files, shared files, a

@@ -35,6 +35,8 @@ from tests.conftest import (
     wait_for,
 )
 
+pytestmark = pytest.mark.e2e
+
 
 def image_requests(served: Served) -> int:
     """Requests the mirror served for image paths (not counting retries of faults)."""

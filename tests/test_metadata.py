@@ -102,6 +102,7 @@ def version_crawl(store: Path, settings: dict[str, str], **args: str) -> subproc
     return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=180)
 
 
+@pytest.mark.e2e
 def test_v3_tarball_is_fetched_unpacked_crawled_and_reused(
     metadata_mirror: MetadataMirror, tmp_path: Path
 ) -> None:
@@ -128,6 +129,7 @@ def test_v3_tarball_is_fetched_unpacked_crawled_and_reused(
         assert outcomes(store, split) == {row["ImageID"]: ["success"] for row in rows}
 
 
+@pytest.mark.e2e
 def test_v4_image_info_file_and_its_rotation_column(metadata_mirror: MetadataMirror, tmp_path: Path) -> None:
     path = "2018_04/validation/validation-images-with-rotation.csv"
     metadata_mirror.publish(path, csv_bytes(metadata_mirror.rows("validation"), IMAGE_INFO_COLUMNS))
@@ -142,6 +144,7 @@ def test_v4_image_info_file_and_its_rotation_column(metadata_mirror: MetadataMir
     assert (store / "metadata" / path).is_file()
 
 
+@pytest.mark.e2e
 def test_checksum_mismatch_is_a_clear_error_and_keeps_nothing(
     metadata_mirror: MetadataMirror, tmp_path: Path
 ) -> None:
@@ -156,6 +159,7 @@ def test_checksum_mismatch_is_a_clear_error_and_keeps_nothing(
     assert not (store / "validation").exists()
 
 
+@pytest.mark.e2e
 def test_missing_cache_without_download_and_bad_arguments_are_clear_errors(tmp_path: Path) -> None:
     store = tmp_path / "store"
     done = version_crawl(store, {}, version="3", subset="train", download_metadata="false")

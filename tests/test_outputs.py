@@ -38,6 +38,7 @@ def sizes(store: Path, folder: str, ext: str) -> dict[str, tuple[int, int]]:
     return found
 
 
+@pytest.mark.e2e
 def test_two_outputs_from_one_download(clean_mirror: Served, tmp_path: Path) -> None:
     store = tmp_path / "store"
     run_crawl(clean_mirror.metadata, store, {"OPENIMAGES_OUTPUTS": json.dumps(TWO_OUTPUTS)})
@@ -53,6 +54,7 @@ def test_two_outputs_from_one_download(clean_mirror: Served, tmp_path: Path) -> 
     assert not (store / "train" / "images-resized").exists()  # the single output is replaced
 
 
+@pytest.mark.e2e
 def test_an_output_added_to_a_finished_store_builds_only_the_new_one(
     clean_mirror: Served, tmp_path: Path
 ) -> None:
@@ -114,6 +116,7 @@ def test_outputs_from_settings_py_and_the_single_output_defaults() -> None:
                                                "OPENIMAGES_SAVE_ORIGINALS": True})).outputs == ()
 
 
+@pytest.mark.e2e
 def test_a_bad_outputs_setting_stops_the_crawl(clean_mirror: Served, tmp_path: Path) -> None:
     done = subprocess.run(
         crawl_command(clean_mirror.metadata, tmp_path / "store", {"OPENIMAGES_OUTPUTS": '[{"dir": "a"}]'}),

@@ -73,6 +73,7 @@ def test_counting_rows_and_estimating_the_selection(tmp_path: Path) -> None:
 # --- in a crawl ----------------------------------------------------------------
 
 
+@pytest.mark.e2e
 def test_log_lines_off_a_terminal_and_figures_in_the_stats(mirror: Served, tmp_path: Path) -> None:
     store = tmp_path / "store"
     done = subprocess.run(
@@ -96,6 +97,7 @@ def test_log_lines_off_a_terminal_and_figures_in_the_stats(mirror: Served, tmp_p
     assert "Crawled " not in done.stderr  # Scrapy's own LogStats line is replaced
 
 
+@pytest.mark.e2e
 def test_a_live_bar_on_a_terminal(clean_mirror: Served, tmp_path: Path) -> None:
     primary, secondary = pty.openpty()
     process = subprocess.Popen(

@@ -9,11 +9,14 @@ from collections import Counter
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import pytest
+
 from openimages_crawler.monitor.progress import Counts
 from openimages_crawler.monitor.report import HostTally, build, throughput, to_html
 from tests.conftest import Served, outcomes, read_csv, run_crawl
 
 
+@pytest.mark.e2e
 def test_report_of_a_crawl_and_of_a_rerun(mirror: Served, tmp_path: Path) -> None:
     store = tmp_path / "store"
     run_crawl(mirror.metadata, store, subset="train")
@@ -50,6 +53,7 @@ def test_report_of_a_crawl_and_of_a_rerun(mirror: Served, tmp_path: Path) -> Non
     assert again["store_totals"] == report["store_totals"]
 
 
+@pytest.mark.e2e
 def test_report_can_be_switched_off(clean_mirror: Served, tmp_path: Path) -> None:
     store = tmp_path / "store"
     run_crawl(clean_mirror.metadata, store, {"OPENIMAGES_REPORT": "False", "OPENIMAGES_PROGRESS": "off"})

@@ -74,6 +74,7 @@ def odd_tree(root: Path) -> tuple[dict[str, str], dict[str, str]]:
     return good, broken
 
 
+@pytest.mark.e2e
 def test_a_tree_with_broken_and_odd_files(tmp_path: Path) -> None:
     source, out = tmp_path / "in", tmp_path / "out"
     good, broken = odd_tree(source)
@@ -101,6 +102,7 @@ def test_a_tree_with_broken_and_odd_files(tmp_path: Path) -> None:
     assert not (out / ".tmp").exists()
 
 
+@pytest.mark.e2e
 def test_same_pixels_as_the_crawl_and_upright(tmp_path: Path) -> None:
     source, out = tmp_path / "in", tmp_path / "out"
     source.mkdir()
@@ -117,6 +119,7 @@ def test_same_pixels_as_the_crawl_and_upright(tmp_path: Path) -> None:
         assert image.size == (120, 80)
 
 
+@pytest.mark.e2e
 def test_killed_then_resumed_leaves_only_whole_files(tmp_path: Path) -> None:
     source, out = tmp_path / "in", tmp_path / "out"
     source.mkdir()
@@ -161,6 +164,7 @@ def descendants(pid: int) -> dict[int, int]:
     return found
 
 
+@pytest.mark.e2e
 def test_a_worker_that_dies_fails_its_files_and_the_run_goes_on(tmp_path: Path) -> None:
     source, out = tmp_path / "in", tmp_path / "out"
     source.mkdir()
@@ -204,6 +208,7 @@ def test_an_unlistable_folder_is_reported(tmp_path: Path, monkeypatch: pytest.Mo
     assert [Path(error.filename).name for error in errors] == ["locked"]
 
 
+@pytest.mark.e2e
 def test_output_inside_the_input_and_bad_arguments(tmp_path: Path) -> None:
     source = tmp_path / "in"
     source.mkdir()
@@ -227,6 +232,7 @@ def test_output_inside_the_input_and_bad_arguments(tmp_path: Path) -> None:
     assert missing.returncode != 0 and "not a folder" in missing.stderr
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("ext", ["png", "jpg"])
 def test_formats(tmp_path: Path, ext: str) -> None:
     source, out = tmp_path / "in", tmp_path / "out"

@@ -88,6 +88,7 @@ def test_filters_apply_in_order() -> None:
     assert sorted(one + two) == sorted(image_ids) and not set(one) & set(two)
 
 
+@pytest.mark.e2e
 def test_crawls_by_shard_ids_exclude_offset_limit(clean_mirror: Served, tmp_path: Path) -> None:
     every = [row.fields["ImageID"] for row in clean_mirror.mirror.rows]
     # Two shards into one store: together every row once, no overlap.
@@ -110,6 +111,7 @@ def test_crawls_by_shard_ids_exclude_offset_limit(clean_mirror: Served, tmp_path
     assert count_rows(selected / "train" / "images-success.csv") == 2
 
 
+@pytest.mark.e2e
 def test_bad_selection_arguments_stop_before_the_crawl(clean_mirror: Served, tmp_path: Path) -> None:
     for args, message in (({"shard": "3/2"}, "K must be between 1 and N"),
                           ({"ids": str(tmp_path / "none.txt")}, "cannot read"),

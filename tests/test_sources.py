@@ -9,6 +9,7 @@ import subprocess
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import pytest
 from PIL import Image
 
 from openimages_crawler.dataset.catalogue import DOWNLOAD_COLUMNS, IMAGE_INFO_COLUMNS
@@ -23,6 +24,8 @@ from tests.conftest import (
     run_crawl,
     serve,
 )
+
+pytestmark = pytest.mark.e2e
 
 
 def small_jpeg(seed: int, size: tuple[int, int] = (320, 213)) -> bytes:

@@ -11,6 +11,7 @@ from scrapy.exceptions import UsageError
 from scrapy.settings import BaseSettings
 
 from openimages_crawler.imaging.pillow import ResizeSpec
+from openimages_crawler.store import STORE_SCHEMES, UnsupportedStore, open_store
 from openimages_crawler.store.base import Store
 from openimages_crawler.store.layout import StoreLayout
 from openimages_crawler.store.sinks import FilesSink, OutputSink
@@ -152,3 +153,11 @@ def _folder_name(value: str, name: str) -> str:
 def output_sinks(config: CrawlConfig, store: Store) -> dict[str, OutputSink]:
     """The sink of each resized output, by its folder (files in the layout, today)."""
     return {output.dir: FilesSink(store, config.layout, output.dir) for output in config.outputs}
+
+
+def open_crawl_store(uri: str) -> Store:
+    """The store for IMAGES_STORE, by its scheme; an unsupported one is a usage error."""
+    try:
+        return open_store(uri, STORE_SCHEMES)
+    except UnsupportedStore as exc:
+        raise UsageError(str(exc)) from None

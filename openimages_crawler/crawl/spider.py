@@ -26,7 +26,7 @@ from scrapy.utils.defer import maybe_deferred_to_future
 from twisted.internet import threads
 from twisted.python.failure import Failure
 
-from openimages_crawler.crawl.config import CrawlConfig, output_sinks
+from openimages_crawler.crawl.config import CrawlConfig, open_crawl_store, output_sinks
 from openimages_crawler.crawl.feeds import subset_feed_paths
 from openimages_crawler.crawl.items import PLAN_KEY, FetchedImage, request_meta
 from openimages_crawler.dataset.arguments import ArgumentError, CrawlArguments
@@ -35,10 +35,7 @@ from openimages_crawler.dataset.prepare import MetadataOptions, prepare
 from openimages_crawler.dataset.rows import MetadataError, validate_row
 from openimages_crawler.dataset.source import ImageSource
 from openimages_crawler.store import (
-    STORE_SCHEMES,
     LocalStore,
-    UnsupportedStore,
-    open_store,
 )
 from openimages_crawler.store.annotations import AnnotationOutput
 from openimages_crawler.store.ledger import ResultsLedger
@@ -71,10 +68,7 @@ class OpenImagesSpider(scrapy.Spider):
         started = time.perf_counter()
         spider = super().from_crawler(crawler, *args, **kwargs)
         config = spider.config = CrawlConfig.from_settings(crawler.settings)
-        try:
-            spider.store = open_store(config.store_uri, STORE_SCHEMES)
-        except UnsupportedStore as exc:
-            raise UsageError(str(exc)) from None
+        spider.store = open_crawl_store(config.store_uri)
         spider.source = ImageSource(spider.arguments.source, config.cvdf_url, config.thumbnails_300k)
         options = MetadataOptions(
             cache=spider.local_root / "metadata",

@@ -22,11 +22,10 @@ from scrapy import signals
 from scrapy.exceptions import NotConfigured, UsageError
 from twisted.web import resource, server
 
-from openimages_crawler.crawl.config import CrawlConfig
+from openimages_crawler.crawl.config import CrawlConfig, open_crawl_store
 from openimages_crawler.monitor.extensions import progress_sampled, result_host
 from openimages_crawler.monitor.progress import Counts, ProgressMeter, Rates, figures
 from openimages_crawler.monitor.report import throughput
-from openimages_crawler.store import STORE_SCHEMES, open_store
 from openimages_crawler.store.results import FailureRow, SuccessRow
 
 if TYPE_CHECKING:
@@ -64,7 +63,7 @@ class Dashboard:
         if not 0 <= self.port <= 65535:
             raise UsageError(f"OPENIMAGES_DASHBOARD_PORT={port!r} is not a port number (0-65535)")
         self.config = CrawlConfig.from_settings(settings)
-        self.store = open_store(self.config.store_uri, STORE_SCHEMES)
+        self.store = open_crawl_store(self.config.store_uri)
         self.images: deque[RecentImage] = deque(maxlen=max(settings.getint("OPENIMAGES_DASHBOARD_IMAGES"), 1))
         self.failures: deque[dict[str, str]] = deque(maxlen=_FAILURES_SHOWN)
         self.serials = count(1)

@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 from scrapy import signals
 from scrapy.exceptions import NotConfigured, UsageError
 
+from openimages_crawler.crawl.config import open_crawl_store
 from openimages_crawler.crawl.ticking import Ticking
 from openimages_crawler.monitor import report
 from openimages_crawler.monitor.progress import (
@@ -21,7 +22,6 @@ from openimages_crawler.monitor.progress import (
 )
 from openimages_crawler.monitor.report import HostTally
 from openimages_crawler.reasons import FAILURE_STAT_PREFIX
-from openimages_crawler.store import STORE_SCHEMES, open_store
 from openimages_crawler.store.base import writing_text
 from openimages_crawler.store.results import FailureRow, SuccessRow
 
@@ -121,7 +121,7 @@ class RunReport:
         if not crawler.settings.getbool("OPENIMAGES_REPORT"):
             raise NotConfigured
         self.crawler = crawler
-        self.store = open_store(str(crawler.settings["IMAGES_STORE"]), STORE_SCHEMES)
+        self.store = open_crawl_store(str(crawler.settings["IMAGES_STORE"]))
         self.hosts: dict[str, HostTally] = {}
 
     @classmethod

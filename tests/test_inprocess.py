@@ -1,0 +1,165 @@
+"""In-process crawls (Scrapy's own way: ``get_crawler`` on the test's asyncio
+reactor, pytest-twisted) of the real spider, pipeline and downloader against
+the local mirror: faster than a subprocess, and the crawler's stats and
+components can be inspected."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_twisted
+from scrapy.exceptions import DownloadTimeoutError, ResponseDataLossError, UsageError
+from scrapy.http import Request, Response
+from scrapy.settings import SETTINGS_PRIORITIES
+from scrapy.utils.defer import deferred_from_coro
+from scrapy.utils.test import get_crawler
+from twisted.internet import error as twisted_errors
+from twisted.python.failure import Failure
+
+from openimages_crawler.crawl import errors
+from openimages_crawler.crawl.downloader import ConnectionLimitDownloader
+from openimages_crawler.crawl.pipeline import OpenImagesPipeline
+from openimages_crawler.crawl.spider import OpenImagesSpider
+from openimages_crawler.reasons import FAILURE_STAT_PREFIX
+from openimages_crawler.store import LocalStore
+from tests.conftest import FAST_SETTINGS, Served, outcomes, project_settings, serve
+
+
+def crawler_for(store: Path, values: dict[str, Any] | None = None) -> Any:
+    settings = project_settings({**FAST_SETTINGS, "IMAGES_STORE": str(store), "OPENIMAGES_PROGRESS": "off",
+                                 **(values or {})})
+    # The project's and the test's values; Scrapy's defaults come with get_crawler.
+    return get_crawler(OpenImagesSpider, {name: value for name, value in settings.items()
+                                          if settings.getpriority(name) >= SETTINGS_PRIORITIES["project"]})
+
+
+def crawl(crawler: Any, **arguments: str) -> Any:
+    return deferred_from_coro(crawler.crawl_async(**arguments))
+
+
+def pipeline_of(crawler: Any) -> OpenImagesPipeline:
+    (pipeline,) = [p for p in crawler.engine.scraper.itemproc.middlewares if isinstance(p, OpenImagesPipeline)]
+    return pipeline
+
+
+@pytest_twisted.inlineCallbacks
+def test_every_fault_maps_to_its_failure_reason_in_process(mirror: Served, tmp_path: Path) -> Any:
+    store = tmp_path / "store"
+    crawler = crawler_for(store, {"OPENIMAGES_SAVE_ORIGINALS": True})
+    yield crawl(crawler, metadata=str(mirror.metadata))
+    expected = mirror.mirror.expected()
+    assert outcomes(store) == {image_id: [outcome] for image_id, outcome in expected.items()}
+    stats = crawler.stats.get_stats()
+    for reason in {outcome for outcome in expected.values() if outcome != "success"}:
+        assert stats[FAILURE_STAT_PREFIX + reason] == list(expected.values()).count(reason), reason
+    assert stats["openimages/success"] == list(expected.values()).count("success")
+    # The pipeline used its store and its layout hooks: every success is in both outputs.
+    pipeline = pipeline_of(crawler)
+    assert isinstance(pipeline.store, LocalStore) and pipeline.store.root == store
+    originals = {path.stem for path in (store / "train" / "images-original").rglob("*.*")}
+    resized = {path.stem for path in (store / "train" / "images-resized").rglob("*.jpg")}
+    successes = {image_id for image_id, outcome in expected.items() if outcome == "success"}
+    assert originals == resized == successes
+    assert not (store / ".tmp").exists()  # staging removed at close
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_rerun_plans_no_download_and_rebuilds_from_stored_originals(clean_mirror: Served, tmp_path: Path) -> Any:
+    store = tmp_path / "store"
+    settings = {"OPENIMAGES_SAVE_ORIGINALS": True}
+    yield crawl(crawler_for(store, settings), metadata=str(clean_mirror.metadata))
+    served_before = sum(clean_mirror.server.counter.requests.values())
+    resized = sorted((store / "train" / "images-resized").rglob("*.jpg"))
+    resized[0].unlink()  # one missing output: rebuilt from the stored original
+    rerun = crawler_for(store, settings)
+    yield crawl(rerun, metadata=str(clean_mirror.metadata))
+    assert sum(clean_mirror.server.counter.requests.values()) == served_before  # no download
+    assert resized[0].stat().st_size > 0
+    stats = rerun.stats.get_stats()
+    assert stats["openimages/repaired/ok"] == 1
+    assert stats["openimages/rows_skipped"] == len(clean_mirror.mirror.rows) - 1
+    assert all(len(found) == 1 for found in outcomes(store).values())
+
+
+@pytest_twisted.inlineCallbacks
+def test_the_downloader_holds_both_connection_limits(tmp_path: Path) -> Any:
+    served = serve(tmp_path, ("127.0.0.1", "127.0.0.2", "127.0.0.3"), faults=False, copies=3)
+    try:
+        for route in served.mirror.routes.values():
+            route.delay = 0.25
+        crawler = crawler_for(tmp_path / "store", {"CONCURRENT_REQUESTS": 100, "CONCURRENT_REQUESTS_PER_DOMAIN": 2})
+        yield crawl(crawler, metadata=str(served.metadata))
+        assert isinstance(crawler.engine.downloader, ConnectionLimitDownloader)
+        counter = served.server.counter
+        assert max(counter.in_flight.peak.values()) == 2
+        assert max(counter.connections.peak.values()) == 2
+        assert crawler.engine.downloader.transferring == set()
+    finally:
+        served.server.close()
+
+
+@pytest_twisted.inlineCallbacks
+def test_an_unsupported_store_scheme_stops_before_any_download(clean_mirror: Served, tmp_path: Path) -> Any:
+    with pytest.raises(UsageError, match=r"IMAGES_STORE='s3://bucket/prefix': the s3:// scheme is not supported"):
+        crawler = crawler_for(tmp_path / "unused", {"IMAGES_STORE": "s3://bucket/prefix"})
+        yield crawl(crawler, metadata=str(clean_mirror.metadata))
+    assert sum(clean_mirror.server.counter.requests.values()) == 0
+    assert not Path("s3:").exists() and not (tmp_path / "unused").exists()
+
+
+def test_an_unknown_argument_is_an_error_with_a_suggestion(clean_mirror: Served, tmp_path: Path) -> None:
+    crawler = crawler_for(tmp_path / "store")
+    with pytest.raises(UsageError, match=r"unknown argument -a subest; did you mean -a subset\?"):
+        OpenImagesSpider.from_crawler(crawler, metadata=str(clean_mirror.metadata), subest="validation")
+
+
+# --- failure mapping: real Scrapy responses and exceptions -----------------------
+
+
+def response(status: int, **meta: Any) -> Response:
+    request = Request("http://127.0.0.1/x.jpg", meta=meta)
+    headers = {"Location": "https://s.yimg.com/pw/images/en-us/photo_unavailable.png"} if status == 302 else {}
+    return Response(request.url, status=status, headers=headers, request=request)
+
+
+def test_statuses_map_to_reasons() -> None:
+    assert errors.status_failure(response(200)) is None
+    reason, details = errors.status_failure(response(302))
+    assert reason == "unavailable" and "photo_unavailable.png" in details
+    assert errors.status_failure(response(404)) == ("http_error", "HTTP 404")
+    assert errors.status_failure(response(503, retry_times=3)) == ("http_error", "HTTP 503 after 3 retries")
+    assert errors.status_failure(response(204))[0] == "http_error"
+
+
+def test_download_errors_map_to_reasons() -> None:
+    def reason(exc: Exception, retries: int = 0) -> tuple[str, str]:
+        return errors.exception_failure(Failure(exc), retries)
+
+    assert reason(DownloadTimeoutError("took too long"), 2) == ("timeout", "DownloadTimeoutError: took too long after 2 retries")
+    assert reason(twisted_errors.TCPTimedOutError())[0] == "timeout"
+    assert reason(ResponseDataLossError(), 1) == (
+        "connection", "body cut short before Content-Length was reached after 1 retry")
+    assert reason(twisted_errors.ConnectionRefusedError())[0] == "connection"
+    assert reason(twisted_errors.DNSLookupError("no.such.host"))[0] == "connection"
+
+
+def test_the_pipeline_hooks_keep_scrapys_signatures(tmp_path: Path) -> None:
+    """file_path/thumb_path give the layout's keys for a row's plan."""
+    from openimages_crawler.crawl.items import FetchedImage
+    from openimages_crawler.dataset.rows import validate_row
+    from openimages_crawler.store.planner import RowPlan
+
+    crawler = crawler_for(tmp_path / "store", {"OPENIMAGES_SAVE_ORIGINALS": True})
+    pipeline = OpenImagesPipeline.from_crawler(crawler)
+    md5 = base64.b64encode(hashlib.md5(b"x").digest()).decode()
+    row = validate_row({"ImageID": "0123456789abcdef", "Subset": "train", "OriginalURL": "https://f.example/a.png",
+                        "OriginalSize": "1", "OriginalMD5": md5}, None, None)
+    plan = RowPlan(row, row.url, True, "train/images-original/012/0123456789abcdef.png", True, ("images-resized",))
+    item = FetchedImage(plan)
+    request = Request(row.url)
+    assert pipeline.file_path(request, item=item) == "train/images-original/012/0123456789abcdef.png"
+    assert pipeline.thumb_path(request, "images-resized", item=item) == "train/images-resized/012/0123456789abcdef.jpg"

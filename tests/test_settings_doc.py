@@ -1,0 +1,75 @@
+"""settings.py is the one place of every default, and README's settings table
+says the same."""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+from typing import Any
+
+import openimages_crawler.settings as project_settings_module
+from tests.conftest import ROOT
+
+SETTINGS_FILE = ROOT / "openimages_crawler" / "settings.py"
+
+
+def defaults() -> dict[str, Any]:
+    return {name: value for name, value in vars(project_settings_module).items() if name.isupper()}
+
+
+def readme_table() -> dict[str, str]:
+    """Setting name -> the README's default cell, from the table under '## Settings'."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = text.split("\n## Settings\n", 1)[1].split("\n## ", 1)[0]
+    table: dict[str, str] = {}
+    for line in section.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if len(cells) < 3 or not cells[0].startswith("`"):
+            continue
+        for name in re.findall(r"`([A-Z][A-Z0-9_]+)`", cells[0]):
+            table[name] = cells[1]
+    return table
+
+
+def shown(value: Any) -> str:
+    """A default as README shows it."""
+    if isinstance(value, str):
+        return f"`{value}`"
+    if isinstance(value, list | dict):
+        return f"`{json.dumps(value)}`"
+    return f"`{value}`"
+
+
+def test_every_setting_is_in_the_readme_table_and_every_row_is_a_setting() -> None:
+    table, names = readme_table(), set(defaults())
+    assert sorted(names - set(table)) == [], "settings missing from README's table"
+    assert sorted(set(table) - names) == [], "README rows for settings that settings.py does not have"
+
+
+def test_the_project_defaults_in_the_readme_are_those_of_settings_py() -> None:
+    table = readme_table()
+    for name, value in defaults().items():
+        if name.startswith("OPENIMAGES_") or name == "IMAGES_STORE":
+            assert table[name] == shown(value), name
+
+
+def test_every_setting_has_a_comment_line_above_it() -> None:
+    lines = SETTINGS_FILE.read_text(encoding="utf-8").splitlines()
+    module = ast.parse("\n".join(lines))
+    for node in module.body:
+        if isinstance(node, ast.Assign | ast.AnnAssign):
+            above = lines[node.lineno - 2].strip()
+            assert above.startswith("#"), f"line {node.lineno}: no comment above it"
+
+
+def test_no_openimages_setting_is_read_with_a_literal_fallback() -> None:
+    """Defaults live in settings.py only: `settings.get("OPENIMAGES_X", 3)` would be a second one."""
+    pattern = re.compile(r"""\.get\w*\(\s*["'](?:OPENIMAGES_\w+|IMAGES_STORE|LOGSTATS_INTERVAL|DOWNLOAD_MAXSIZE)["']\s*,""")
+    offenders = [
+        f"{path.relative_to(ROOT)}:{number}"
+        for path in (ROOT / "openimages_crawler").rglob("*.py")
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+        if pattern.search(line)
+    ]
+    assert offenders == []

@@ -1,0 +1,124 @@
+"""The store interface on a local folder, and the per-row resume planner (pure)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from io import BytesIO
+from pathlib import Path
+
+import pytest
+
+from openimages_crawler.dataset.idset import IdSet
+from openimages_crawler.dataset.rows import ImageRow, InvalidRow, validate_row
+from openimages_crawler.dataset.source import ImageSource
+from openimages_crawler.store import (
+    STORE_SCHEMES,
+    LocalStore,
+    UnsupportedStore,
+    open_store,
+)
+from openimages_crawler.store.layout import StoreLayout
+from openimages_crawler.store.ledger import ResultsLedger
+from openimages_crawler.store.planner import PlannedOutput, RowPlan, RowPlanner
+from openimages_crawler.store.results import FailureRow, SuccessRow
+from openimages_crawler.store.sinks import FilesSink
+
+BODY = b"\xff\xd8 not really a jpeg"
+
+
+def test_the_scheme_picks_the_store(tmp_path: Path) -> None:
+    assert isinstance(open_store(str(tmp_path), STORE_SCHEMES), LocalStore)
+    assert open_store(f"file://{tmp_path}", STORE_SCHEMES).root == tmp_path  # type: ignore[attr-defined]
+    assert open_store("relative/folder", STORE_SCHEMES).root == Path("relative/folder")  # type: ignore[attr-defined]
+    for uri in ("s3://bucket/prefix", "gs://bucket", "ftp://host/x"):
+        with pytest.raises(UnsupportedStore, match=f"the {uri.split(':')[0]}:// scheme is not supported"):
+            open_store(uri, STORE_SCHEMES)
+
+
+def test_the_local_store_reads_writes_lists_and_speaks_scrapys_protocol(tmp_path: Path) -> None:
+    store = LocalStore(str(tmp_path))
+    store.open()
+    store.write("train/a/1.jpg", b"one")
+    with store.writing("train/annotations.csv") as out:
+        out.write(b"ImageID\n")
+        assert not (tmp_path / "train" / "annotations.csv").exists()  # only when complete
+    store.persist_file("validation/b/2.jpg", BytesIO(b"two"), info=None)
+    assert store.read("train/a/1.jpg") == b"one"
+    assert store.stat("train/annotations.csv") == 8 and store.stat("train/missing.jpg") is None
+    assert sorted(store.list("train")) == ["train/a/1.jpg", "train/annotations.csv"]
+    assert store.stat_file("validation/b/2.jpg", info=None)["checksum"] == hashlib.md5(b"two").hexdigest()
+    assert store.stat_file("nothing", info=None) == {}
+    assert store.request_uri("train/a/1.jpg") == (tmp_path / "train" / "a" / "1.jpg").resolve().as_uri()
+    with pytest.raises(RuntimeError), store.writing("train/broken.csv") as out:
+        out.write(b"half")
+        raise RuntimeError
+    assert store.stat("train/broken.csv") is None  # a failed stream leaves nothing
+    store.close()
+    assert not (tmp_path / ".tmp").exists()
+
+
+def row(image_id: str = "0123456789abcdef", url: str = "https://farm1.example/x.jpg") -> ImageRow:
+    fields = {
+        "ImageID": image_id, "Subset": "train", "OriginalURL": url, "OriginalSize": str(len(BODY)),
+        "OriginalMD5": base64.b64encode(hashlib.md5(BODY).digest()).decode(),
+    }
+    checked = validate_row(fields, None, None)
+    assert isinstance(checked, ImageRow)
+    return checked
+
+
+def planner(store: LocalStore, *, succeeded: tuple[str, ...] = (), failed: tuple[str, ...] = (),
+            save_originals: bool = False, source: ImageSource | None = None) -> RowPlanner:
+    layout = StoreLayout()
+    outputs = (PlannedOutput("small", FilesSink(store, layout, "small"), "jpg"),
+               PlannedOutput("big", FilesSink(store, layout, "big"), "webp"))
+    return RowPlanner(ResultsLedger(IdSet(succeeded), IdSet(failed)), store, layout, outputs, source or ImageSource(),
+                      save_originals=save_originals, check_md5_if_exists=True)
+
+
+def test_the_planner_decides_each_row_from_the_ledger_and_the_store(tmp_path: Path) -> None:
+    store = LocalStore(str(tmp_path))
+    store.open()
+    image = row()
+    invalid = InvalidRow({"ImageID": image.image_id, "Subset": "train"}, "train", "bad MD5")
+    assert isinstance(planner(store).plan(invalid), FailureRow)
+    assert planner(store, failed=(image.image_id,)).plan(invalid) is None  # recorded once already
+    assert planner(store, failed=(image.image_id,)).plan(image) is None
+    fetch = planner(store).plan(image)
+    assert isinstance(fetch, RowPlan)
+    assert (fetch.url, fetch.verified, fetch.from_store, fetch.recorded) == (image.url, True, False, False)
+    assert fetch.outputs == ("small", "big")
+    assert fetch.original == "train/images-original/012/0123456789abcdef.jpg"
+    store.write("train/small/012/0123456789abcdef.jpg", b"x")
+    assert planner(store).plan(image).outputs == ("big",)  # each output resumes on its own
+    store.write("train/big/012/0123456789abcdef.webp", b"x")
+    assert isinstance(planner(store).plan(image), SuccessRow)  # complete: recorded without download
+    assert planner(store, succeeded=(image.image_id,)).plan(image) is None
+
+
+def test_stored_originals_are_read_back_instead_of_downloaded(tmp_path: Path) -> None:
+    store = LocalStore(str(tmp_path))
+    store.open()
+    image = row()
+    original = "train/images-original/012/0123456789abcdef.jpg"
+    store.write(original, BODY[:-1])  # the wrong size: downloaded again
+    assert planner(store, save_originals=True).plan(image).from_store is False
+    store.write(original, BODY)
+    rebuild = planner(store, save_originals=True).plan(image)
+    assert rebuild.from_store and rebuild.keep_original and rebuild.outputs == ("small", "big")
+    assert rebuild.fetch_instead().from_store is False
+    for name in ("small/012/0123456789abcdef.jpg", "big/012/0123456789abcdef.webp"):
+        store.write(f"train/{name}", b"x")
+    check = planner(store, save_originals=True).plan(image)  # not recorded: its MD5 is checked once
+    assert check.from_store and check.outputs == ()
+    assert planner(store, succeeded=(image.image_id,), save_originals=True).plan(image) is None
+
+
+def test_other_sources_are_not_checked_against_the_metadata(tmp_path: Path) -> None:
+    store = LocalStore(str(tmp_path))
+    cvdf = planner(store, source=ImageSource("cvdf", "https://cvdf.example")).plan(row())
+    assert (cvdf.url, cvdf.verified, cvdf.record_download) == (
+        "https://cvdf.example/train/0123456789abcdef.jpg", False, True)
+    image = row(url="https://farm1.example/x.png")
+    assert planner(store).plan(image).original.endswith("/0123456789abcdef.png")
