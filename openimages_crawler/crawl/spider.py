@@ -34,9 +34,7 @@ from openimages_crawler.dataset.catalogue import DOWNLOAD_COLUMNS
 from openimages_crawler.dataset.prepare import MetadataOptions, prepare
 from openimages_crawler.dataset.rows import MetadataError, validate_row
 from openimages_crawler.dataset.source import ImageSource
-from openimages_crawler.store import (
-    LocalStore,
-)
+from openimages_crawler.store import LocalStore
 from openimages_crawler.store.annotations import AnnotationOutput
 from openimages_crawler.store.ledger import ResultsLedger
 from openimages_crawler.store.planner import PlannedOutput, RowPlan, RowPlanner
