@@ -4,6 +4,10 @@ Defaults suit image hosts (many hosts, large bodies, random 5xx), not the
 polite one-request-per-second template of ``scrapy startproject``.
 """
 
+from openimages_crawler.dataset import (
+    catalogue,  # the official addresses live in the catalogue
+)
+
 # Project name Scrapy reports.
 BOT_NAME = "openimages_crawler"
 # Where the openimages spider lives.
@@ -50,7 +54,7 @@ OPENIMAGES_WORKERS = 0
 # Bytes Twisted reads from a socket at once (its default, 64 KiB, costs more event-loop trips per image).
 OPENIMAGES_SOCKET_READ_SIZE = 262_144
 # Where -a version=N fetches metadata from (the official bucket, or a mirror with the same paths).
-OPENIMAGES_METADATA_URL = "https://storage.googleapis.com/openimages/"
+OPENIMAGES_METADATA_URL = catalogue.DEFAULT_METADATA_URL
 # Check fetched metadata against the catalogue's published size and MD5.
 OPENIMAGES_METADATA_VERIFY = True
 # Keep downloaded metadata archives (.tar.gz) after unpacking them.
@@ -58,7 +62,7 @@ OPENIMAGES_SAVE_TARBALLS = False
 # Download Thumbnail300KURL (~640 px, no size/MD5 check, decode check only) where a row has one.
 OPENIMAGES_DOWNLOAD_300K = False
 # Base of the CVDF mirror used by -a source=cvdf ({base}/{split}/{ImageID}.jpg).
-OPENIMAGES_CVDF_URL = "https://open-images-dataset.s3.amazonaws.com"
+OPENIMAGES_CVDF_URL = catalogue.DEFAULT_CVDF_URL
 # Seconds a graceful stop (one Ctrl-C) waits for transfers before cutting them off.
 OPENIMAGES_STOP_GRACE = 3.0
 

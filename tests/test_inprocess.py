@@ -86,6 +86,23 @@ def test_a_rerun_plans_no_download_and_rebuilds_from_stored_originals(clean_mirr
 
 
 @pytest_twisted.inlineCallbacks
+def test_a_file_uri_store_resumes_like_a_folder(clean_mirror: Served, tmp_path: Path) -> Any:
+    store = tmp_path / "store"
+    for _ in range(2):
+        yield crawl(crawler_for(store, {"IMAGES_STORE": store.as_uri()}), metadata=str(clean_mirror.metadata))
+    assert outcomes(store) == {row.fields["ImageID"]: ["success"] for row in clean_mirror.mirror.rows}
+    assert sum(clean_mirror.server.counter.requests.values()) == len(clean_mirror.mirror.rows)
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_crawl_without_the_project_settings_is_a_clear_error(clean_mirror: Served, tmp_path: Path) -> Any:
+    crawler = get_crawler(OpenImagesSpider, {"IMAGES_STORE": str(tmp_path / "store"), "TWISTED_REACTOR":
+                                             "twisted.internet.asyncioreactor.AsyncioSelectorReactor"})
+    with pytest.raises(UsageError, match="not set: run with the project's settings"):
+        yield crawl(crawler, metadata=str(clean_mirror.metadata))
+
+
+@pytest_twisted.inlineCallbacks
 def test_the_downloader_holds_both_connection_limits(tmp_path: Path) -> Any:
     served = serve(tmp_path, ("127.0.0.1", "127.0.0.2", "127.0.0.3"), faults=False, copies=3)
     try:
@@ -148,7 +165,7 @@ def test_download_errors_map_to_reasons() -> None:
 
 
 def test_the_pipeline_hooks_keep_scrapys_signatures(tmp_path: Path) -> None:
-    """file_path/thumb_path give the layout's keys for a row's plan."""
+    """file_path gives the original's key from the row's plan."""
     from openimages_crawler.crawl.items import FetchedImage
     from openimages_crawler.dataset.rows import validate_row
     from openimages_crawler.store.planner import RowPlan
@@ -162,4 +179,3 @@ def test_the_pipeline_hooks_keep_scrapys_signatures(tmp_path: Path) -> None:
     item = FetchedImage(plan)
     request = Request(row.url)
     assert pipeline.file_path(request, item=item) == "train/images-original/012/0123456789abcdef.png"
-    assert pipeline.thumb_path(request, "images-resized", item=item) == "train/images-resized/012/0123456789abcdef.jpg"

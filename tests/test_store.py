@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from io import BytesIO
 from pathlib import Path
 
 import pytest
@@ -43,12 +42,12 @@ def test_the_local_store_reads_writes_lists_and_speaks_scrapys_protocol(tmp_path
     with store.writing("train/annotations.csv") as out:
         out.write(b"ImageID\n")
         assert not (tmp_path / "train" / "annotations.csv").exists()  # only when complete
-    store.persist_file("validation/b/2.jpg", BytesIO(b"two"), info=None)
+    store.write("validation/b/2.jpg", b"two")
     assert store.read("train/a/1.jpg") == b"one"
     assert store.stat("train/annotations.csv") == 8 and store.stat("train/missing.jpg") is None
     assert sorted(store.list("train")) == ["train/a/1.jpg", "train/annotations.csv"]
-    assert store.stat_file("validation/b/2.jpg", info=None)["checksum"] == hashlib.md5(b"two").hexdigest()
-    assert store.stat_file("nothing", info=None) == {}
+    (tmp_path / "top.txt").write_text("x")
+    assert "top.txt" in set(store.list(""))
     assert store.request_uri("train/a/1.jpg") == (tmp_path / "train" / "a" / "1.jpg").resolve().as_uri()
     with pytest.raises(RuntimeError), store.writing("train/broken.csv") as out:
         out.write(b"half")
@@ -122,3 +121,10 @@ def test_other_sources_are_not_checked_against_the_metadata(tmp_path: Path) -> N
         "https://cvdf.example/train/0123456789abcdef.jpg", False, True)
     image = row(url="https://farm1.example/x.png")
     assert planner(store).plan(image).original.endswith("/0123456789abcdef.png")
+    # The original is kept, and looked for, under OriginalURL's extension whatever the source.
+    store.open()
+    store.write("train/images-original/012/0123456789abcdef.png", b"a rescaled copy")
+    for name in ("small/012/0123456789abcdef.jpg", "big/012/0123456789abcdef.webp"):
+        store.write(f"train/{name}", b"x")
+    kept = planner(store, save_originals=True, source=ImageSource("cvdf", "https://cvdf.example")).plan(image)
+    assert kept.from_store and kept.url.endswith(".jpg") and kept.original.endswith(".png")

@@ -22,6 +22,18 @@ _OUTPUT_KEYS = ("dir", "mode", "size")
 _OPTIONAL_OUTPUT_KEYS = ("format", "quality", "resample")
 
 
+# What CrawlConfig reads; a crawl without the project's settings module would
+# otherwise take None for each of them.
+_READ_SETTINGS = (
+    "IMAGES_STORE", "OPENIMAGES_SAVE_ORIGINALS", "OPENIMAGES_ORIGINALS_DIR", "OPENIMAGES_SUBDIR_CHARS",
+    "OPENIMAGES_CVDF_URL", "OPENIMAGES_CHECK_MD5_IF_EXISTS", "OPENIMAGES_MAX_PIXELS", "OPENIMAGES_WORKERS",
+    "OPENIMAGES_FAST_RESIZE", "OPENIMAGES_METADATA_URL", "OPENIMAGES_METADATA_VERIFY", "OPENIMAGES_SAVE_TARBALLS",
+    "OPENIMAGES_DOWNLOAD_300K", "OPENIMAGES_RESIZE", "OPENIMAGES_RESIZED_DIR", "OPENIMAGES_RESIZE_MODE",
+    "OPENIMAGES_RESIZE_SIZE", "OPENIMAGES_RESAMPLE", "OPENIMAGES_RESIZE_FORMAT", "OPENIMAGES_RESIZE_QUALITY",
+    "OPENIMAGES_OUTPUTS",
+)
+
+
 @dataclass(frozen=True, slots=True)
 class ResizedOutput:
     """One resized copy of every image, under ``{Subset}/{dir}/``."""
@@ -51,6 +63,12 @@ class CrawlConfig:
 
     @classmethod
     def from_settings(cls, settings: BaseSettings) -> CrawlConfig:
+        missing = [name for name in _READ_SETTINGS if settings.get(name) is None]
+        if missing:
+            raise UsageError(
+                f"{', '.join(missing)} not set: run with the project's settings "
+                "(openimages_crawler.settings holds every default)"
+            )
         store_uri = str(settings["IMAGES_STORE"] or "")
         if not store_uri:
             raise UsageError("IMAGES_STORE must name the dataset's folder")
@@ -85,10 +103,6 @@ class CrawlConfig:
             thumbnails_300k=settings.getbool("OPENIMAGES_DOWNLOAD_300K"),
             cvdf_url=cvdf_url,
         )
-
-    @property
-    def resize_specs(self) -> tuple[ResizeSpec, ...]:
-        return tuple(output.spec for output in self.outputs)
 
 
 def _outputs(settings: BaseSettings) -> tuple[ResizedOutput, ...]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 from typing import IO, Any
+from urllib.parse import unquote, urlsplit
 
 from scrapy import Spider
 from scrapy.exporters import CsvItemExporter
@@ -31,6 +32,11 @@ def subset_uri(uri_template: str, images_store: str, subset: str) -> str:
     return uri_template % {"images_store": images_store, "subset": subset}
 
 
+def local_path(uri: str) -> str:
+    """The local path of a feed URI (``file://`` or a plain path)."""
+    return unquote(urlsplit(uri).path) if uri.startswith("file://") else uri
+
+
 def subset_feed_paths(settings: BaseSettings, item_class: type, subset: str = "*") -> list[str]:
     """Paths (glob patterns with the default ``*``) of the per-subset FEEDS
     that accept ``item_class``."""
@@ -41,7 +47,7 @@ def subset_feed_paths(settings: BaseSettings, item_class: type, subset: str = "*
             continue
         classes = [load_object(c) for c in (options or {}).get("item_classes", ())]
         if not classes or any(issubclass(item_class, c) for c in classes):
-            paths.append(subset_uri(str(uri_template), images_store, subset))
+            paths.append(local_path(subset_uri(str(uri_template), images_store, subset)))
     return paths
 
 

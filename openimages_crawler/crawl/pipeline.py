@@ -12,8 +12,8 @@ plan, and the MediaPipeline hooks run on it with Scrapy's signatures:
 and writing in a worker pool sized to the CPUs, off the event loop) and
 ``item_completed``, which turns the outcome into a results row. The store
 comes from ``STORE_SCHEMES`` by the scheme of IMAGES_STORE (``self.store``),
-the originals' place from ``file_path`` and the resized files' from
-``thumb_path``.
+the originals' place from ``file_path``; the resized files go to their
+output sinks (``store/sinks.py``: files in the layout today).
 """
 
 from __future__ import annotations
@@ -51,8 +51,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-# One (success, outcome) pair per request, as Scrapy's item_completed receives
-# them; empty when the transfer was interrupted by a stop.
+# One (success, outcome) pair per request, in the shape of Scrapy's
+# item_completed results (a failure is an Outcome with its reason, not a
+# Failure); empty when the transfer was interrupted by a stop.
 Results = list[tuple[bool, Outcome]]
 
 
@@ -120,19 +121,6 @@ class OpenImagesPipeline(ImagesPipeline):
     ) -> str:
         """The original's key in the store."""
         return item.plan.original
-
-    def thumb_path(
-        self,
-        request: Request,
-        thumb_id: str,
-        response: Response | None = None,
-        info: MediaPipeline.SpiderInfo | None = None,
-        *,
-        item: Any = None,
-    ) -> str:
-        """The key of the resized output ``thumb_id`` (its folder) in the store."""
-        row = item.plan.row
-        return self.config.layout.image_key(row.subset, thumb_id, row.image_id, self.outputs[thumb_id].spec.format)
 
     def media_failed(
         self, failure: Failure, request: Request | None, info: MediaPipeline.SpiderInfo

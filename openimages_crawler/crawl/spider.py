@@ -15,7 +15,6 @@ import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from typing import Any
 
 import scrapy
@@ -69,7 +68,7 @@ class OpenImagesSpider(scrapy.Spider):
         spider.store = open_crawl_store(config.store_uri)
         spider.source = ImageSource(spider.arguments.source, config.cvdf_url, config.thumbnails_300k)
         options = MetadataOptions(
-            cache=spider.local_root / "metadata",
+            cache=spider.local_store.root / "metadata",
             url=config.metadata_url,
             verify=config.metadata_verify,
             keep_archives=config.keep_archives,
@@ -84,10 +83,12 @@ class OpenImagesSpider(scrapy.Spider):
         return spider
 
     @property
-    def local_root(self) -> Path:
-        """The store's folder (the local store is the only one today)."""
-        assert isinstance(self.store, LocalStore)
-        return self.store.root
+    def local_store(self) -> LocalStore:
+        """The store as a folder: the metadata cache and the annotation files
+        live on a local disk (the only kind of store today)."""
+        if not isinstance(self.store, LocalStore):
+            raise UsageError(f"IMAGES_STORE={self.store.uri!r} is not a local folder")
+        return self.store
 
     @property
     def result_header(self) -> list[str]:
@@ -121,8 +122,7 @@ class OpenImagesSpider(scrapy.Spider):
         label_names = None
         if dataset.class_filter is not None and not self.arguments.all_labels:
             label_names = dataset.class_filter.label_names
-        assert isinstance(self.store, LocalStore)
-        return AnnotationOutput(self.store, dataset.annotation_files, label_names)
+        return AnnotationOutput(self.local_store, dataset.annotation_files, label_names)
 
     def count_rows(self) -> None:
         """``rows_total`` for the progress display (in a thread)."""
@@ -157,7 +157,8 @@ class OpenImagesSpider(scrapy.Spider):
         stats.set_value("openimages/rows_read", handled)
         if self.annotations is not None:
             errors = await maybe_deferred_to_future(threads.deferToThread(self.annotations.write))
-            stats.inc_value("openimages/annotation_errors", errors)
+            if errors:
+                stats.inc_value("openimages/annotation_errors", errors)
 
     def image_request(self, plan: RowPlan) -> Request:
         """The request for a row's image: from its URL, or from its stored original."""

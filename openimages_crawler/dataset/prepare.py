@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 from openimages_crawler.dataset.annotations import ClassFilter, ClassNames
@@ -96,12 +97,18 @@ def prepare(arguments: CrawlArguments, options: MetadataOptions) -> DatasetPlan:
 class _Preparation:
     def __init__(self, arguments: CrawlArguments, options: MetadataOptions) -> None:
         self.arguments = arguments
-        self.fetcher = MetadataFetcher(
+        self.options = options
+
+    @cached_property
+    def fetcher(self) -> MetadataFetcher:
+        """Only a crawl of a version fetches (a metadata file of one's own needs no URL)."""
+        options = self.options
+        return MetadataFetcher(
             options.cache,
             options.url,
             verify=options.verify,
             keep_archives=options.keep_archives,
-            download=arguments.download_metadata,
+            download=self.arguments.download_metadata,
         )
 
     def run(self) -> DatasetPlan:

@@ -1,5 +1,5 @@
 """Resizing a tree of images (``scrapy resize``): the crawl's own CPU stage
-(``processing.process_image``), over files instead of downloads. No Scrapy import.
+(``imaging.process.process_image``), over files instead of downloads. No Scrapy import.
 
 The output tree mirrors the input tree; an output is ``{stem}.{ext}``, or
 ``{name}.{ext}`` when two inputs of one folder share a stem (``a.jpg`` and
@@ -155,4 +155,3 @@ def init_worker(out_dir: Path, options: ResizeOptions) -> None:
 def run_in_worker(job: ResizeJob) -> JobResult:
     assert _worker is not None, "init_worker first"
     return _worker.run(job)
-

@@ -18,6 +18,7 @@ from openimages_crawler.store.csvfiles import read_csv_header, repair_tail
 
 logger = logging.getLogger(__name__)
 
+
 def read_ids(path: Path) -> IdSet:
     """ImageIDs of one results CSV (repaired first if a crash tore its tail)."""
     repair_tail(path)

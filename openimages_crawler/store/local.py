@@ -7,16 +7,14 @@ name. A new run removes the staging folders of dead processes of this host.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import socket
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from io import BytesIO
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 STAGING_DIR = ".tmp"
 
@@ -24,7 +22,7 @@ STAGING_DIR = ".tmp"
 class LocalStore:
     """A folder on a local disk or a shared filesystem (``IMAGES_STORE=DIR`` or
     ``file://DIR``). Writes go through a staging folder of this process and
-    ``os.replace``; the Scrapy ``FilesStoreProtocol`` methods are there too."""
+    ``os.replace``."""
 
     def __init__(self, uri: str) -> None:
         self.uri = uri
@@ -97,27 +95,13 @@ class LocalStore:
                     break
 
     def list(self, prefix: str) -> Iterator[str]:
-        top = self.path(prefix)
-        for folder, _, files in os.walk(top):
+        for folder, _, files in os.walk(self.path(prefix)):
             relative = Path(folder).relative_to(self.root).as_posix()
             for name in files:
-                yield f"{relative}/{name}"
+                yield name if relative == "." else f"{relative}/{name}"
 
     def request_uri(self, key: str) -> str:
         return self.path(key).resolve().as_uri()
-
-    # Scrapy's FilesStoreProtocol, so FilesPipeline's own methods work on it too.
-    def persist_file(self, path: str, buf: BytesIO, info: object, meta: object = None,
-                     headers: object = None) -> None:
-        self.write(path, buf.getvalue())
-
-    def stat_file(self, path: str, info: object) -> dict[str, Any]:
-        try:
-            data = self.read(path)
-            modified = os.stat(self.path(path)).st_mtime
-        except OSError:
-            return {}
-        return {"last_modified": modified, "checksum": hashlib.md5(data).hexdigest()}
 
 
 def staging_folder(root: Path, purpose: str = "") -> Path:

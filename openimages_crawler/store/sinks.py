@@ -17,7 +17,8 @@ from openimages_crawler.store.layout import StoreLayout
 
 
 class OutputSink(Protocol):
-    """One output of every image (a resized copy, or the originals)."""
+    """One resized output of every image (originals are written byte-exact by
+    the pipeline, not through a sink)."""
 
     def holds(self, row: ImageRow, ext: str) -> bool:
         """Whether the row's image is already stored complete (resume)."""
