@@ -300,16 +300,19 @@ def _crawl_with_a_hanging_first_row(served: Served, store: Path, grace: float) -
     return process
 
 
-def test_ctrl_c_stops_within_seconds_and_resume_completes(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("stop", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_ctrl_c_stops_within_seconds_and_resume_completes(tmp_path: Path, stop: int, status: int) -> None:
     served = _slow_mirror(tmp_path, 0.3)
     try:
         store = tmp_path / "store"
         process = _crawl_with_a_hanging_first_row(served, store, grace=1)
-        process.send_signal(signal.SIGINT)
+        process.send_signal(stop)
         started = time.monotonic()
-        process.wait(timeout=20)
+        _, stderr = process.communicate(timeout=20)
         assert time.monotonic() - started < 15
-        assert process.returncode == 0
+        assert process.returncode == status  # a stopped run is not a finished one
+        (error,) = [line for line in stderr.splitlines() if line.startswith("scrapy crawl: error:")]
+        assert f"stopped by {signal.Signals(stop).name}" in error and "still pending" in error
         partial = outcomes(store)
         assert all(v == ["success"] for v in partial.values())
         assert len(partial) < len(served.mirror.rows)
@@ -349,8 +352,35 @@ def test_bad_metadata_is_a_clear_error(tmp_path: Path) -> None:
          "-s", f"IMAGES_STORE={tmp_path / 'store'}"],
         cwd=Path(__file__).resolve().parent.parent, capture_output=True, text=True, timeout=60,
     )
-    assert "missing column(s) OriginalSize, OriginalMD5" in result.stderr
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[-1] == (
+        f"scrapy crawl: error: {bad}: missing column(s) OriginalSize, OriginalMD5; "
+        "found ImageID, Subset, OriginalURL")
+    assert "Traceback" not in result.stderr
     assert not (tmp_path / "store" / "train").exists()
+
+
+@pytest.mark.parametrize(("arguments", "message"), [
+    (["-a", "subest=validation"], "unknown argument -a subest; did you mean -a subset?"),
+    (["-a", "limit=abc"], "-a limit='abc' is not a whole number"),
+    (["-a", "version=9", "-a", "subset=train"], "version 9 is not one of 1, 2, 3, 4, 5, 6, 7"),
+    (["-s", "IMAGES_STORE=s3://bucket/prefix"], "the s3:// scheme is not supported"),
+])
+def test_usage_mistakes_are_one_line_and_exit_2_before_anything_is_written(
+    tmp_path: Path, arguments: list[str], message: str
+) -> None:
+    metadata = tmp_path / "images.csv"
+    metadata.write_text(",".join(IMAGES_CSV_COLUMNS) + "\n")
+    store = tmp_path / "store"
+    command = [sys.executable, "-m", "scrapy", "crawl", "openimages", "-s", f"IMAGES_STORE={store}"]
+    if "version=9" not in arguments:
+        command += ["-a", f"metadata={metadata}"]
+    result = subprocess.run(command + arguments, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert result.stderr.splitlines()[-1].startswith("scrapy crawl: error: ")
+    assert message in result.stderr.splitlines()[-1]
+    assert not store.exists()
 
 
 def test_demo_checks_every_row_with_an_absolute_folder(tmp_path: Path) -> None:

@@ -45,19 +45,25 @@ logger = logging.getLogger(__name__)
 _YIELD_EVERY = 256
 
 
+def scrapy_arguments(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The spider arguments for Scrapy (its own, and those a scheduler adds,
+    such as Scrapyd's ``_job``), and the rest: the crawl's ``-a`` arguments."""
+    for_scrapy = {name: value for name, value in kwargs.items()
+                  if name in ("name", "start_urls") or name.startswith("_")}
+    return for_scrapy, {name: value for name, value in kwargs.items() if name not in for_scrapy}
+
+
 class OpenImagesSpider(scrapy.Spider):
     name = "openimages"
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        # Scrapy's own and those a scheduler adds (Scrapyd's _job) go to Scrapy.
-        scrapy_kwargs = {name: kwargs.pop(name) for name in list(kwargs)
-                         if name in ("name", "start_urls") or name.startswith("_")}
+        scrapy_kwargs, given = scrapy_arguments(kwargs)
         super().__init__(*args, **scrapy_kwargs)
         try:
-            self.arguments = CrawlArguments.from_given(kwargs)
+            self.arguments = CrawlArguments.from_given(given)
         except ArgumentError as exc:
             raise UsageError(str(exc)) from None
-        self.given = dict(kwargs)  # the -a arguments as given, for the report
+        self.given = given  # the -a arguments as given, for the report
         self.rows_total: int | None = None  # rows the crawl will handle, estimated (progress)
 
     @classmethod

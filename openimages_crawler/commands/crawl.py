@@ -1,0 +1,113 @@
+"""``scrapy crawl``, with the errors and the exit status this project promises.
+
+Scrapy's own command lets a start error surface as "Task exception was never
+retrieved" and a traceback, and exits 0 after a stopped crawl. Here a usage
+mistake is one line on stderr and exit 2, before anything is downloaded or
+written; the exit status is 0 only when the crawl finished, and a stop says
+how many rows are still pending (130 after SIGINT, 143 after SIGTERM).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+from typing import TYPE_CHECKING, Any
+
+from scrapy.commands.crawl import Command as ScrapyCrawlCommand
+from scrapy.exceptions import UsageError
+
+from openimages_crawler.crawl.config import CrawlConfig, open_crawl_store
+from openimages_crawler.crawl.spider import OpenImagesSpider, scrapy_arguments
+from openimages_crawler.dataset.arguments import ArgumentError, CrawlArguments
+
+if TYPE_CHECKING:
+    import argparse
+
+    from scrapy.crawler import Crawler
+
+logger = logging.getLogger(__name__)
+
+# Exit statuses (README "Exit status").
+EXIT_OK = 0
+EXIT_INCOMPLETE = 1  # the crawl could not finish: rows are still pending
+EXIT_USAGE = 2  # a usage mistake or a start error: nothing was crawled
+_EXIT_AFTER_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143}
+
+
+class Command(ScrapyCrawlCommand):
+    def run(self, args: list[str], opts: argparse.Namespace) -> None:
+        if len(args) != 1:
+            super().run(args, opts)  # Scrapy's own usage errors
+            return
+        assert self.crawler_process is not None and self.settings is not None
+        try:
+            self.check(args[0], opts.spargs)
+        except UsageError as exc:
+            self.exitcode = fail(str(exc), EXIT_USAGE)
+            return
+        crawler = self._create_crawler(args[0])
+        started = self.crawler_process.crawl(crawler, **opts.spargs)
+        errors: list[BaseException] = []
+        if hasattr(started, "add_done_callback"):  # an asyncio task (the asyncio reactor)
+            started.add_done_callback(lambda task: task.cancelled() or errors.extend(filter(None, [task.exception()])))
+        else:  # a Deferred
+            started.addErrback(lambda failure: errors.append(failure.value))
+        received: list[int] = []
+        self.record_signals(received)
+        self.crawler_process.start()
+        self.exitcode = self.exit_status(crawler, errors, received)
+
+    def check(self, spider_name: str, given: dict[str, Any]) -> None:
+        """What can be checked before the crawl starts, without touching the store."""
+        assert self.settings is not None
+        if spider_name != OpenImagesSpider.name:
+            return
+        try:
+            CrawlArguments.from_given(scrapy_arguments(dict(given))[1])
+        except ArgumentError as exc:
+            raise UsageError(str(exc)) from None
+        config = CrawlConfig.from_settings(self.settings)
+        open_crawl_store(config.store_uri)
+
+    def record_signals(self, received: list[int]) -> None:
+        """Note which signal stopped the crawl (for the exit status); Scrapy's
+        handler does the stopping."""
+        process = self.crawler_process
+        assert process is not None
+        shutdown = process._signal_shutdown  # Scrapy installs it at start-up
+
+        def noting(signum: int, frame: Any) -> None:
+            received.append(signum)
+            shutdown(signum, frame)
+
+        process._signal_shutdown = noting  # type: ignore[method-assign]
+
+    def exit_status(self, crawler: Crawler, errors: list[BaseException], received: list[int]) -> int:
+        for error in errors:
+            if isinstance(error, UsageError):
+                return fail(str(error), EXIT_USAGE)
+            logger.debug("The crawl could not start", exc_info=error)
+            return fail(f"the crawl could not start: {type(error).__name__}: {error} "
+                        "(--loglevel DEBUG shows where)", EXIT_USAGE)
+        stats = crawler.stats
+        assert stats is not None
+        reason = stats.get_value("finish_reason")
+        if reason == "finished":
+            return EXIT_OK
+        spider = crawler.spider
+        read = stats.get_value("openimages/rows_read", 0)
+        total = getattr(spider, "rows_total", None)
+        unread = f", and about {max(total - read, 0):,} rows not read yet" if total is not None else ""
+        cut = stats.get_value("openimages/interrupted", 0)
+        by = f" by {signal.Signals(received[0]).name}" if received else ""
+        status = _EXIT_AFTER_SIGNAL.get(received[0], EXIT_INCOMPLETE) if received else EXIT_INCOMPLETE
+        return fail(f"the crawl was stopped{by} ({reason}): {cut:,} rows cut off in transfer{unread} "
+                    "are still pending; run the same command again to finish", status)
+
+
+def fail(message: str, status: int) -> int:
+    """One line on stderr, and the exit status."""
+    sys.stderr.write(f"scrapy crawl: error: {message}\n")
+    sys.stderr.flush()
+    return status
