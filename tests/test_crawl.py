@@ -26,6 +26,7 @@ from tests.conftest import (
     ROOT,
     Served,
     count_rows,
+    crawl_command,
     kill,
     outcomes,
     read_csv,
@@ -411,5 +412,31 @@ def test_v4_rotation_turns_images_without_exif_once(tmp_path: Path) -> None:
                     assert out.size == (149, 224)
                 else:  # stored 200x300 with an EXIF turn to landscape: EXIF only
                     assert out.size == (224, 149)
+    finally:
+        served.server.close()
+
+
+def test_a_second_crawl_on_a_store_in_use_stops_at_once_naming_the_holder(tmp_path: Path) -> None:
+    served = _slow_mirror(tmp_path, 0.3)
+    try:
+        store = tmp_path / "store"
+        first = start_crawl(served.metadata, store, {"CONCURRENT_REQUESTS": "2"})
+        wait_for(lambda: count_rows(store / "train" / "images-success.csv") >= 1, timeout=60)
+        (tmp_path / "other").mkdir()
+        other = serve(tmp_path / "other", ("127.0.0.3",), faults=False)  # the second crawl's own host
+        try:
+            second = subprocess.run(crawl_command(other.metadata, store), cwd=ROOT, capture_output=True,
+                                    text=True, timeout=60)
+            assert sum(other.server.counter.requests.values()) == 0  # stopped before any request
+        finally:
+            other.server.close()
+        assert second.returncode == 2
+        error = second.stderr.splitlines()[-1]
+        assert "is in use by another crawl" in error and f"pid {first.pid}" in error
+        kill(first)  # kill -9: the kernel releases the lock
+        first.wait(timeout=30)
+        run_crawl(served.metadata, store)
+        assert all(len(found) == 1 for found in outcomes(store).values())
+        assert set(outcomes(store)) == {row.fields["ImageID"] for row in served.mirror.rows}
     finally:
         served.server.close()

@@ -128,3 +128,17 @@ def test_other_sources_are_not_checked_against_the_metadata(tmp_path: Path) -> N
         store.write(f"train/{name}", b"x")
     kept = planner(store, save_originals=True, source=ImageSource("cvdf", "https://cvdf.example")).plan(image)
     assert kept.from_store and kept.url.endswith(".jpg") and kept.original.endswith(".png")
+
+
+def test_the_store_lock_is_exclusive_and_names_its_holder(tmp_path: Path) -> None:
+    import os
+
+    from openimages_crawler.store.lock import StoreLock, StoreLocked
+
+    first, second = StoreLock(tmp_path), StoreLock(tmp_path)
+    first.acquire()
+    with pytest.raises(StoreLocked, match=f"is in use by another crawl \\(host .*, pid {os.getpid()}, since "):
+        second.acquire()
+    first.release()
+    second.acquire()  # free again once released (the kernel also releases it when a process dies)
+    second.release()

@@ -36,6 +36,7 @@ from openimages_crawler.dataset.source import ImageSource
 from openimages_crawler.store import LocalStore
 from openimages_crawler.store.annotations import AnnotationOutput
 from openimages_crawler.store.ledger import ResultsLedger
+from openimages_crawler.store.lock import StoreLock, StoreLocked
 from openimages_crawler.store.planner import PlannedOutput, RowPlan, RowPlanner
 from openimages_crawler.store.results import FailureRow, SuccessRow
 
@@ -73,20 +74,36 @@ class OpenImagesSpider(scrapy.Spider):
         config = spider.config = CrawlConfig.from_settings(crawler.settings)
         spider.store = open_crawl_store(config.store_uri)
         spider.source = ImageSource(spider.arguments.source, config.cvdf_url, config.thumbnails_300k)
+        spider.lock = StoreLock(spider.local_store.root)
+        try:
+            spider.lock.acquire()  # first: two crawls must not even share the metadata cache
+        except StoreLocked as exc:
+            raise UsageError(str(exc)) from None
+        # Held until the engine has stopped: results and report are written by then.
+        crawler.signals.connect(spider.lock.release, signal=signals.engine_stopped)
+        try:
+            spider.prepare()
+        except BaseException:
+            spider.lock.release()
+            raise
+        spider.prepare_seconds = time.perf_counter() - started  # metadata and selection work
+        return spider
+
+    def prepare(self) -> None:
+        """The dataset, what earlier runs recorded, and where annotations go."""
+        config = self.config
         options = MetadataOptions(
-            cache=spider.local_store.root / "metadata",
+            cache=self.local_store.root / "metadata",
             url=config.metadata_url,
             verify=config.metadata_verify,
             keep_archives=config.keep_archives,
         )
         try:
-            spider.dataset = prepare(spider.arguments, options)
+            self.dataset = prepare(self.arguments, options)
         except ArgumentError as exc:
             raise UsageError(str(exc)) from exc
-        spider.planner = spider.make_planner()
-        spider.annotations = spider.annotation_output()
-        spider.prepare_seconds = time.perf_counter() - started  # metadata and selection work
-        return spider
+        self.planner = self.make_planner()
+        self.annotations = self.annotation_output()
 
     @property
     def local_store(self) -> LocalStore:
