@@ -119,3 +119,20 @@ def test_subset_defaults() -> None:
 def test_rotation_values(text: str, rotation: int) -> None:
     row = validate_row({**GOOD, "Rotation": text}, None, None)
     assert isinstance(row, ImageRow) and row.rotation == rotation
+
+
+@pytest.mark.parametrize("subset", ["metadata", "report.html", "REPORT.JSON", ".lock", ".tmp", ".."])
+def test_a_subset_named_like_the_stores_own_files_is_an_invalid_row(subset: str) -> None:
+    row = validate_row({**GOOD, "Subset": subset}, None, "validation")
+    assert isinstance(row, InvalidRow) and row.subset == "validation"
+    assert "is not a safe folder name" in row.details
+
+
+def test_the_subset_argument_cannot_name_the_stores_own_files(tmp_path: Path) -> None:
+    from openimages_crawler.dataset.arguments import ArgumentError, CrawlArguments
+
+    metadata = tmp_path / "images.csv"
+    metadata.write_text(",".join(IMAGES_CSV_COLUMNS) + "\n")
+    with pytest.raises(ArgumentError, match="is not a plain subset name"):
+        CrawlArguments.parse(metadata=str(metadata), subset="metadata")
+    assert CrawlArguments.parse(metadata=str(metadata), subset="metadata-2").subset == "metadata-2"

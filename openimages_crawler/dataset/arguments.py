@@ -14,7 +14,7 @@ from typing import Any
 
 from openimages_crawler.dataset.annotations import parse_class_list
 from openimages_crawler.dataset.catalogue import splits_for
-from openimages_crawler.dataset.rows import SAFE_SUBSET
+from openimages_crawler.dataset.rows import is_subset_name
 from openimages_crawler.dataset.selection import SelectionError, Shard
 from openimages_crawler.dataset.source import SOURCES
 
@@ -85,7 +85,7 @@ class CrawlArguments:
         all_labels: str | bool | None = None,
         annotations: str | bool | None = None,
     ) -> CrawlArguments:
-        if subset is not None and (not SAFE_SUBSET.fullmatch(subset) or subset in (".", "..")):
+        if subset is not None and not is_subset_name(subset):
             raise ArgumentError(f"-a subset={subset!r} is not a plain subset name")
         try:
             parsed_shard = Shard.parse(shard) if shard else None

@@ -23,6 +23,9 @@ from openimages_crawler.dataset.catalogue import REQUIRED_COLUMNS, UNKNOWN_SUBSE
 
 SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
 SAFE_SUBSET = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+# Names at the store's top level that a Subset folder must not take (a name
+# starting with "." is refused by SAFE_SUBSET already: .tmp, .lock).
+STORE_NAMES = frozenset({"metadata", "report.html", "report.json"})
 ALLOWED_SCHEMES = ("http", "https")
 
 # Rows may hold long titles; the csv module's 128 KiB default is too small
@@ -122,9 +125,12 @@ def iter_rows(path: Path, header: list[str]) -> Iterator[tuple[dict[str, str], s
 def subset_folder(fields: dict[str, str], default: str | None) -> str:
     """The folder a row's outputs go to: its Subset, else the default, else unknown."""
     value = fields.get("Subset", "") or default or UNKNOWN_SUBSET
-    return value if SAFE_SUBSET.fullmatch(value) and value not in (".", "..") else (
-        default or UNKNOWN_SUBSET
-    )
+    return value if is_subset_name(value) else (default or UNKNOWN_SUBSET)
+
+
+def is_subset_name(value: str) -> bool:
+    """A name usable as a subset folder: plain, and not one of the store's own."""
+    return bool(SAFE_SUBSET.fullmatch(value)) and value not in (".", "..") and value.lower() not in STORE_NAMES
 
 
 def validate_row(
@@ -140,7 +146,7 @@ def validate_row(
         return invalid(problem)
     raw_subset = fields.get("Subset", "")
     if raw_subset and subset != raw_subset:
-        return invalid(f"Subset {raw_subset[:80]!r} is not a safe folder name")
+        return invalid(f"Subset {raw_subset[:80]!r} is not a safe folder name (or is one of the store's own)")
     image_id = fields["ImageID"]
     if not SAFE_ID.fullmatch(image_id):
         return invalid(f"ImageID {image_id[:80]!r} is not a safe id (letters, digits, _ and -)")
