@@ -55,7 +55,7 @@ def test_every_row_gets_its_expected_outcome_exactly_once(mirror: Served, tmp_pa
     found = outcomes(store)
     expected = mirror.mirror.expected()
     assert {k: v for k, v in found.items()} == {k: [v] for k, v in expected.items()}
-    # Every FailureReason but io_error (its own test) is exercised by the mirror.
+    # Every FailureReason but io_error (a crawl never records it: its own test) is exercised by the mirror.
     assert set(expected.values()) >= set(FAILURE_REASONS) - {"io_error"}
 
     # Results keep the input's columns, in order, and its values byte for byte.
@@ -213,16 +213,41 @@ def test_v4_gzip_subset_and_limit(tmp_path: Path) -> None:
         served.server.close()
 
 
-def test_io_error_and_download_maxsize(clean_mirror: Served, tmp_path: Path) -> None:
+def test_a_store_that_cannot_be_written_stops_the_crawl_and_loses_no_row(clean_mirror: Served, tmp_path: Path) -> None:
     store = tmp_path / "store"
     (store / "train").mkdir(parents=True)
-    (store / "train" / "images-resized").write_text("a file where a folder should be")
-    run_crawl(clean_mirror.metadata, store, {"DOWNLOAD_MAXSIZE": "60000"})
+    blocker = store / "train" / "images-resized"
+    blocker.write_text("a file where a folder should be")
+    settings = {"DOWNLOAD_MAXSIZE": "60000"}
+    stopped = subprocess.run(crawl_command(clean_mirror.metadata, store, settings), cwd=ROOT,
+                             capture_output=True, text=True, timeout=120)
+    assert stopped.returncode == 1
+    error = stopped.stderr.splitlines()[-1]
+    assert error.startswith("scrapy crawl: error: the store cannot be written") and "still pending" in error
+    # io_error is never a verdict: what could not be written has no results row.
+    assert all(found == ["too_large"] for found in outcomes(store).values())
+    blocker.unlink()  # the store is writable again: the rerun stores the pending rows
+    run_crawl(clean_mirror.metadata, store, settings)
     found = outcomes(store)
     sizes = {r.fields["ImageID"]: int(r.fields["OriginalSize"]) for r in clean_mirror.mirror.rows}
-    for image_id, size in sizes.items():
-        assert found[image_id] == (["too_large"] if size > 60000 else ["io_error"])
+    assert found == {image_id: ["too_large" if size > 60000 else "success"] for image_id, size in sizes.items()}
     assert "too_large" in {v[0] for v in found.values()}
+
+
+def test_below_the_free_space_floor_the_crawl_stops_before_the_disk_is_full(
+    clean_mirror: Served, tmp_path: Path
+) -> None:
+    store = tmp_path / "store"
+    stopped = subprocess.run(
+        crawl_command(clean_mirror.metadata, store, {"OPENIMAGES_MIN_FREE_BYTES": str(2**62)}),
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert stopped.returncode == 1
+    assert "under OPENIMAGES_MIN_FREE_BYTES" in stopped.stderr.splitlines()[-1]
+    assert outcomes(store) == {}
+    assert not list((store / "train").glob("images-resized/*/*"))
+    run_crawl(clean_mirror.metadata, store)
+    assert outcomes(store) == {r.fields["ImageID"]: ["success"] for r in clean_mirror.mirror.rows}
 
 
 def test_connection_limits_hold_at_the_server(tmp_path: Path) -> None:

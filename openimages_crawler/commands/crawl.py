@@ -18,6 +18,7 @@ from scrapy.commands.crawl import Command as ScrapyCrawlCommand
 from scrapy.exceptions import UsageError
 
 from openimages_crawler.crawl.config import CrawlConfig, open_crawl_store
+from openimages_crawler.crawl.pipeline import STORE_UNWRITABLE
 from openimages_crawler.crawl.spider import OpenImagesSpider, scrapy_arguments
 from openimages_crawler.dataset.arguments import ArgumentError, CrawlArguments
 
@@ -95,10 +96,14 @@ class Command(ScrapyCrawlCommand):
         reason = stats.get_value("finish_reason")
         if reason == "finished":
             return EXIT_OK
-        spider = crawler.spider
         read = stats.get_value("openimages/rows_read", 0)
-        total = getattr(spider, "rows_total", None)
-        unread = f", and about {max(total - read, 0):,} rows not read yet" if total is not None else ""
+        total = getattr(crawler.spider, "rows_total", None)
+        unread = f", and about {max(total - read, 0):,} rows not read yet," if total is not None else ""
+        if reason == STORE_UNWRITABLE:
+            pending = stats.get_value("openimages/unwritable", 0) + stats.get_value("openimages/interrupted", 0)
+            return fail(f"the store cannot be written ({stats.get_value('openimages/store_error')}): "
+                        f"{pending:,} rows not stored{unread} are still pending; free space (or fix the "
+                        "store) and run the same command again", EXIT_INCOMPLETE)
         cut = stats.get_value("openimages/interrupted", 0)
         by = f" by {signal.Signals(received[0]).name}" if received else ""
         status = _EXIT_AFTER_SIGNAL.get(received[0], EXIT_INCOMPLETE) if received else EXIT_INCOMPLETE

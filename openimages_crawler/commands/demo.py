@@ -18,6 +18,8 @@ from openimages_crawler.testing.mirror import MirrorServer, build_mirror, refuse
 
 # The demo's hanging host must time out quickly.
 DEMO_TIMEOUT = 2
+# The demo stores a few MB: it runs where a real crawl's 1 GiB floor would stop it.
+DEMO_MIN_FREE_BYTES = 64 * 1024**2
 
 
 class Command(ScrapyCommand):
@@ -45,6 +47,7 @@ class Command(ScrapyCommand):
             "IMAGES_STORE": str(root / "openimages"),
             "OPENIMAGES_SAVE_ORIGINALS": True,
             "DOWNLOAD_TIMEOUT": DEMO_TIMEOUT,
+            "OPENIMAGES_MIN_FREE_BYTES": DEMO_MIN_FREE_BYTES,
         }
         for name, value in demo_settings.items():  # -s on the command line still wins
             if (self.settings.getpriority(name) or 0) < SETTINGS_PRIORITIES["cmdline"]:

@@ -26,7 +26,8 @@ _OPTIONAL_OUTPUT_KEYS = ("format", "quality", "resample")
 # otherwise take None for each of them.
 _READ_SETTINGS = (
     "IMAGES_STORE", "OPENIMAGES_SAVE_ORIGINALS", "OPENIMAGES_ORIGINALS_DIR", "OPENIMAGES_SUBDIR_CHARS",
-    "OPENIMAGES_CVDF_URL", "OPENIMAGES_CHECK_MD5_IF_EXISTS", "OPENIMAGES_MAX_PIXELS", "OPENIMAGES_WORKERS",
+    "OPENIMAGES_CVDF_URL", "OPENIMAGES_CHECK_MD5_IF_EXISTS", "OPENIMAGES_MAX_PIXELS", "OPENIMAGES_MIN_FREE_BYTES",
+    "OPENIMAGES_WORKERS",
     "OPENIMAGES_FAST_RESIZE", "OPENIMAGES_METADATA_URL", "OPENIMAGES_METADATA_VERIFY", "OPENIMAGES_SAVE_TARBALLS",
     "OPENIMAGES_DOWNLOAD_300K", "OPENIMAGES_RESIZE", "OPENIMAGES_RESIZED_DIR", "OPENIMAGES_RESIZE_MODE",
     "OPENIMAGES_RESIZE_SIZE", "OPENIMAGES_RESAMPLE", "OPENIMAGES_RESIZE_FORMAT", "OPENIMAGES_RESIZE_QUALITY",
@@ -53,6 +54,7 @@ class CrawlConfig:
     outputs: tuple[ResizedOutput, ...]
     check_md5_if_exists: bool
     max_pixels: int
+    min_free_bytes: int
     workers: int
     fast_resize: bool
     metadata_url: str
@@ -95,6 +97,7 @@ class CrawlConfig:
             outputs=outputs,
             check_md5_if_exists=settings.getbool("OPENIMAGES_CHECK_MD5_IF_EXISTS"),
             max_pixels=settings.getint("OPENIMAGES_MAX_PIXELS"),
+            min_free_bytes=settings.getint("OPENIMAGES_MIN_FREE_BYTES"),
             workers=settings.getint("OPENIMAGES_WORKERS") or os.cpu_count() or 1,
             fast_resize=settings.getbool("OPENIMAGES_FAST_RESIZE"),
             metadata_url=str(settings["OPENIMAGES_METADATA_URL"]),

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from scrapy.exceptions import UsageError
 from scrapy.pipelines.images import ImagesPipeline
+from scrapy.utils.defer import _schedule_coro
 
 from openimages_crawler import reasons
 from openimages_crawler.crawl import errors
@@ -50,6 +51,9 @@ if TYPE_CHECKING:
     from twisted.python.failure import Failure
 
 logger = logging.getLogger(__name__)
+
+# The finish reason of a crawl stopped because the store cannot take more files.
+STORE_UNWRITABLE = "store_unwritable"
 
 # One (success, outcome) pair per request, in the shape of Scrapy's
 # item_completed results (a failure is an Outcome with its reason, not a
@@ -173,6 +177,10 @@ class OpenImagesPipeline(ImagesPipeline):
             return outcome
         encoded, outcome.encoded = outcome.encoded, []
         request = item.response.request if item.response is not None else None
+        free = self.store.free_bytes()
+        if free is not None and free < config.min_free_bytes + len(body) + sum(map(len, encoded)):
+            return Outcome(reasons.IO_ERROR, f"{free:,} bytes free in the store, under "
+                                             f"OPENIMAGES_MIN_FREE_BYTES ({config.min_free_bytes:,})")
         try:
             if plan.keep_original and not plan.from_store:
                 self.store.write(self.file_path(request, item=item), body)
@@ -193,6 +201,9 @@ class OpenImagesPipeline(ImagesPipeline):
             self.stats.inc_value("openimages/interrupted")
             return Unrecorded(row.image_id, "download interrupted by the stop")
         ok, outcome = results[0]
+        if outcome.reason == reasons.IO_ERROR:  # never a verdict on the row: it stays pending
+            self.stop_for_the_store(outcome.details)
+            return Unrecorded(row.image_id, "the store cannot be written")
         if not ok and plan.from_store:
             logger.info(
                 "Stored original of %s failed verification (%s: %s); downloading it again",
@@ -224,6 +235,16 @@ class OpenImagesPipeline(ImagesPipeline):
         assert outcome.reason is not None
         logger.debug("%s failed: %s: %s", row.image_id, outcome.reason, outcome.details)
         return FailureRow(fields, row.subset, outcome.reason, outcome.details)
+
+
+    def stop_for_the_store(self, details: str) -> None:
+        """Stop the crawl (once) the way a CLOSESPIDER limit does: no new rows,
+        the ones in flight finish, results and report are written."""
+        self.stats.inc_value("openimages/unwritable")
+        if self.stats.get_value("openimages/store_error") is None:
+            self.stats.set_value("openimages/store_error", details)
+            logger.error("Cannot write to the store: %s. Stopping; the rows not written stay pending", details)
+            _schedule_coro(self.crawler.engine.close_spider_async(reason=STORE_UNWRITABLE))
 
 
 def _timed(task: Callable[[], Outcome]) -> tuple[Outcome, float]:

@@ -46,6 +46,9 @@ class Store(Protocol):
     def list(self, prefix: str) -> Iterator[str]:
         """Keys under ``prefix`` (a folder key), in no particular order."""
 
+    def free_bytes(self) -> int | None:
+        """Room left for writes, ``None`` when the store has no such limit."""
+
     def request_uri(self, key: str) -> str:
         """A URI a Scrapy request can read the object at ``key`` from."""
 

@@ -100,6 +100,12 @@ class LocalStore:
             for name in files:
                 yield name if relative == "." else f"{relative}/{name}"
 
+    def free_bytes(self) -> int | None:
+        try:
+            return shutil.disk_usage(self.root).free
+        except OSError:
+            return None
+
     def request_uri(self, key: str) -> str:
         return self.path(key).resolve().as_uri()
 
