@@ -25,6 +25,7 @@ import psutil
 
 from bench.contenders import REPO
 from bench.measure import tree_rss
+from bench.servers import LOCAL_HOSTS_ALLOWED
 from openimages_crawler.dataset.catalogue import (
     IMAGE_INFO_COLUMNS,
     VERSIONS,
@@ -140,7 +141,7 @@ def _timed_crawl(store: Path, log: Path, annotations: bool) -> dict:
         sys.executable, "-m", "scrapy", "crawl", "openimages", "-a", "version=6", "-a", "subset=train",
         "-a", f"classes={','.join(WANTED)}", "-a", "download_metadata=false",
         "-a", f"annotations={str(annotations).lower()}", "-s", f"IMAGES_STORE={store}",
-        "-s", "RETRY_TIMES=0", "-s", "LOG_LEVEL=INFO",
+        "-s", "RETRY_TIMES=0", "-s", "LOG_LEVEL=INFO", *LOCAL_HOSTS_ALLOWED,
     ]
     started = time.perf_counter()
     with open(log, "w") as out:

@@ -10,6 +10,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench.servers import LOCAL_HOSTS_ALLOWED
+
 REPO = Path(__file__).resolve().parent.parent
 IMG2DATASET_VERSION = "1.47.0"
 
@@ -59,7 +61,7 @@ def ours(key: str, label: str, *settings: str) -> Contender:
         argv = [
             sys.executable, "-m", "scrapy", "crawl", "openimages",
             "-a", f"metadata={inputs.metadata}",
-            "-s", f"IMAGES_STORE={out}",
+            "-s", f"IMAGES_STORE={out}", *LOCAL_HOSTS_ALLOWED,
         ]
         for setting in settings:
             argv += ["-s", setting]

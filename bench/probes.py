@@ -21,6 +21,7 @@ from PIL import Image
 from bench import classes, quality, servers
 from bench import corpus as corpus_module
 from bench.contenders import REPO
+from bench.servers import LOCAL_HOSTS_ALLOWED
 from openimages_crawler.dataset.catalogue import IMAGES_CSV_COLUMNS
 from openimages_crawler.store.layout import StoreLayout
 
@@ -48,7 +49,7 @@ def _metadata(corpus: corpus_module.Corpus, rows: int) -> Path:
 def _crawl(metadata: Path, store: Path, log: Path, *settings: str) -> subprocess.Popen:
     argv = [
         sys.executable, "-m", "scrapy", "crawl", "openimages", "-a", f"metadata={metadata}",
-        "-s", f"IMAGES_STORE={store}",
+        "-s", f"IMAGES_STORE={store}", *LOCAL_HOSTS_ALLOWED,
     ]
     for setting in settings:
         argv += ["-s", setting]

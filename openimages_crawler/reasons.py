@@ -16,6 +16,7 @@ NOT_IMAGE: Final = "not_image"
 CORRUPT: Final = "corrupt"
 TOO_LARGE: Final = "too_large"
 IO_ERROR: Final = "io_error"
+BLOCKED_HOST: Final = "blocked_host"
 
 FAILURE_REASONS: Final = (
     INVALID_ROW,
@@ -29,6 +30,7 @@ FAILURE_REASONS: Final = (
     CORRUPT,
     TOO_LARGE,
     IO_ERROR,
+    BLOCKED_HOST,
 )
 
 # Stats key prefix of the failure counts: openimages/failure/{FailureReason}.

@@ -65,6 +65,9 @@ OPENIMAGES_SAVE_TARBALLS = False
 OPENIMAGES_DOWNLOAD_300K = False
 # Base of the CVDF mirror used by -a source=cvdf ({base}/{split}/{ImageID}.jpg).
 OPENIMAGES_CVDF_URL = catalogue.DEFAULT_CVDF_URL
+# Refuse image URLs whose host is or resolves to a loopback, private, link-local, multicast or
+# reserved address (blocked_host, no connection made); the offline mirror needs False.
+OPENIMAGES_BLOCK_PRIVATE_HOSTS = True
 # Seconds a graceful stop (one Ctrl-C) waits for transfers before cutting them off.
 OPENIMAGES_STOP_GRACE = 3.0
 
@@ -123,11 +126,15 @@ EXTENSIONS = {
     "openimages_crawler.monitor.extensions.RunReport": 0,
     "openimages_crawler.monitor.dashboard.Dashboard": 0,
 }
-# Redirect and meta-refresh handling is never wanted for image bytes.
+# Redirect and meta-refresh handling is never wanted for image bytes; a refused host is
+# final (before the retry middleware, 550, would retry it).
 DOWNLOADER_MIDDLEWARES = {
     "scrapy.downloadermiddlewares.redirect.RedirectMiddleware": None,
     "scrapy.downloadermiddlewares.redirect.MetaRefreshMiddleware": None,
+    "openimages_crawler.crawl.hosts.BlockedHostMiddleware": 560,
 }
+# Scrapy's caching resolver, refusing non-public addresses (with OPENIMAGES_BLOCK_PRIVATE_HOSTS).
+TWISTED_DNS_RESOLVER = "openimages_crawler.crawl.hosts.PublicAddressResolver"
 # Image URLs are not links to crawl: no depth, referer or length filtering.
 SPIDER_MIDDLEWARES = {
     "scrapy.spidermiddlewares.depth.DepthMiddleware": None,

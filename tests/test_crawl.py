@@ -465,3 +465,21 @@ def test_a_second_crawl_on_a_store_in_use_stops_at_once_naming_the_holder(tmp_pa
         assert set(outcomes(store)) == {row.fields["ImageID"] for row in served.mirror.rows}
     finally:
         served.server.close()
+
+
+def test_private_hosts_are_refused_by_default_without_a_connection(clean_mirror: Served, tmp_path: Path) -> None:
+    """The mirror is on 127.0.0.1/.2 and a row names `localhost`: with the default setting
+    every row is blocked_host, and the mirror sees no request at all."""
+    rows = clean_mirror.mirror.rows
+    port = rows[0].fields["OriginalURL"].split("/")[2].split(":")[1]
+    rows[0].fields["OriginalURL"] = rows[0].fields["OriginalURL"].replace(f"127.0.0.1:{port}", f"localhost:{port}")
+    metadata = clean_mirror.mirror.write_metadata(tmp_path / "private.csv")
+    store = tmp_path / "store"
+    run_crawl(metadata, store, {"OPENIMAGES_BLOCK_PRIVATE_HOSTS": "True"})
+    _, failures = read_csv(store / "train" / "images-failure.csv")
+    assert {row["ImageID"] for row in failures} == {row.fields["ImageID"] for row in rows}
+    assert {row["FailureReason"] for row in failures} == {"blocked_host"}
+    details = {row["ImageID"]: row["FailureDetails"] for row in failures}
+    assert "localhost is 127.0.0.1, not a public address" in details[rows[0].fields["ImageID"]]
+    assert sum(clean_mirror.server.counter.requests.values()) == 0
+    assert clean_mirror.server.counter.connections.total_peak == 0

@@ -12,7 +12,12 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from scrapy.exceptions import DownloadTimeoutError, ResponseDataLossError, UsageError
+from scrapy.exceptions import (
+    CannotResolveHostError,
+    DownloadTimeoutError,
+    ResponseDataLossError,
+    UsageError,
+)
 from scrapy.http import Request, Response
 from scrapy.settings import SETTINGS_PRIORITIES
 from scrapy.utils.defer import deferred_from_coro
@@ -179,3 +184,34 @@ def test_the_pipeline_hooks_keep_scrapys_signatures(tmp_path: Path) -> None:
     item = FetchedImage(plan)
     request = Request(row.url)
     assert pipeline.file_path(request, item=item) == "train/images-original/012/0123456789abcdef.png"
+
+
+def test_only_public_addresses_pass() -> None:
+    from openimages_crawler.crawl.hosts import is_public
+
+    for private in ("127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.169.254", "0.0.0.0",
+                    "224.0.0.1", "240.0.0.1", "100.64.0.1", "::1", "fc00::1", "fe80::1", "ff02::1", "not an ip"):
+        assert not is_public(private), private
+    for public in ("8.8.8.8", "151.101.1.140", "2606:4700::1111"):
+        assert is_public(public), public
+
+
+def test_a_refused_lookup_is_a_final_blocked_host() -> None:
+    from openimages_crawler.crawl.hosts import (
+        BlockedHost,
+        BlockedHostMiddleware,
+        _refuse_private,
+    )
+
+    assert _refuse_private("93.184.216.34", "example.org") == "93.184.216.34"
+    with pytest.raises(twisted_errors.DNSLookupError):
+        _refuse_private("169.254.169.254", "metadata.internal")
+    request = Request("http://metadata.internal/latest/x.jpg")
+    with pytest.raises(BlockedHost, match="metadata.internal is 169.254.169.254"):
+        BlockedHostMiddleware().process_exception(request, twisted_errors.DNSLookupError("refused"))
+    with pytest.raises(BlockedHost):  # as Scrapy's HTTP handler reports a failed lookup
+        BlockedHostMiddleware().process_exception(request, CannotResolveHostError("no results"))
+    other = Request("http://no-such-host.invalid/x.jpg")
+    assert BlockedHostMiddleware().process_exception(other, twisted_errors.DNSLookupError("nx")) is None
+    reason, details = errors.exception_failure(Failure(BlockedHost("x is 10.0.0.1")), 0)
+    assert (reason, details) == ("blocked_host", "x is 10.0.0.1")

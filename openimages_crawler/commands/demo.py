@@ -48,6 +48,7 @@ class Command(ScrapyCommand):
             "OPENIMAGES_SAVE_ORIGINALS": True,
             "DOWNLOAD_TIMEOUT": DEMO_TIMEOUT,
             "OPENIMAGES_MIN_FREE_BYTES": DEMO_MIN_FREE_BYTES,
+            "OPENIMAGES_BLOCK_PRIVATE_HOSTS": False,  # the mirror's hosts are 127.0.0.1 and .2
         }
         for name, value in demo_settings.items():  # -s on the command line still wins
             if (self.settings.getpriority(name) or 0) < SETTINGS_PRIORITIES["cmdline"]:

@@ -11,7 +11,9 @@ from scrapy.http import Response
 from twisted.internet import error as twisted_errors
 from twisted.python.failure import Failure
 
+from openimages_crawler.crawl.hosts import BlockedHost
 from openimages_crawler.reasons import (
+    BLOCKED_HOST,
     CONNECTION,
     HTTP_ERROR,
     TIMEOUT,
@@ -47,6 +49,8 @@ def exception_failure(failure: Failure, retries: int) -> tuple[str, str]:
     exc = failure.value
     after = f" after {retries} retr{'y' if retries == 1 else 'ies'}" if retries else ""
     text = f"{type(exc).__name__}: {exc}".strip().rstrip(":")
+    if isinstance(exc, BlockedHost):
+        return BLOCKED_HOST, str(exc)
     if isinstance(exc, DownloadCancelledError):
         return TOO_LARGE, f"{exc} (DOWNLOAD_MAXSIZE)"
     if isinstance(exc, (*_TIMEOUTS, twisted_errors.TCPTimedOutError)):
