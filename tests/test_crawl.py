@@ -483,3 +483,17 @@ def test_private_hosts_are_refused_by_default_without_a_connection(clean_mirror:
     assert "localhost is 127.0.0.1, not a public address" in details[rows[0].fields["ImageID"]]
     assert sum(clean_mirror.server.counter.requests.values()) == 0
     assert clean_mirror.server.counter.connections.total_peak == 0
+
+
+def test_a_compressed_body_that_inflates_past_download_maxsize_is_too_large(
+    clean_mirror: Served, tmp_path: Path
+) -> None:
+    bomb = route_of(clean_mirror, clean_mirror.mirror.rows[0])
+    bomb.body = gzip.compress(b"\0" * 20_000_000)  # ~20 KB on the wire
+    bomb.content_encoding = "gzip"
+    store = tmp_path / "store"
+    run_crawl(clean_mirror.metadata, store, {"DOWNLOAD_MAXSIZE": "5000000"})
+    found = outcomes(store)
+    bombed = clean_mirror.mirror.rows[0].fields["ImageID"]
+    assert found.pop(bombed) == ["too_large"]
+    assert set(map(tuple, found.values())) == {("success",)}

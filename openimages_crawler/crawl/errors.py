@@ -5,9 +5,13 @@ from __future__ import annotations
 from scrapy.exceptions import (
     DownloadCancelledError,
     DownloadTimeoutError,
+    IgnoreRequest,
     ResponseDataLossError,
 )
 from scrapy.http import Response
+
+# HttpCompressionMiddleware's cause for an IgnoreRequest over DOWNLOAD_MAXSIZE.
+from scrapy.utils._compression import _DecompressionMaxSizeExceeded
 from twisted.internet import error as twisted_errors
 from twisted.python.failure import Failure
 
@@ -51,7 +55,9 @@ def exception_failure(failure: Failure, retries: int) -> tuple[str, str]:
     text = f"{type(exc).__name__}: {exc}".strip().rstrip(":")
     if isinstance(exc, BlockedHost):
         return BLOCKED_HOST, str(exc)
-    if isinstance(exc, DownloadCancelledError):
+    if isinstance(exc, DownloadCancelledError) or (
+        isinstance(exc, IgnoreRequest) and isinstance(exc.__cause__, _DecompressionMaxSizeExceeded)
+    ):  # the body, or what a Content-Encoding inflates it to
         return TOO_LARGE, f"{exc} (DOWNLOAD_MAXSIZE)"
     if isinstance(exc, (*_TIMEOUTS, twisted_errors.TCPTimedOutError)):
         return TIMEOUT, f"{text}{after}"

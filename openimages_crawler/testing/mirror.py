@@ -47,6 +47,7 @@ class Route:
     cut_after: int | None = None  # send this many body bytes, then drop the connection
     delay: float = 0.0  # seconds before answering
     location: str = ""
+    content_encoding: str = ""  # sent as Content-Encoding (the body is sent as it is)
 
 
 @dataclass
@@ -281,11 +282,13 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             self.connection.shutdown(socket.SHUT_RDWR)
             return None
-        return self._send(route.status, route.body, route.content_type)
+        return self._send(route.status, route.body, route.content_type, route.content_encoding)
 
-    def _send(self, status: int, body: bytes, content_type: str) -> None:
+    def _send(self, status: int, body: bytes, content_type: str, content_encoding: str = "") -> None:
         self.send_response(status)
         self.send_header("Content-Type", content_type)
+        if content_encoding:
+            self.send_header("Content-Encoding", content_encoding)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
