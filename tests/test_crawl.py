@@ -497,3 +497,33 @@ def test_a_compressed_body_that_inflates_past_download_maxsize_is_too_large(
     bombed = clean_mirror.mirror.rows[0].fields["ImageID"]
     assert found.pop(bombed) == ["too_large"]
     assert set(map(tuple, found.values())) == {("success",)}
+
+
+def test_retry_failed_moves_rows_that_now_succeed_and_keeps_every_row_once(
+    clean_mirror: Served, tmp_path: Path
+) -> None:
+    rows = clean_mirror.mirror.rows
+    dead, missing = route_of(clean_mirror, rows[0]), route_of(clean_mirror, rows[1])
+    dead.status, missing.status = 503, 404
+    store = tmp_path / "store"
+    run_crawl(clean_mirror.metadata, store)
+    first = outcomes(store)
+    assert first[rows[0].fields["ImageID"]] == first[rows[1].fields["ImageID"]] == ["http_error"]
+    dead.status = missing.status = 200  # both hosts are back
+    served_before = sum(clean_mirror.server.counter.requests.values())
+    run_crawl(clean_mirror.metadata, store, retry_failed="transient")  # 503 is transient, 404 is not
+    assert sum(clean_mirror.server.counter.requests.values()) == served_before + 1
+    second = outcomes(store)
+    assert second[rows[0].fields["ImageID"]] == ["success"]
+    assert second[rows[1].fields["ImageID"]] == ["http_error"]
+    run_crawl(clean_mirror.metadata, store, retry_failed="http_error")
+    assert outcomes(store) == {row.fields["ImageID"]: ["success"] for row in rows}
+    header, failures = read_csv(store / "train" / "images-failure.csv")
+    assert failures == [] and header  # rewritten, header kept
+
+
+def test_a_bad_retry_failed_value_is_a_usage_error(clean_mirror: Served, tmp_path: Path) -> None:
+    done = subprocess.run(crawl_command(clean_mirror.metadata, tmp_path / "store", retry_failed="timeouts"),
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert "-a retry_failed='timeouts': give FailureReason codes or transient" in done.stderr.splitlines()[-1]

@@ -142,3 +142,48 @@ def test_the_store_lock_is_exclusive_and_names_its_holder(tmp_path: Path) -> Non
     first.release()
     second.acquire()  # free again once released (the kernel also releases it when a process dies)
     second.release()
+
+
+def test_reconcile_drops_failures_of_stored_images_and_keeps_the_last_of_a_repeated_one(tmp_path: Path) -> None:
+    from openimages_crawler.dataset.retry import RetryFilter
+    from openimages_crawler.store.ledger import ResultsLedger, reconcile
+
+    train = tmp_path / "train"
+    train.mkdir()
+    (train / "images-success.csv").write_bytes(b"ImageID,Title\r\na,x\r\n")
+    (train / "images-failure.csv").write_bytes(
+        b'ImageID,Title,FailureReason,FailureDetails\r\n'
+        b'a,x,timeout,TimeoutError\r\n'  # stored since: leaves
+        b'b,"two\r\nlines",http_error,HTTP 503 after 3 retries\r\n'  # recorded again below: the last stays
+        b'c,y,http_error,HTTP 404\r\n'
+        b'b,"two\r\nlines",http_error,HTTP 404\r\n'
+    )
+    files = {"success": [str(tmp_path / "*" / "images-success.csv")],
+             "failure": [str(tmp_path / "*" / "images-failure.csv")]}
+    ledger = ResultsLedger.load(files, ["ImageID", "Title"], RetryFilter.parse("transient"))
+    assert ledger.needs_reconcile
+    assert "c" in ledger.failed and "b" in ledger.retrying  # one of b's rows is a 503
+    store = LocalStore(str(tmp_path))
+    store.open()
+    assert reconcile(files, store) == 2
+    assert (train / "images-failure.csv").read_bytes() == (
+        b'ImageID,Title,FailureReason,FailureDetails\r\n'
+        b'c,y,http_error,HTTP 404\r\n'
+        b'b,"two\r\nlines",http_error,HTTP 404\r\n'
+    )
+    assert not ResultsLedger.load(files, ["ImageID", "Title"]).needs_reconcile
+    assert reconcile(files, store) == 0  # nothing left to mend: the file is not rewritten
+
+
+def test_retry_failed_names_codes_or_transient() -> None:
+    from openimages_crawler.dataset.retry import RetryFilter
+
+    transient = RetryFilter.parse("transient")
+    assert transient.matches("timeout", "") and transient.matches("connection", "refused")
+    assert transient.matches("http_error", "HTTP 503 after 3 retries") and transient.matches("http_error", "HTTP 429")
+    assert not transient.matches("http_error", "HTTP 404") and not transient.matches("md5_mismatch", "")
+    both = RetryFilter.parse("md5_mismatch, http_error")
+    assert both.matches("http_error", "HTTP 404") and both.matches("md5_mismatch", "") and not both.matches("timeout", "")
+    for bad in ("", "timeouts", "transient,nope"):
+        with pytest.raises(ValueError, match="give FailureReason codes or transient"):
+            RetryFilter.parse(bad)

@@ -35,7 +35,7 @@ from openimages_crawler.dataset.rows import MetadataError, validate_row
 from openimages_crawler.dataset.source import ImageSource
 from openimages_crawler.store import LocalStore
 from openimages_crawler.store.annotations import AnnotationOutput
-from openimages_crawler.store.ledger import ResultsLedger
+from openimages_crawler.store.ledger import ResultsLedger, reconcile
 from openimages_crawler.store.lock import StoreLock, StoreLocked
 from openimages_crawler.store.planner import PlannedOutput, RowPlan, RowPlanner
 from openimages_crawler.store.results import FailureRow, SuccessRow
@@ -80,7 +80,7 @@ class OpenImagesSpider(scrapy.Spider):
         except StoreLocked as exc:
             raise UsageError(str(exc)) from None
         # Held until the engine has stopped: results and report are written by then.
-        crawler.signals.connect(spider.lock.release, signal=signals.engine_stopped)
+        crawler.signals.connect(spider.finish, signal=signals.engine_stopped)
         try:
             spider.prepare()
         except BaseException:
@@ -121,13 +121,8 @@ class OpenImagesSpider(scrapy.Spider):
     def make_planner(self) -> RowPlanner:
         """What earlier runs recorded, read before the crawl, so a store that does
         not fit this metadata is a clear error (and a non-zero exit)."""
-        settings = self.crawler.settings
-        files = {
-            "success": subset_feed_paths(settings, SuccessRow),
-            "failure": subset_feed_paths(settings, FailureRow),
-        }
         try:
-            self.ledger = ResultsLedger.load(files, self.result_header)
+            self.ledger = ResultsLedger.load(self.results_files(), self.result_header, self.arguments.retry)
         except MetadataError as exc:
             raise UsageError(str(exc)) from exc
         config = self.config
@@ -137,6 +132,11 @@ class OpenImagesSpider(scrapy.Spider):
             self.ledger, self.store, config.layout, outputs, self.source,
             save_originals=config.save_originals, check_md5_if_exists=config.check_md5_if_exists,
         )
+
+    def results_files(self) -> dict[str, list[str]]:
+        """Glob patterns of the success and failure CSVs, from FEEDS."""
+        settings = self.crawler.settings
+        return {"success": subset_feed_paths(settings, SuccessRow), "failure": subset_feed_paths(settings, FailureRow)}
 
     def annotation_output(self) -> AnnotationOutput | None:
         dataset = self.dataset
@@ -182,6 +182,17 @@ class OpenImagesSpider(scrapy.Spider):
             errors = await maybe_deferred_to_future(threads.deferToThread(self.annotations.write))
             if errors:
                 stats.inc_value("openimages/annotation_errors", errors)
+
+    def finish(self) -> None:
+        """After the results are flushed: a retried row that has a new result
+        leaves its old failure row (the failure files are rewritten atomically),
+        then the store is free for another crawl."""
+        try:
+            if self.arguments.retry is not None or self.ledger.needs_reconcile:
+                reconcile(self.results_files(), self.local_store)
+        finally:
+            self.lock.release()
+
 
     def image_request(self, plan: RowPlan) -> Request:
         """The request for a row's image: from its URL, or from its stored original."""

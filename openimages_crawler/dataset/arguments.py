@@ -14,6 +14,7 @@ from typing import Any
 
 from openimages_crawler.dataset.annotations import parse_class_list
 from openimages_crawler.dataset.catalogue import splits_for
+from openimages_crawler.dataset.retry import RetryFilter
 from openimages_crawler.dataset.rows import is_subset_name
 from openimages_crawler.dataset.selection import SelectionError, Shard
 from openimages_crawler.dataset.source import SOURCES
@@ -47,6 +48,7 @@ class CrawlArguments:
     all_labels: bool = False
     write_annotations: bool = False
     download_metadata: bool = True
+    retry: RetryFilter | None = None  # recorded failures to try again
 
     @property
     def boxed_only(self) -> bool:
@@ -84,6 +86,7 @@ class CrawlArguments:
         labels: str | None = None,
         all_labels: str | bool | None = None,
         annotations: str | bool | None = None,
+        retry_failed: str | None = None,
     ) -> CrawlArguments:
         if subset is not None and not is_subset_name(subset):
             raise ArgumentError(f"-a subset={subset!r} is not a plain subset name")
@@ -103,6 +106,10 @@ class CrawlArguments:
         # Annotations are written by default when classes select the images (an
         # id list or a shard would otherwise fetch gigabytes nobody asked for).
         write_annotations = bool(class_list) if annotations is None else _parse_bool("annotations", annotations)
+        try:
+            retry = RetryFilter.parse(retry_failed) if retry_failed is not None else None
+        except ValueError as exc:
+            raise ArgumentError(str(exc)) from None
         if source not in SOURCES:
             raise ArgumentError(f"-a source={source!r} is not original or cvdf")
         if metadata and version:
@@ -147,6 +154,7 @@ class CrawlArguments:
             # -a metadata=PATH: no catalogue, no annotations
             write_annotations=write_annotations and bool(version),
             download_metadata=_parse_bool("download_metadata", download_metadata),
+            retry=retry,
         )
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 HEX_ID = re.compile(r"[0-9a-f]{16}")
-_CHUNK_ROWS = 1_000_000
+CHUNK_ROWS = 1_000_000
 
 
 class IdSet:
@@ -46,6 +46,9 @@ class IdSet:
     def __len__(self) -> int:
         return len(self.hex) + len(self.other)
 
+    def overlaps(self, other: IdSet) -> bool:
+        return bool(np.intersect1d(self.hex, other.hex).size) or not self.other.isdisjoint(other.other)
+
 
 def read_id_column(path: Path) -> IdSet:
     """The ImageID column of any CSV, read in chunks (the file is not changed)."""
@@ -56,7 +59,7 @@ def read_id_column(path: Path) -> IdSet:
         dtype=str,
         keep_default_na=False,
         na_filter=False,
-        chunksize=_CHUNK_ROWS,
+        chunksize=CHUNK_ROWS,
     )
     with reader:
         for chunk in reader:

@@ -7,8 +7,11 @@ or appends to the file.
 from __future__ import annotations
 
 import csv
+import io
 import logging
+from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +46,23 @@ def repair_tail(path: Path) -> int:
         handle.truncate(good_end)
     logger.warning("Removed a torn last record (%d bytes) from %s", size - good_end, path)
     return size - good_end
+
+
+def iter_records(handle: IO[bytes]) -> Iterator[bytes]:
+    """The raw records of a CSV file, header first, each with its line end
+    (a quoted field may hold line breaks: quote parity tells, as above)."""
+    record = b""
+    for line in handle:
+        record += line
+        if record.count(b'"') % 2 == 0:
+            yield record
+            record = b""
+    if record:
+        yield record
+
+
+def record_fields(record: bytes) -> list[str]:
+    return next(csv.reader(io.StringIO(record.decode("utf-8"), newline="")), [])
 
 
 def read_csv_header(path: Path) -> list[str] | None:

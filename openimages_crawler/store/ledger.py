@@ -9,12 +9,26 @@ from __future__ import annotations
 
 import glob
 import logging
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from functools import partial
 from pathlib import Path
+from typing import IO
+
+import pandas as pd
 
 from openimages_crawler.dataset.catalogue import FAILURE_COLUMNS
-from openimages_crawler.dataset.idset import IdSet, read_id_column
+from openimages_crawler.dataset.idset import CHUNK_ROWS, IdSet, read_id_column
+from openimages_crawler.dataset.retry import RetryFilter
 from openimages_crawler.dataset.rows import MetadataError
-from openimages_crawler.store.csvfiles import read_csv_header, repair_tail
+from openimages_crawler.store.csvfiles import (
+    iter_records,
+    read_csv_header,
+    record_fields,
+    repair_tail,
+)
+from openimages_crawler.store.local import LocalStore
 
 logger = logging.getLogger(__name__)
 
@@ -27,39 +41,127 @@ def read_ids(path: Path) -> IdSet:
     return read_id_column(path)
 
 
+def read_failures(path: Path, retry: RetryFilter | None) -> tuple[IdSet, IdSet, int]:
+    """ImageIDs of one failure file: those kept as failures, those ``retry``
+    takes, and the number of rows (more than the ids: an image recorded twice)."""
+    repair_tail(path)
+    if not read_csv_header(path):
+        return IdSet(), IdSet(), 0
+    columns = ["ImageID", *FAILURE_COLUMNS] if retry is not None else ["ImageID"]
+    kept, retried, rows = [], [], 0
+    with pd.read_csv(path, usecols=columns, dtype=str, keep_default_na=False, na_filter=False,
+                     chunksize=CHUNK_ROWS) as reader:
+        for chunk in reader:
+            rows += len(chunk)
+            chosen = retry.mask(chunk[FAILURE_COLUMNS[0]], chunk[FAILURE_COLUMNS[1]]) if retry else None
+            if chosen is None:
+                kept.append(IdSet(chunk["ImageID"].tolist()))
+            else:
+                kept.append(IdSet(chunk["ImageID"][~chosen].tolist()))
+                retried.append(IdSet(chunk["ImageID"][chosen].tolist()))
+    return IdSet.union(kept), IdSet.union(retried), rows
+
+
+def reconcile_failures(path: Path, succeeded: IdSet, writing: Callable[[], AbstractContextManager[IO[bytes]]]) -> int:
+    """Rewrite a failure file (through ``writing``, atomically) without the rows
+    of images that are now in a success file and, for an image recorded twice,
+    without all but its last row; returns the rows dropped."""
+    ids = pd.read_csv(path, usecols=["ImageID"], dtype=str, keep_default_na=False, na_filter=False)["ImageID"]
+    counts = Counter(ids)
+    dropping = sum(1 for image_id in ids if image_id in succeeded) + sum(n - 1 for n in counts.values() if n > 1)
+    if not dropping:
+        return 0
+    left = {image_id: n for image_id, n in counts.items() if n > 1}
+    with open(path, "rb") as source, writing() as out:
+        records = iter_records(source)
+        header = next(records)
+        out.write(header)
+        index = record_fields(header).index("ImageID")
+        for record in records:
+            image_id = record_fields(record)[index]
+            if image_id in left:
+                left[image_id] -= 1
+                if left[image_id]:
+                    continue  # a later row of this image follows
+            if image_id not in succeeded:
+                out.write(record)
+    return dropping
+
+
+def reconcile(files: dict[str, list[str]], store: LocalStore) -> int:
+    """``reconcile_failures`` for every failure file of the store; the rows dropped."""
+    succeeded = IdSet.union([read_ids(path) for path in existing(files["success"])])
+    dropped = 0
+    for path in existing(files["failure"]):
+        try:
+            key = path.resolve().relative_to(store.root.resolve()).as_posix()
+        except ValueError:
+            logger.warning("%s is outside IMAGES_STORE: not rewritten", path)
+            continue
+        removed = reconcile_failures(path, succeeded, partial(store.writing, key))
+        if removed:
+            logger.info("%s: %d rows removed (images stored since, or recorded again)", path, removed)
+        dropped += removed
+    return dropped
+
+
+def existing(patterns: list[str]) -> Iterator[Path]:
+    for pattern in patterns:
+        for name in sorted(glob.glob(pattern)):
+            yield Path(name)
+
+
 class ResultsLedger:
     """The ImageIDs already in a success file and in a failure file."""
 
-    def __init__(self, succeeded: IdSet, failed: IdSet) -> None:
+    def __init__(self, succeeded: IdSet, failed: IdSet, retrying: IdSet | None = None,
+                 *, needs_reconcile: bool = False) -> None:
         self.succeeded = succeeded
-        self.failed = failed
+        self.failed = failed  # recorded failures, less those this run retries
+        self.retrying = retrying or IdSet()  # recorded failures this run tries again
+        # An image in both files, or twice in the failure files: a retry run was
+        # stopped before it rewrote them (reconcile_failures mends that).
+        self.needs_reconcile = needs_reconcile
 
     @classmethod
-    def load(cls, files: dict[str, list[str]], header: list[str]) -> ResultsLedger:
+    def load(cls, files: dict[str, list[str]], header: list[str], retry: RetryFilter | None = None) -> ResultsLedger:
         """Read the results files; ``files`` maps ``"success"``/``"failure"`` to
         glob patterns. Each file must have the input's ``header`` (failure
         files plus FailureReason and FailureDetails)."""
-        sets = {}
-        for kind, patterns in files.items():
-            wanted = header + (list(FAILURE_COLUMNS) if kind == "failure" else [])
-            parts = []
-            for pattern in patterns:
-                for name in sorted(glob.glob(pattern)):
-                    path = Path(name)
-                    found = read_csv_header(path)
-                    if found and found != wanted:
-                        raise MetadataError(
-                            f"{path} has the columns {','.join(found)} but this metadata "
-                            f"gives {','.join(wanted)}: use another IMAGES_STORE or the "
-                            "metadata this store was built from"
-                        )
-                    parts.append(read_ids(path))
-            sets[kind] = IdSet.union(parts)
-        ledger = cls(sets.get("success", IdSet()), sets.get("failure", IdSet()))
-        if ledger.succeeded or ledger.failed:
+        succeeded, failed, retrying, failure_rows = [], [], [], 0
+        for kind, path in result_files(files, header):
+            if kind == "success":
+                succeeded.append(read_ids(path))
+                continue
+            kept, retried, rows = read_failures(path, retry)
+            failed.append(kept)
+            retrying.append(retried)
+            failure_rows += rows
+        ledger = cls(IdSet.union(succeeded), IdSet.union(failed), IdSet.union(retrying))
+        recorded_failures = len(IdSet.union([ledger.failed, ledger.retrying]))
+        ledger.needs_reconcile = failure_rows > recorded_failures or ledger.succeeded.overlaps(
+            IdSet.union([ledger.failed, ledger.retrying]))
+        if ledger.succeeded or ledger.failed or ledger.retrying:
             logger.info(
-                "Already recorded: %d successes, %d failures",
+                "Already recorded: %d successes, %d failures%s",
                 len(ledger.succeeded),
-                len(ledger.failed),
+                recorded_failures,
+                f" ({len(ledger.retrying)} of them tried again)" if retry is not None else "",
             )
         return ledger
+
+
+def result_files(files: dict[str, list[str]], header: list[str]) -> Iterator[tuple[str, Path]]:
+    """``(kind, path)`` of every existing results file, each checked to have the
+    columns this metadata gives."""
+    for kind, patterns in files.items():
+        wanted = header + (list(FAILURE_COLUMNS) if kind == "failure" else [])
+        for path in existing(patterns):
+            found = read_csv_header(path)
+            if found and found != wanted:
+                raise MetadataError(
+                    f"{path} has the columns {','.join(found)} but this metadata "
+                    f"gives {','.join(wanted)}: use another IMAGES_STORE or the "
+                    "metadata this store was built from"
+                )
+            yield kind, path
