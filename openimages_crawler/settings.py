@@ -47,6 +47,8 @@ OPENIMAGES_OUTPUTS: list[dict[str, object]] = []
 OPENIMAGES_CHECK_MD5_IF_EXISTS = True
 # Largest image, in pixels, that is decoded (decompression bomb guard).
 OPENIMAGES_MAX_PIXELS = 178_956_970
+# Metadata rows longer than this (bytes) are invalid rows, read in bounded memory.
+OPENIMAGES_MAX_ROW_BYTES = 1024**2
 # Below this many free bytes in the store the crawl stops (rows stay pending) before the disk is full.
 OPENIMAGES_MIN_FREE_BYTES = 1024**3
 # Decode JPEGs at a reduced DCT scale and pre-reduce before the final filter (False: full decode, plain resize).

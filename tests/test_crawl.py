@@ -527,3 +527,23 @@ def test_a_bad_retry_failed_value_is_a_usage_error(clean_mirror: Served, tmp_pat
                           cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     assert "-a retry_failed='timeouts': give FailureReason codes or transient" in done.stderr.splitlines()[-1]
+
+
+def test_a_truncated_gz_crawls_the_rows_before_the_damage_and_exits_non_zero(
+    clean_mirror: Served, tmp_path: Path
+) -> None:
+    base = clean_mirror.mirror.rows[0].fields["OriginalURL"].rsplit("/", 1)[0]
+    padding = "".join(  # rows after the images: their URLs answer 404, quickly
+        f"{index:016x},train,{base}/gone-{index}.jpg,,,,,,1,XKWUMkcNib71Ge6Yq1/0/g==,\n" for index in range(3000))
+    packed = gzip.compress(clean_mirror.metadata.read_bytes() + padding.encode())
+    cut = tmp_path / "images.csv.gz"
+    cut.write_bytes(packed[: len(packed) * 3 // 4])
+    store = tmp_path / "store"
+    for _ in range(2):  # a rerun does the same, adding nothing
+        done = subprocess.run(crawl_command(cut, store), cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 1
+        error = done.stderr.splitlines()[-1]
+        assert "the metadata could not be read to its end" in error and "images.csv.gz: cannot be read after line" in error
+        found = outcomes(store)
+        assert all(found.pop(row.fields["ImageID"]) == ["success"] for row in clean_mirror.mirror.rows)
+        assert 0 < len(found) < 3000 and set(map(tuple, found.values())) == {("http_error",)}

@@ -18,6 +18,7 @@ from openimages_crawler.dataset.rows import (
 )
 
 V3_SAMPLE = Path(__file__).parent / "data" / "v3-validation-images-200.csv"
+MAX_ROW_BYTES = 1 << 20
 GOOD = {
     "ImageID": "000060e3121c7305",
     "Subset": "train",
@@ -30,7 +31,7 @@ GOOD = {
 def test_real_v3_rows_all_validate() -> None:
     header = read_header(V3_SAMPLE)
     assert header == list(IMAGES_CSV_COLUMNS)
-    rows = [validate_row(fields, problem, None) for fields, problem in iter_rows(V3_SAMPLE, header)]
+    rows = [validate_row(fields, problem, None) for fields, problem in iter_rows(V3_SAMPLE, header, MAX_ROW_BYTES)]
     assert len(rows) == 200
     assert all(isinstance(row, ImageRow) for row in rows)
     first = rows[0]
@@ -44,7 +45,7 @@ def test_gzip_and_bom_are_read(tmp_path: Path) -> None:
     path.write_bytes(gzip.compress(text.encode("utf-8")))
     header = read_header(path)
     assert header[0] == "ImageID"
-    assert sum(1 for _ in iter_rows(path, header)) == 200
+    assert sum(1 for _ in iter_rows(path, header, MAX_ROW_BYTES)) == 200
 
 
 def test_quoted_newlines_and_short_rows(tmp_path: Path) -> None:
@@ -55,7 +56,7 @@ def test_quoted_newlines_and_short_rows(tmp_path: Path) -> None:
         "a2,train,http://h/b.jpg\n"
     )
     header = read_header(path)
-    (first, problem1), (second, problem2) = list(iter_rows(path, header))
+    (first, problem1), (second, problem2) = list(iter_rows(path, header, MAX_ROW_BYTES))
     assert problem1 is None and first["Title"] == 'two\nlines, "quoted"'
     assert problem2 == "row has 3 fields, the header has 6"
     assert second["OriginalMD5"] == ""
@@ -136,3 +137,46 @@ def test_the_subset_argument_cannot_name_the_stores_own_files(tmp_path: Path) ->
     with pytest.raises(ArgumentError, match="is not a plain subset name"):
         CrawlArguments.parse(metadata=str(metadata), subset="metadata")
     assert CrawlArguments.parse(metadata=str(metadata), subset="metadata-2").subset == "metadata-2"
+
+
+def hostile_file(tmp_path: Path, rows: list[str]) -> Path:
+    path = tmp_path / "hostile.csv"
+    path.write_text("ImageID,Subset,OriginalURL,OriginalSize,OriginalMD5,Title\n" + "".join(rows))
+    return path
+
+
+def row_text(image_id: str, title: str) -> str:
+    return f"{image_id},train,http://x/{image_id}.jpg,1,XKWUMkcNib71Ge6Yq1/0/g==,{title}\n"
+
+
+def test_an_over_long_row_is_one_invalid_row_that_keeps_its_image_id(tmp_path: Path) -> None:
+    path = hostile_file(tmp_path, [row_text("a1", "ok"), row_text("a2", "L" * 5000), row_text("a3", "ok")])
+    found = list(iter_rows(path, read_header(path), 1000))
+    assert [(fields["ImageID"], problem) for fields, problem in found] == [
+        ("a1", None), ("a2", "row longer than 1000 bytes"), ("a3", None)]
+    assert len(found[1][0]["Title"]) < 1000  # the failure row does not carry the long field
+
+
+def test_an_unclosed_quote_costs_one_row_and_reading_resumes_at_the_next_line(tmp_path: Path) -> None:
+    rows = [row_text("a1", "ok"), row_text("a2", '"never closed'), *[row_text(f"b{i}", "ok") for i in range(40)],
+            row_text("a3", '"two\nlines"')]
+    path = hostile_file(tmp_path, rows)
+    found = list(iter_rows(path, read_header(path), 1000))
+    assert found[1] == ({"ImageID": "a2", "Subset": "train", "OriginalURL": "http://x/a2.jpg", "OriginalSize": "1",
+                         "OriginalMD5": "XKWUMkcNib71Ge6Yq1/0/g==", "Title": ""},
+                        "a quoted field is still open after 1000 bytes")
+    assert [fields["ImageID"] for fields, _ in found] == ["a1", "a2", *[f"b{i}" for i in range(40)], "a3"]
+    assert found[-1] == (found[-1][0], None) and found[-1][0]["Title"] == "two\nlines"
+
+
+def test_a_truncated_gz_gives_its_rows_then_names_the_file_and_the_line(tmp_path: Path) -> None:
+    plain = hostile_file(tmp_path, [row_text(f"{i:016x}", "ok") for i in range(3000)])
+    data = gzip.compress(plain.read_bytes())
+    cut = tmp_path / "cut.csv.gz"
+    cut.write_bytes(data[: len(data) // 2])
+    rows = []
+    with pytest.raises(MetadataError, match=r"cut.csv.gz: cannot be read after line \d+: Compressed file ended"):
+        for fields, problem in iter_rows(cut, read_header(cut), MAX_ROW_BYTES):
+            assert problem is None
+            rows.append(fields["ImageID"])
+    assert 0 < len(rows) < 3000 and rows == [f"{i:016x}" for i in range(len(rows))]

@@ -94,6 +94,11 @@ class Command(ScrapyCrawlCommand):
         stats = crawler.stats
         assert stats is not None
         reason = stats.get_value("finish_reason")
+        unreadable = stats.get_value("openimages/metadata_error")
+        if unreadable is not None:
+            return fail(f"the metadata could not be read to its end ({unreadable}): the rows after "
+                        "that point are still pending; fetch or fix the file and run the same command again",
+                        EXIT_INCOMPLETE)
         if reason == "finished":
             return EXIT_OK
         read = stats.get_value("openimages/rows_read", 0)

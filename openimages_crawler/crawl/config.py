@@ -26,7 +26,7 @@ _OPTIONAL_OUTPUT_KEYS = ("format", "quality", "resample")
 # otherwise take None for each of them.
 _READ_SETTINGS = (
     "IMAGES_STORE", "OPENIMAGES_SAVE_ORIGINALS", "OPENIMAGES_ORIGINALS_DIR", "OPENIMAGES_SUBDIR_CHARS",
-    "OPENIMAGES_CVDF_URL", "OPENIMAGES_CHECK_MD5_IF_EXISTS", "OPENIMAGES_MAX_PIXELS", "OPENIMAGES_MIN_FREE_BYTES",
+    "OPENIMAGES_CVDF_URL", "OPENIMAGES_CHECK_MD5_IF_EXISTS", "OPENIMAGES_MAX_PIXELS", "OPENIMAGES_MIN_FREE_BYTES", "OPENIMAGES_MAX_ROW_BYTES",
     "OPENIMAGES_WORKERS",
     "OPENIMAGES_FAST_RESIZE", "OPENIMAGES_METADATA_URL", "OPENIMAGES_METADATA_VERIFY", "OPENIMAGES_SAVE_TARBALLS",
     "OPENIMAGES_DOWNLOAD_300K", "OPENIMAGES_RESIZE", "OPENIMAGES_RESIZED_DIR", "OPENIMAGES_RESIZE_MODE",
@@ -55,6 +55,7 @@ class CrawlConfig:
     check_md5_if_exists: bool
     max_pixels: int
     min_free_bytes: int
+    max_row_bytes: int
     workers: int
     fast_resize: bool
     metadata_url: str
@@ -98,6 +99,7 @@ class CrawlConfig:
             check_md5_if_exists=settings.getbool("OPENIMAGES_CHECK_MD5_IF_EXISTS"),
             max_pixels=settings.getint("OPENIMAGES_MAX_PIXELS"),
             min_free_bytes=settings.getint("OPENIMAGES_MIN_FREE_BYTES"),
+            max_row_bytes=settings.getint("OPENIMAGES_MAX_ROW_BYTES"),
             workers=settings.getint("OPENIMAGES_WORKERS") or os.cpu_count() or 1,
             fast_resize=settings.getbool("OPENIMAGES_FAST_RESIZE"),
             metadata_url=str(settings["OPENIMAGES_METADATA_URL"]),

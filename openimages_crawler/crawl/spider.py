@@ -32,6 +32,7 @@ from openimages_crawler.dataset.arguments import ArgumentError, CrawlArguments
 from openimages_crawler.dataset.catalogue import DOWNLOAD_COLUMNS
 from openimages_crawler.dataset.prepare import MetadataOptions, prepare
 from openimages_crawler.dataset.rows import MetadataError, validate_row
+from openimages_crawler.dataset.selection import MetadataRecord
 from openimages_crawler.dataset.source import ImageSource
 from openimages_crawler.store import LocalStore
 from openimages_crawler.store.annotations import AnnotationOutput
@@ -97,6 +98,7 @@ class OpenImagesSpider(scrapy.Spider):
             url=config.metadata_url,
             verify=config.metadata_verify,
             keep_archives=config.keep_archives,
+            max_row_bytes=config.max_row_bytes,
         )
         try:
             self.dataset = prepare(self.arguments, options)
@@ -160,7 +162,7 @@ class OpenImagesSpider(scrapy.Spider):
         threading.Thread(target=self.count_rows, name="openimages-count-rows", daemon=True).start()
         subset = self.arguments.subset
         handled = 0
-        for fields, problem, file_subset in self.dataset.records():
+        for fields, problem, file_subset in self.readable_records():
             row_subset = subset or file_subset
             handled += 1
             if handled % _YIELD_EVERY == 0:
@@ -182,6 +184,16 @@ class OpenImagesSpider(scrapy.Spider):
             errors = await maybe_deferred_to_future(threads.deferToThread(self.annotations.write))
             if errors:
                 stats.inc_value("openimages/annotation_errors", errors)
+
+    def readable_records(self) -> Iterator[MetadataRecord]:
+        """The selected rows; a file that cannot be read to its end (a truncated
+        ``.gz``) ends them after the rows before the damage, which are crawled,
+        and the crawl's exit status says so (``openimages/metadata_error``)."""
+        try:
+            yield from self.dataset.records()
+        except MetadataError as exc:
+            logger.error("%s: the rows after it are not crawled; fetch or fix the file and run again", exc)
+            self.crawler.stats.set_value("openimages/metadata_error", str(exc))
 
     def finish(self) -> None:
         """After the results are flushed: a retried row that has a new result

@@ -54,6 +54,7 @@ class MetadataOptions:
 
     cache: Path  # the local folder the files are cached in
     url: str  # OPENIMAGES_METADATA_URL
+    max_row_bytes: int  # OPENIMAGES_MAX_ROW_BYTES: longer rows are invalid rows
     verify: bool = True  # OPENIMAGES_METADATA_VERIFY
     keep_archives: bool = False  # OPENIMAGES_SAVE_TARBALLS
 
@@ -68,6 +69,7 @@ class DatasetPlan:
     header: list[str]
     selection: Selection
     file_subsets: list[str]  # per metadata file: its split, "" when it has several or none
+    max_row_bytes: int
     class_filter: ClassFilter | None = None
     annotation_files: dict[tuple[str, str], Path] = field(default_factory=dict)  # (kind, split) -> CSV
 
@@ -76,7 +78,7 @@ class DatasetPlan:
         return self.selection.rows(
             (fields, problem, file_subset)
             for path, file_subset in zip(self.metadata_files, self.file_subsets, strict=True)
-            for fields, problem in iter_rows(path, self.header)
+            for fields, problem in iter_rows(path, self.header, self.max_row_bytes)
         )
 
     def estimate_rows(self) -> int:
@@ -131,7 +133,8 @@ class _Preparation:
             # One file per split: rows without a Subset belong to their file's split.
             one_each = len(sources) == len(arguments.splits)
             file_subsets = list(arguments.splits) if one_each else [""] * len(sources)
-        plan = DatasetPlan(arguments, files, _common_header(files), selection, file_subsets, class_filter)
+        plan = DatasetPlan(arguments, files, _common_header(files), selection, file_subsets,
+                           self.options.max_row_bytes, class_filter)
         if class_filter is not None or arguments.write_annotations:
             plan.annotation_files = self.fetch_annotations()
         if class_filter is not None:

@@ -13,6 +13,7 @@ import csv
 import gzip
 import io
 import re
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,23 +104,95 @@ def read_header(path: Path) -> list[str]:
     return header
 
 
-def iter_rows(path: Path, header: list[str]) -> Iterator[tuple[dict[str, str], str | None]]:
-    """Yield ``(fields, problem)`` per data row, streaming; ``problem`` names a
-    malformed row (wrong number of fields), else ``None``."""
+def iter_rows(
+    path: Path, header: list[str], max_row_bytes: int
+) -> Iterator[tuple[dict[str, str], str | None]]:
+    """Yield ``(fields, problem)`` per data row, streaming in bounded memory;
+    ``problem`` names a malformed row (wrong number of fields, over
+    ``max_row_bytes``, a quote that never closes), else ``None``. A file that
+    ends early (a truncated ``.gz``) raises ``MetadataError`` after the rows
+    before the damage."""
     width = len(header)
-    with open_text(path) as handle:
-        reader = csv.reader(handle)
-        next(reader, None)
-        for values in reader:
-            if not values:
-                continue
-            if len(values) == width:
-                yield dict(zip(header, values, strict=True)), None
-                continue
-            fields = dict(zip(header, values, strict=False))
-            for name in header[len(values) :]:
-                fields[name] = ""
-            yield fields, f"row has {len(values)} fields, the header has {width}"
+    csv.field_size_limit(max(csv.field_size_limit(), max_row_bytes))
+    records = iter(RecordReader(path, max_row_bytes))
+    next(records, None)  # the header
+    for record, problem in records:
+        values = next(csv.reader(io.StringIO(record, newline="")), [])
+        if problem is None and not values:
+            continue  # a blank line
+        if problem is None and len(values) == width:
+            yield dict(zip(header, values, strict=True)), None
+            continue
+        fields = dict(zip(header, values, strict=False))
+        for name in header[len(values) :]:
+            fields[name] = ""
+        yield fields, problem or f"row has {len(values)} fields, the header has {width}"
+
+
+class RecordReader:
+    """The records of a CSV file as text, each at most ``limit`` bytes.
+
+    A record is a line, or several while a quoted field is open (RFC 4180:
+    quote parity tells). A line over the limit is skipped to its end and
+    reported with its beginning (so the row keeps its ImageID); a quote still
+    open after ``limit`` bytes is reported for the row where it opened, and
+    reading resumes at that row's next line, so one stray quote costs one row.
+    """
+
+    def __init__(self, path: Path, limit: int) -> None:
+        self.path, self.limit = path, limit
+        self.raw = open_bytes(path)
+        self.pushed: list[bytes] = []  # lines read ahead, to read again (last first)
+        self.line = 0  # lines read so far, for messages
+
+    def __iter__(self) -> Iterator[tuple[str, str | None]]:
+        try:
+            while first := self.read_line():
+                if self.line == 1:
+                    first = first.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte-order mark
+                yield self.record(first)
+        finally:
+            self.raw.close()
+
+    def read_line(self, *, same_line: bool = False) -> bytes:
+        """The next line (at most ``limit + 1`` bytes of it); ``same_line``
+        reads on in a line already counted."""
+        if self.pushed:
+            line = self.pushed.pop()
+        else:
+            try:
+                line = self.raw.readline(self.limit + 1)
+            except (EOFError, OSError, zlib.error) as exc:  # a truncated or corrupt .gz
+                raise MetadataError(f"{self.path}: cannot be read after line {self.line}: {exc}") from exc
+        self.line += bool(line) and not same_line
+        return line
+
+    def record(self, first: bytes) -> tuple[str, str | None]:
+        if len(first) > self.limit:  # one line over the limit: skip to its end
+            rest = first
+            while rest and not rest.endswith(b"\n"):
+                rest = self.read_line(same_line=True)
+            # Whole unquoted fields from its beginning, so the failure row names the image.
+            head = first[:4096].split(b'"', 1)[0].rsplit(b",", 1)[0]
+            return self.text(head), f"row longer than {self.limit} bytes"
+        lines, size, open_quote = [first], len(first), first.count(b'"') % 2
+        while open_quote:
+            line = self.read_line()
+            if not line:
+                break  # the file ends inside quotes: the csv parser reports what is there
+            lines.append(line)
+            size += len(line)
+            open_quote ^= line.count(b'"') % 2
+            if size > self.limit:  # read the lines after this row's first one again, as rows
+                self.pushed.extend(reversed(lines[1:]))
+                self.line -= len(lines) - 1
+                head = first.split(b'"', 1)[0].rsplit(b",", 1)[0]
+                return self.text(head), f"a quoted field is still open after {self.limit} bytes"
+        return self.text(b"".join(lines)), None
+
+    @staticmethod
+    def text(data: bytes) -> str:
+        return data.decode("utf-8", "replace")
 
 
 def subset_folder(fields: dict[str, str], default: str | None) -> str:
