@@ -30,9 +30,9 @@ from openimages_crawler.crawl.feeds import subset_feed_paths
 from openimages_crawler.crawl.items import PLAN_KEY, FetchedImage, request_meta
 from openimages_crawler.dataset.arguments import ArgumentError, CrawlArguments
 from openimages_crawler.dataset.catalogue import DOWNLOAD_COLUMNS
-from openimages_crawler.dataset.prepare import MetadataOptions, prepare
+from openimages_crawler.dataset.prepare import MetadataOptions, prepare, selection_of
 from openimages_crawler.dataset.rows import MetadataError, validate_row
-from openimages_crawler.dataset.selection import MetadataRecord
+from openimages_crawler.dataset.selection import MetadataRecord, Selection
 from openimages_crawler.dataset.source import ImageSource
 from openimages_crawler.store import LocalStore
 from openimages_crawler.store.annotations import AnnotationOutput
@@ -75,6 +75,10 @@ class OpenImagesSpider(scrapy.Spider):
         config = spider.config = CrawlConfig.from_settings(crawler.settings)
         spider.store = open_crawl_store(config.store_uri)
         spider.source = ImageSource(spider.arguments.source, config.cvdf_url, config.thumbnails_300k)
+        try:
+            selection = selection_of(spider.arguments)  # id lists: a usage error leaves no trace
+        except ArgumentError as exc:
+            raise UsageError(str(exc)) from None
         spider.lock = StoreLock(spider.local_store.root)
         try:
             spider.lock.acquire()  # first: two crawls must not even share the metadata cache
@@ -83,14 +87,14 @@ class OpenImagesSpider(scrapy.Spider):
         # Held until the engine has stopped: results and report are written by then.
         crawler.signals.connect(spider.finish, signal=signals.engine_stopped)
         try:
-            spider.prepare()
+            spider.prepare(selection)
         except BaseException:
             spider.lock.release()
             raise
         spider.prepare_seconds = time.perf_counter() - started  # metadata and selection work
         return spider
 
-    def prepare(self) -> None:
+    def prepare(self, selection: Selection) -> None:
         """The dataset, what earlier runs recorded, and where annotations go."""
         config = self.config
         options = MetadataOptions(
@@ -101,7 +105,7 @@ class OpenImagesSpider(scrapy.Spider):
             max_row_bytes=config.max_row_bytes,
         )
         try:
-            self.dataset = prepare(self.arguments, options)
+            self.dataset = prepare(self.arguments, options, selection)
         except ArgumentError as exc:
             raise UsageError(str(exc)) from exc
         self.planner = self.make_planner()

@@ -87,11 +87,27 @@ class DatasetPlan:
         return self.selection.estimate(sum(count_lines(path) for path in self.metadata_files))
 
 
-def prepare(arguments: CrawlArguments, options: MetadataOptions) -> DatasetPlan:
+def selection_of(arguments: CrawlArguments) -> Selection:
+    """The filters the arguments name (id lists read here: local files, no
+    download), for ``prepare`` to complete with classes."""
+    try:
+        return Selection(
+            subset=arguments.subset,
+            ids=read_id_list(arguments.ids) if arguments.ids else None,
+            exclude=read_exclusions(arguments.exclude) if arguments.exclude else None,
+            shard=arguments.shard,
+            offset=arguments.offset,
+            limit=arguments.limit,
+        )
+    except SelectionError as exc:
+        raise ArgumentError(str(exc)) from exc
+
+
+def prepare(arguments: CrawlArguments, options: MetadataOptions, selection: Selection) -> DatasetPlan:
     """Everything the crawl needs before its first request; ``ArgumentError``
     for anything the user must fix."""
     try:
-        return _Preparation(arguments, options).run()
+        return _Preparation(arguments, options).run(selection)
     except (MetadataError, SelectionError) as exc:
         raise ArgumentError(str(exc)) from exc
 
@@ -113,16 +129,8 @@ class _Preparation:
             download=self.arguments.download_metadata,
         )
 
-    def run(self) -> DatasetPlan:
+    def run(self, selection: Selection) -> DatasetPlan:
         arguments = self.arguments
-        selection = Selection(
-            subset=arguments.subset,
-            ids=read_id_list(arguments.ids) if arguments.ids else None,
-            exclude=read_exclusions(arguments.exclude) if arguments.exclude else None,
-            shard=arguments.shard,
-            offset=arguments.offset,
-            limit=arguments.limit,
-        )
         class_filter = self.resolve_classes() if arguments.classes else None
         if arguments.version is None:
             assert arguments.metadata is not None
