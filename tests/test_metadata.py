@@ -6,9 +6,11 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import signal
 import subprocess
 import sys
 import tarfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -222,3 +224,94 @@ def test_a_wanted_member_that_is_a_link_is_refused(metadata_mirror: MetadataMirr
 def test_only_http_metadata_urls() -> None:
     with pytest.raises(MetadataError, match="must be http"):
         MetadataFetcher(Path("x"), "file:///etc/")
+
+
+def fetch_fixture(metadata_mirror: MetadataMirror, route: Route, tmp_path: Path,
+                  **options: object) -> tuple[MetadataFetcher, RemoteFile]:
+    metadata_mirror.server.routes[(metadata_mirror.server.bases[0], "/openimages/big.csv")] = route
+    body = route.body
+    remote = RemoteFile("big.csv", len(body), hashlib.md5(body).hexdigest())
+    return MetadataFetcher(tmp_path / "metadata", metadata_mirror.base, **options), remote  # type: ignore[arg-type]
+
+
+def test_a_cut_download_is_resumed_with_a_range_request_and_checked_whole(
+    metadata_mirror: MetadataMirror, tmp_path: Path
+) -> None:
+    body = bytes(range(256)) * 4000  # ~1 MB
+    route = Route(body=body, cut_after=300_000, content_type="text/csv")
+    fetcher, remote = fetch_fixture(metadata_mirror, route, tmp_path)
+    with pytest.raises(MetadataError, match="run again to resume"):
+        fetcher.fetch(remote)
+    part = tmp_path / "metadata" / "big.csv.part"
+    assert part.read_bytes() == body[: part.stat().st_size] and part.stat().st_size > 0
+    route.cut_after, route.ranges = None, True
+    assert fetcher.fetch(remote).read_bytes() == body  # size and MD5 of the whole file checked
+    assert not part.exists()
+    assert metadata_mirror.downloads("big.csv") == 2
+
+
+def test_metadata_redirects_stay_on_http_and_sizes_are_bounded(metadata_mirror: MetadataMirror, tmp_path: Path) -> None:
+    away = Route(status=302, location="ftp://127.0.0.1/big.csv")
+    fetcher, remote = fetch_fixture(metadata_mirror, away, tmp_path)
+    with pytest.raises(MetadataError, match="redirect to 'ftp://127.0.0.1/big.csv' refused"):
+        fetcher.fetch(RemoteFile("big.csv"))
+    bigger = Route(body=b"x" * 500_000, content_type="text/csv")
+    fetcher, _ = fetch_fixture(metadata_mirror, bigger, tmp_path)
+    with pytest.raises(MetadataError, match="larger than the catalogue's 1,000 bytes"):
+        fetcher.fetch(RemoteFile("big.csv", 1000, "0" * 32))
+    assert not (tmp_path / "metadata" / "big.csv.part").exists()
+
+
+def test_a_stop_ends_a_download_within_seconds_and_keeps_it_for_the_next_run(
+    metadata_mirror: MetadataMirror, tmp_path: Path
+) -> None:
+    import threading
+    import time
+
+    from openimages_crawler.dataset.fetch import FetchStopped
+
+    slow = Route(body=b"y" * 400_000, bytes_per_second=50_000, content_type="text/csv")  # 8 s in all
+    stop = threading.Event()
+    fetcher, remote = fetch_fixture(metadata_mirror, slow, tmp_path, stop=stop)
+    threading.Timer(1.5, stop.set).start()
+    started = time.monotonic()
+    with pytest.raises(FetchStopped, match="resumed by the next run"):
+        fetcher.fetch(remote)
+    assert time.monotonic() - started < 5
+    assert 0 < (tmp_path / "metadata" / "big.csv.part").stat().st_size < 400_000
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize(("stop", "status"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_during_a_slow_metadata_download_stops_it_and_the_rerun_resumes(
+    metadata_mirror: MetadataMirror, tmp_path: Path, stop: int, status: int
+) -> None:
+    path = "2018_04/validation/validation-images-with-rotation.csv"
+    rows = csv_bytes(metadata_mirror.rows("validation"), IMAGE_INFO_COLUMNS)
+    body = rows + rows.split(b"\n", 1)[1].replace(b",validation,", b",elsewhere,") * 800  # ~1 MB: 20 s at this rate
+    route = Route(body=body, content_type="text/csv", bytes_per_second=50_000, ranges=True)
+    metadata_mirror.server.routes[(metadata_mirror.server.bases[0], "/openimages/" + path)] = route
+    store = tmp_path / "store"
+    settings = {"OPENIMAGES_METADATA_URL": metadata_mirror.base, "OPENIMAGES_METADATA_VERIFY": "False"}
+    command = [sys.executable, "-m", "scrapy", "crawl", "openimages", "-a", "version=4", "-a", "subset=validation"]
+    for name, value in {**FAST_SETTINGS, "IMAGES_STORE": str(store), **settings}.items():
+        command += ["-s", f"{name}={value}"]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    part = store / "metadata" / (path + ".part")
+    deadline = time.monotonic() + 60
+    while not (part.exists() and part.stat().st_size > 100_000) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    process.send_signal(stop)
+    sent = time.monotonic()
+    _, stderr = process.communicate(timeout=30)
+    assert time.monotonic() - sent < 6
+    assert process.returncode == status, stderr[-2000:]
+    assert f"stopped by {signal.Signals(stop).name} before the crawl started" in stderr.splitlines()[-1]
+    kept = part.stat().st_size
+    assert 100_000 < kept < len(body)
+    route.bytes_per_second = None  # the rerun resumes from the part, at full speed
+    done = version_crawl(store, settings, version="4", subset="validation")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"resuming after {kept:,} bytes" in done.stderr
+    assert (store / "metadata" / path).read_bytes() == body
+    assert set(outcomes(store, "validation")) == {row["ImageID"] for row in metadata_mirror.rows("validation")}

@@ -20,6 +20,7 @@ from scrapy.exceptions import UsageError
 from openimages_crawler.crawl.config import CrawlConfig, open_crawl_store
 from openimages_crawler.crawl.pipeline import STORE_UNWRITABLE
 from openimages_crawler.crawl.spider import OpenImagesSpider, scrapy_arguments
+from openimages_crawler.crawl.stop import STOP_REQUESTED
 from openimages_crawler.dataset.arguments import ArgumentError, CrawlArguments
 
 if TYPE_CHECKING:
@@ -80,12 +81,16 @@ class Command(ScrapyCrawlCommand):
 
         def noting(signum: int, frame: Any) -> None:
             received.append(signum)
+            STOP_REQUESTED.set()  # a metadata download before the crawl gives up too
             shutdown(signum, frame)
 
         process._signal_shutdown = noting  # type: ignore[method-assign]
 
     def exit_status(self, crawler: Crawler, errors: list[BaseException], received: list[int]) -> int:
         for error in errors:
+            if received:  # stopped while preparing (a metadata download, say)
+                return fail(f"stopped by {signal.Signals(received[0]).name} before the crawl started: {error}",
+                            _EXIT_AFTER_SIGNAL.get(received[0], EXIT_INCOMPLETE))
             if isinstance(error, UsageError):
                 return fail(str(error), EXIT_USAGE)
             logger.debug("The crawl could not start", exc_info=error)

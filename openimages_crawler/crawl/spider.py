@@ -28,6 +28,7 @@ from twisted.python.failure import Failure
 from openimages_crawler.crawl.config import CrawlConfig, open_crawl_store, output_sinks
 from openimages_crawler.crawl.feeds import subset_feed_paths
 from openimages_crawler.crawl.items import PLAN_KEY, FetchedImage, request_meta
+from openimages_crawler.crawl.stop import STOP_REQUESTED
 from openimages_crawler.dataset.arguments import ArgumentError, CrawlArguments
 from openimages_crawler.dataset.catalogue import DOWNLOAD_COLUMNS
 from openimages_crawler.dataset.prepare import MetadataOptions, prepare, selection_of
@@ -103,6 +104,7 @@ class OpenImagesSpider(scrapy.Spider):
             verify=config.metadata_verify,
             keep_archives=config.keep_archives,
             max_row_bytes=config.max_row_bytes,
+            stop=STOP_REQUESTED,
         )
         try:
             self.dataset = prepare(self.arguments, options, selection)

@@ -9,6 +9,7 @@ simply done by the next run.
 from __future__ import annotations
 
 import logging
+import threading
 from typing import TYPE_CHECKING
 
 from openimages_crawler.crawl.downloader import ConnectionLimitDownloader
@@ -18,6 +19,10 @@ if TYPE_CHECKING:
     from scrapy.crawler import Crawler
 
 logger = logging.getLogger(__name__)
+
+# Set when the process is asked to stop (the crawl command's signal handler):
+# blocking work before the crawl, such as a metadata download, gives up.
+STOP_REQUESTED = threading.Event()
 
 
 class QuickStop(Ticking):

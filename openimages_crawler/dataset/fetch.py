@@ -16,11 +16,13 @@ import os
 import posixpath
 import shutil
 import tarfile
+import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterable
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 from urllib.parse import urljoin, urlsplit
 
 from openimages_crawler.dataset.catalogue import MetadataSource, RemoteFile
@@ -30,6 +32,14 @@ logger = logging.getLogger(__name__)
 
 _CHUNK = 1 << 20
 _PROGRESS_EVERY = 10.0  # seconds between progress lines
+
+
+class FetchStopped(MetadataError):
+    """The crawl was asked to stop during a download; the part stays for the next run."""
+
+
+class TooLarge(MetadataError):
+    """A download grew past the catalogue's published size."""
 
 
 class MetadataFetcher:
@@ -44,6 +54,7 @@ class MetadataFetcher:
         keep_archives: bool = False,
         download: bool = True,
         timeout: float = 60.0,
+        stop: threading.Event | None = None,
     ) -> None:
         if urlsplit(base_url).scheme not in ("http", "https"):
             raise MetadataError(f"OPENIMAGES_METADATA_URL must be http(s), not {base_url!r}")
@@ -53,6 +64,8 @@ class MetadataFetcher:
         self.keep_archives = keep_archives
         self.download = download
         self.timeout = timeout
+        self.stop = stop or threading.Event()  # set: a download in progress gives up (Ctrl-C)
+        self.opener = urllib.request.build_opener(_HttpRedirectsOnly)
 
     def csv_paths(self, sources: Iterable[MetadataSource]) -> list[Path]:
         """Local CSVs of ``sources``, fetching and unpacking what is not cached."""
@@ -85,13 +98,13 @@ class MetadataFetcher:
         url = urljoin(self.base_url, remote.path)
         part = target.with_name(target.name + ".part")
         part.parent.mkdir(parents=True, exist_ok=True)
-        logger.info("Downloading %s to %s", url, target)
         try:
-            with urllib.request.urlopen(url, timeout=self.timeout) as response, open(part, "wb") as out:
-                size, md5 = _copy_with_digest(response, out, url, remote.size)
-        except OSError as exc:  # URLError, HTTPError, timeouts, disk errors
+            size, md5 = self.download_to(url, part, remote.size if self.verify else None)
+        except OSError as exc:  # URLError, HTTPError, timeouts, disk errors: the part is kept
+            raise MetadataError(f"cannot download {url}: {exc} (run again to resume)") from exc
+        except TooLarge:
             part.unlink(missing_ok=True)
-            raise MetadataError(f"cannot download {url}: {exc}") from exc
+            raise
         try:
             self.check(part, remote, size, md5)
         except MetadataError:
@@ -99,6 +112,30 @@ class MetadataFetcher:
             raise
         os.replace(part, target)
         return target
+
+    def download_to(self, url: str, part: Path, expected: int | None) -> tuple[int, str]:
+        """Stream ``url`` into ``part``, resuming what an earlier run left there
+        with a Range request; the size and MD5 of the whole file. ``expected``
+        bounds the size (``TooLarge``); a stop raises ``FetchStopped``, keeping
+        the part for the next run."""
+        offset = part.stat().st_size if part.exists() else 0
+        request = urllib.request.Request(url, headers={"Range": f"bytes={offset}-"} if offset else {})
+        try:
+            response = self.opener.open(request, timeout=self.timeout)
+        except urllib.error.HTTPError as exc:
+            if exc.code != 416 or not offset:  # 416: the part is whole already, or not this file's
+                raise
+            part.unlink()
+            return self.download_to(url, part, expected)
+        with response:
+            resumed = offset and response.status == 206
+            logger.info("Downloading %s to %s%s", url, part.with_suffix(""),
+                        f" (resuming after {offset:,} bytes)" if resumed else "")
+            digest, size = hashlib.md5(), 0
+            if resumed:
+                size, _ = _digest_file(part, digest)
+            with open(part, "ab" if resumed else "wb") as out:
+                return _copy_with_digest(response, out, url, expected, digest, size, self.stop)
 
     def check(self, path: Path, remote: RemoteFile, size: int, md5: str) -> None:
         if not self.verify:
@@ -149,11 +186,25 @@ class MetadataFetcher:
         os.replace(part, target)
 
 
-def _copy_with_digest(source: IO[bytes], out: IO[bytes], url: str, expected: int | None) -> tuple[int, str]:
-    md5 = hashlib.md5()
-    size = 0
+class _HttpRedirectsOnly(urllib.request.HTTPRedirectHandler):
+    """Metadata comes over http(s) only, redirects included (urllib would follow ftp://)."""
+
+    def redirect_request(self, req: Any, fp: Any, code: int, msg: str, headers: Any, newurl: str) -> Any:
+        if urlsplit(newurl).scheme not in ("http", "https"):
+            raise urllib.error.URLError(f"redirect to {newurl!r} refused: metadata comes over http(s) only")
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+def _copy_with_digest(
+    source: IO[bytes], out: IO[bytes], url: str, expected: int | None, md5: Any, size: int, stop: threading.Event
+) -> tuple[int, str]:
     last = time.monotonic()
-    while chunk := source.read(_CHUNK):
+    # read1: whatever has arrived, so a stop is seen between packets, not after a whole chunk.
+    while chunk := source.read1(_CHUNK):  # type: ignore[attr-defined]
+        if stop.is_set():
+            raise FetchStopped(f"stopped while downloading {url} ({size:,} bytes kept, resumed by the next run)")
+        if expected is not None and size + len(chunk) > expected:
+            raise TooLarge(f"{url} is larger than the catalogue's {expected:,} bytes")
         out.write(chunk)
         md5.update(chunk)
         size += len(chunk)
@@ -161,11 +212,14 @@ def _copy_with_digest(source: IO[bytes], out: IO[bytes], url: str, expected: int
             last = time.monotonic()
             total = f" of {expected / 1e6:.0f}" if expected else ""
             logger.info("%s: %.0f%s MB", url, size / 1e6, total)
+    remaining = getattr(source, "length", None)  # what Content-Length still promised
+    if remaining:
+        raise ConnectionError(f"the connection closed {remaining:,} bytes before the end")
     return size, md5.hexdigest()
 
 
-def _digest_file(path: Path) -> tuple[int, str]:
-    md5 = hashlib.md5()
+def _digest_file(path: Path, md5: Any = None) -> tuple[int, str]:
+    md5 = md5 or hashlib.md5()
     with open(path, "rb") as handle:
         while chunk := handle.read(_CHUNK):
             md5.update(chunk)

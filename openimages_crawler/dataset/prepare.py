@@ -9,6 +9,7 @@ images carrying the classes are found, and the selection is assembled.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -57,6 +58,7 @@ class MetadataOptions:
     max_row_bytes: int  # OPENIMAGES_MAX_ROW_BYTES: longer rows are invalid rows
     verify: bool = True  # OPENIMAGES_METADATA_VERIFY
     keep_archives: bool = False  # OPENIMAGES_SAVE_TARBALLS
+    stop: threading.Event | None = None  # set: a download in progress gives up
 
 
 @dataclass
@@ -127,6 +129,7 @@ class _Preparation:
             verify=options.verify,
             keep_archives=options.keep_archives,
             download=self.arguments.download_metadata,
+            stop=options.stop,
         )
 
     def run(self, selection: Selection) -> DatasetPlan:

@@ -48,6 +48,8 @@ class Route:
     delay: float = 0.0  # seconds before answering
     location: str = ""
     content_encoding: str = ""  # sent as Content-Encoding (the body is sent as it is)
+    ranges: bool = False  # answer "Range: bytes=N-" with 206 and the rest of the body
+    bytes_per_second: int | None = None  # send the body slowly
 
 
 @dataclass
@@ -282,7 +284,30 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             self.connection.shutdown(socket.SHUT_RDWR)
             return None
+        requested = self.headers.get("Range", "")
+        if route.ranges and requested.startswith("bytes=") and requested.endswith("-"):
+            start = int(requested[len("bytes="):-1])
+            if start >= len(route.body):
+                return self._send(416, b"", "text/plain")
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{len(route.body) - 1}/{len(route.body)}")
+            self.send_header("Content-Length", str(len(route.body) - start))
+            self.end_headers()
+            return self._write(route.body[start:], route)
+        if route.bytes_per_second:
+            self.send_response(route.status)
+            self.send_header("Content-Length", str(len(route.body)))
+            self.end_headers()
+            return self._write(route.body, route)
         return self._send(route.status, route.body, route.content_type, route.content_encoding)
+
+    def _write(self, body: bytes, route: Route) -> None:
+        step = route.bytes_per_second or len(body) or 1
+        for offset in range(0, len(body), max(step // 10, 1)):
+            self.wfile.write(body[offset : offset + max(step // 10, 1)])
+            self.wfile.flush()
+            if route.bytes_per_second:
+                time.sleep(0.1)
 
     def _send(self, status: int, body: bytes, content_type: str, content_encoding: str = "") -> None:
         self.send_response(status)
