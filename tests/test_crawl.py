@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -548,3 +549,44 @@ def test_a_truncated_gz_crawls_the_rows_before_the_damage_and_exits_non_zero(
         found = outcomes(store)
         assert all(found.pop(row.fields["ImageID"]) == ["success"] for row in clean_mirror.mirror.rows)
         assert 0 < len(found) < 3000 and set(map(tuple, found.values())) == {("http_error",)}
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 1 MB tmpfs mounted for the test (root only); ``remount`` grows it."""
+    folder = tmp_path / "small-disk"
+    folder.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(folder)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {mounted.stderr.strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def test_a_full_disk_stops_the_crawl_and_the_rerun_after_freeing_space_completes(
+    clean_mirror: Served, small_disk: Path
+) -> None:
+    store = small_disk / "store"
+    settings = {"OPENIMAGES_SAVE_ORIGINALS": "True", "OPENIMAGES_MIN_FREE_BYTES": str(256 * 1024),
+                "CONCURRENT_REQUESTS": "2", "OPENIMAGES_WORKERS": "1"}
+    stopped = subprocess.run(crawl_command(clean_mirror.metadata, store, settings), cwd=ROOT,
+                             capture_output=True, text=True, timeout=120)
+    assert stopped.returncode == 1, stopped.stderr[-2000:]
+    assert "the store cannot be written" in stopped.stderr.splitlines()[-1]
+    first = outcomes(store)
+    assert 0 < len(first) < len(clean_mirror.mirror.rows)
+    assert set(map(tuple, first.values())) == {("success",)}  # no io_error row
+    for path in stored_files(store):
+        with Image.open(path) as image:
+            image.load()
+    served = dict(clean_mirror.server.counter.requests)
+    subprocess.run(["mount", "-o", "remount,size=256m", str(small_disk)], check=True)  # space freed
+    run_crawl(clean_mirror.metadata, store, settings)
+    assert outcomes(store) == {row.fields["ImageID"]: ["success"] for row in clean_mirror.mirror.rows}
+    by_id = {row.fields["ImageID"]: row.fields["OriginalURL"] for row in clean_mirror.mirror.rows}
+    for image_id in first:  # stored before the stop: not downloaded again
+        path = "/" + by_id[image_id].split("/", 3)[3]
+        assert clean_mirror.server.counter.requests[path] == served[path]
