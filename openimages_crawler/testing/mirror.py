@@ -93,7 +93,7 @@ def _image_id(index: int) -> str:
     return hashlib.sha1(f"openimages-mirror-{index}".encode()).hexdigest()[:16]
 
 
-def _row(
+def metadata_row(
     image_id: str, subset: str, url: str, body: bytes, index: int, *, size: str | None = None,
     md5: str | None = None,
 ) -> dict[str, str]:
@@ -133,7 +133,7 @@ def build_mirror(
         host = hosts[index % len(hosts)]
         image_id = _image_id(index)
         path = f"/{index % 8}/{image_id}_{kind}.{ext}"
-        fields = _row(image_id, subset, host + path, body, index)
+        fields = metadata_row(image_id, subset, host + path, body, index)
         fields.update(row_overrides)
         mirror.rows.append(MirrorRow(fields, expected, kind))
         mirror.routes[(host, path)] = route or Route(
