@@ -590,3 +590,26 @@ def test_a_full_disk_stops_the_crawl_and_the_rerun_after_freeing_space_completes
     for image_id in first:  # stored before the stop: not downloaded again
         path = "/" + by_id[image_id].split("/", 3)[3]
         assert clean_mirror.server.counter.requests[path] == served[path]
+
+
+def test_an_unclosed_quote_and_an_over_long_field_mid_file_cost_one_row_each(
+    clean_mirror: Served, tmp_path: Path
+) -> None:
+    lines = clean_mirror.metadata.read_text(encoding="utf-8").split("\n")
+    header = lines[0].split(",")
+    width = len(header)
+    hostile = [
+        "quote0000000001,train,http://x.invalid/a.jpg,1,XKWUMkcNib71Ge6Yq1/0/g==," + '"never closed' + "," * (width - 6),
+        "long00000000001,train,http://x.invalid/b.jpg,1,XKWUMkcNib71Ge6Yq1/0/g==," + "L" * 3_000_000 + "," * (width - 6),
+    ]
+    middle = len(lines) // 2
+    metadata = tmp_path / "hostile.csv"
+    metadata.write_text("\n".join(lines[:middle] + hostile + lines[middle:]), encoding="utf-8")
+    store = tmp_path / "store"
+    run_crawl(metadata, store)
+    found = outcomes(store)
+    assert found.pop("quote0000000001") == found.pop("long00000000001") == ["invalid_row"]
+    assert found == {row.fields["ImageID"]: ["success"] for row in clean_mirror.mirror.rows}
+    details = {row["ImageID"]: row["FailureDetails"] for row in read_csv(store / "train" / "images-failure.csv")[1]}
+    assert details == {"quote0000000001": "a quoted field is still open after 1048576 bytes",
+                       "long00000000001": "row longer than 1048576 bytes"}

@@ -180,3 +180,10 @@ def test_a_truncated_gz_gives_its_rows_then_names_the_file_and_the_line(tmp_path
             assert problem is None
             rows.append(fields["ImageID"])
     assert 0 < len(rows) < 3000 and rows == [f"{i:016x}" for i in range(len(rows))]
+
+
+def test_a_quote_still_open_at_the_end_of_the_file_costs_only_its_row(tmp_path: Path) -> None:
+    path = hostile_file(tmp_path, [row_text("a1", '"never closed'), row_text("a2", "ok"), row_text("a3", "ok")])
+    found = list(iter_rows(path, read_header(path), MAX_ROW_BYTES))
+    assert [(fields["ImageID"], problem) for fields, problem in found] == [
+        ("a1", "a quoted field never closes"), ("a2", None), ("a3", None)]

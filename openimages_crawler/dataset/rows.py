@@ -178,17 +178,21 @@ class RecordReader:
         lines, size, open_quote = [first], len(first), first.count(b'"') % 2
         while open_quote:
             line = self.read_line()
-            if not line:
-                break  # the file ends inside quotes: the csv parser reports what is there
+            if not line:  # the file ends inside quotes
+                return self.unclosed(lines, "a quoted field never closes")
             lines.append(line)
             size += len(line)
             open_quote ^= line.count(b'"') % 2
-            if size > self.limit:  # read the lines after this row's first one again, as rows
-                self.pushed.extend(reversed(lines[1:]))
-                self.line -= len(lines) - 1
-                head = first.split(b'"', 1)[0].rsplit(b",", 1)[0]
-                return self.text(head), f"a quoted field is still open after {self.limit} bytes"
+            if size > self.limit:
+                return self.unclosed(lines, f"a quoted field is still open after {self.limit} bytes")
         return self.text(b"".join(lines)), None
+
+    def unclosed(self, lines: list[bytes], problem: str) -> tuple[str, str]:
+        """The row where a quote opened, as an invalid row; the lines after its
+        first one are read again, as rows."""
+        self.pushed.extend(reversed(lines[1:]))
+        self.line -= len(lines) - 1
+        return self.text(lines[0].split(b'"', 1)[0].rsplit(b",", 1)[0]), problem
 
     @staticmethod
     def text(data: bytes) -> str:
