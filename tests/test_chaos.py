@@ -37,7 +37,7 @@ from tests.conftest import (
 
 pytestmark = pytest.mark.e2e
 
-ROWS = 2400
+ROWS = 2000
 
 
 def chaos_mirror(server: MirrorServer, seed: int) -> Mirror:
