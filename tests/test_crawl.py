@@ -225,7 +225,7 @@ def test_a_store_that_cannot_be_written_stops_the_crawl_and_loses_no_row(clean_m
                              capture_output=True, text=True, timeout=120)
     assert stopped.returncode == 1
     error = stopped.stderr.splitlines()[-1]
-    assert error.startswith("scrapy crawl: error: the store cannot be written") and "still pending" in error
+    assert error.startswith("ERROR: the store cannot be written") and "still pending" in error
     # io_error is never a verdict: what could not be written has no results row.
     assert all(found == ["too_large"] for found in outcomes(store).values())
     blocker.unlink()  # the store is writable again: the rerun stores the pending rows
@@ -339,7 +339,7 @@ def test_ctrl_c_stops_within_seconds_and_resume_completes(tmp_path: Path, stop: 
         _, stderr = process.communicate(timeout=20)
         assert time.monotonic() - started < 15
         assert process.returncode == status  # a stopped run is not a finished one
-        (error,) = [line for line in stderr.splitlines() if line.startswith("scrapy crawl: error:")]
+        (error,) = [line for line in stderr.splitlines() if line.startswith("ERROR:")]
         assert f"stopped by {signal.Signals(stop).name}" in error and "still pending" in error
         partial = outcomes(store)
         assert all(v == ["success"] for v in partial.values())
@@ -382,7 +382,7 @@ def test_bad_metadata_is_a_clear_error(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert result.stderr.splitlines()[-1] == (
-        f"scrapy crawl: error: {bad}: missing column(s) OriginalSize, OriginalMD5; "
+        f"ERROR: {bad}: missing column(s) OriginalSize, OriginalMD5; "
         "found ImageID, Subset, OriginalURL")
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "store" / "train").exists()
@@ -406,7 +406,7 @@ def test_usage_mistakes_are_one_line_and_exit_2_before_anything_is_written(
     result = subprocess.run(command + arguments, cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
-    assert result.stderr.splitlines()[-1].startswith("scrapy crawl: error: ")
+    assert result.stderr.splitlines()[-1].startswith("ERROR: ")
     assert message in result.stderr.splitlines()[-1]
     assert not store.exists()
 

@@ -123,6 +123,6 @@ class Command(ScrapyCrawlCommand):
 
 def fail(message: str, status: int) -> int:
     """One line on stderr, and the exit status."""
-    sys.stderr.write(f"scrapy crawl: error: {message}\n")
+    sys.stderr.write(f"ERROR: {message}\n")
     sys.stderr.flush()
     return status
