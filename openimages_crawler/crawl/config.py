@@ -174,9 +174,9 @@ def output_sinks(config: CrawlConfig, store: Store) -> dict[str, OutputSink]:
     return {output.dir: FilesSink(store, config.layout, output.dir) for output in config.outputs}
 
 
-def open_crawl_store(uri: str) -> Store:
+def open_crawl_store(uri: str, schemes: dict[str, type[Store]] = STORE_SCHEMES) -> Store:
     """The store for IMAGES_STORE, by its scheme; an unsupported one is a usage error."""
     try:
-        return open_store(uri, STORE_SCHEMES)
+        return open_store(uri, schemes)
     except UnsupportedStore as exc:
         raise UsageError(str(exc)) from None

@@ -26,20 +26,19 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from scrapy.exceptions import UsageError
 from scrapy.pipelines.images import ImagesPipeline
 from scrapy.utils.defer import _schedule_coro
 
 from openimages_crawler import reasons
 from openimages_crawler.crawl import errors
-from openimages_crawler.crawl.config import CrawlConfig, output_sinks
+from openimages_crawler.crawl.config import CrawlConfig, open_crawl_store, output_sinks
 from openimages_crawler.crawl.items import (
     FetchedImage,
     Unrecorded,
     request_meta,
 )
 from openimages_crawler.imaging.process import Expected, Outcome, process_image
-from openimages_crawler.store import STORE_SCHEMES, Store, UnsupportedStore, open_store
+from openimages_crawler.store import STORE_SCHEMES, Store
 from openimages_crawler.store.results import FailureRow, SuccessRow, with_download
 
 if TYPE_CHECKING:
@@ -78,10 +77,7 @@ class OpenImagesPipeline(ImagesPipeline):
         """Scrapy's S3/GCS/FTP classes are not in STORE_SCHEMES: nothing to configure."""
 
     def _get_store(self, uri: str) -> Store:  # type: ignore[override]
-        try:
-            return open_store(uri, self.STORE_SCHEMES)
-        except UnsupportedStore as exc:
-            raise UsageError(str(exc)) from None
+        return open_crawl_store(uri, self.STORE_SCHEMES)
 
     def open_spider(self, spider: Spider | None = None) -> None:
         super().open_spider()

@@ -66,7 +66,6 @@ class DatasetPlan:
     """The prepared dataset: the metadata files, their common header, the
     selection, and the annotation files the crawl copies from."""
 
-    arguments: CrawlArguments
     metadata_files: list[Path]
     header: list[str]
     selection: Selection
@@ -144,7 +143,7 @@ class _Preparation:
             # One file per split: rows without a Subset belong to their file's split.
             one_each = len(sources) == len(arguments.splits)
             file_subsets = list(arguments.splits) if one_each else [""] * len(sources)
-        plan = DatasetPlan(arguments, files, _common_header(files), selection, file_subsets,
+        plan = DatasetPlan(files, _common_header(files), selection, file_subsets,
                            self.options.max_row_bytes, class_filter)
         if class_filter is not None or arguments.write_annotations:
             plan.annotation_files = self.fetch_annotations()
