@@ -60,9 +60,11 @@ def run_once(contender: Contender, inputs: Inputs, work: Path, tag: str) -> dict
     env = {**os.environ, **contender.env}
     result = measure.run(contender.command(inputs, out), cwd=REPO, env=env, log=log)
     done = contender.count(out, log)
+    cpu = cpu_per_image(out)
     shutil.rmtree(out, ignore_errors=True)  # keep the disk and page cache for the next run
     bytes_in = inputs.image_bytes * done / inputs.images if inputs.images else 0
     return {
+        **cpu,
         "wall_s": round(result.wall_s, 3),
         "images": done,
         "images_per_s": round(done / result.wall_s, 2),
@@ -73,9 +75,21 @@ def run_once(contender: Contender, inputs: Inputs, work: Path, tag: str) -> dict
     }
 
 
+def cpu_per_image(out: Path) -> dict[str, float]:
+    """Our crawl's CPU per image, from its report: the event loop's (engine,
+    parsing, feeds) and the workers' (verify, decode, resize, write)."""
+    try:
+        stages = json.loads((out / "report.json").read_text())["stages"]
+    except (OSError, ValueError, KeyError):
+        return {}
+    return {f"{name}_cpu_ms_per_image": stages[f"{name}_cpu_s_per_image_ms"]
+            for name in ("event_loop", "worker") if f"{name}_cpu_s_per_image_ms" in stages}
+
+
 def median_of(runs: list[dict]) -> dict:
-    keys = ("wall_s", "images_per_s", "mb_per_s", "cpu_percent", "peak_rss_mb")
-    summary = {key: round(statistics.median(run[key] for run in runs), 2) for key in keys}
+    keys = ("wall_s", "images_per_s", "mb_per_s", "cpu_percent", "peak_rss_mb",
+            "event_loop_cpu_ms_per_image", "worker_cpu_ms_per_image")
+    summary = {key: round(statistics.median(run[key] for run in runs), 2) for key in keys if key in runs[0]}
     summary["images"] = min(run["images"] for run in runs)
     summary["runs"] = runs
     return summary

@@ -56,9 +56,14 @@ def _img2dataset_successes(out: Path, log: Path) -> int:
     return sum(json.loads(path.read_text()).get("successes", 0) for path in out.glob("*_stats.json"))
 
 
-def ours(key: str, label: str, *settings: str) -> Contender:
+# Runs a command on the first CPU only (our auto process count then sees one core).
+ONE_CORE = ["taskset", "-c", "0"]
+
+
+def ours(key: str, label: str, *settings: str, prefix: tuple[str, ...] = ()) -> Contender:
     def command(inputs: Inputs, out: Path) -> list[str]:
         argv = [
+            *prefix,
             sys.executable, "-m", "scrapy", "crawl", "openimages",
             "-a", f"metadata={inputs.metadata}",
             "-s", f"IMAGES_STORE={out}", *LOCAL_HOSTS_ALLOWED,
@@ -70,20 +75,22 @@ def ours(key: str, label: str, *settings: str) -> Contender:
     return Contender(key, label, command, _success_rows)
 
 
-def img2dataset(key: str, label: str, resize_mode: str, threads: int) -> Contender:
-    """Tuned fairly: a process per core, shards small enough to use them all,
-    MD5 verified like ours, no extra hash or EXIF extraction, same JPEG quality."""
+def img2dataset(key: str, label: str, resize_mode: str, threads: int, one_core: bool = False) -> Contender:
+    """Tuned fairly: a process per core (one, pinned, with ``one_core``), shards
+    small enough to use them all, MD5 verified like ours, no extra hash or
+    EXIF extraction, same JPEG quality."""
 
     def command(inputs: Inputs, out: Path) -> list[str]:
         assert inputs.img2dataset_python is not None
-        shard = max(50, inputs.images // (inputs.cores * 4))
+        processes = 1 if one_core else inputs.cores
+        shard = max(50, inputs.images // (processes * 4))
         args = {
             "url_list": str(inputs.url_list),
             "input_format": "csv",
             "url_col": "url",
             "output_folder": str(out),
             "output_format": "files",
-            "processes_count": inputs.cores,
+            "processes_count": processes,
             "thread_count": threads,
             "image_size": 224,
             "resize_mode": resize_mode,
@@ -100,7 +107,7 @@ def img2dataset(key: str, label: str, resize_mode: str, threads: int) -> Contend
             "import json, sys; from img2dataset import download; "
             "download(**json.loads(sys.argv[1]))"
         )
-        return [str(inputs.img2dataset_python), "-c", code, json.dumps(args)]
+        return [*(ONE_CORE if one_core else []), str(inputs.img2dataset_python), "-c", code, json.dumps(args)]
 
     # No update check over the network from albumentations on import.
     return Contender(key, label, command, _img2dataset_successes, env={"NO_ALBUMENTATIONS_UPDATE": "1"})
@@ -130,16 +137,18 @@ def limit(path: str) -> Contender:
     return Contender(f"limit_{path}", label, command, _printed_count, needs_network=False)
 
 
+SHRINK_224 = ("OPENIMAGES_RESIZE_MODE=ShrinkToFit", "OPENIMAGES_RESIZE_SIZE=224")
+
+
 def ours_shrink() -> Contender:
-    return ours(
-        "ours_shrink", "ours: ShrinkToFit 224, no originals",
-        "OPENIMAGES_RESIZE_MODE=ShrinkToFit", "OPENIMAGES_RESIZE_SIZE=224",
-    )
+    return ours("ours_shrink", "ours: ShrinkToFit 224, no originals, all cores (OPENIMAGES_PROCESSES=auto)",
+                *SHRINK_224)
 
 
 def all_contenders(img2dataset_threads: int, baseline_processes: int, with_img2dataset: bool) -> list[Contender]:
     contenders = [
         ours_shrink(),
+        ours("ours_shrink_1core", "ours: ShrinkToFit 224 on one core (taskset -c 0)", *SHRINK_224, prefix=tuple(ONE_CORE)),
         ours(
             "ours_fillcrop", "ours: FillCrop 224, no originals",
             "OPENIMAGES_RESIZE_MODE=FillCrop", "OPENIMAGES_RESIZE_SIZE=224",
@@ -161,6 +170,10 @@ def all_contenders(img2dataset_threads: int, baseline_processes: int, with_img2d
             img2dataset(
                 "i2d_largest", "img2dataset keep_ratio_largest 224", "keep_ratio_largest",
                 img2dataset_threads,
+            ),
+            img2dataset(
+                "i2d_largest_1core", "img2dataset keep_ratio_largest 224, processes_count 1 on one core",
+                "keep_ratio_largest", img2dataset_threads, one_core=True,
             ),
             img2dataset("i2d_center_crop", "img2dataset center_crop 224", "center_crop", img2dataset_threads),
             img2dataset("i2d_no", "img2dataset resize_mode=no", "no", img2dataset_threads),

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 # (ours, reference) pairs whose ratio the targets name, with the target.
 RATIOS = (
+    ("ours_shrink", "ours_shrink_1core", 1.8),  # scaling: all cores / one core
+    ("i2d_largest", "i2d_largest_1core", None),  # img2dataset's scaling
     ("ours_shrink", "i2d_largest", 2.0),
     ("ours_fillcrop", "i2d_center_crop", 2.0),
-    ("ours_shrink", "limit_fast", 0.65),
+    ("ours_shrink", "baseline", 1.1),
+    ("ours_shrink", "limit_fast", 0.75),
     ("ours_shrink", "limit_plain", 0.65),
     ("ours_originals", "i2d_no", 1.0),
     ("ours_originals", "limit_fast", None),
@@ -37,13 +40,16 @@ def markdown(results: dict) -> str:
         f"thread_count={results.get('img2dataset_threads')}, baseline "
         f"Pool({results.get('baseline_processes')}) (both tuned in the same run).",
         "",
-        "| contender | images/s | MB/s | CPU % | peak RSS MB | images ok |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| contender | images/s | MB/s | CPU % | peak RSS MB (whole tree) | images ok | CPU ms/image: "
+        "event loop, workers |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for key, row in results["contenders"].items():
+        cpu = ", ".join(str(row[name]) for name in ("event_loop_cpu_ms_per_image", "worker_cpu_ms_per_image")
+                        if name in row) or "—"
         lines.append(
             f"| {row['label']} (`{key}`) | {row['images_per_s']} | {row['mb_per_s']} | "
-            f"{row['cpu_percent']} | {row['peak_rss_mb']} | {row['images']}/{corpus['files']} |"
+            f"{row['cpu_percent']} | {row['peak_rss_mb']} | {row['images']}/{corpus['files']} | {cpu} |"
         )
     lines += ["", "| ratio (images/s) | measured | target |", "|---|---:|---:|"]
     for ours, reference, target in RATIOS:

@@ -74,6 +74,9 @@ OPENIMAGES_BLOCK_PRIVATE_HOSTS = True
 OPENIMAGES_STOP_GRACE = 3.0
 
 # --- Connections (the crawler's connection limits are Scrapy's) --------------
+# Crawl processes on this machine: auto (one per CPU this process may use) or a number; the
+# connection limits and OPENIMAGES_WORKERS are shared out among them.
+OPENIMAGES_PROCESSES = "auto"
 # Total simultaneous downloads.
 CONCURRENT_REQUESTS = 128
 # Simultaneous downloads per host.

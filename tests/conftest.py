@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from scrapy.settings import Settings
 
+from openimages_crawler.store.parts import all_results
 from openimages_crawler.testing.mirror import (
     Mirror,
     MirrorServer,
@@ -28,8 +29,10 @@ DATA = Path(__file__).resolve().parent / "data"
 # Short timeouts so the hanging host costs seconds, not minutes.
 # No free-space floor: the tests' stores are tiny and the floor has tests of its own. The
 # mirror's hosts are 127.x, which a real crawl refuses (OPENIMAGES_BLOCK_PRIVATE_HOSTS).
+# One process: the behaviour of a crawl process is tested alone; runs of several processes
+# (the default) have their own tests (test_processes.py, test_chaos.py).
 FAST_SETTINGS = {"DOWNLOAD_TIMEOUT": "1.5", "RETRY_TIMES": "2", "LOG_LEVEL": "INFO", "OPENIMAGES_MIN_FREE_BYTES": "0",
-                 "OPENIMAGES_BLOCK_PRIVATE_HOSTS": "False"}
+                 "OPENIMAGES_BLOCK_PRIVATE_HOSTS": "False", "OPENIMAGES_PROCESSES": "1"}
 
 
 def project_settings(values: dict[str, object] | None = None) -> Settings:
@@ -111,11 +114,18 @@ def read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
         return list(reader.fieldnames or []), rows
 
 
+def read_results(path: Path) -> list[dict[str, str]]:
+    """The rows of a results file and of its parts (what processes still
+    running, or killed, have not merged yet): the union the ledger reads."""
+    return [row for name in all_results([str(path)]) for row in read_csv(name)[1]]
+
+
 def outcomes(store: Path, subset: str = "train") -> dict[str, list[str]]:
-    """ImageID -> every outcome recorded for it ("success" or a FailureReason)."""
+    """ImageID -> every outcome recorded for it ("success" or a FailureReason),
+    in the results files and their parts."""
     found: dict[str, list[str]] = {}
-    _, success = read_csv(store / subset / "images-success.csv")
-    _, failure = read_csv(store / subset / "images-failure.csv")
+    success = read_results(store / subset / "images-success.csv")
+    failure = read_results(store / subset / "images-failure.csv")
     for row in success:
         found.setdefault(row["ImageID"], []).append("success")
     for row in failure:
@@ -133,7 +143,8 @@ def wait_for(condition, timeout: float = 60, interval: float = 0.1) -> None:  # 
 
 
 def count_rows(path: Path) -> int:
-    return len(read_csv(path)[1]) if path.exists() else 0
+    """Rows of a results file and its parts."""
+    return len(read_results(path))
 
 
 def kill(process: subprocess.Popen[str], sig: int = signal.SIGKILL) -> None:

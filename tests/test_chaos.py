@@ -75,7 +75,8 @@ def test_kills_and_a_stop_at_random_moments_lose_nothing_and_repeat_nothing(tmp_
     metadata = mirror.write_metadata(tmp_path / "images.csv")
     server.serve(mirror)
     store = tmp_path / "store"
-    settings = {"OPENIMAGES_SAVE_ORIGINALS": "True", "CONCURRENT_REQUESTS": "24", "RETRY_TIMES": "1"}
+    settings = {"OPENIMAGES_SAVE_ORIGINALS": "True", "CONCURRENT_REQUESTS": "24", "RETRY_TIMES": "1",
+                "OPENIMAGES_PROCESSES": "2"}  # a kill -9 hits the command; its processes stop on their own
     success, failure = store / "train" / "images-success.csv", store / "train" / "images-failure.csv"
     recorded_requests: dict[str, int] = {}  # path of a recorded row's image -> requests when recorded
     url_of = {row.fields["ImageID"]: row.fields["OriginalURL"] for row in mirror.rows}

@@ -66,8 +66,9 @@ def fetch(url: str) -> tuple[int, bytes, str]:
         return error.code, error.read(), ""
 
 
-def test_endpoints_serve_figures_and_only_the_latest_images(tmp_path: Path) -> None:
-    with dashboard_crawl(tmp_path) as (url, _, _):
+@pytest.mark.parametrize("processes", ["1", "2"])  # 2: the command serves the sums of its processes
+def test_endpoints_serve_figures_and_only_the_latest_images(tmp_path: Path, processes: str) -> None:
+    with dashboard_crawl(tmp_path, OPENIMAGES_PROCESSES=processes) as (url, _, _):
         status = {}
         for _ in range(100):
             status = json.loads(fetch(url + "status.json")[1])

@@ -10,18 +10,39 @@ how many rows are still pending (130 after SIGINT, 143 after SIGTERM).
 from __future__ import annotations
 
 import logging
+import os
 import signal
-import sys
 from typing import TYPE_CHECKING, Any
 
 from scrapy.commands.crawl import Command as ScrapyCrawlCommand
 from scrapy.exceptions import UsageError
 
+from openimages_crawler.commands.exits import (
+    EXIT_AFTER_SIGNAL,
+    EXIT_INCOMPLETE,
+    EXIT_OK,
+    EXIT_USAGE,
+    ShardLocked,
+    fail,
+    last_error,
+)
+from openimages_crawler.commands.supervisor import Supervisor
 from openimages_crawler.crawl.config import CrawlConfig, open_crawl_store
 from openimages_crawler.crawl.pipeline import STORE_UNWRITABLE
+from openimages_crawler.crawl.processes import (
+    die_with_supervisor,
+    plan_processes,
+    process_count,
+    supervisor_pid,
+)
 from openimages_crawler.crawl.spider import OpenImagesSpider, scrapy_arguments
 from openimages_crawler.crawl.stop import STOP_REQUESTED
 from openimages_crawler.dataset.arguments import ArgumentError, CrawlArguments
+from openimages_crawler.dataset.prepare import selection_of
+from openimages_crawler.dataset.selection import SelectionError, Shard
+from openimages_crawler.monitor.status import mark_exit
+from openimages_crawler.store.local import LocalStore
+from openimages_crawler.store.parts import part_label
 
 if TYPE_CHECKING:
     import argparse
@@ -30,11 +51,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-# Exit statuses (README "Exit status").
-EXIT_OK = 0
-EXIT_INCOMPLETE = 1  # the crawl could not finish: rows are still pending
-EXIT_USAGE = 2  # a usage mistake or a start error: nothing was crawled
-_EXIT_AFTER_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
 
 class Command(ScrapyCrawlCommand):
@@ -43,11 +59,23 @@ class Command(ScrapyCrawlCommand):
             super().run(args, opts)  # Scrapy's own usage errors
             return
         assert self.crawler_process is not None and self.settings is not None
+        supervisor = supervisor_pid()
+        if supervisor is not None:
+            die_with_supervisor(supervisor)
+        elif "_job" in opts.spargs:  # a Scrapyd job: it stops when its daemon is killed (a fleet reschedules it)
+            die_with_supervisor(os.getppid())
         try:
             self.check(args[0], opts.spargs)
+            processes = process_count(self.settings["OPENIMAGES_PROCESSES"])
         except UsageError as exc:
             self.exitcode = fail(str(exc), EXIT_USAGE)
+            self.record_job_error(opts.spargs)
             return
+        if processes > 1 and supervisor is None and args[0] == OpenImagesSpider.name:
+            plan = plan_processes(self.settings, processes)
+            if plan.count > 1:
+                self.exitcode = Supervisor(self.settings, args[0], opts.spargs, plan).run()
+                return
         crawler = self._create_crawler(args[0])
         started = self.crawler_process.crawl(crawler, **opts.spargs)
         errors: list[BaseException] = []
@@ -59,6 +87,27 @@ class Command(ScrapyCrawlCommand):
         self.record_signals(received)
         self.crawler_process.start()
         self.exitcode = self.exit_status(crawler, errors, received)
+        spider = crawler.spider
+        if isinstance(spider, OpenImagesSpider) and hasattr(spider, "results_part"):
+            mark_exit(spider.local_store.root, spider.results_part, spider.store, self.exitcode,
+                      last_error() if self.exitcode else "", str(opts.spargs.get("_job", "")))
+        elif not any(isinstance(error, ShardLocked) for error in errors):  # the holder keeps its record
+            self.record_job_error(opts.spargs)
+
+    def record_job_error(self, given: dict[str, Any]) -> None:
+        """A Scrapyd job that could not start leaves its error in its shard's
+        record: Scrapyd reports no exit status, and a fleet reads the store."""
+        assert self.settings is not None
+        if "_job" not in given or not self.exitcode:
+            return
+        try:
+            shard = Shard.parse(str(given.get("shard") or "1/1"))
+            store = open_crawl_store(str(self.settings["IMAGES_STORE"]))
+        except (SelectionError, UsageError):
+            return
+        if isinstance(store, LocalStore):
+            mark_exit(store.root, part_label(shard.index, shard.count), store, self.exitcode, last_error(),
+                      str(given["_job"]))
 
     def check(self, spider_name: str, given: dict[str, Any]) -> None:
         """What can be checked before the crawl starts, without touching the store."""
@@ -66,7 +115,7 @@ class Command(ScrapyCrawlCommand):
         if spider_name != OpenImagesSpider.name:
             return
         try:
-            CrawlArguments.from_given(scrapy_arguments(dict(given))[1])
+            selection_of(CrawlArguments.from_given(scrapy_arguments(dict(given))[1]))  # id lists too
         except ArgumentError as exc:
             raise UsageError(str(exc)) from None
         config = CrawlConfig.from_settings(self.settings)
@@ -90,7 +139,7 @@ class Command(ScrapyCrawlCommand):
         for error in errors:
             if received:  # stopped while preparing (a metadata download, say)
                 return fail(f"stopped by {signal.Signals(received[0]).name} before the crawl started: {error}",
-                            _EXIT_AFTER_SIGNAL.get(received[0], EXIT_INCOMPLETE))
+                            EXIT_AFTER_SIGNAL.get(received[0], EXIT_INCOMPLETE))
             if isinstance(error, UsageError):
                 return fail(str(error), EXIT_USAGE)
             logger.debug("The crawl could not start", exc_info=error)
@@ -116,13 +165,6 @@ class Command(ScrapyCrawlCommand):
                         "store) and run the same command again", EXIT_INCOMPLETE)
         cut = stats.get_value("openimages/interrupted", 0)
         by = f" by {signal.Signals(received[0]).name}" if received else ""
-        status = _EXIT_AFTER_SIGNAL.get(received[0], EXIT_INCOMPLETE) if received else EXIT_INCOMPLETE
+        status = EXIT_AFTER_SIGNAL.get(received[0], EXIT_INCOMPLETE) if received else EXIT_INCOMPLETE
         return fail(f"the crawl was stopped{by} ({reason}): {cut:,} rows cut off in transfer{unread} "
                     "are still pending; run the same command again to finish", status)
-
-
-def fail(message: str, status: int) -> int:
-    """One line on stderr, and the exit status."""
-    sys.stderr.write(f"ERROR: {message}\n")
-    sys.stderr.flush()
-    return status

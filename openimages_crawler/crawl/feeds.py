@@ -22,6 +22,7 @@ from scrapy.settings import BaseSettings
 from scrapy.utils.misc import load_object
 
 from openimages_crawler.store.csvfiles import read_csv_header, repair_tail
+from openimages_crawler.store.parts import part_path
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +56,9 @@ class ResumableFileFeedStorage(FileFeedStorage):
     """A local feed file that is repaired and appended to, never truncated."""
 
     def open(self, spider: Spider) -> IO[bytes]:
-        repair_tail(Path(self.path))
+        path = Path(self.path)
+        path.parent.mkdir(parents=True, exist_ok=True)  # other processes may make it at once
+        repair_tail(path)
         return super().open(spider)
 
 
@@ -79,7 +82,8 @@ class ResultsCsvItemExporter(CsvItemExporter):
 class SubsetFeedExporter(FeedExporter):
     """FeedExporter that opens one file per subset for URIs with ``%(subset)s``.
 
-    Items say their subset with a ``subset`` attribute; other FEEDS entries
+    With a spider's ``results_part`` (a label), rows go to that part of each
+    file (``store.parts``), merged into the file when the run ends. Items say their subset with a ``subset`` attribute; other FEEDS entries
     keep the stock behaviour.
     """
 
@@ -90,6 +94,7 @@ class SubsetFeedExporter(FeedExporter):
         self.images_store = str(crawler.settings["IMAGES_STORE"])
 
     def open_spider(self, spider: Spider) -> None:
+        self.part = getattr(spider, "results_part", None)
         subset_feeds = {uri: self.feeds.pop(uri) for uri in self.subset_uris}
         try:
             super().open_spider(spider)
@@ -107,7 +112,7 @@ class SubsetFeedExporter(FeedExporter):
                 if slot is None:
                     slot = self._start_new_batch(
                         batch_id=1,
-                        uri=subset_uri(uri_template, self.images_store, subset),
+                        uri=self.file_uri(subset_uri(uri_template, self.images_store, subset)),
                         feed_options=self.feeds[uri_template],
                         spider=spider,
                         uri_template=uri_template,
@@ -118,6 +123,10 @@ class SubsetFeedExporter(FeedExporter):
                 slot.exporter.export_item(item)
                 slot.itemcount += 1
         super().item_scraped(item, spider)
+
+    def file_uri(self, uri: str) -> str:
+        """Where this process appends: its own part of the results file."""
+        return uri if self.part is None else str(part_path(Path(local_path(uri)), self.part))
 
     async def close_spider(self, spider: Spider) -> None:
         self.slots.extend(self.subset_slots.values())

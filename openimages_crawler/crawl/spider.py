@@ -25,9 +25,11 @@ from scrapy.utils.defer import maybe_deferred_to_future
 from twisted.internet import threads
 from twisted.python.failure import Failure
 
+from openimages_crawler.commands.exits import ShardLocked
 from openimages_crawler.crawl.config import CrawlConfig, open_crawl_store, output_sinks
 from openimages_crawler.crawl.feeds import subset_feed_paths
 from openimages_crawler.crawl.items import PLAN_KEY, FetchedImage, request_meta
+from openimages_crawler.crawl.processes import process_shard, supervisor_pid
 from openimages_crawler.crawl.stop import STOP_REQUESTED
 from openimages_crawler.dataset.arguments import ArgumentError, CrawlArguments
 from openimages_crawler.dataset.catalogue import DOWNLOAD_COLUMNS
@@ -37,8 +39,9 @@ from openimages_crawler.dataset.selection import MetadataRecord, Selection
 from openimages_crawler.dataset.source import ImageSource
 from openimages_crawler.store import LocalStore
 from openimages_crawler.store.annotations import AnnotationOutput
-from openimages_crawler.store.ledger import ResultsLedger, reconcile
-from openimages_crawler.store.lock import StoreLock, StoreLocked
+from openimages_crawler.store.ledger import ResultsLedger, settle
+from openimages_crawler.store.lock import StoreLock, StoreLocked, exclusive
+from openimages_crawler.store.parts import part_label, recover_all
 from openimages_crawler.store.planner import PlannedOutput, RowPlan, RowPlanner
 from openimages_crawler.store.results import FailureRow, SuccessRow
 
@@ -80,17 +83,28 @@ class OpenImagesSpider(scrapy.Spider):
             selection = selection_of(spider.arguments)  # id lists: a usage error leaves no trace
         except ArgumentError as exc:
             raise UsageError(str(exc)) from None
-        spider.lock = StoreLock(spider.local_store.root)
-        try:
-            spider.lock.acquire()  # first: two crawls must not even share the metadata cache
-        except StoreLocked as exc:
-            raise UsageError(str(exc)) from None
+        files = spider.results_files()
+        if not files["success"] or not files["failure"]:
+            raise UsageError(
+                "FEEDS has no per-subset results feeds (URIs with %(subset)s for SuccessRow and FailureRow): "
+                "they are the crawl's record and checkpoint (under Scrapyd, leave items_dir empty)")
+        selection.within = process_shard()  # a supervised process's share of the run
+        share = selection.within
+        spider.results_part = part_label(share.index, share.count) if share else part_label(*spider.shard)
+        spider.supervisor = supervisor_pid()
+        spider.lock = None
+        if spider.supervisor is None:  # a supervised process shares its run's lock
+            spider.lock = StoreLock(spider.local_store.root, *spider.shard)
+            try:
+                spider.lock.acquire()
+            except StoreLocked as exc:
+                raise ShardLocked(str(exc)) from None
         # Held until the engine has stopped: results and report are written by then.
         crawler.signals.connect(spider.finish, signal=signals.engine_stopped)
         try:
             spider.prepare(selection)
         except BaseException:
-            spider.lock.release()
+            spider.release()
             raise
         spider.prepare_seconds = time.perf_counter() - started  # metadata and selection work
         return spider
@@ -107,7 +121,8 @@ class OpenImagesSpider(scrapy.Spider):
             stop=STOP_REQUESTED,
         )
         try:
-            self.dataset = prepare(self.arguments, options, selection)
+            with exclusive(self.local_store.root, "metadata", STOP_REQUESTED):  # fetched once per store
+                self.dataset = prepare(self.arguments, options, selection)
         except ArgumentError as exc:
             raise UsageError(str(exc)) from exc
         self.planner = self.make_planner()
@@ -129,8 +144,11 @@ class OpenImagesSpider(scrapy.Spider):
     def make_planner(self) -> RowPlanner:
         """What earlier runs recorded, read before the crawl, so a store that does
         not fit this metadata is a clear error (and a non-zero exit)."""
+        files = self.results_files()
         try:
-            self.ledger = ResultsLedger.load(self.results_files(), self.result_header, self.arguments.retry)
+            with exclusive(self.local_store.root, "results"):
+                recover_all(files["success"] + files["failure"])
+                self.ledger = ResultsLedger.load(files, self.result_header, self.arguments.retry)
         except MetadataError as exc:
             raise UsageError(str(exc)) from exc
         config = self.config
@@ -147,8 +165,14 @@ class OpenImagesSpider(scrapy.Spider):
         return {"success": subset_feed_paths(settings, SuccessRow), "failure": subset_feed_paths(settings, FailureRow)}
 
     def annotation_output(self) -> AnnotationOutput | None:
+        """Where the selection's annotation rows go; in a multi-process run the
+        first process writes them for the whole run (the file is then the same
+        as one process would write)."""
         dataset = self.dataset
         if not (dataset.annotation_files and self.arguments.write_annotations):
+            return None
+        within = dataset.selection.within
+        if within is not None and within.index > self.shard[1]:
             return None
         label_names = None
         if dataset.class_filter is not None and not self.arguments.all_labels:
@@ -168,14 +192,17 @@ class OpenImagesSpider(scrapy.Spider):
         threading.Thread(target=self.count_rows, name="openimages-count-rows", daemon=True).start()
         subset = self.arguments.subset
         handled = 0
+        selection = self.dataset.selection
         for fields, problem, file_subset in self.readable_records():
             row_subset = subset or file_subset
+            if self.annotations is not None:
+                self.annotations.add(fields.get("Subset") or row_subset, fields.get("ImageID", ""))
+            if not selection.in_share(fields.get("ImageID", "")):
+                continue  # another process of this run crawls it
             handled += 1
             if handled % _YIELD_EVERY == 0:
                 stats.set_value("openimages/rows_read", handled)
                 await asyncio.sleep(0)
-            if self.annotations is not None:
-                self.annotations.add(fields.get("Subset") or row_subset, fields.get("ImageID", ""))
             work = self.planner.plan(validate_row(fields, problem, row_subset or None))
             if work is None:
                 stats.inc_value("openimages/rows_skipped")
@@ -201,16 +228,27 @@ class OpenImagesSpider(scrapy.Spider):
             logger.error("%s: the rows after it are not crawled; fetch or fix the file and run again", exc)
             self.crawler.stats.set_value("openimages/metadata_error", str(exc))
 
-    def finish(self) -> None:
-        """After the results are flushed: a retried row that has a new result
-        leaves its old failure row (the failure files are rewritten atomically),
-        then the store is free for another crawl."""
-        try:
-            if self.arguments.retry is not None or self.ledger.needs_reconcile:
-                reconcile(self.results_files(), self.local_store)
-        finally:
-            self.lock.release()
+    @property
+    def shard(self) -> tuple[int, int]:
+        """The shard this crawl runs, as (K, N); an unsharded crawl is 1 of 1."""
+        shard = self.arguments.shard
+        return (shard.index, shard.count) if shard else (1, 1)
 
+    def finish(self) -> None:
+        """After the results are flushed: this crawl's parts are merged into the
+        results files and a retried row that has a new result leaves its old
+        failure row (the files are rewritten atomically), then the store is free
+        for another crawl. A supervised process leaves that to its supervisor."""
+        try:
+            if self.supervisor is None:
+                settle(self.results_files(), self.local_store, *self.shard,
+                       reconcile_failures=self.arguments.retry is not None or self.ledger.needs_reconcile)
+        finally:
+            self.release()
+
+    def release(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
 
     def image_request(self, plan: RowPlan) -> Request:
         """The request for a row's image: from its URL, or from its stored original."""

@@ -104,8 +104,9 @@ class Shard:
 @dataclass
 class Selection:
     """The filters, applied in this order: subset, classes, ids, exclude,
-    shard, offset, limit. ``classes`` holds the images that carry the
-    requested classes, by split."""
+    shard, offset, limit; ``within`` is a process's share of the rows a
+    multi-process run selects (a finer hash shard, ``in_share``). ``classes``
+    holds the images that carry the requested classes, by split."""
 
     subset: str | None = None
     classes: IdList | None = None
@@ -114,6 +115,7 @@ class Selection:
     shard: Shard | None = None
     offset: int = 0
     limit: int | None = None
+    within: Shard | None = None
 
     def estimate(self, rows: int) -> int:
         """How many of ``rows`` metadata rows the selection will take, roughly
@@ -125,7 +127,10 @@ class Selection:
         if self.shard is not None:
             rows = math.ceil(rows / self.shard.count)
         rows = max(rows - self.offset, 0)
-        return rows if self.limit is None else min(rows, self.limit)
+        rows = rows if self.limit is None else min(rows, self.limit)
+        if self.within is not None:
+            rows = math.ceil(rows * (self.shard.count if self.shard else 1) / self.within.count)
+        return rows
 
     def takes(self, fields: dict[str, str], file_subset: str = "") -> bool:
         """Whether a row passes the subset, class, id, exclusion and shard
@@ -156,3 +161,7 @@ class Selection:
                 return
             kept += 1
             yield record
+
+    def in_share(self, image_id: str) -> bool:
+        """Whether a selected row is this process's to crawl (``within``)."""
+        return self.within is None or self.within.holds(image_id)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass
 from itertools import count
 from pathlib import PurePosixPath
@@ -23,21 +24,27 @@ from scrapy.exceptions import NotConfigured, UsageError
 from twisted.web import resource, server
 
 from openimages_crawler.crawl.config import CrawlConfig, open_crawl_store
-from openimages_crawler.monitor.extensions import progress_sampled, result_host
+from openimages_crawler.monitor.extensions import (
+    RECENT_FAILURES,
+    failure_entry,
+    progress_sampled,
+    thumbnail_key,
+)
 from openimages_crawler.monitor.progress import Counts, ProgressMeter, Rates, figures
 from openimages_crawler.monitor.report import throughput
+from openimages_crawler.store.base import Store
 from openimages_crawler.store.results import FailureRow, SuccessRow
 
 if TYPE_CHECKING:
     from typing import Self
 
     from scrapy.crawler import Crawler
+    from scrapy.settings import BaseSettings
     from twisted.internet.interfaces import IListeningPort
     from twisted.web.server import Request
 
 logger = logging.getLogger(__name__)
 
-_FAILURES_SHOWN = 20
 _CHART_POINTS = 120
 _CONTENT_TYPES = {".jpg": "image/jpeg", ".png": "image/png", ".webp": "image/webp"}
 
@@ -50,22 +57,15 @@ class RecentImage:
     key: str  # in the store
 
 
-class Dashboard:
-    def __init__(self, crawler: Crawler) -> None:
-        settings = crawler.settings
-        port = settings.get("OPENIMAGES_DASHBOARD_PORT")
-        if port is None or port == "":
-            raise NotConfigured
-        try:
-            self.port = int(port)
-        except ValueError:
-            self.port = -1
-        if not 0 <= self.port <= 65535:
-            raise UsageError(f"OPENIMAGES_DASHBOARD_PORT={port!r} is not a port number (0-65535)")
-        self.config = CrawlConfig.from_settings(settings)
-        self.store = open_crawl_store(self.config.store_uri)
-        self.images: deque[RecentImage] = deque(maxlen=max(settings.getint("OPENIMAGES_DASHBOARD_IMAGES"), 1))
-        self.failures: deque[dict[str, str]] = deque(maxlen=_FAILURES_SHOWN)
+class DashboardServer:
+    """The web view's figures and its HTTP server on the reactor."""
+
+    def __init__(self, port: int, config: CrawlConfig, store: Store, images_shown: int) -> None:
+        self.port = port
+        self.config = config
+        self.store = store
+        self.images: deque[RecentImage] = deque(maxlen=max(images_shown, 1))
+        self.failures: deque[dict[str, str]] = deque(maxlen=RECENT_FAILURES)
         self.serials = count(1)
         self.counts = Counts(0.0)
         self.rates = Rates()
@@ -74,13 +74,21 @@ class Dashboard:
         self.listening: IListeningPort | None = None
 
     @classmethod
-    def from_crawler(cls, crawler: Crawler) -> Self:
-        extension = cls(crawler)
-        extension.listen()  # now: a busy port stops the crawl before any download
-        crawler.signals.connect(extension.spider_closed, signal=signals.spider_closed)
-        crawler.signals.connect(extension.item_scraped, signal=signals.item_scraped)
-        crawler.signals.connect(extension.progress_sampled, signal=progress_sampled)
-        return extension
+    def from_settings(cls, settings: BaseSettings, config: CrawlConfig | None = None,
+                      store: Store | None = None) -> Self | None:
+        """The web view ``OPENIMAGES_DASHBOARD_PORT`` asks for, or ``None``."""
+        port = settings.get("OPENIMAGES_DASHBOARD_PORT")
+        if port is None or port == "":
+            return None
+        try:
+            number = int(port)
+        except ValueError:
+            number = -1
+        if not 0 <= number <= 65535:
+            raise UsageError(f"OPENIMAGES_DASHBOARD_PORT={port!r} is not a port number (0-65535)")
+        config = config or CrawlConfig.from_settings(settings)
+        return cls(number, config, store or open_crawl_store(config.store_uri),
+                   settings.getint("OPENIMAGES_DASHBOARD_IMAGES"))
 
     def listen(self) -> None:
         from twisted.internet import reactor
@@ -101,34 +109,38 @@ class Dashboard:
         assert self.listening is not None
         return self.listening.getHost().port  # type: ignore[attr-defined]
 
-    def spider_closed(self) -> None:
+    def stop(self) -> None:
         self.finished = True
         if self.listening is not None:
             self.listening.stopListening()
+            self.listening = None
 
-    def item_scraped(self, item: object) -> None:
+    def add(self, item: object) -> None:
+        """A results row: a success's image joins the latest images, a failure the latest failures."""
         if isinstance(item, SuccessRow):
-            key = self.thumbnail_key(item)
+            key = thumbnail_key(self.config, item)
             if key is not None:
                 self.images.appendleft(RecentImage(next(self.serials), item.subset, item["ImageID"], key))
         elif isinstance(item, FailureRow):
-            self.failures.appendleft({
-                "image_id": item.get("ImageID", ""),
-                "reason": item.reason,
-                "details": item.get("FailureDetails", ""),
-                "url": item.get("DownloadURL") or item.get("OriginalURL", ""),
-                "host": result_host(item),
-            })
-
-    def thumbnail_key(self, item: SuccessRow) -> str | None:
-        """The first resized output's key (no work: a name); none when only originals are kept."""
-        if not self.config.outputs:
-            return None
-        output = self.config.outputs[0]
-        return self.config.layout.image_key(item.subset, output.dir, item["ImageID"], output.spec.format)
+            self.failures.appendleft(failure_entry(item))
 
     def progress_sampled(self, counts: Counts, rates: Rates, meter: ProgressMeter) -> None:
         self.counts, self.rates, self.meter = counts, rates, meter
+
+    def show_failures(self, entries: Iterable[dict[str, str]]) -> None:
+        """The latest failures, newest first (a supervisor's, from its processes' records)."""
+        self.failures.clear()
+        self.failures.extend(entries)
+
+    def show_images(self, entries: Iterable[dict[str, str]]) -> None:
+        """The latest images, newest first (from the processes' records); an
+        image already shown keeps its serial, so its address stays valid."""
+        shown = {image.key: image for image in self.images}
+        latest = [shown.get(entry["key"]) or RecentImage(next(self.serials), entry["subset"], entry["image_id"],
+                                                         entry["key"])
+                  for entry in entries]
+        self.images.clear()
+        self.images.extend(latest[: self.images.maxlen])
 
     def status(self) -> dict[str, Any]:
         counts, rates = self.counts, self.rates
@@ -153,11 +165,26 @@ class Dashboard:
         return next((image for image in self.images if image.serial == serial), None)
 
 
+class Dashboard(DashboardServer):
+    """The extension: the web view of this crawl, fed by its signals."""
+
+    @classmethod
+    def from_crawler(cls, crawler: Crawler) -> Self:
+        extension = cls.from_settings(crawler.settings)
+        if extension is None:
+            raise NotConfigured
+        extension.listen()  # now: a busy port stops the crawl before any download
+        crawler.signals.connect(extension.stop, signal=signals.spider_closed)
+        crawler.signals.connect(extension.add, signal=signals.item_scraped)
+        crawler.signals.connect(extension.progress_sampled, signal=progress_sampled)
+        return extension
+
+
 class _LocalOnly(resource.Resource):
     """The root: refuses requests whose Host is not this address (a web page
     elsewhere could otherwise reach it by DNS rebinding)."""
 
-    def __init__(self, dashboard: Dashboard) -> None:
+    def __init__(self, dashboard: DashboardServer) -> None:
         super().__init__()
         self.dashboard = dashboard
 
@@ -185,7 +212,7 @@ class _Static(resource.Resource):
 class _Status(resource.Resource):
     isLeaf = True
 
-    def __init__(self, dashboard: Dashboard) -> None:
+    def __init__(self, dashboard: DashboardServer) -> None:
         super().__init__()
         self.dashboard = dashboard
 
@@ -198,7 +225,7 @@ class _Status(resource.Resource):
 class _Images(resource.Resource):
     isLeaf = True
 
-    def __init__(self, dashboard: Dashboard) -> None:
+    def __init__(self, dashboard: DashboardServer) -> None:
         super().__init__()
         self.dashboard = dashboard
 

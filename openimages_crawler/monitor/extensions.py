@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import logging
+import resource
 import time
-from datetime import UTC, datetime
+from collections import deque
+from datetime import datetime
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from scrapy import signals
-from scrapy.exceptions import NotConfigured, UsageError
+from scrapy.exceptions import UsageError
 
-from openimages_crawler.crawl.config import open_crawl_store
+from openimages_crawler.crawl.config import CrawlConfig, open_crawl_store
 from openimages_crawler.crawl.ticking import Ticking
 from openimages_crawler.monitor import report
 from openimages_crawler.monitor.progress import (
@@ -21,8 +23,9 @@ from openimages_crawler.monitor.progress import (
     figures,
 )
 from openimages_crawler.monitor.report import HostTally
+from openimages_crawler.monitor.status import PartStatus, set_counts
 from openimages_crawler.reasons import FAILURE_STAT_PREFIX
-from openimages_crawler.store.base import writing_text
+from openimages_crawler.store.ledger import recorded_rows
 from openimages_crawler.store.results import FailureRow, SuccessRow
 
 if TYPE_CHECKING:
@@ -36,6 +39,11 @@ logger = logging.getLogger(__name__)
 # ``final`` (the last one, at close) and ``reason`` (the close reason, with
 # ``final``); the dashboard and the end-of-run report listen.
 progress_sampled = object()
+
+# Seconds between two writes of a process's record in the store (monitor.status).
+STATUS_INTERVAL_S = 2.0
+# Latest failures kept for the web view.
+RECENT_FAILURES = 20
 
 class CrawlProgress(Ticking):
     """Samples the crawl's figures every second into a ``ProgressMeter``, puts
@@ -113,16 +121,24 @@ class CrawlProgress(Ticking):
 
 
 class RunReport:
-    """Writes ``{IMAGES_STORE}/report.json`` and ``report.html`` when the crawl
-    ends (``OPENIMAGES_REPORT``): totals, failure reasons, throughput over
-    time, bytes, per-host errors and time per stage."""
+    """Keeps this process's record in the store (``monitor.status``: figures,
+    hosts, stages, every few seconds and at the end) and, for a crawl that is
+    its own run (not a process of a supervised one), writes
+    ``{IMAGES_STORE}/report.json`` and ``report.html`` when it ends
+    (``OPENIMAGES_REPORT``): totals, failure reasons, throughput over time,
+    bytes, per-host errors, time per stage and the store's totals."""
 
     def __init__(self, crawler: Crawler) -> None:
-        if not crawler.settings.getbool("OPENIMAGES_REPORT"):
-            raise NotConfigured
         self.crawler = crawler
+        self.enabled = crawler.settings.getbool("OPENIMAGES_REPORT")
         self.store = open_crawl_store(str(crawler.settings["IMAGES_STORE"]))
         self.hosts: dict[str, HostTally] = {}
+        self.failures: deque[dict[str, str]] = deque(maxlen=RECENT_FAILURES)
+        self.config = CrawlConfig.from_settings(crawler.settings)
+        self.images: deque[dict[str, str]] = deque(
+            maxlen=max(crawler.settings.getint("OPENIMAGES_DASHBOARD_IMAGES"), 1))
+        self.status: PartStatus | None = None
+        self.written = 0.0
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> Self:
@@ -138,44 +154,79 @@ class RunReport:
         tally = self.hosts.setdefault(host, HostTally())
         if isinstance(item, FailureRow):
             tally.failures[item.reason] += 1
+            self.failures.appendleft(failure_entry(item))
         else:
             tally.ok += 1
+            key = thumbnail_key(self.config, item)
+            if key is not None:
+                self.images.appendleft({"subset": item.subset, "image_id": item["ImageID"], "key": key})
 
     def progress_sampled(self, counts: Counts, meter: ProgressMeter, final: bool, reason: str) -> None:
-        if final:
-            self.write(counts, meter, reason)
+        spider = self.crawler.spider
+        part = getattr(spider, "results_part", None)
+        if part is None:
+            return  # not started
+        if self.status is None:
+            self.status = PartStatus(part=part, job=str(getattr(spider, "_job", "") or ""),
+                                     arguments=dict(getattr(spider, "given", {})))
+        now = time.monotonic()
+        if final or now - self.written >= STATUS_INTERVAL_S:
+            self.written = now
+            self.write_status(counts, reason if final else "running")
+        if final and self.enabled and getattr(spider, "supervisor", None) is None:
+            self.write_report(counts, meter, reason)
 
-    def write(self, final: Counts, meter: ProgressMeter, reason: str) -> None:
+    def write_status(self, counts: Counts, state: str) -> None:
+        assert self.status is not None
+        status = self.status
+        set_counts(status, counts, self.hosts)
+        status.state = state
+        status.stages = self.stages()
+        status.recent_failures = list(self.failures)
+        status.recent_images = list(self.images)
+        try:
+            status.write(self.store)
+        except OSError as exc:
+            logger.warning("Cannot write the crawl's status in %s: %s", self.store.uri, exc)
+
+    def stages(self) -> dict[str, float]:
+        """Time per stage; ``process_cpu_s`` is all this process's CPU, so the
+        event loop's share is ``process_cpu_s - worker_cpu_s``."""
+        stats = self.crawler.stats.get_stats()
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return {**{name: stats.get(f"openimages/time/{name}", 0.0)
+                   for name in ("prepare_s", "download_s", "worker_s", "worker_cpu_s")},
+                "process_cpu_s": usage.ru_utime + usage.ru_stime}
+
+    def write_report(self, final: Counts, meter: ProgressMeter, reason: str) -> None:
         stats = self.crawler.stats.get_stats()
         spider = self.crawler.spider
-        run = {
-            "store": self.store.uri,
-            "started": _iso(stats.get("start_time")),
-            "finished": _iso(stats.get("finish_time")) or datetime.now(UTC).isoformat(),
-            "seconds": round(final.time, 1),
-            "finish_reason": reason,
-            "arguments": dict(getattr(spider, "given", {})),
-        }
-        stages = {
-            name: stats.get(f"openimages/time/{name}", 0.0)
-            for name in ("prepare_s", "download_s", "worker_s")
-        }
-        stages["wall_s"] = final.time
-        ledger = getattr(spider, "ledger", None)  # what earlier runs recorded, read at start
-        store_totals = {
-            "success rows": (len(ledger.succeeded) if ledger else 0) + final.ok,
-            "failure rows": (len(ledger.failed) if ledger else 0) + final.failed,
-        }
-        figures = report.build(final=final, history=meter.history + [final], hosts=self.hosts,
-                               stages=stages, run=run, store_totals=store_totals)
-        try:
-            for name, text in (("report.json", report.to_json(figures)), ("report.html", report.to_html(figures))):
-                with writing_text(self.store, name) as out:
-                    out.write(text)
-        except OSError as exc:
-            logger.error("Cannot write the report in %s: %s", self.store.uri, exc)
-            return
-        logger.info("Report: %s (and report.json)", f"{self.store.uri.rstrip('/')}/report.html")
+        run = report.run_record(
+            self.store.uri, started=_iso(stats.get("start_time")), seconds=final.time, reason=reason,
+            arguments=dict(getattr(spider, "given", {})))
+        files = spider.results_files()
+        report.write(self.store, report.build(
+            final=final, history=meter.history + [final], hosts=self.hosts,
+            stages={**self.stages(), "wall_s": final.time}, run=run, store_totals=recorded_rows(files)))
+
+
+def thumbnail_key(config: CrawlConfig, item: SuccessRow) -> str | None:
+    """The first resized output's key (no work: a name); none when only originals are kept."""
+    if not config.outputs:
+        return None
+    output = config.outputs[0]
+    return config.layout.image_key(item.subset, output.dir, item["ImageID"], output.spec.format)
+
+
+def failure_entry(item: FailureRow) -> dict[str, str]:
+    """A failure as the web view lists it."""
+    return {
+        "image_id": item.get("ImageID", ""),
+        "reason": item.reason,
+        "details": item.get("FailureDetails", ""),
+        "url": item.get("DownloadURL") or item.get("OriginalURL", ""),
+        "host": result_host(item),
+    }
 
 
 def result_host(item: SuccessRow | FailureRow) -> str:

@@ -180,6 +180,14 @@ class ProgressDisplay:
             self.last_line = counts.time
             logger.info("%s: %s", "Done" if final else "Progress", summary_line(counts, rates, self.unit))
 
+    def write(self, text: str) -> None:
+        """Print lines (another process's log, say) above the bar, or plainly."""
+        if self.bar is not None:
+            self.bar.write(text.rstrip("\n"), file=self.stream)
+        else:
+            self.stream.write(text)
+            self.stream.flush()
+
     def _bar(self, counts: Counts, rates: Rates, final: bool) -> None:
         if self.bar is None:
             # A new pseudo-terminal may report 0x0, where tqdm would hide the bar.

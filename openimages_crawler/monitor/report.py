@@ -9,11 +9,16 @@ from __future__ import annotations
 
 import html
 import json
+import logging
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from openimages_crawler.monitor.progress import Counts, duration
+from openimages_crawler.store.base import Store, writing_text
+
+logger = logging.getLogger(__name__)
 
 _TOP_HOSTS = 30
 
@@ -56,6 +61,8 @@ def build(
 ) -> dict[str, Any]:
     """The report's figures (what report.json holds)."""
     images = final.images
+    if "process_cpu_s" in stages and "worker_cpu_s" in stages:
+        stages = {**stages, "event_loop_cpu_s": max(stages["process_cpu_s"] - stages["worker_cpu_s"], 0.0)}
     top_hosts = sorted(hosts.items(), key=lambda kv: (-kv[1].failed, -kv[1].ok, kv[0]))[:_TOP_HOSTS]
     return {
         "run": run,
@@ -79,11 +86,37 @@ def build(
             **{name: round(value, 2) for name, value in stages.items()},
             **{
                 f"{name}_per_image_ms": round(1000 * stages[name] / images, 2)
-                for name in ("download_s", "worker_s")
+                for name in ("download_s", "worker_s", "worker_cpu_s", "event_loop_cpu_s")
                 if name in stages and images
             },
         },
     }
+
+
+def run_record(store_uri: str, *, started: str, seconds: float, reason: str,
+               arguments: dict[str, Any], processes: int = 1) -> dict[str, Any]:
+    """The report's ``run`` section."""
+    return {
+        "store": store_uri,
+        "started": started,
+        "finished": datetime.now(UTC).isoformat(timespec="seconds"),
+        "seconds": round(seconds, 1),
+        "finish_reason": reason,
+        "arguments": arguments,
+        "processes": processes,
+    }
+
+
+def write(store: Store, figures: dict[str, Any]) -> None:
+    """``report.json`` and ``report.html`` at the store's top (each atomically)."""
+    try:
+        for name, text in (("report.json", to_json(figures)), ("report.html", to_html(figures))):
+            with writing_text(store, name) as out:
+                out.write(text)
+    except OSError as exc:
+        logger.error("Cannot write the report in %s: %s", store.uri, exc)
+        return
+    logger.info("Report: %s (and report.json)", f"{store.uri.rstrip('/')}/report.html")
 
 
 def to_json(report: dict[str, Any]) -> str:

@@ -16,6 +16,7 @@ from openimages_crawler.dataset.catalogue import ANNOTATION_FILES
 from openimages_crawler.dataset.rows import MetadataError
 from openimages_crawler.store.base import writing_text
 from openimages_crawler.store.local import LocalStore
+from openimages_crawler.store.lock import StoreLocked, exclusive
 
 logger = logging.getLogger(__name__)
 
@@ -52,13 +53,13 @@ class AnnotationOutput:
             if not image_ids and target.exists():
                 continue  # nothing to add
             try:
-                with writing_text(self.store, key) as out:
+                with exclusive(self.store.root, "annotations", self.stopping), writing_text(self.store, key) as out:
                     if image_ids:
                         added = merge_selected_rows(source, target, out, image_ids, self.label_names, self.stopping)
                     else:
                         added = 0
                         header_only(source, out)
-            except CopyStopped:
+            except (CopyStopped, StoreLocked):
                 logger.info("Stopping: %s is left for the next run", target)
                 return errors
             except (MetadataError, OSError) as exc:

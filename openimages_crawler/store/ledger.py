@@ -29,6 +29,8 @@ from openimages_crawler.store.csvfiles import (
     repair_tail,
 )
 from openimages_crawler.store.local import LocalStore
+from openimages_crawler.store.lock import exclusive
+from openimages_crawler.store.parts import all_results, merge_owned
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +92,7 @@ def reconcile_failures(path: Path, succeeded: IdSet, writing: Callable[[], Abstr
 
 def reconcile(files: dict[str, list[str]], store: LocalStore) -> int:
     """``reconcile_failures`` for every failure file of the store; the rows dropped."""
-    succeeded = IdSet.union([read_ids(path) for path in existing(files["success"])])
+    succeeded = IdSet.union([read_ids(path) for path in all_results(files["success"])])
     dropped = 0
     for path in existing(files["failure"]):
         try:
@@ -103,6 +105,22 @@ def reconcile(files: dict[str, list[str]], store: LocalStore) -> int:
             logger.info("%s: %d rows removed (images stored since, or recorded again)", path, removed)
         dropped += removed
     return dropped
+
+
+def recorded_rows(files: dict[str, list[str]]) -> dict[str, int]:
+    """The images the store's results files and parts account for, by kind."""
+    return {f"{kind} rows": len(IdSet.union([read_ids(path) for path in all_results(patterns)]))
+            for kind, patterns in files.items()}
+
+
+def settle(files: dict[str, list[str]], store: LocalStore, index: int = 1, count: int = 1, *,
+           reconcile_failures: bool = True) -> None:
+    """End a run of shard ``index`` of ``count``: merge its results parts into
+    the results files and, when asked, ``reconcile`` the failure files."""
+    with exclusive(store.root, "results"):
+        merge_owned(files["success"] + files["failure"], index, count)
+        if reconcile_failures:
+            reconcile(files, store)
 
 
 def existing(patterns: list[str]) -> Iterator[Path]:
@@ -152,11 +170,11 @@ class ResultsLedger:
 
 
 def result_files(files: dict[str, list[str]], header: list[str]) -> Iterator[tuple[str, Path]]:
-    """``(kind, path)`` of every existing results file, each checked to have the
-    columns this metadata gives."""
+    """``(kind, path)`` of every existing results file and part, each checked
+    to have the columns this metadata gives."""
     for kind, patterns in files.items():
         wanted = header + (list(FAILURE_COLUMNS) if kind == "failure" else [])
-        for path in existing(patterns):
+        for path in all_results(patterns):
             found = read_csv_header(path)
             if found and found != wanted:
                 raise MetadataError(

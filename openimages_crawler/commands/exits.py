@@ -1,0 +1,34 @@
+"""Exit statuses of the project's commands (README "Exit status"), and the
+one-line error that goes with a failing one."""
+
+from __future__ import annotations
+
+import signal
+import sys
+
+from scrapy.exceptions import UsageError
+
+EXIT_OK = 0
+EXIT_INCOMPLETE = 1  # the crawl could not finish: rows are still pending
+EXIT_USAGE = 2  # a usage mistake or a start error: nothing was crawled
+EXIT_AFTER_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143}
+
+
+class ShardLocked(UsageError):
+    """The store's shard is held by another crawl (not this crawl's own mistake)."""
+
+
+_written: list[str] = []  # the lines fail() wrote in this process
+
+
+def fail(message: str, status: int) -> int:
+    """One line on stderr, and the exit status."""
+    _written.append(message)
+    sys.stderr.write(f"ERROR: {message}\n")
+    sys.stderr.flush()
+    return status
+
+
+def last_error() -> str:
+    """The last line ``fail`` wrote (for a job's record in the store), or ``""``."""
+    return _written[-1] if _written else ""

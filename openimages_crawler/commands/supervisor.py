@@ -1,0 +1,227 @@
+"""The multi-process crawl, as the user's ``scrapy crawl`` runs it.
+
+Takes the store lock for the user's shard, starts the crawl processes
+(``crawl.processes``), shows their summed progress (read from the records
+they keep in the store), passes a stop signal on, and when they have ended
+merges their results parts, writes one report and returns one exit status.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from dataclasses import replace
+from itertools import zip_longest
+from typing import Any
+
+from scrapy.exceptions import UsageError
+from scrapy.settings import BaseSettings
+
+from openimages_crawler.commands.exits import (
+    EXIT_AFTER_SIGNAL,
+    EXIT_INCOMPLETE,
+    EXIT_OK,
+    EXIT_USAGE,
+    fail,
+    last_error,
+)
+from openimages_crawler.crawl.config import CrawlConfig, open_crawl_store
+from openimages_crawler.crawl.feeds import subset_feed_paths
+from openimages_crawler.crawl.processes import (
+    Child,
+    ProcessPlan,
+    child_command,
+    command_line_settings,
+    join_relays,
+    signal_children,
+    start_children,
+)
+from openimages_crawler.crawl.spider import scrapy_arguments
+from openimages_crawler.dataset.arguments import CrawlArguments
+from openimages_crawler.dataset.selection import Shard
+from openimages_crawler.monitor import report
+from openimages_crawler.monitor.dashboard import DashboardServer
+from openimages_crawler.monitor.extensions import STATUS_INTERVAL_S
+from openimages_crawler.monitor.progress import Counts, ProgressDisplay, ProgressMeter
+from openimages_crawler.monitor.status import (
+    PartStatus,
+    read_status,
+    set_counts,
+    total_counts,
+    total_hosts,
+    total_stages,
+)
+from openimages_crawler.store.ledger import recorded_rows, settle
+from openimages_crawler.store.local import LocalStore
+from openimages_crawler.store.lock import StoreLock, StoreLocked
+from openimages_crawler.store.parts import part_label
+from openimages_crawler.store.results import FailureRow, SuccessRow
+
+logger = logging.getLogger(__name__)
+
+
+class Supervisor:
+    def __init__(self, settings: BaseSettings, spider: str, given: dict[str, str], plan: ProcessPlan) -> None:
+        self.settings = settings
+        self.spider = spider
+        self.given = dict(given)
+        self.plan = plan
+        config = CrawlConfig.from_settings(settings)
+        store = open_crawl_store(config.store_uri)
+        if not isinstance(store, LocalStore):
+            raise UsageError(f"IMAGES_STORE={store.uri!r} is not a local folder")
+        self.store = store
+        shard = CrawlArguments.from_given(scrapy_arguments(dict(given))[1]).shard
+        self.shard = (shard.index, shard.count) if shard else (1, 1)
+        self.files = {"success": subset_feed_paths(settings, SuccessRow),
+                      "failure": subset_feed_paths(settings, FailureRow)}
+        self.display = ProgressDisplay(str(settings["OPENIMAGES_PROGRESS"]).lower(),
+                                       settings.getfloat("LOGSTATS_INTERVAL"))
+        self.meter = ProgressMeter()
+        self.children: list[Child] = []
+        self.received: list[int] = []
+        self.started = self.recorded = time.monotonic()
+        self.dashboard = DashboardServer.from_settings(settings, config, store)
+        # The run's own record, as a single process of this shard keeps it (for a fleet's view).
+        self.record = PartStatus(part=part_label(*self.shard), job=str(given.get("_job", "")), arguments=self.given)
+
+    def commands(self) -> list[tuple[Shard, list[str]]]:
+        """Each process's share and command line: shard K of N becomes shards
+        K, K+N, ... of N×P (the same rows, hashed finer, taken after the
+        run's offset and limit)."""
+        index, count = self.shard
+        processes = self.plan.count
+        base = command_line_settings(self.settings)
+        return [(Shard(index + count * number, count * processes),
+                 child_command(self.spider, self.given, {**base, **extra}))
+                for number, extra in enumerate(self.plan.settings)]
+
+    def run(self) -> int:
+        if self.plan.note:
+            logger.warning(self.plan.note)
+        lock = StoreLock(self.store.root, *self.shard)
+        try:
+            lock.acquire()
+        except StoreLocked as exc:
+            return fail(str(exc), EXIT_USAGE)
+        previous = {signum: signal.signal(signum, self.on_signal) for signum in EXIT_AFTER_SIGNAL}
+        try:
+            if self.dashboard is not None:
+                self.dashboard.listen()
+            logger.info("Crawling in %d processes", self.plan.count)
+            self.children = start_children(self.commands(), lock.inheritable(), self.display.write)
+            self.watch()
+            final = self.sample(final=True)
+            try:
+                settle(self.files, self.store, *self.shard)
+            except (OSError, ValueError) as exc:  # a full disk; a results file damaged by hand
+                logger.debug("Cannot merge the results parts", exc_info=exc)
+                return fail(f"cannot merge the results parts into the results files ({type(exc).__name__}: {exc}); "
+                            "they stay under .parts/ and count as recorded: fix the cause and run again",
+                            EXIT_INCOMPLETE)
+            if self.settings.getbool("OPENIMAGES_REPORT"):
+                self.write_report(final)
+            status = self.exit_status(final)
+            self.record.exit, self.record.error = status, last_error() if status else ""
+            self.write_record()
+            return status
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+            if self.dashboard is not None:
+                self.dashboard.stop()
+            lock.release()
+
+    def watch(self) -> None:
+        """Sample every second on the reactor (which serves the web view)
+        until every process has ended."""
+        from twisted.internet import reactor, task
+
+        def poll() -> None:
+            if all(child.process.poll() is not None for child in self.children):
+                loop.stop()
+                reactor.stop()  # type: ignore[attr-defined]
+                return
+            self.tick()
+
+        loop = task.LoopingCall(poll)
+        reactor.callWhenRunning(loop.start, 1.0)  # type: ignore[attr-defined]
+        reactor.run(installSignalHandlers=False)  # type: ignore[attr-defined]
+        join_relays(self.children)
+
+    def on_signal(self, signum: int, frame: Any) -> None:
+        """Pass a stop on to every process (a second Ctrl-C forces theirs too)."""
+        self.received.append(signum)
+        signal_children(self.children, signum)
+
+    def records(self) -> list[PartStatus]:
+        """The records the current processes keep in the store."""
+        found = (read_status(self.store.root, child.part) for child in self.children)
+        return [record for record, child in zip(found, self.children, strict=True)
+                if record is not None and record.pid == child.process.pid]
+
+    def sample(self, final: bool = False) -> Counts:
+        records = self.records()
+        counts = total_counts(records, time.monotonic() - self.started)
+        if final and all(child.process.returncode == EXIT_OK for child in self.children):
+            counts = replace(counts, total=counts.done)  # the estimate gives way to what was done
+        self.meter.add(counts)
+        self.display.show(self.meter, final=final)
+        set_counts(self.record, counts, total_hosts(records))
+        self.record.stages = total_stages(records)
+        self.record.state = ",".join(sorted({r.state for r in records})) if final else "running"
+        if final or time.monotonic() - self.recorded >= STATUS_INTERVAL_S:
+            self.write_record()
+        if self.dashboard is not None:
+            self.dashboard.progress_sampled(counts, self.meter.rates(), self.meter)
+            self.dashboard.show_failures(interleaved([r.recent_failures for r in records]))
+            self.dashboard.show_images(interleaved([r.recent_images for r in records]))
+        return counts
+
+    def write_record(self) -> None:
+        self.recorded = time.monotonic()
+        try:
+            self.record.write(self.store)
+        except OSError as exc:
+            logger.warning("Cannot write the crawl's status in %s: %s", self.store.uri, exc)
+
+    def tick(self) -> None:
+        self.sample()
+        if any(child.process.returncode == EXIT_USAGE for child in self.children):
+            signal_children(self.children, signal.SIGTERM)  # the others would fail the same way
+
+    def write_report(self, final: Counts) -> None:
+        records = self.records()
+        run = report.run_record(self.store.uri, started=self.record.started, seconds=final.time,
+                                reason=self.record.state or "not started",
+                                arguments=self.given, processes=self.plan.count)
+        report.write(self.store, report.build(
+            final=final, history=self.meter.history + [final], hosts=total_hosts(records),
+            stages={**total_stages(records), "wall_s": final.time}, run=run,
+            store_totals=recorded_rows(self.files)))
+
+    def exit_status(self, final: Counts) -> int:
+        pending = ""
+        if final.total is not None and final.total > final.done:
+            pending = f" (about {final.total - final.done:,} rows)"
+        if self.received:
+            name = signal.Signals(self.received[0]).name
+            return fail(f"the crawl was stopped by {name}: the rows not recorded yet{pending} are still pending; "
+                        "run the same command again to finish", EXIT_AFTER_SIGNAL[self.received[0]])
+        ended = [child for child in self.children if child.process.returncode != EXIT_OK]
+        if not ended:
+            return EXIT_OK
+        usage = next((child for child in ended if child.process.returncode == EXIT_USAGE), None)
+        if usage is not None:
+            return fail(usage.error or f"process {usage.number} could not start", EXIT_USAGE)
+        child = ended[0]
+        code = child.process.returncode
+        what = child.error or (f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit status {code}")
+        return fail(f"process {child.number} of {len(self.children)}: {what}; its unfinished rows{pending} are "
+                    "still pending: run the same command again to finish", EXIT_INCOMPLETE)
+
+
+def interleaved(lists: list[list[dict[str, str]]]) -> list[dict[str, str]]:
+    """Newest-first lists of several processes as one (newest of each first)."""
+    return [entry for entries in zip_longest(*lists) for entry in entries if entry]
