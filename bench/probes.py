@@ -1,7 +1,9 @@
 """Probes: a 9.2M-row metadata CSV (time to the first request, RSS over the
 first minutes), a rerun over a finished 100k-image store (rows skipped per
-second, downloads made), the fast path's output quality and selection by
-class over a 14.6M-row bounding-box file (bench/classes.py)."""
+second, downloads made), the fast path's output quality, selection by
+class over a 14.6M-row bounding-box file (bench/classes.py), the merge of
+9M results rows from processes' parts and a fleet of two local Scrapyd
+nodes (bench/fleet.py)."""
 
 from __future__ import annotations
 
@@ -18,12 +20,15 @@ from pathlib import Path
 import psutil
 from PIL import Image
 
-from bench import classes, quality, servers
+from bench import classes, fleet, quality, servers
 from bench import corpus as corpus_module
 from bench.contenders import REPO
 from bench.servers import LOCAL_HOSTS_ALLOWED
 from openimages_crawler.dataset.catalogue import IMAGES_CSV_COLUMNS
 from openimages_crawler.store.layout import StoreLayout
+from openimages_crawler.store.ledger import settle
+from openimages_crawler.store.local import LocalStore
+from openimages_crawler.store.parts import part_path
 
 PROBE_PORT = 47_123  # fixed, so the generated CSVs stay valid between runs
 
@@ -33,7 +38,9 @@ def run(name: str, corpus: corpus_module.Corpus, work: Path, args: argparse.Name
         return quality.compare(corpus)
     if name == "classes":
         return classes.probe(work / "probe-classes", corpus.root.parent, args)
-    probe = {"csv": csv_probe, "rerun": rerun_probe}[name]
+    if name == "fleet":
+        return fleet.probe(corpus, work / "probe-fleet", args)
+    probe = {"csv": csv_probe, "rerun": rerun_probe, "merge": merge_probe}[name]
     return probe(corpus, work / f"probe-{name}", args)
 
 
@@ -155,4 +162,49 @@ def rerun_probe(corpus: corpus_module.Corpus, work: Path, args: argparse.Namespa
         f"skipped from spider open to close ({result['rows_per_s_with_startup']:,} rows/s "
         f"including start-up, {result['wall_s']} s), {downloads} downloads."
     )
+    return result
+
+
+def merge_probe(corpus: corpus_module.Corpus, work: Path, args: argparse.Namespace) -> dict:
+    """The end of a big run: ``args.merge_rows`` success rows in 8 processes'
+    parts merged into ``images-success.csv`` (the failure parts likewise, 3%),
+    then the failure files reconciled, as a supervisor or a fleet does."""
+    shutil.rmtree(work, ignore_errors=True)
+    store = work / "store"
+    final = store / "train" / "images-success.csv"
+    failure = store / "train" / "images-failure.csv"
+    header = ",".join(IMAGES_CSV_COLUMNS)
+    parts = 8
+    written = 0
+    for kind, path, rows in (("success", final, args.merge_rows), ("failure", failure, args.merge_rows * 3 // 100)):
+        columns = header + (",FailureReason,FailureDetails" if kind == "failure" else "")
+        handles = []
+        for index in range(1, parts + 1):
+            part = part_path(path, f"{index}of{parts}")
+            part.parent.mkdir(parents=True, exist_ok=True)
+            handles.append(open(part, "w", newline=""))  # noqa: SIM115 - closed below
+            handles[-1].write(columns + "\r\n")
+        tail = ",http_error,HTTP 404" if kind == "failure" else ""
+        for row in range(rows):
+            image_id = f"{row + (0 if kind == 'success' else args.merge_rows):016x}"
+            handles[row % parts].write(
+                f"{image_id},train,https://farm3.staticflickr.com/2/{image_id}_o.jpg,"
+                f"https://www.flickr.com/photos/x/{row}/,https://creativecommons.org/licenses/by/2.0/,"
+                f"https://www.flickr.com/people/x/,Author {row},\"Title, {row}\",{100000 + row},"
+                f"AAAAAAAAAAAAAAAAAAAAAA==,{tail}\r\n")
+        for handle in handles:
+            handle.close()
+        written += rows
+    files = {"success": [str(store / "*" / "images-success.csv")],
+             "failure": [str(store / "*" / "images-failure.csv")]}
+    started = time.perf_counter()
+    settle(files, LocalStore(str(store)), 1, 1, reconcile_failures=True)
+    seconds = time.perf_counter() - started
+    size = final.stat().st_size + failure.stat().st_size
+    shutil.rmtree(work, ignore_errors=True)
+    result = {"rows": written, "parts": parts * 2, "seconds": round(seconds, 1), "mb": round(size / 1e6),
+              "rows_per_s": round(written / seconds)}
+    result["summary"] = (
+        f"merging {written:,} result rows ({result['mb']:,} MB) from {parts} processes' parts and "
+        f"reconciling the failure file took {result['seconds']} s ({result['rows_per_s']:,} rows/s).")
     return result

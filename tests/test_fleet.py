@@ -5,52 +5,64 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from urllib.parse import urlsplit
-from urllib.request import urlopen
 
 import pytest
 from scrapy.exceptions import UsageError
 
 from openimages_crawler.commands.fleet import (
+    check_arguments,
+    fleet_store,
+    refuse_unfinished,
+)
+from openimages_crawler.fleet.control import cancel_fleet
+from openimages_crawler.fleet.decisions import (
     DOWN_GRACE_S,
-    FLEET_KEY,
     STALE_S,
-    Fleet,
     Freshness,
     Observation,
     Rotation,
+    Verdict,
+    decide,
+    stray_jobs,
+)
+from openimages_crawler.fleet.scrapyd import (
     ScrapydTarget,
-    ShardJob,
     TargetDown,
     TargetRefused,
-    Verdict,
-    Watch,
-    assign,
-    cancel_fleet,
-    check_arguments,
     configured_targets,
-    decide,
-    fleet_store,
-    job_id,
     pick_targets,
+)
+from openimages_crawler.fleet.state import (
+    FLEET_KEY,
+    Fleet,
+    ShardJob,
+    assign,
+    job_id,
     read_fleet,
-    refuse_unfinished,
-    stray_jobs,
     watching,
     write_fleet,
 )
+from openimages_crawler.fleet.watch import Watch
 from openimages_crawler.monitor.status import PartStatus, read_status
 from openimages_crawler.store.local import LocalStore
+from openimages_crawler.testing.scrapyd import (
+    Daemon,
+    build_egg,
+    clean_env,
+    deploy,
+    free_port,
+    project_copy,
+    start_daemon,
+    write_cfg,
+)
 from tests.conftest import (
     FAST_SETTINGS,
     ROOT,
@@ -73,11 +85,6 @@ def project_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)
     monkeypatch.chdir(tmp_path)
     return tmp_path
-
-
-def write_cfg(folder: Path, deploy: str) -> None:
-    (folder / "scrapy.cfg").write_text(
-        "[settings]\ndefault = openimages_crawler.settings\n\n[deploy]\nproject = openimages_crawler\n\n" + deploy)
 
 
 def test_targets_come_from_scrapy_cfg_as_scrapyd_deploy_reads_them(
@@ -441,89 +448,19 @@ def test_scrapyd_errors_are_exceptions_whatever_the_http_status() -> None:
 
 # --- end to end: two Scrapyd daemons -----------------------------------------------------------
 
-PROJECT = "openimages_crawler"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def clean_env() -> dict[str, str]:
-    """No project settings module or source path: a Scrapyd job must run the deployed egg."""
-    return {name: value for name, value in os.environ.items()
-            if name not in ("SCRAPY_SETTINGS_MODULE", "SCRAPY_PROJECT", "PYTHONPATH")}
-
-
 def ensure_scrapyd() -> None:
     if importlib.util.find_spec("scrapyd") is None or importlib.util.find_spec("scrapyd_client") is None:
         subprocess.run([sys.executable, "-m", "pip", "install", "-q", "scrapyd==1.6.0", "scrapyd-client==2.0.3"],
                        check=True, timeout=300)
 
 
-@dataclass
-class Daemon:
-    name: str
-    folder: Path
-    port: int
-    process: subprocess.Popen[bytes]
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/"
-
-    def kill(self) -> None:
-        """The node dies: the daemon and every job of its process group, at once."""
-        try:
-            os.killpg(self.process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.process.wait(timeout=10)
-
-    def log(self) -> str:
-        return (self.folder / "scrapyd.out").read_text(errors="replace")[-3000:]
-
-
-def start_daemon(folder: Path, name: str) -> Daemon:
-    """A Scrapyd in a folder of its own (it reads ./scrapyd.conf and writes ./twistd.pid there)."""
-    folder.mkdir(parents=True)
-    port = free_port()
-    (folder / "scrapyd.conf").write_text(
-        f"[scrapyd]\nbind_address = 127.0.0.1\nhttp_port = {port}\neggs_dir = {folder / 'eggs'}\n"
-        f"logs_dir = {folder / 'logs'}\nitems_dir =\ndbs_dir = {folder / 'dbs'}\njobs_to_keep = 20\n"
-        "max_proc = 2\npoll_interval = 0.5\nusername =\npassword =\n")
-    with open(folder / "scrapyd.out", "wb") as out:
-        process = subprocess.Popen([sys.executable, "-m", "scrapyd"], cwd=folder, env=clean_env(), stdout=out,
-                                   stderr=subprocess.STDOUT, start_new_session=True)
-    return Daemon(name, folder, port, process)
-
-
-def answers(daemon: Daemon) -> bool:
-    assert daemon.process.poll() is None, daemon.log()
-    try:
-        with urlopen(f"{daemon.url}daemonstatus.json", timeout=2) as response:
-            return json.load(response)["status"] == "ok"
-    except OSError:
-        return False
-
-
 @pytest.fixture(scope="module")
 def egg(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """A copy of the project (the files git knows or would add) and its egg, built by scrapyd-deploy
-    there, so no build/ or egg-info ever lands in the working tree."""
+    """A copy of the project and its egg, built by scrapyd-deploy there, so no
+    build/ or egg-info ever lands in the working tree."""
     ensure_scrapyd()
-    copy = tmp_path_factory.mktemp("project")
-    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
-                            check=True, capture_output=True).stdout.decode().split("\0")
-    for name in filter(None, listed):
-        if (ROOT / name).is_file():
-            (copy / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / name, copy / name)
-    built = copy.parent / "openimages_crawler.egg"
-    subprocess.run([sys.executable, "-m", "scrapyd_client.deploy", "--build-egg", str(built)], cwd=copy,
-                   env=clean_env(), check=True, capture_output=True, timeout=120)
-    return copy, built
+    copy = project_copy(ROOT, tmp_path_factory.mktemp("project"))
+    return copy, build_egg(copy, copy.parent / "openimages_crawler.egg")
 
 
 @pytest.fixture
@@ -534,15 +471,8 @@ def nodes(tmp_path: Path, egg: tuple[Path, Path]) -> Iterator[tuple[Path, list[D
     daemons = [start_daemon(tmp_path / name, name) for name in ("node1", "node2")]
     try:
         for daemon in daemons:
-            wait_for(lambda daemon=daemon: answers(daemon), timeout=30, interval=0.2)
-        write_cfg(copy, "".join(f"[deploy:{d.name}]\nurl = {d.url}\n\n" for d in daemons))
-        deploys = [subprocess.Popen([sys.executable, "-m", "scrapyd_client.deploy", daemon.name, "-p", PROJECT,
-                                     "--version", "1", "--egg", str(built)],
-                                    cwd=copy, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-                   for daemon in daemons]
-        for deploy in deploys:
-            output = deploy.communicate(timeout=60)[0].decode()
-            assert deploy.returncode == 0 and '"status": "ok"' in output, output
+            wait_for(daemon.answers, timeout=30, interval=0.2)
+        deploy(copy, daemons, built)
         yield copy, daemons
     finally:
         for daemon in daemons:

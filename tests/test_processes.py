@@ -11,12 +11,15 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
 
 from openimages_crawler.monitor.status import read_status
+from openimages_crawler.store.lock import StoreLock
 from tests.conftest import (
     FAST_SETTINGS,
     ROOT,
@@ -105,12 +108,23 @@ def test_the_per_host_limit_is_the_machines_not_each_processs(tmp_path: Path) ->
         served.server.close()
 
 
-def test_a_kill_of_the_parent_stops_the_children_and_the_next_run_finishes_exactly_once(tmp_path: Path) -> None:
+@contextmanager
+def crawl_under_way(tmp_path: Path) -> Iterator[tuple[Served, Path, subprocess.Popen[str]]]:
+    """A two-process crawl of a slow mirror, once both processes record rows."""
     served = slow_mirror(tmp_path)
     store = tmp_path / "store"
+    process = start(served, store)
     try:
-        process = start(served, store)
         wait_for(lambda: len(child_pids(store)) == 2 and len(outcomes(store)) >= 4, timeout=60)
+        yield served, store, process
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+        served.server.close()
+
+
+def test_a_kill_of_the_parent_stops_the_children_and_the_next_run_finishes_exactly_once(tmp_path: Path) -> None:
+    with crawl_under_way(tmp_path) as (served, store, process):
         children = child_pids(store)
         os.kill(process.pid, signal.SIGKILL)
         process.wait()
@@ -123,16 +137,10 @@ def test_a_kill_of_the_parent_stops_the_children_and_the_next_run_finishes_exact
         again = [image_id for image_id in recorded
                  if served.server.counter.requests[paths[image_id]] != before.get(paths[image_id], 0)]
         assert again == [], "an image recorded before the kill was downloaded again"
-    finally:
-        served.server.close()
 
 
 def test_a_killed_child_fails_the_run_and_the_next_run_finishes_exactly_once(tmp_path: Path) -> None:
-    served = slow_mirror(tmp_path)
-    store = tmp_path / "store"
-    try:
-        process = start(served, store)
-        wait_for(lambda: len(child_pids(store)) == 2 and len(outcomes(store)) >= 4, timeout=60)
+    with crawl_under_way(tmp_path) as (served, store, process):
         os.kill(child_pids(store)[1], signal.SIGKILL)
         _, stderr = process.communicate(timeout=120)
         assert process.returncode == 1
@@ -140,16 +148,10 @@ def test_a_killed_child_fails_the_run_and_the_next_run_finishes_exactly_once(tmp
         assert last.startswith("ERROR: process 2 of 2: killed by SIGKILL; its unfinished rows"), last
         run_crawl(served.metadata, store, TWO)
         assert_exactly_once(served, store)
-    finally:
-        served.server.close()
 
 
 def test_ctrl_c_stops_every_process_cleanly_and_the_next_run_finishes(tmp_path: Path) -> None:
-    served = slow_mirror(tmp_path)
-    store = tmp_path / "store"
-    try:
-        process = start(served, store)
-        wait_for(lambda: len(child_pids(store)) == 2 and len(outcomes(store)) >= 4, timeout=60)
+    with crawl_under_way(tmp_path) as (served, store, process):
         children = child_pids(store)
         started = time.monotonic()
         os.kill(process.pid, signal.SIGINT)
@@ -162,21 +164,19 @@ def test_ctrl_c_stops_every_process_cleanly_and_the_next_run_finishes(tmp_path: 
         assert not list(store.glob("*/.parts/*.csv")), "a stopped run merges what it recorded"
         run_crawl(served.metadata, store, TWO)
         assert_exactly_once(served, store)
-    finally:
-        served.server.close()
 
 
 def test_shards_crawled_at_once_share_the_store_and_its_metadata(
         sample_mirror: SampleMirror, tmp_path: Path) -> None:  # noqa: F811 - the imported fixture
     """Two shards started together on a fresh store: the metadata is fetched
-    once, both finish, every row once; a second crawl of a running shard is refused."""
+    once, both finish, every row once; a crawl of a shard in use is refused."""
     sample_mirror.publish_version(4)
     for (_, path), route in sample_mirror.server.routes.items():
         if path.startswith("/img/"):
-            route.delay = 0.05
+            route.delay = 0.02  # the two shards overlap
     store = tmp_path / "store"
     settings = {"OPENIMAGES_METADATA_URL": sample_mirror.base, "OPENIMAGES_METADATA_VERIFY": "False",
-                **FAST_SETTINGS, "IMAGES_STORE": str(store), "CONCURRENT_REQUESTS": "4"}
+                **FAST_SETTINGS, "IMAGES_STORE": str(store)}
 
     def command(shard: str) -> list[str]:
         argv = [sys.executable, "-m", "scrapy", "crawl", "openimages", "-a", "version=4",
@@ -185,14 +185,17 @@ def test_shards_crawled_at_once_share_the_store_and_its_metadata(
 
     shards = [subprocess.Popen(command(shard), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                text=True) for shard in ("1/2", "2/2")]
-    wait_for(lambda: (store / ".status" / "1of2.json").exists() or shards[0].poll() is not None, timeout=60)
-    assert shards[0].poll() is None, "the shard ended before the test could run it twice"
-    twice = subprocess.run(command("1/2"), cwd=ROOT, capture_output=True, text=True, timeout=60)
-    assert twice.returncode == 2
-    assert "shard 1/2 of" in twice.stderr.splitlines()[-1] and "in use by another crawl" in twice.stderr
     for process in shards:
         _, stderr = process.communicate(timeout=180)
         assert process.returncode == 0, stderr[-3000:]
+    held = StoreLock(store, 1, 2)  # as a running crawl of shard 1/2 holds it
+    held.acquire()
+    try:
+        twice = subprocess.run(command("1/2"), cwd=ROOT, capture_output=True, text=True, timeout=60)
+    finally:
+        held.release()
+    assert twice.returncode == 2
+    assert "shard 1/2 of" in twice.stderr.splitlines()[-1] and "in use by another crawl" in twice.stderr
     metadata = {path: n for path, n in sample_mirror.server.counter.requests.items() if not path.startswith("/img/")}
     assert metadata and all(n == 1 for n in metadata.values()), metadata
     wanted = {row["ImageID"]: ["success"] for row in sample_mirror.rows["validation"]}

@@ -105,24 +105,23 @@ class Supervisor:
             lock.acquire()
         except StoreLocked as exc:
             return fail(str(exc), EXIT_USAGE)
+        if self.dashboard is not None:
+            try:
+                self.dashboard.listen()
+            except UsageError as exc:  # a busy port: before any process starts
+                lock.release()
+                return fail(str(exc), EXIT_USAGE)
         previous = {signum: signal.signal(signum, self.on_signal) for signum in EXIT_AFTER_SIGNAL}
         try:
-            if self.dashboard is not None:
-                self.dashboard.listen()
             logger.info("Crawling in %d processes", self.plan.count)
             self.children = start_children(self.commands(), lock.inheritable(), self.display.write)
             self.watch()
             final = self.sample(final=True)
-            try:
-                settle(self.files, self.store, *self.shard)
-            except (OSError, ValueError) as exc:  # a full disk; a results file damaged by hand
-                logger.debug("Cannot merge the results parts", exc_info=exc)
-                return fail(f"cannot merge the results parts into the results files ({type(exc).__name__}: {exc}); "
-                            "they stay under .parts/ and count as recorded: fix the cause and run again",
-                            EXIT_INCOMPLETE)
-            if self.settings.getbool("OPENIMAGES_REPORT"):
-                self.write_report(final)
-            status = self.exit_status(final)
+            status = self.merge()
+            if status is None:
+                if self.settings.getbool("OPENIMAGES_REPORT"):
+                    self.write_report(final)
+                status = self.exit_status(final)
             self.record.exit, self.record.error = status, last_error() if status else ""
             self.write_record()
             return status
@@ -132,6 +131,18 @@ class Supervisor:
             if self.dashboard is not None:
                 self.dashboard.stop()
             lock.release()
+
+    def merge(self) -> int | None:
+        """The processes' results parts into the results files; an exit status
+        when that fails."""
+        try:
+            settle(self.files, self.store, *self.shard)
+        except (OSError, ValueError) as exc:  # a full disk; a results file damaged by hand
+            logger.debug("Cannot merge the results parts", exc_info=exc)
+            return fail(f"cannot merge the results parts into the results files ({type(exc).__name__}: {exc}); "
+                        "they stay under .parts/ and count as recorded: fix the cause and run again",
+                        EXIT_INCOMPLETE)
+        return None
 
     def watch(self) -> None:
         """Sample every second on the reactor (which serves the web view)
