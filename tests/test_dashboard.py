@@ -74,7 +74,8 @@ def test_endpoints_serve_figures_and_only_the_latest_images(tmp_path: Path, proc
             status = json.loads(fetch(url + "status.json")[1])
             shown = {failure["reason"] for failure in status["recent_failures"]}
             # the figures are sampled every second, the lists kept at once: they agree soon
-            if status["images"] and shown and set(status["failures"]) >= shown:
+            if (status["images"] and shown and set(status["failures"]) >= shown
+                    and status["failed"] >= len(status["recent_failures"])):
                 break
             threading.Event().wait(0.2)
         assert status["rows_done"] > 0 and not status["finished"]
