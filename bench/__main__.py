@@ -191,6 +191,7 @@ def main() -> None:
             contenders = [c for c in contenders if c.key in wanted]
         if contenders:
             results.update(
+                tuned=not args.no_tune,
                 img2dataset_threads=i2d_threads,
                 baseline_processes=pool_size,
                 runs_per_contender=args.runs,

@@ -38,7 +38,8 @@ def markdown(results: dict) -> str:
         f"{corpus['longest_side_median']} px, {corpus['pngs']} PNGs). Median of "
         f"{results['runs_per_contender']} runs; wall time includes start-up. img2dataset "
         f"thread_count={results.get('img2dataset_threads')}, baseline "
-        f"Pool({results.get('baseline_processes')}) (both tuned in the same run).",
+        f"Pool({results.get('baseline_processes')}) "
+        f"({'both tuned in the same run' if results.get('tuned', True) else 'given with --no-tune'}).",
         "",
         "| contender | images/s | MB/s | CPU % | peak RSS MB (whole tree) | images ok | CPU ms/image: "
         "event loop, workers |",

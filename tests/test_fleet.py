@@ -509,7 +509,8 @@ def test_a_fleet_on_two_scrapyd_nodes_records_every_row_once_and_reports_once(
     served = serve(tmp_path)
     try:
         store = tmp_path / "store"
-        scheduled = run_in(copy, fleet_command(served.metadata, store, None, "--no-watch"))
+        # Each job a run of two processes (Scrapyd's runner starts them again with the egg).
+        scheduled = run_in(copy, fleet_command(served.metadata, store, {"OPENIMAGES_PROCESSES": "2"}, "--no-watch"))
         assert scheduled.returncode == 0, scheduled.stderr[-4000:]
         assert "4 jobs scheduled on node1, node2. Follow them with `scrapy fleet --watch`" in scheduled.stdout
         second = run_in(copy, fleet_command(served.metadata, store))
@@ -521,6 +522,7 @@ def test_a_fleet_on_two_scrapyd_nodes_records_every_row_once_and_reports_once(
         expected = served.mirror.expected()
         assert outcomes(store) == {image_id: [outcome] for image_id, outcome in expected.items()}
         assert not leftover_parts(store)
+        assert len(list((store / ".status").glob("*of8.json"))) == 8  # 4 jobs x 2 processes
         assert [path.relative_to(store) for path in store.rglob("report.json")] == [Path("report.json")]
         figures = json.loads((store / "report.json").read_text())
         assert figures["store_totals"] == {"success rows": list(expected.values()).count("success"),
