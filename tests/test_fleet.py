@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from urllib.parse import urlsplit
+from urllib.request import urlopen
 
 import pytest
 from scrapy.exceptions import UsageError
@@ -315,7 +316,8 @@ def test_a_silent_targets_shard_moves_to_a_live_target_and_the_fleet_ends_with_o
     assert watch.tick() is None
     moved = fleet.jobs[0]
     assert (moved.target, moved.jobid, moved.attempts) == ("b", f"{fleet.run}-1of2-r2", 2)
-    assert targets["b"].scheduled == [(moved.jobid, {"metadata": "/m.csv", "shard": "1/2"}, {"IMAGES_STORE": "/s", "OPENIMAGES_REPORT": "False"})]
+    assert targets["b"].scheduled == [(moved.jobid, {"metadata": "/m.csv", "shard": "1/2"},
+                                       {"IMAGES_STORE": "/s", "OPENIMAGES_REPORT": "False", "OPENIMAGES_DASHBOARD_PORT": ""})]
     assert read_fleet(tmp_path).jobs[0] == moved  # recorded before the next look
 
     write_record(tmp_path, "1of2", f"{fleet.run}-1of2", 0, done=5)  # the old job's: not this shard's any more
@@ -551,11 +553,25 @@ def test_a_node_that_dies_mid_fleet_costs_no_row_and_no_download_twice(
         route.delay = 0.5  # each job takes seconds
     try:
         store = tmp_path / "store"
-        fleet = subprocess.Popen(fleet_command(served.metadata, store, {"CONCURRENT_REQUESTS": "2"}), cwd=copy,
-                                 env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        port = free_port()  # the fleet's web view: the sums of every node's jobs
+        fleet = subprocess.Popen(fleet_command(served.metadata, store, {"CONCURRENT_REQUESTS": "2",
+                                                                        "OPENIMAGES_DASHBOARD_PORT": str(port)}),
+                                 cwd=copy, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                  start_new_session=True)
         try:
             wait_for(lambda: mid_run(store, ("2of4", "4of4")), timeout=60, interval=0.1)
+            view: dict = {}
+
+            def figures_shown() -> bool:
+                try:
+                    with urlopen(f"http://127.0.0.1:{port}/status.json", timeout=5) as response:
+                        view.update(json.load(response))
+                except OSError:
+                    return False
+                return view["rows_done"] > 0 and bool(view["images"])
+
+            wait_for(figures_shown, timeout=30, interval=0.5)
+            assert not view["finished"]
             succeeded = {image_id for image_id, found in outcomes(store).items() if "success" in found}
             requests_before = dict(served.server.counter.requests)
             daemons[1].kill()  # node2: shards 2 and 4

@@ -19,8 +19,10 @@ SCRAPY_FREE_MODULES = (
     "openimages_crawler.reasons",
     "openimages_crawler.monitor.progress",
     "openimages_crawler.monitor.report",
+    "openimages_crawler.monitor.status",
     "openimages_crawler.testing.images",
     "openimages_crawler.testing.mirror",
+    "openimages_crawler.testing.scrapyd",
 )
 
 CODE = textwrap.dedent("""

@@ -12,7 +12,6 @@ import logging
 import signal
 import time
 from dataclasses import replace
-from itertools import zip_longest
 from typing import Any
 
 from scrapy.exceptions import UsageError
@@ -185,9 +184,7 @@ class Supervisor:
         if final or time.monotonic() - self.recorded >= STATUS_INTERVAL_S:
             self.write_record()
         if self.dashboard is not None:
-            self.dashboard.progress_sampled(counts, self.meter.rates(), self.meter)
-            self.dashboard.show_failures(interleaved([r.recent_failures for r in records]))
-            self.dashboard.show_images(interleaved([r.recent_images for r in records]))
+            self.dashboard.show_records(counts, self.meter, records)
         return counts
 
     def write_record(self) -> None:
@@ -232,7 +229,3 @@ class Supervisor:
         return fail(f"process {child.number} of {len(self.children)}: {what}; its unfinished rows{pending} are "
                     "still pending: run the same command again to finish", EXIT_INCOMPLETE)
 
-
-def interleaved(lists: list[list[dict[str, str]]]) -> list[dict[str, str]]:
-    """Newest-first lists of several processes as one (newest of each first)."""
-    return [entry for entries in zip_longest(*lists) for entry in entries if entry]

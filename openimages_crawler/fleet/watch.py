@@ -47,6 +47,7 @@ from openimages_crawler.fleet.state import (
     write_fleet,
 )
 from openimages_crawler.monitor import report
+from openimages_crawler.monitor.dashboard import DashboardServer
 from openimages_crawler.monitor.progress import Counts, ProgressDisplay, ProgressMeter
 from openimages_crawler.monitor.status import (
     PartStatus,
@@ -90,6 +91,7 @@ class Watch:
         self.records: dict[int, PartStatus] = {}  # the latest record of each shard's current job
         self.cancelled: set[str] = set()  # strays already stopped
         self.started = time.monotonic()
+        self.dashboard = DashboardServer.from_settings(settings, store=store)
         self.stop = threading.Event()
         self.received: list[int] = []
         for job in fleet.jobs:  # a watch re-attached to an incomplete fleet tries its failed shards again
@@ -105,6 +107,8 @@ class Watch:
         previous = {signum: signal.signal(signum, self.on_signal) for signum in EXIT_AFTER_SIGNAL}
         try:
             with watching(self.store.root, self.fleet):
+                if self.dashboard is not None:
+                    return self.serve_and_watch(self.dashboard)
                 while True:
                     status = self.tick()
                     if status is not None:
@@ -114,6 +118,34 @@ class Watch:
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
+
+    def serve_and_watch(self, dashboard: DashboardServer) -> int:
+        """The same looks, on the reactor that serves the web view
+        (``OPENIMAGES_DASHBOARD_PORT``): the sums of every node's jobs."""
+        from twisted.internet import reactor, task
+
+        dashboard.listen()
+        ended: list[int | BaseException] = []
+
+        def look() -> None:
+            status = self.detach() if self.stop.is_set() else self.tick()
+            if status is not None:
+                ended.append(status)
+                loop.stop()
+
+        def failed(failure: Any) -> None:
+            ended.append(failure.value)
+
+        loop = task.LoopingCall(look)
+        reactor.callWhenRunning(  # type: ignore[attr-defined]
+            lambda: loop.start(POLL_S).addErrback(failed).addBoth(lambda _: reactor.stop()))  # type: ignore[attr-defined]
+        try:
+            reactor.run(installSignalHandlers=False)  # type: ignore[attr-defined]
+        finally:
+            dashboard.stop()
+        if isinstance(ended[0], BaseException):
+            raise ended[0]
+        return ended[0]
 
     def on_signal(self, signum: int, frame: Any) -> None:
         self.received.append(signum)
@@ -229,6 +261,8 @@ class Watch:
             counts = replace(counts, total=counts.done)
         self.meter.add(counts)
         self.display.show(self.meter, final=final)
+        if self.dashboard is not None:
+            self.dashboard.show_records(counts, self.meter, list(self.records.values()))
         return counts
 
     def stop_for_usage_error(self, job: ShardJob) -> int:
@@ -289,8 +323,10 @@ def shard_arguments(fleet: Fleet, index: int) -> dict[str, str]:
 
 
 def job_settings(fleet: Fleet) -> dict[str, str]:
-    """The user's settings; the fleet writes the one report (each job would overwrite it)."""
-    return {**fleet.settings, "OPENIMAGES_REPORT": "False"}
+    """The user's settings; the fleet writes the one report (each job would
+    overwrite it), and jobs serve no web view (two jobs on one node would
+    want the same port)."""
+    return {**fleet.settings, "OPENIMAGES_REPORT": "False", "OPENIMAGES_DASHBOARD_PORT": ""}
 
 
 def cancel_quietly(target: ScrapydTarget, jobid: str) -> bool:

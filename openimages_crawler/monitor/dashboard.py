@@ -32,6 +32,7 @@ from openimages_crawler.monitor.extensions import (
 )
 from openimages_crawler.monitor.progress import Counts, ProgressMeter, Rates, figures
 from openimages_crawler.monitor.report import throughput
+from openimages_crawler.monitor.status import PartStatus, latest_entries
 from openimages_crawler.store.base import Store
 from openimages_crawler.store.results import FailureRow, SuccessRow
 
@@ -126,6 +127,13 @@ class DashboardServer:
 
     def progress_sampled(self, counts: Counts, rates: Rates, meter: ProgressMeter) -> None:
         self.counts, self.rates, self.meter = counts, rates, meter
+
+    def show_records(self, counts: Counts, meter: ProgressMeter, records: list[PartStatus]) -> None:
+        """A supervisor's view (several processes, or a fleet's jobs): the
+        summed figures and the records' latest failures and images."""
+        self.progress_sampled(counts, meter.rates(), meter)
+        self.show_failures(latest_entries([record.recent_failures for record in records]))
+        self.show_images(latest_entries([record.recent_images for record in records]))
 
     def show_failures(self, entries: Iterable[dict[str, str]]) -> None:
         """The latest failures, newest first (a supervisor's, from its processes' records)."""

@@ -18,6 +18,7 @@ import socket
 from collections import Counter
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
+from itertools import zip_longest
 from pathlib import Path
 from typing import Any
 
@@ -126,6 +127,12 @@ def total_hosts(records: list[PartStatus]) -> dict[str, HostTally]:
             sum_tally.ok += tally.ok
             sum_tally.failures.update(tally.failures)
     return hosts
+
+
+def latest_entries(lists: list[list[dict[str, str]]]) -> list[dict[str, str]]:
+    """Newest-first lists (recent failures or images) of several processes as
+    one, newest of each first."""
+    return [entry for entries in zip_longest(*lists) for entry in entries if entry]
 
 
 def total_stages(records: list[PartStatus]) -> dict[str, float]:
