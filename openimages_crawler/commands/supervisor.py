@@ -26,7 +26,7 @@ from openimages_crawler.commands.exits import (
     last_error,
 )
 from openimages_crawler.crawl.config import CrawlConfig, open_crawl_store
-from openimages_crawler.crawl.feeds import subset_feed_paths
+from openimages_crawler.crawl.feeds import results_files
 from openimages_crawler.crawl.processes import (
     Child,
     ProcessPlan,
@@ -55,7 +55,6 @@ from openimages_crawler.store.ledger import recorded_rows, settle
 from openimages_crawler.store.local import LocalStore
 from openimages_crawler.store.lock import StoreLock, StoreLocked
 from openimages_crawler.store.parts import part_label
-from openimages_crawler.store.results import FailureRow, SuccessRow
 
 logger = logging.getLogger(__name__)
 
@@ -73,8 +72,7 @@ class Supervisor:
         self.store = store
         shard = CrawlArguments.from_given(scrapy_arguments(dict(given))[1]).shard
         self.shard = (shard.index, shard.count) if shard else (1, 1)
-        self.files = {"success": subset_feed_paths(settings, SuccessRow),
-                      "failure": subset_feed_paths(settings, FailureRow)}
+        self.files = results_files(settings)
         self.display = ProgressDisplay(str(settings["OPENIMAGES_PROGRESS"]).lower(),
                                        settings.getfloat("LOGSTATS_INTERVAL"))
         self.meter = ProgressMeter()

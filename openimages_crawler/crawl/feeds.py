@@ -23,6 +23,7 @@ from scrapy.utils.misc import load_object
 
 from openimages_crawler.store.csvfiles import read_csv_header, repair_tail
 from openimages_crawler.store.parts import part_path
+from openimages_crawler.store.results import FailureRow, SuccessRow
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +51,12 @@ def subset_feed_paths(settings: BaseSettings, item_class: type, subset: str = "*
         if not classes or any(issubclass(item_class, c) for c in classes):
             paths.append(local_path(subset_uri(str(uri_template), images_store, subset)))
     return paths
+
+
+def results_files(settings: BaseSettings) -> dict[str, list[str]]:
+    """Glob patterns of the success and failure CSVs, from FEEDS (what the
+    ledger reads and a run's end merges)."""
+    return {"success": subset_feed_paths(settings, SuccessRow), "failure": subset_feed_paths(settings, FailureRow)}
 
 
 class ResumableFileFeedStorage(FileFeedStorage):

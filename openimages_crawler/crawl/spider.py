@@ -27,7 +27,7 @@ from twisted.python.failure import Failure
 
 from openimages_crawler.commands.exits import ShardLocked
 from openimages_crawler.crawl.config import CrawlConfig, open_crawl_store, output_sinks
-from openimages_crawler.crawl.feeds import subset_feed_paths
+from openimages_crawler.crawl.feeds import results_files
 from openimages_crawler.crawl.items import PLAN_KEY, FetchedImage, request_meta
 from openimages_crawler.crawl.processes import process_shard, supervisor_pid
 from openimages_crawler.crawl.stop import STOP_REQUESTED
@@ -43,7 +43,6 @@ from openimages_crawler.store.ledger import ResultsLedger, settle
 from openimages_crawler.store.lock import StoreLock, StoreLocked, exclusive
 from openimages_crawler.store.parts import part_label, recover_all
 from openimages_crawler.store.planner import PlannedOutput, RowPlan, RowPlanner
-from openimages_crawler.store.results import FailureRow, SuccessRow
 
 logger = logging.getLogger(__name__)
 
@@ -160,9 +159,7 @@ class OpenImagesSpider(scrapy.Spider):
         )
 
     def results_files(self) -> dict[str, list[str]]:
-        """Glob patterns of the success and failure CSVs, from FEEDS."""
-        settings = self.crawler.settings
-        return {"success": subset_feed_paths(settings, SuccessRow), "failure": subset_feed_paths(settings, FailureRow)}
+        return results_files(self.crawler.settings)
 
     def annotation_output(self) -> AnnotationOutput | None:
         """Where the selection's annotation rows go; in a multi-process run the

@@ -20,7 +20,7 @@ from openimages_crawler.commands.exits import (
     EXIT_USAGE,
     fail,
 )
-from openimages_crawler.crawl.feeds import subset_feed_paths
+from openimages_crawler.crawl.feeds import results_files
 from openimages_crawler.fleet.decisions import (
     Freshness,
     Observation,
@@ -59,7 +59,6 @@ from openimages_crawler.monitor.status import (
 from openimages_crawler.store.ledger import recorded_rows, settle
 from openimages_crawler.store.local import LocalStore
 from openimages_crawler.store.lock import exclusive
-from openimages_crawler.store.results import FailureRow, SuccessRow
 
 if TYPE_CHECKING:
     from scrapy.settings import BaseSettings
@@ -80,8 +79,7 @@ class Watch:
         self.targets = targets
         self.store = store
         self.settings = settings
-        self.files = {"success": subset_feed_paths(settings, SuccessRow),
-                      "failure": subset_feed_paths(settings, FailureRow)}
+        self.files = results_files(settings)
         self.display = ProgressDisplay(str(settings["OPENIMAGES_PROGRESS"]).lower(),
                                        settings.getfloat("LOGSTATS_INTERVAL"))
         self.meter = ProgressMeter()

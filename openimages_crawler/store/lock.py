@@ -22,6 +22,8 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
+from openimages_crawler.store.local import pid_alive
+
 LOCKS_DIR = ".locks"
 _POLL_S = 0.2
 _PROBE_S = 1.0  # how long a probe of another sharding's lock may wait
@@ -146,17 +148,8 @@ def _holder_gone(holder: str) -> bool:
     its child processes, which stop within seconds (they die with it)."""
     try:
         found = json.loads(holder)
-        if found["host"] != socket.gethostname():
-            return False
-        pid = int(found["pid"])
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except (ValueError, KeyError, TypeError, PermissionError):
-        return False
-    try:  # a zombie (killed, not yet reaped by its parent) is gone too
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except (OSError, IndexError):
+        return found["host"] == socket.gethostname() and not pid_alive(int(found["pid"]))
+    except (ValueError, KeyError, TypeError):
         return False
 
 
