@@ -23,6 +23,7 @@ SCRAPY_FREE_MODULES = (
     "openimages_crawler.testing.images",
     "openimages_crawler.testing.mirror",
     "openimages_crawler.testing.scrapyd",
+    "openimages_crawler.testing.objects",
 )
 
 CODE = textwrap.dedent("""

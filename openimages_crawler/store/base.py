@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Protocol
 from urllib.parse import urlsplit
@@ -20,8 +21,28 @@ class UnsupportedStore(ValueError):
     """IMAGES_STORE names a scheme no store class serves."""
 
 
+@dataclass(frozen=True)
+class StoreOptions:
+    """How to reach an object store: Scrapy's AWS_* settings, all optional
+    (``None`` leaves the value to boto3's own chain: environment, config files,
+    instance role). A local folder needs none of them."""
+
+    access_key_id: str | None = None
+    secret_access_key: str | None = None
+    session_token: str | None = None
+    endpoint_url: str | None = None
+    region_name: str | None = None
+    use_ssl: bool | None = None
+    verify: bool | str | None = None
+    acl: str | None = None  # a canned ACL for every object; None = the bucket's default
+    concurrency: int = 32  # simultaneous requests (the connection pool is sized to it)
+    multipart_bytes: int = 64 * 1024 * 1024  # larger objects go up in parts
+    attempts: int = 5  # per request, with backoff, on throttling, 5xx and connection errors
+
+
 class Store(Protocol):
-    """What the crawl needs of a store. Keys are POSIX paths relative to its root."""
+    """What the crawl needs of a store. Keys are POSIX paths relative to its root.
+    A store class is made with ``(uri, options: StoreOptions | None)``."""
 
     uri: str
 
@@ -60,7 +81,7 @@ def store_scheme(uri: str) -> str:
     return urlsplit(uri).scheme
 
 
-def open_store(uri: str, schemes: dict[str, type[Store]]) -> Store:
+def open_store(uri: str, schemes: dict[str, type[Store]], options: StoreOptions | None = None) -> Store:
     """The store for ``uri``, from the classes registered by scheme."""
     scheme = store_scheme(uri)
     store_class = schemes.get(scheme)
@@ -70,7 +91,7 @@ def open_store(uri: str, schemes: dict[str, type[Store]]) -> Store:
             f"IMAGES_STORE={uri!r}: the {scheme}:// scheme is not supported "
             f"(stores: a local folder, {served})"
         )
-    return store_class(uri)  # type: ignore[call-arg]
+    return store_class(uri, options)  # type: ignore[call-arg]
 
 
 @contextmanager

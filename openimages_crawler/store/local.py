@@ -16,6 +16,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
+from openimages_crawler.store.base import StoreOptions
+
 STAGING_DIR = ".tmp"
 
 
@@ -24,7 +26,8 @@ class LocalStore:
     ``file://DIR``). Writes go through a staging folder of this process and
     ``os.replace``."""
 
-    def __init__(self, uri: str) -> None:
+    def __init__(self, uri: str, options: StoreOptions | None = None) -> None:
+        """``options`` are an object store's; a folder needs none."""
         self.uri = uri
         self.root = Path(uri.removeprefix("file://"))
         self.staging = staging_folder(self.root)

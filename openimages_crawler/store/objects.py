@@ -1,0 +1,242 @@
+"""A store in an S3-compatible bucket (``s3://bucket/prefix``; ``gs://`` through
+Google Cloud Storage's S3-compatible XML API).
+
+Every object is written with one PUT (or, past ``multipart_bytes``, one
+multipart upload, which S3 also publishes only when it completes), so an
+object appears complete or not at all: there is no staging to clean up after a
+kill -9. ``stat`` answers from one listing per folder, cached, so a rerun over
+millions of rows costs a listing per prefix rather than a HEAD per row.
+
+boto3 is imported when such a store is opened, not before: a crawl into a
+local folder never loads it.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import tempfile
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import IO, Any
+from urllib.parse import urlsplit
+
+from openimages_crawler.store.base import StoreOptions
+
+# Google Cloud Storage's S3-compatible endpoint (HMAC keys as the AWS key pair).
+GCS_ENDPOINT = "https://storage.googleapis.com"
+# Folders whose listing is kept for ``stat``; rows arrive in ImageID order, so
+# a few folders at a time are enough.
+LISTED_FOLDERS = 64
+
+
+class StoreUnavailable(OSError):
+    """The bucket cannot be used: missing, refused credentials, unreachable endpoint."""
+
+
+def split_uri(uri: str) -> tuple[str, str]:
+    """``(bucket, prefix)`` of ``s3://bucket/prefix``; the prefix is empty or ends in ``/``."""
+    parts = urlsplit(uri)
+    if not parts.netloc:
+        raise ValueError(f"{uri!r} names no bucket (expected {parts.scheme}://BUCKET/PREFIX)")
+    prefix = parts.path.strip("/")
+    return parts.netloc, f"{prefix}/" if prefix else ""
+
+
+class ObjectStore:
+    """``s3://bucket/prefix`` (or ``gs://``) with the local store's relative layout."""
+
+    default_endpoint: str | None = None
+
+    def __init__(self, uri: str, options: StoreOptions | None = None) -> None:
+        self.uri = uri
+        self.options = options or StoreOptions()
+        self.bucket, self.prefix = split_uri(uri)
+        self._client: Any = None
+        self._listed: OrderedDict[str, dict[str, int]] = OrderedDict()
+        self._listed_lock = threading.Lock()
+
+    # --- the connection ------------------------------------------------------
+
+    @property
+    def client(self) -> Any:
+        """A boto3 S3 client (thread-safe; one per store)."""
+        if self._client is None:
+            import boto3  # noqa: PLC0415 (only object stores need it)
+            from botocore.config import Config  # noqa: PLC0415
+
+            options = self.options
+            config = Config(
+                max_pool_connections=max(options.concurrency, 10),
+                retries={"mode": "standard", "max_attempts": options.attempts},
+                connect_timeout=10,
+                read_timeout=60,
+            )
+            self._client = boto3.session.Session().client(
+                "s3",
+                aws_access_key_id=options.access_key_id,
+                aws_secret_access_key=options.secret_access_key,
+                aws_session_token=options.session_token,
+                endpoint_url=options.endpoint_url or self.default_endpoint,
+                region_name=options.region_name,
+                use_ssl=True if options.use_ssl is None else options.use_ssl,
+                verify=options.verify,
+                config=config,
+            )
+        return self._client
+
+    def key(self, key: str) -> str:
+        return self.prefix + key
+
+    def check(self) -> None:
+        """One request that proves the bucket exists and the credentials may list
+        it, or ``StoreUnavailable`` saying which of the two failed."""
+        try:
+            self.client.list_objects_v2(Bucket=self.bucket, Prefix=self.prefix, MaxKeys=1)
+        except Exception as exc:
+            raise StoreUnavailable(f"{self.uri}: {describe_error(exc)}") from None
+
+    def open(self) -> None:
+        self.check()
+
+    def close(self) -> None:
+        with self._listed_lock:
+            self._listed.clear()
+
+    # --- objects -------------------------------------------------------------
+
+    def stat(self, key: str) -> int | None:
+        folder, _, name = key.rpartition("/")
+        return self._folder(folder).get(name)
+
+    def _folder(self, folder: str) -> dict[str, int]:
+        """The objects directly in ``folder`` (name -> size), listed once."""
+        with self._listed_lock:
+            found = self._listed.get(folder)
+            if found is not None:
+                self._listed.move_to_end(folder)
+                return found
+        listing: dict[str, int] = {}
+        start = self.key(f"{folder}/" if folder else "")
+        try:
+            pages = self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=start, Delimiter="/"
+            )
+            for page in pages:
+                for entry in page.get("Contents", ()):
+                    listing[entry["Key"][len(start):]] = entry["Size"]
+        except Exception as exc:
+            raise OSError(f"cannot list {self.uri}/{folder}: {describe_error(exc)}") from None
+        with self._listed_lock:
+            self._listed[folder] = listing
+            while len(self._listed) > LISTED_FOLDERS:
+                self._listed.popitem(last=False)
+        return listing
+
+    def _remember(self, key: str, size: int | None) -> None:
+        folder, _, name = key.rpartition("/")
+        with self._listed_lock:
+            listing = self._listed.get(folder)
+            if listing is not None:
+                if size is None:
+                    listing.pop(name, None)
+                else:
+                    listing[name] = size
+
+    def read(self, key: str) -> bytes:
+        try:
+            return self.client.get_object(Bucket=self.bucket, Key=self.key(key))["Body"].read()
+        except Exception as exc:
+            raise OSError(f"cannot read {self.uri}/{key}: {describe_error(exc)}") from None
+
+    def write(self, key: str, data: bytes) -> None:
+        if len(data) > self.options.multipart_bytes:
+            self._upload(key, io.BytesIO(data))
+        else:
+            digest = base64.b64encode(hashlib.md5(data).digest()).decode("ascii")
+            try:  # Content-MD5: the server refuses a body that changed on the way
+                self.client.put_object(Bucket=self.bucket, Key=self.key(key), Body=data,
+                                       ContentMD5=digest, **self._acl())
+            except Exception as exc:
+                raise OSError(f"cannot write {self.uri}/{key}: {describe_error(exc)}") from None
+        self._remember(key, len(data))
+
+    @contextmanager
+    def writing(self, key: str) -> Iterator[IO[bytes]]:
+        """Spooled to a local temporary file, uploaded when the block completes."""
+        with tempfile.SpooledTemporaryFile(max_size=8 * 1024 * 1024) as spool:
+            yield spool  # type: ignore[misc]
+            size = spool.tell()
+            spool.seek(0)
+            self._upload(key, spool)
+        self._remember(key, size)
+
+    def _upload(self, key: str, source: IO[bytes]) -> None:
+        from boto3.s3.transfer import TransferConfig  # noqa: PLC0415
+
+        config = TransferConfig(multipart_threshold=self.options.multipart_bytes,
+                                max_concurrency=4, use_threads=True)
+        try:
+            self.client.upload_fileobj(source, self.bucket, self.key(key),
+                                       ExtraArgs=self._acl() or None, Config=config)
+        except Exception as exc:
+            raise OSError(f"cannot write {self.uri}/{key}: {describe_error(exc)}") from None
+
+    def list(self, prefix: str) -> Iterator[str]:
+        start = self.key(prefix.rstrip("/") + "/" if prefix else "")
+        try:
+            for page in self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=start
+            ):
+                for entry in page.get("Contents", ()):
+                    yield entry["Key"][len(self.prefix):]
+        except Exception as exc:
+            raise OSError(f"cannot list {self.uri}/{prefix}: {describe_error(exc)}") from None
+
+    def free_bytes(self) -> int | None:
+        return None  # a bucket has no size limit the crawl can see
+
+    def request_uri(self, key: str) -> str:
+        """A presigned URL (a day long) from which a plain GET reads the object."""
+        return self.client.generate_presigned_url(
+            "get_object", Params={"Bucket": self.bucket, "Key": self.key(key)}, ExpiresIn=86400
+        )
+
+    def _acl(self) -> dict[str, str]:
+        return {"ACL": self.options.acl} if self.options.acl else {}
+
+
+class GcsStore(ObjectStore):
+    """``gs://bucket/prefix`` through GCS's S3-compatible endpoint, with an HMAC
+    key pair in AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY."""
+
+    default_endpoint = GCS_ENDPOINT
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line for a botocore error: what the server said, or why it was not reached."""
+    response = getattr(exc, "response", None)
+    if isinstance(response, dict):
+        error = response.get("Error", {})
+        code = str(error.get("Code", ""))
+        status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        explained = {
+            "NoSuchBucket": "the bucket does not exist",
+            "404": "the bucket does not exist",
+            "InvalidAccessKeyId": "the access key is not known to the server (AWS_ACCESS_KEY_ID)",
+            "SignatureDoesNotMatch": "the secret key does not match the access key (AWS_SECRET_ACCESS_KEY)",
+            "AccessDenied": "access denied: the credentials may not use this bucket",
+            "403": "access denied: the credentials may not use this bucket",
+            "ExpiredToken": "the session token has expired (AWS_SESSION_TOKEN)",
+        }.get(code)
+        message = error.get("Message") or code
+        return explained or f"{message} (HTTP {status})"
+    name = type(exc).__name__
+    if name in {"NoCredentialsError", "PartialCredentialsError"}:
+        return "no credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or the AWS environment)"
+    if name in {"EndpointConnectionError", "ConnectTimeoutError", "ConnectionClosedError"}:
+        return f"the endpoint cannot be reached ({exc})"
+    return str(exc) or name
