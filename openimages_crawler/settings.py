@@ -18,6 +18,21 @@ COMMANDS_MODULE = "openimages_crawler.commands"
 # --- Store layout and outputs -------------------------------------------------
 # Root folder of the dataset: {IMAGES_STORE}/{Subset}/...
 IMAGES_STORE = "openimages"
+
+# --- Object stores (IMAGES_STORE=s3://bucket/prefix or gs://bucket/prefix) ----
+# Simultaneous requests to an object store (uploads, listings); a local folder ignores it.
+OPENIMAGES_STORE_CONCURRENCY = 32
+# Seconds between uploads of each process's results parts to an object store (0 = at the end only).
+OPENIMAGES_RESULTS_FLUSH_SECONDS = 30.0
+# Local folder of an object store's results, locks and records ("" = ~/.cache/openimages-crawler/...).
+OPENIMAGES_WORK_DIR = ""
+# Metadata cache ("" = {IMAGES_STORE}/metadata, or {OPENIMAGES_WORK_DIR}/metadata for an object store).
+OPENIMAGES_METADATA_DIR = ""
+# No ACL on uploaded objects (the bucket's own policy): buckets with ACLs disabled, AWS's
+# default, refuse every ACL but bucket-owner-full-control. Set one to send it.
+IMAGES_STORE_S3_ACL = ""
+# Scrapy's name for the same; IMAGES_STORE_S3_ACL wins when both are set.
+FILES_STORE_S3_ACL = ""
 # Keep the byte-exact originals under {Subset}/{OPENIMAGES_ORIGINALS_DIR}/.
 OPENIMAGES_SAVE_ORIGINALS = False
 # Write a resized copy under {Subset}/{OPENIMAGES_RESIZED_DIR}/.

@@ -22,6 +22,7 @@ from openimages_crawler.testing.mirror import (
     build_mirror,
     refused_base,
 )
+from openimages_crawler.testing.objects import S3Server, start_s3_server
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "data"
@@ -66,6 +67,16 @@ def mirror(tmp_path: Path) -> Iterator[Served]:
     served = serve(tmp_path)
     yield served
     served.server.close()
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """A real S3-protocol server (moto's) on 127.0.0.1 with a bucket ``data``;
+    each test uses a prefix of its own."""
+    server = start_s3_server(tmp_path_factory.mktemp("s3"))
+    server.make_bucket("data")
+    yield server
+    server.stop()
 
 
 @pytest.fixture

@@ -396,7 +396,7 @@ def test_bad_metadata_is_a_clear_error(tmp_path: Path) -> None:
     (["-a", "subest=validation"], "unknown argument -a subest; did you mean -a subset?"),
     (["-a", "limit=abc"], "-a limit='abc' is not a whole number"),
     (["-a", "version=9", "-a", "subset=train"], "version 9 is not one of 1, 2, 3, 4, 5, 6, 7"),
-    (["-s", "IMAGES_STORE=s3://bucket/prefix"], "the s3:// scheme is not supported"),
+    (["-s", "IMAGES_STORE=ftp://host/prefix"], "the ftp:// scheme is not supported"),
 ])
 def test_usage_mistakes_are_one_line_and_exit_2_before_anything_is_written(
     tmp_path: Path, arguments: list[str], message: str

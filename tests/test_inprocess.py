@@ -126,11 +126,11 @@ def test_the_downloader_holds_both_connection_limits(tmp_path: Path) -> Any:
 
 @pytest_twisted.inlineCallbacks
 def test_an_unsupported_store_scheme_stops_before_any_download(clean_mirror: Served, tmp_path: Path) -> Any:
-    with pytest.raises(UsageError, match=r"IMAGES_STORE='s3://bucket/prefix': the s3:// scheme is not supported"):
-        crawler = crawler_for(tmp_path / "unused", {"IMAGES_STORE": "s3://bucket/prefix"})
+    with pytest.raises(UsageError, match=r"IMAGES_STORE='ftp://host/prefix': the ftp:// scheme is not supported"):
+        crawler = crawler_for(tmp_path / "unused", {"IMAGES_STORE": "ftp://host/prefix"})
         yield crawl(crawler, metadata=str(clean_mirror.metadata))
     assert sum(clean_mirror.server.counter.requests.values()) == 0
-    assert not Path("s3:").exists() and not (tmp_path / "unused").exists()
+    assert not Path("ftp:").exists() and not (tmp_path / "unused").exists()
 
 
 def test_an_unknown_argument_is_an_error_with_a_suggestion(clean_mirror: Served, tmp_path: Path) -> None:

@@ -3,9 +3,9 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,12 +22,9 @@ from openimages_crawler.testing.objects import S3Server, start_s3_server
 from openimages_crawler.testing.scrapyd import free_port
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
-    server = start_s3_server(tmp_path_factory.mktemp("s3"))
-    server.make_bucket("data")
-    yield server
-    server.stop()
+@pytest.fixture
+def server(s3: S3Server) -> S3Server:
+    return s3
 
 
 def options_for(server: S3Server, **overrides: object) -> StoreOptions:
@@ -157,3 +154,97 @@ def test_a_stored_object_is_readable_from_its_request_uri(server: S3Server) -> N
     store.write("train/images-original/abc/abc.jpg", b"original bytes")
     with urlopen(store.request_uri("train/images-original/abc/abc.jpg"), timeout=5) as response:
         assert response.read() == b"original bytes"
+
+
+def test_the_crawl_reaches_an_object_store_with_scrapys_aws_settings() -> None:
+    from openimages_crawler.crawl.config import store_options
+    from tests.conftest import project_settings
+
+    options = store_options(project_settings({
+        "AWS_ACCESS_KEY_ID": "key", "AWS_SECRET_ACCESS_KEY": "secret", "AWS_SESSION_TOKEN": "token",
+        "AWS_ENDPOINT_URL": "http://127.0.0.1:9000", "AWS_REGION_NAME": "eu-west-1",
+        "AWS_USE_SSL": "False", "AWS_VERIFY": "False", "OPENIMAGES_STORE_CONCURRENCY": "8",
+    }))
+    assert options == StoreOptions(access_key_id="key", secret_access_key="secret", session_token="token",
+                                   endpoint_url="http://127.0.0.1:9000", region_name="eu-west-1",
+                                   use_ssl=False, verify=False, acl=None, concurrency=8)
+    # Unset: boto3's own chain decides; no ACL unless one is asked for.
+    assert store_options(project_settings()) == StoreOptions(concurrency=32)
+    assert store_options(project_settings({"FILES_STORE_S3_ACL": "public-read"})).acl == "public-read"
+    assert store_options(project_settings({"FILES_STORE_S3_ACL": "public-read",
+                                           "IMAGES_STORE_S3_ACL": "bucket-owner-full-control"})).acl == (
+        "bucket-owner-full-control")
+    assert store_options(project_settings({"AWS_VERIFY": "/etc/ssl/ca.pem"})).verify == "/etc/ssl/ca.pem"
+
+
+def test_an_acl_is_sent_only_when_set(server: S3Server) -> None:
+    plain = ObjectStore("s3://data/acl", options_for(server))
+    public = ObjectStore("s3://data/acl", options_for(server, acl="public-read"))
+    plain.write("plain.jpg", b"x")
+    public.write("public.jpg", b"x")
+    client = server.client()
+    grants = {key: [grant["Permission"] for grant in client.get_object_acl(Bucket="data", Key=f"acl/{key}")["Grants"]]
+              for key in ("plain.jpg", "public.jpg")}
+    assert grants["plain.jpg"] == ["FULL_CONTROL"]
+    assert sorted(grants["public.jpg"]) == ["FULL_CONTROL", "READ"]
+
+
+def test_pull_then_push_keep_every_row_once_across_an_interrupted_merge(server: S3Server, tmp_path: Path) -> None:
+    from openimages_crawler.store import mirror
+    from openimages_crawler.store.local import LocalStore
+
+    store = ObjectStore("s3://data/mirror", options_for(server))
+    work = LocalStore(str(tmp_path / "work"))
+    patterns = [str(work.root / "*" / "images-success.csv")]
+    header = "ImageID\n"
+    store.write("train/images-success.csv", (header + "a\n").encode())
+    store.write("train/.parts/images-success.1of2.csv", (header + "b\n").encode())
+    store.write("train/.parts/images-success.2of2.csv", (header + "c\n").encode())
+    # A stale local copy and a local journal from a dead run are replaced, not trusted.
+    (work.root / "train" / ".parts").mkdir(parents=True)
+    (work.root / "train" / ".parts" / "images-success.3of3.csv").write_text(header + "stale\n")
+    (work.root / "train" / ".parts" / "images-success.csv.merge").write_text("{}")
+
+    assert mirror.pull(store, work, patterns) == 3
+    assert sorted(p.relative_to(work.root).as_posix() for p in work.root.rglob("*") if p.is_file()) == [
+        "train/.parts/images-success.1of2.csv", "train/.parts/images-success.2of2.csv", "train/images-success.csv"]
+
+    # The run merges locally, then sends: the results file up, the parts of its shard deleted.
+    (work.root / "train" / "images-success.csv").write_text(header + "a\nb\nc\nd\n")
+    for part in (work.root / "train" / ".parts").iterdir():
+        part.unlink()
+    assert mirror.push_results(store, work, patterns, 1, 2) == 1
+    keys = set(store.list("train"))
+    assert keys == {"train/images-success.csv", "train/.parts/images-success.2of2.csv"}  # 2of2 is not shard 1's
+    assert store.metadata("train/images-success.csv")[mirror.MERGE_ID]
+
+    # A kill after the results file went up but before its parts were deleted: the next
+    # pull finishes the merge (the journal names the file's merge id) instead of counting
+    # the parts' rows twice.
+    merged_id = store.metadata("train/images-success.csv")[mirror.MERGE_ID]
+    etag = store.entries("train/.parts")[0]["images-success.2of2.csv"].etag
+    store.write("train/.parts/images-success.csv.merge.json",
+                json.dumps({"id": merged_id, "parts": {"train/.parts/images-success.2of2.csv": etag}}).encode())
+    mirror.pull(store, work, patterns)
+    assert set(store.list("train")) == {"train/images-success.csv"}
+    # A journal whose results file never went up is dropped and its parts are kept.
+    store.write("train/.parts/images-success.1of2.csv", (header + "e\n").encode())
+    store.write("train/.parts/images-success.csv.merge.json",
+                json.dumps({"id": "never-uploaded", "parts": {"train/.parts/images-success.1of2.csv": "x"}}).encode())
+    mirror.pull(store, work, patterns)
+    assert set(store.list("train")) == {"train/images-success.csv", "train/.parts/images-success.1of2.csv"}
+    assert (work.root / "train" / ".parts" / "images-success.1of2.csv").read_text() == header + "e\n"
+
+
+def test_glob_keys_walks_folders_without_listing_the_images(server: S3Server) -> None:
+    from openimages_crawler.store import mirror
+
+    store = ObjectStore("s3://data/globbed", options_for(server))
+    for key in ("train/images-success.csv", "validation/images-success.csv", "train/224/abc/abc.jpg",
+                "train/.parts/images-success.1of1.csv", "report.json"):
+        store.write(key, b"x")
+    calls = counted(store)
+    assert sorted(mirror.glob_keys(store, "*/images-success.csv")) == [
+        "train/images-success.csv", "validation/images-success.csv"]
+    assert sorted(mirror.glob_keys(store, "*/.parts/images-success.*.csv")) == ["train/.parts/images-success.1of1.csv"]
+    assert calls["ListObjectsV2"] == 6  # the top, then each subset folder (and its .parts): never 224/

@@ -19,6 +19,7 @@ from openimages_crawler.store import (
 )
 from openimages_crawler.store.layout import StoreLayout
 from openimages_crawler.store.ledger import ResultsLedger
+from openimages_crawler.store.objects import GcsStore, ObjectStore
 from openimages_crawler.store.planner import PlannedOutput, RowPlan, RowPlanner
 from openimages_crawler.store.results import FailureRow, SuccessRow
 from openimages_crawler.store.sinks import FilesSink
@@ -30,7 +31,9 @@ def test_the_scheme_picks_the_store(tmp_path: Path) -> None:
     assert isinstance(open_store(str(tmp_path), STORE_SCHEMES), LocalStore)
     assert open_store(f"file://{tmp_path}", STORE_SCHEMES).root == tmp_path  # type: ignore[attr-defined]
     assert open_store("relative/folder", STORE_SCHEMES).root == Path("relative/folder")  # type: ignore[attr-defined]
-    for uri in ("s3://bucket/prefix", "gs://bucket", "ftp://host/x"):
+    assert type(open_store("s3://bucket/prefix", STORE_SCHEMES)) is ObjectStore
+    assert type(open_store("gs://bucket", STORE_SCHEMES)) is GcsStore
+    for uri in ("ftp://host/x", "http://host/x"):
         with pytest.raises(UnsupportedStore, match=f"the {uri.split(':')[0]}:// scheme is not supported"):
             open_store(uri, STORE_SCHEMES)
 

@@ -27,7 +27,12 @@ from openimages_crawler.commands.exits import (
     last_error,
 )
 from openimages_crawler.commands.supervisor import Supervisor
-from openimages_crawler.crawl.config import CrawlConfig, open_crawl_store
+from openimages_crawler.crawl.config import (
+    CrawlConfig,
+    check_store,
+    open_crawl_store,
+    records_store,
+)
 from openimages_crawler.crawl.pipeline import STORE_UNWRITABLE
 from openimages_crawler.crawl.processes import (
     die_with_supervisor,
@@ -41,7 +46,6 @@ from openimages_crawler.dataset.arguments import ArgumentError, CrawlArguments
 from openimages_crawler.dataset.prepare import selection_of
 from openimages_crawler.dataset.selection import SelectionError, Shard
 from openimages_crawler.monitor.status import mark_exit
-from openimages_crawler.store.local import LocalStore
 from openimages_crawler.store.parts import part_label
 
 if TYPE_CHECKING:
@@ -89,7 +93,7 @@ class Command(ScrapyCrawlCommand):
         self.exitcode = self.exit_status(crawler, errors, received)
         spider = crawler.spider
         if isinstance(spider, OpenImagesSpider) and hasattr(spider, "results_part"):
-            mark_exit(spider.local_store.root, spider.results_part, spider.store, self.exitcode,
+            mark_exit(spider.local_store.root, spider.results_part, spider.local_store, self.exitcode,
                       last_error() if self.exitcode else "", str(opts.spargs.get("_job", "")))
         elif not any(isinstance(error, ShardLocked) for error in errors):  # the holder keeps its record
             self.record_job_error(opts.spargs)
@@ -102,12 +106,11 @@ class Command(ScrapyCrawlCommand):
             return
         try:
             shard = Shard.parse(str(given.get("shard") or "1/1"))
-            store = open_crawl_store(str(self.settings["IMAGES_STORE"]))
+            records = records_store(self.settings)
         except (SelectionError, UsageError):
             return
-        if isinstance(store, LocalStore):
-            mark_exit(store.root, part_label(shard.index, shard.count), store, self.exitcode, last_error(),
-                      str(given["_job"]))
+        mark_exit(records.root, part_label(shard.index, shard.count), records, self.exitcode, last_error(),
+                  str(given["_job"]))
 
     def check(self, spider_name: str, given: dict[str, Any]) -> None:
         """What can be checked before the crawl starts, without touching the store."""
@@ -115,11 +118,12 @@ class Command(ScrapyCrawlCommand):
         if spider_name != OpenImagesSpider.name:
             return
         try:
-            selection_of(CrawlArguments.from_given(scrapy_arguments(dict(given))[1]))  # id lists too
+            arguments = CrawlArguments.from_given(scrapy_arguments(dict(given))[1])
+            selection_of(arguments)  # id lists too
         except ArgumentError as exc:
             raise UsageError(str(exc)) from None
-        config = CrawlConfig.from_settings(self.settings)
-        open_crawl_store(config.store_uri)
+        CrawlConfig.from_settings(self.settings)  # the settings' own checks
+        check_store(open_crawl_store(self.settings), arguments.shard)
 
     def record_signals(self, received: list[int]) -> None:
         """Note which signal stopped the crawl (for the exit status); Scrapy's
@@ -153,6 +157,10 @@ class Command(ScrapyCrawlCommand):
             return fail(f"the metadata could not be read to its end ({unreadable}): the rows after "
                         "that point are still pending; fetch or fix the file and run the same command again",
                         EXIT_INCOMPLETE)
+        unsent = stats.get_value("openimages/results_error")
+        if unsent is not None:
+            return fail(f"the results could not be uploaded ({unsent}); the bucket keeps the earlier copy "
+                        "and this run's parts: run the same command again to send them", EXIT_INCOMPLETE)
         if reason == "finished":
             return EXIT_OK
         read = stats.get_value("openimages/rows_read", 0)

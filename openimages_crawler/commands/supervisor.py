@@ -25,7 +25,7 @@ from openimages_crawler.commands.exits import (
     fail,
     last_error,
 )
-from openimages_crawler.crawl.config import CrawlConfig, open_crawl_store
+from openimages_crawler.crawl.config import CrawlConfig, open_crawl_store, records_store
 from openimages_crawler.crawl.feeds import results_files
 from openimages_crawler.crawl.processes import (
     Child,
@@ -51,9 +51,9 @@ from openimages_crawler.monitor.status import (
     total_hosts,
     total_stages,
 )
+from openimages_crawler.store import mirror
 from openimages_crawler.store.ledger import recorded_rows, settle
-from openimages_crawler.store.local import LocalStore
-from openimages_crawler.store.lock import StoreLock, StoreLocked
+from openimages_crawler.store.lock import StoreLock, StoreLocked, exclusive
 from openimages_crawler.store.parts import part_label
 
 logger = logging.getLogger(__name__)
@@ -66,10 +66,8 @@ class Supervisor:
         self.given = dict(given)
         self.plan = plan
         config = CrawlConfig.from_settings(settings)
-        store = open_crawl_store(config.store_uri)
-        if not isinstance(store, LocalStore):
-            raise UsageError(f"IMAGES_STORE={store.uri!r} is not a local folder")
-        self.store = store
+        self.store = store = open_crawl_store(settings)  # the images, the report
+        self.local_store = records_store(settings)  # results, parts, locks, the processes' records
         shard = CrawlArguments.from_given(scrapy_arguments(dict(given))[1]).shard
         self.shard = (shard.index, shard.count) if shard else (1, 1)
         self.files = results_files(settings)
@@ -97,7 +95,7 @@ class Supervisor:
     def run(self) -> int:
         if self.plan.note:
             logger.warning(self.plan.note)
-        lock = StoreLock(self.store.root, *self.shard)
+        lock = StoreLock(self.local_store.root, *self.shard)
         try:
             lock.acquire()
         except StoreLocked as exc:
@@ -110,6 +108,10 @@ class Supervisor:
                 return fail(str(exc), EXIT_USAGE)
         previous = {signum: signal.signal(signum, self.on_signal) for signum in EXIT_AFTER_SIGNAL}
         try:
+            if self.store.remote:
+                status = self.pull()
+                if status is not None:
+                    return status
             logger.info("Crawling in %d processes", self.plan.count)
             self.children = start_children(self.commands(), lock.inheritable(), self.display.write)
             self.watch()
@@ -133,12 +135,29 @@ class Supervisor:
         """The processes' results parts into the results files; an exit status
         when that fails."""
         try:
-            settle(self.files, self.store, *self.shard)
+            settle(self.files, self.local_store, *self.shard)
         except (OSError, ValueError) as exc:  # a full disk; a results file damaged by hand
             logger.debug("Cannot merge the results parts", exc_info=exc)
             return fail(f"cannot merge the results parts into the results files ({type(exc).__name__}: {exc}); "
                         "they stay under .parts/ and count as recorded: fix the cause and run again",
                         EXIT_INCOMPLETE)
+        if self.store.remote:
+            try:
+                mirror.push_results(self.store, self.local_store, self.files["success"] + self.files["failure"],
+                                    *self.shard)
+            except OSError as exc:
+                return fail(f"the results could not be uploaded ({exc}); the bucket keeps the earlier copy "
+                            "and this run's parts: run the same command again to send them", EXIT_INCOMPLETE)
+        return None
+
+    def pull(self) -> int | None:
+        """An object store's results into the work folder, before the processes read them."""
+        try:
+            with exclusive(self.local_store.root, "results"):
+                fetched = mirror.pull(self.store, self.local_store, self.files["success"] + self.files["failure"])
+        except OSError as exc:
+            return fail(f"cannot read the results from {self.store.uri}: {exc}", EXIT_USAGE)
+        logger.info("Results read from %s: %d files", self.store.uri, fetched)
         return None
 
     def watch(self) -> None:
@@ -169,7 +188,7 @@ class Supervisor:
 
     def records(self) -> list[PartStatus]:
         """The records the current processes keep in the store."""
-        found = (read_status(self.store.root, child.part) for child in self.children)
+        found = (read_status(self.local_store.root, child.part) for child in self.children)
         return [record for record, child in zip(found, self.children, strict=True)
                 if record is not None and record.pid == child.process.pid]
 
@@ -192,7 +211,7 @@ class Supervisor:
     def write_record(self) -> None:
         self.recorded = time.monotonic()
         try:
-            self.record.write(self.store)
+            self.record.write(self.local_store)
         except OSError as exc:
             logger.warning("Cannot write the crawl's status in %s: %s", self.store.uri, exc)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from scrapy.exceptions import UsageError
@@ -12,8 +13,10 @@ from scrapy.settings import BaseSettings
 
 from openimages_crawler.imaging.pillow import ResizeSpec
 from openimages_crawler.store import STORE_SCHEMES, UnsupportedStore, open_store
-from openimages_crawler.store.base import Store
+from openimages_crawler.store.base import Store, StoreOptions, store_scheme
 from openimages_crawler.store.layout import StoreLayout
+from openimages_crawler.store.local import LocalStore
+from openimages_crawler.store.objects import ObjectStore, StoreUnavailable, split_uri
 from openimages_crawler.store.sinks import FilesSink, OutputSink
 
 # Keys of one OPENIMAGES_OUTPUTS entry: required, then optional (defaults from
@@ -174,9 +177,59 @@ def output_sinks(config: CrawlConfig, store: Store) -> dict[str, OutputSink]:
     return {output.dir: FilesSink(store, config.layout, output.dir) for output in config.outputs}
 
 
-def open_crawl_store(uri: str, schemes: dict[str, type[Store]] = STORE_SCHEMES) -> Store:
-    """The store for IMAGES_STORE, by its scheme; an unsupported one is a usage error."""
+def open_crawl_store(
+    settings: BaseSettings, schemes: dict[str, type[Store]] = STORE_SCHEMES, uri: str | None = None
+) -> Store:
+    """The store of IMAGES_STORE (or ``uri``), by its scheme; an unsupported one is a usage error."""
     try:
-        return open_store(uri, schemes)
-    except UnsupportedStore as exc:
+        return open_store(uri or str(settings["IMAGES_STORE"] or ""), schemes, store_options(settings))
+    except (UnsupportedStore, ValueError) as exc:
         raise UsageError(str(exc)) from None
+
+
+def records_store(settings: BaseSettings) -> LocalStore:
+    """The local folder of the crawl's records: results CSVs and their parts, locks,
+    the processes' status, the metadata cache. The store itself when it is a folder;
+    for an object store, OPENIMAGES_WORK_DIR (by default a folder per bucket and
+    prefix under ~/.cache/openimages-crawler), mirrored to and from the bucket."""
+    store = open_crawl_store(settings)
+    if isinstance(store, LocalStore):
+        return store
+    work = str(settings.get("OPENIMAGES_WORK_DIR") or "")
+    if not work:
+        bucket, prefix = split_uri(store.uri)
+        work = str(Path.home() / ".cache" / "openimages-crawler" / store_scheme(store.uri) / bucket / prefix)
+    return LocalStore(work)
+
+
+def check_store(store: Store, shard: object | None) -> None:
+    """Before anything is downloaded: an object store must answer (bucket,
+    credentials, endpoint), and takes one run at a time for now (no ``-a shard``)."""
+    if not isinstance(store, ObjectStore):
+        return
+    if shard is not None:
+        raise UsageError(f"-a shard with IMAGES_STORE={store.uri!r}: an object store takes one run at a time "
+                         "for now (OPENIMAGES_PROCESSES uses this machine's cores)")
+    try:
+        store.check()
+    except StoreUnavailable as exc:
+        raise UsageError(str(exc)) from None
+
+
+def store_options(settings: BaseSettings) -> StoreOptions:
+    """How to reach an object store, from Scrapy's own AWS_* settings; an unset one
+    is left to boto3's chain (environment, ~/.aws files, an instance role)."""
+    verify = settings.get("AWS_VERIFY")
+    if verify is not None and str(verify).lower() in {"true", "false", "1", "0"}:
+        verify = settings.getbool("AWS_VERIFY")  # else the path of a CA bundle
+    return StoreOptions(
+        access_key_id=settings.get("AWS_ACCESS_KEY_ID") or None,
+        secret_access_key=settings.get("AWS_SECRET_ACCESS_KEY") or None,
+        session_token=settings.get("AWS_SESSION_TOKEN") or None,
+        endpoint_url=settings.get("AWS_ENDPOINT_URL") or None,
+        region_name=settings.get("AWS_REGION_NAME") or None,
+        use_ssl=None if settings.get("AWS_USE_SSL") is None else settings.getbool("AWS_USE_SSL"),
+        verify=verify,
+        acl=settings.get("IMAGES_STORE_S3_ACL") or settings.get("FILES_STORE_S3_ACL") or None,
+        concurrency=max(1, settings.getint("OPENIMAGES_STORE_CONCURRENCY")),
+    )

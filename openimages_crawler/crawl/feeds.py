@@ -19,8 +19,14 @@ from scrapy import Spider
 from scrapy.exporters import CsvItemExporter
 from scrapy.extensions.feedexport import FeedExporter, FeedSlot, FileFeedStorage
 from scrapy.settings import BaseSettings
+from scrapy.utils.asyncio import create_looping_call
+from scrapy.utils.defer import maybe_deferred_to_future
 from scrapy.utils.misc import load_object
+from twisted.internet import threads
+from twisted.internet.defer import Deferred
 
+from openimages_crawler.crawl.config import open_crawl_store, records_store
+from openimages_crawler.store import mirror
 from openimages_crawler.store.csvfiles import read_csv_header, repair_tail
 from openimages_crawler.store.parts import part_path
 from openimages_crawler.store.results import FailureRow, SuccessRow
@@ -42,7 +48,7 @@ def local_path(uri: str) -> str:
 def subset_feed_paths(settings: BaseSettings, item_class: type, subset: str = "*") -> list[str]:
     """Paths (glob patterns with the default ``*``) of the per-subset FEEDS
     that accept ``item_class``."""
-    images_store = str(settings["IMAGES_STORE"])
+    images_store = str(records_store(settings).root)
     paths = []
     for uri_template, options in settings.getdict("FEEDS").items():
         if SUBSET_PARAM not in str(uri_template):
@@ -98,7 +104,14 @@ class SubsetFeedExporter(FeedExporter):
         super().__init__(crawler)
         self.subset_uris = [uri for uri in self.feeds if SUBSET_PARAM in uri]
         self.subset_slots: dict[tuple[str, str], FeedSlot] = {}
-        self.images_store = str(crawler.settings["IMAGES_STORE"])
+        self.records = records_store(crawler.settings)
+        self.images_store = str(self.records.root)
+        # An object store gets this process's parts every OPENIMAGES_RESULTS_FLUSH_SECONDS.
+        self.store = open_crawl_store(crawler.settings)
+        self.flush_seconds = crawler.settings.getfloat("OPENIMAGES_RESULTS_FLUSH_SECONDS")
+        self.part_files: set[Path] = set()
+        self.uploading: Deferred[None] | None = None
+        self.uploads = create_looping_call(self.upload_parts)
 
     def open_spider(self, spider: Spider) -> None:
         self.part = getattr(spider, "results_part", None)
@@ -107,6 +120,21 @@ class SubsetFeedExporter(FeedExporter):
             super().open_spider(spider)
         finally:
             self.feeds.update(subset_feeds)
+        if self.store.remote and self.flush_seconds > 0:
+            self.uploads.start(self.flush_seconds, now=False)
+
+    def upload_parts(self) -> Deferred[None] | None:
+        """This process's parts up to the object store, in a thread, one upload at a time."""
+        if self.uploading is not None or not self.part_files:
+            return self.uploading
+        self.uploading = threads.deferToThread(mirror.push_parts, self.store, self.records, sorted(self.part_files))
+        self.uploading.addErrback(lambda failure: logger.warning(
+            "Cannot upload the results parts to %s (tried again later): %s", self.store.uri, failure.value))
+        self.uploading.addBoth(self._uploaded)
+        return self.uploading
+
+    def _uploaded(self, _: object) -> None:
+        self.uploading = None
 
 
     def item_scraped(self, item: Any, spider: Spider) -> None:
@@ -133,9 +161,21 @@ class SubsetFeedExporter(FeedExporter):
 
     def file_uri(self, uri: str) -> str:
         """Where this process appends: its own part of the results file."""
-        return uri if self.part is None else str(part_path(Path(local_path(uri)), self.part))
+        if self.part is None:
+            return uri
+        path = part_path(Path(local_path(uri)), self.part)
+        self.part_files.add(path)
+        return str(path)
 
     async def close_spider(self, spider: Spider) -> None:
         self.slots.extend(self.subset_slots.values())
         self.subset_slots.clear()
         await super().close_spider(spider)
+        if self.store.remote:
+            if self.uploads.running:
+                self.uploads.stop()
+            if self.uploading is not None:  # started before the files closed
+                await maybe_deferred_to_future(self.uploading)
+            last = self.upload_parts()
+            if last is not None:
+                await maybe_deferred_to_future(last)

@@ -64,12 +64,15 @@ class OpenImagesPipeline(ImagesPipeline):
     STORE_SCHEMES = STORE_SCHEMES  # type: ignore[assignment]  # the project's stores, not Scrapy's
 
     def __init__(self, store_uri: str, download_func: None = None, *, crawler: Crawler):
+        self.store_settings = crawler.settings  # for _get_store, which FilesPipeline calls first
         super().__init__(store_uri, crawler=crawler)
         self.store: Store  # set by FilesPipeline through _get_store
         self.config = CrawlConfig.from_settings(crawler.settings)
         self.sinks = output_sinks(self.config, self.store)
         self.outputs = {output.dir: output for output in self.config.outputs}
         self.executor: ThreadPoolExecutor | None = None
+        self.uploads: ThreadPoolExecutor | None = None  # a remote store's writes
+        self.upload_threads = crawler.settings.getint("OPENIMAGES_STORE_CONCURRENCY")
         self.stats = crawler.stats
 
     @classmethod
@@ -77,7 +80,7 @@ class OpenImagesPipeline(ImagesPipeline):
         """Scrapy's S3/GCS/FTP classes are not in STORE_SCHEMES: nothing to configure."""
 
     def _get_store(self, uri: str) -> Store:  # type: ignore[override]
-        return open_crawl_store(uri, self.STORE_SCHEMES)
+        return open_crawl_store(self.store_settings, self.STORE_SCHEMES, uri)
 
     def open_spider(self, spider: Spider | None = None) -> None:
         super().open_spider()
@@ -85,10 +88,14 @@ class OpenImagesPipeline(ImagesPipeline):
         self.executor = ThreadPoolExecutor(
             max_workers=self.config.workers, thread_name_prefix="openimages-worker"
         )
+        if self.store.remote:
+            self.uploads = ThreadPoolExecutor(max_workers=max(1, self.upload_threads),
+                                              thread_name_prefix="openimages-upload")
 
     def close_spider(self, spider: Spider | None = None) -> None:
-        if self.executor is not None:
-            self.executor.shutdown(wait=True)
+        for pool in (self.executor, self.uploads):
+            if pool is not None:
+                pool.shutdown(wait=True)
         for sink in self.sinks.values():
             sink.close()
         self.store.close()
@@ -143,21 +150,30 @@ class OpenImagesPipeline(ImagesPipeline):
         if status is not None:
             return Outcome(*status)
         assert self.executor is not None
+        loop = asyncio.get_running_loop()
         task = partial(self.store_image, response.body, item)
         self.stats.inc_value("openimages/time/download_s", response.meta.get("download_latency", 0.0))
         self.stats.inc_value("openimages/in_workers")  # a gauge for the progress display
         try:
-            outcome, seconds, cpu = await asyncio.get_running_loop().run_in_executor(self.executor, _timed, task)
+            outcome, seconds, cpu = await loop.run_in_executor(self.executor, _timed, task)
         finally:
             self.stats.inc_value("openimages/in_workers", -1)
         self.stats.inc_value("openimages/time/worker_s", seconds)
         self.stats.inc_value("openimages/time/worker_cpu_s", cpu)
+        if self.uploads is not None and outcome.ok:
+            outcome = await loop.run_in_executor(self.uploads, self.save, response.body, item, outcome)
         return outcome
 
     def store_image(self, body: bytes, item: FetchedImage) -> Outcome:
-        """In a worker: verify and decode ``body``, then write the original (before
-        the resized files, so an interrupted image can later be resized from it
-        without a download) and every output the plan says is missing."""
+        """In a worker: verify and encode, then save, unless the store is remote
+        (its uploads then wait in threads of their own, not on the CPU workers)."""
+        outcome = self.process(body, item)
+        if outcome.ok and self.uploads is None:
+            outcome = self.save(body, item, outcome)
+        return outcome
+
+    def process(self, body: bytes, item: FetchedImage) -> Outcome:
+        """Verify and decode ``body``, and encode every output the plan says is missing."""
         plan, config = item.plan, self.config
         row = plan.row
         check_md5 = config.check_md5_if_exists or not plan.from_store
@@ -167,11 +183,14 @@ class OpenImagesPipeline(ImagesPipeline):
             else Expected()  # not the original: only the decode check applies
         )
         specs = [self.outputs[folder].spec for folder in plan.outputs]
-        outcome = process_image(body, expected, specs, max_pixels=config.max_pixels,
-                                fast=config.fast_resize, rotation=row.rotation,
-                                want_md5=plan.record_download)
-        if not outcome.ok:
-            return outcome
+        return process_image(body, expected, specs, max_pixels=config.max_pixels,
+                             fast=config.fast_resize, rotation=row.rotation,
+                             want_md5=plan.record_download)
+
+    def save(self, body: bytes, item: FetchedImage, outcome: Outcome) -> Outcome:
+        """Write the original (before the resized files, so an interrupted image
+        can later be resized from it without a download), then every encoded output."""
+        plan, config = item.plan, self.config
         encoded, outcome.encoded = outcome.encoded, []
         request = item.response.request if item.response is not None else None
         free = self.store.free_bytes()
@@ -182,8 +201,8 @@ class OpenImagesPipeline(ImagesPipeline):
             if plan.keep_original and not plan.from_store:
                 self.store.write(self.file_path(request, item=item), body)
                 outcome.bytes_written += len(body)
-            for folder, spec, data in zip(plan.outputs, specs, encoded, strict=True):
-                self.sinks[folder].write(row, spec.format, data)
+            for folder, data in zip(plan.outputs, encoded, strict=True):
+                self.sinks[folder].write(plan.row, self.outputs[folder].spec.format, data)
                 outcome.bytes_written += len(data)
         except OSError as exc:
             return Outcome(reasons.IO_ERROR, f"cannot write to the store: {exc}")

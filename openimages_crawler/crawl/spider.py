@@ -15,6 +15,8 @@ import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
+from functools import cached_property
+from pathlib import Path
 from typing import Any
 
 import scrapy
@@ -26,7 +28,13 @@ from twisted.internet import threads
 from twisted.python.failure import Failure
 
 from openimages_crawler.commands.exits import ShardLocked
-from openimages_crawler.crawl.config import CrawlConfig, open_crawl_store, output_sinks
+from openimages_crawler.crawl.config import (
+    CrawlConfig,
+    check_store,
+    open_crawl_store,
+    output_sinks,
+    records_store,
+)
 from openimages_crawler.crawl.feeds import results_files
 from openimages_crawler.crawl.items import PLAN_KEY, FetchedImage, request_meta
 from openimages_crawler.crawl.processes import process_shard, supervisor_pid
@@ -37,10 +45,11 @@ from openimages_crawler.dataset.prepare import MetadataOptions, prepare, selecti
 from openimages_crawler.dataset.rows import MetadataError, validate_row
 from openimages_crawler.dataset.selection import MetadataRecord, Selection
 from openimages_crawler.dataset.source import ImageSource
-from openimages_crawler.store import LocalStore
+from openimages_crawler.store import LocalStore, mirror
 from openimages_crawler.store.annotations import AnnotationOutput
 from openimages_crawler.store.ledger import ResultsLedger, settle
 from openimages_crawler.store.lock import StoreLock, StoreLocked, exclusive
+from openimages_crawler.store.objects import ObjectStore
 from openimages_crawler.store.parts import part_label, recover_all
 from openimages_crawler.store.planner import PlannedOutput, RowPlan, RowPlanner
 
@@ -76,7 +85,7 @@ class OpenImagesSpider(scrapy.Spider):
         started = time.perf_counter()
         spider = super().from_crawler(crawler, *args, **kwargs)
         config = spider.config = CrawlConfig.from_settings(crawler.settings)
-        spider.store = open_crawl_store(config.store_uri)
+        spider.store = open_crawl_store(crawler.settings)
         spider.source = ImageSource(spider.arguments.source, config.cvdf_url, config.thumbnails_300k)
         try:
             selection = selection_of(spider.arguments)  # id lists: a usage error leaves no trace
@@ -87,6 +96,7 @@ class OpenImagesSpider(scrapy.Spider):
             raise UsageError(
                 "FEEDS has no per-subset results feeds (URIs with %(subset)s for SuccessRow and FailureRow): "
                 "they are the crawl's record and checkpoint (under Scrapyd, leave items_dir empty)")
+        check_store(spider.store, spider.arguments.shard)
         selection.within = process_shard()  # a supervised process's share of the run
         share = selection.within
         spider.results_part = part_label(share.index, share.count) if share else part_label(*spider.shard)
@@ -111,8 +121,9 @@ class OpenImagesSpider(scrapy.Spider):
     def prepare(self, selection: Selection) -> None:
         """The dataset, what earlier runs recorded, and where annotations go."""
         config = self.config
+        cache = Path(str(self.crawler.settings.get("OPENIMAGES_METADATA_DIR") or self.local_store.root / "metadata"))
         options = MetadataOptions(
-            cache=self.local_store.root / "metadata",
+            cache=cache,
             url=config.metadata_url,
             verify=config.metadata_verify,
             keep_archives=config.keep_archives,
@@ -120,20 +131,33 @@ class OpenImagesSpider(scrapy.Spider):
             stop=STOP_REQUESTED,
         )
         try:
-            with exclusive(self.local_store.root, "metadata", STOP_REQUESTED):  # fetched once per store
+            with exclusive(cache.parent, "metadata", STOP_REQUESTED):  # fetched once per cache
                 self.dataset = prepare(self.arguments, options, selection)
         except ArgumentError as exc:
             raise UsageError(str(exc)) from exc
+        if self.store.remote and self.supervisor is None:  # a supervisor pulls for its processes
+            self.pull_results()
         self.planner = self.make_planner()
         self.annotations = self.annotation_output()
 
-    @property
+    def pull_results(self) -> None:
+        """An object store's results files and parts into the work folder (the ledger reads them there)."""
+        try:
+            with exclusive(self.local_store.root, "results"):
+                fetched = mirror.pull(self.store, self.local_store, self.result_patterns())
+        except OSError as exc:
+            raise UsageError(f"cannot read the results from {self.store.uri}: {exc}") from None
+        logger.info("Results read from %s: %d files", self.store.uri, fetched)
+
+    def result_patterns(self) -> list[str]:
+        files = self.results_files()
+        return files["success"] + files["failure"]
+
+    @cached_property
     def local_store(self) -> LocalStore:
-        """The store as a folder: the metadata cache and the annotation files
-        live on a local disk (the only kind of store today)."""
-        if not isinstance(self.store, LocalStore):
-            raise UsageError(f"IMAGES_STORE={self.store.uri!r} is not a local folder")
-        return self.store
+        """The local folder of the crawl's records (results, locks, status, metadata
+        cache): the store itself, or an object store's work folder."""
+        return records_store(self.crawler.settings)
 
     @property
     def result_header(self) -> list[str]:
@@ -174,7 +198,8 @@ class OpenImagesSpider(scrapy.Spider):
         label_names = None
         if dataset.class_filter is not None and not self.arguments.all_labels:
             label_names = dataset.class_filter.label_names
-        return AnnotationOutput(self.local_store, dataset.annotation_files, label_names)
+        remote = self.store if isinstance(self.store, ObjectStore) else None
+        return AnnotationOutput(self.local_store, dataset.annotation_files, label_names, remote)
 
     def count_rows(self) -> None:
         """``rows_total`` for the progress display (in a thread)."""
@@ -240,8 +265,18 @@ class OpenImagesSpider(scrapy.Spider):
             if self.supervisor is None:
                 settle(self.results_files(), self.local_store, *self.shard,
                        reconcile_failures=self.arguments.retry is not None or self.ledger.needs_reconcile)
+                if self.store.remote:
+                    self.push_results()
         finally:
             self.release()
+
+    def push_results(self) -> None:
+        """The merged results files up to the object store (the exit status says when they could not go)."""
+        try:
+            mirror.push_results(self.store, self.local_store, self.result_patterns(), *self.shard)
+        except OSError as exc:
+            logger.error("Cannot upload the results to %s: %s", self.store.uri, exc)
+            self.crawler.stats.set_value("openimages/results_error", str(exc))
 
     def release(self) -> None:
         if self.lock is not None:

@@ -88,7 +88,7 @@ class DashboardServer:
         if not 0 <= number <= 65535:
             raise UsageError(f"OPENIMAGES_DASHBOARD_PORT={port!r} is not a port number (0-65535)")
         config = config or CrawlConfig.from_settings(settings)
-        return cls(number, config, store or open_crawl_store(config.store_uri),
+        return cls(number, config, store or open_crawl_store(settings),
                    settings.getint("OPENIMAGES_DASHBOARD_IMAGES"))
 
     def listen(self) -> None:

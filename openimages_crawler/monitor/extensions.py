@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 from scrapy import signals
 from scrapy.exceptions import UsageError
 
-from openimages_crawler.crawl.config import CrawlConfig, open_crawl_store
+from openimages_crawler.crawl.config import CrawlConfig, open_crawl_store, records_store
 from openimages_crawler.crawl.ticking import Ticking
 from openimages_crawler.monitor import report
 from openimages_crawler.monitor.progress import (
@@ -131,7 +131,8 @@ class RunReport:
     def __init__(self, crawler: Crawler) -> None:
         self.crawler = crawler
         self.enabled = crawler.settings.getbool("OPENIMAGES_REPORT")
-        self.store = open_crawl_store(str(crawler.settings["IMAGES_STORE"]))
+        self.store = open_crawl_store(crawler.settings)  # the report goes there
+        self.records = records_store(crawler.settings)  # this process's record
         self.hosts: dict[str, HostTally] = {}
         self.failures: deque[dict[str, str]] = deque(maxlen=RECENT_FAILURES)
         self.config = CrawlConfig.from_settings(crawler.settings)
@@ -185,9 +186,9 @@ class RunReport:
         status.recent_failures = list(self.failures)
         status.recent_images = list(self.images)
         try:
-            status.write(self.store)
+            status.write(self.records)
         except OSError as exc:
-            logger.warning("Cannot write the crawl's status in %s: %s", self.store.uri, exc)
+            logger.warning("Cannot write the crawl's status in %s: %s", self.records.uri, exc)
 
     def stages(self) -> dict[str, float]:
         """Time per stage; ``process_cpu_s`` is all this process's CPU, so the

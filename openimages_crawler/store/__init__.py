@@ -7,7 +7,8 @@ FilesPipeline uses its own).
 
 from openimages_crawler.store.base import Store, UnsupportedStore, open_store
 from openimages_crawler.store.local import LocalStore
+from openimages_crawler.store.objects import GcsStore, ObjectStore
 
-STORE_SCHEMES: dict[str, type[Store]] = {"": LocalStore, "file": LocalStore}
+STORE_SCHEMES: dict[str, type[Store]] = {"": LocalStore, "file": LocalStore, "s3": ObjectStore, "gs": GcsStore}
 
 __all__ = ["STORE_SCHEMES", "LocalStore", "Store", "UnsupportedStore", "open_store"]

@@ -17,6 +17,7 @@ from openimages_crawler.dataset.rows import MetadataError
 from openimages_crawler.store.base import writing_text
 from openimages_crawler.store.local import LocalStore
 from openimages_crawler.store.lock import StoreLocked, exclusive
+from openimages_crawler.store.objects import ObjectStore
 
 logger = logging.getLogger(__name__)
 
@@ -30,8 +31,10 @@ class AnnotationOutput:
         store: LocalStore,
         sources: dict[tuple[str, str], Path],
         label_names: frozenset[str] | None,
+        remote: ObjectStore | None = None,
     ) -> None:
         self.store = store
+        self.remote = remote  # an object store: its copies are fetched, added to and sent back
         self.sources = sources  # (kind, split) -> the version's annotation CSV
         self.label_names = label_names
         self.selected: dict[str, set[str]] = {}  # split -> ImageIDs
@@ -39,6 +42,14 @@ class AnnotationOutput:
 
     def add(self, split: str, image_id: str) -> None:
         self.selected.setdefault(split, set()).add(image_id)
+
+    def fetch(self, key: str, target: Path) -> None:
+        """The object store's copy of ``key`` (the one that counts) into ``target``."""
+        assert self.remote is not None
+        if self.remote.stat(key):
+            self.remote.download(key, target)
+        else:
+            target.unlink(missing_ok=True)
 
     def write(self) -> int:
         """Write every file (blocking: run it in a thread); the number of files
@@ -53,12 +64,18 @@ class AnnotationOutput:
             if not image_ids and target.exists():
                 continue  # nothing to add
             try:
-                with exclusive(self.store.root, "annotations", self.stopping), writing_text(self.store, key) as out:
-                    if image_ids:
-                        added = merge_selected_rows(source, target, out, image_ids, self.label_names, self.stopping)
-                    else:
-                        added = 0
-                        header_only(source, out)
+                with exclusive(self.store.root, "annotations", self.stopping):
+                    if self.remote is not None:
+                        self.fetch(key, target)
+                    with writing_text(self.store, key) as out:
+                        if image_ids:
+                            added = merge_selected_rows(source, target, out, image_ids, self.label_names,
+                                                        self.stopping)
+                        else:
+                            added = 0
+                            header_only(source, out)
+                    if self.remote is not None:
+                        self.remote.upload(target, key)
             except (CopyStopped, StoreLocked):
                 logger.info("Stopping: %s is left for the next run", target)
                 return errors

@@ -45,6 +45,7 @@ class Store(Protocol):
     A store class is made with ``(uri, options: StoreOptions | None)``."""
 
     uri: str
+    remote: bool  # writes cross a network: the crawl gives them threads of their own
 
     def open(self) -> None:
         """Before the first write: make it writable, clean up after a dead run."""

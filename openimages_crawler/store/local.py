@@ -26,6 +26,8 @@ class LocalStore:
     ``file://DIR``). Writes go through a staging folder of this process and
     ``os.replace``."""
 
+    remote = False
+
     def __init__(self, uri: str, options: StoreOptions | None = None) -> None:
         """``options`` are an object store's; a folder needs none."""
         self.uri = uri

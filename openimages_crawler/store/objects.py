@@ -16,12 +16,15 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
+import os
 import tempfile
 import threading
+import uuid
 from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import IO, Any
+from pathlib import Path
+from typing import IO, Any, NamedTuple
 from urllib.parse import urlsplit
 
 from openimages_crawler.store.base import StoreOptions
@@ -31,6 +34,11 @@ GCS_ENDPOINT = "https://storage.googleapis.com"
 # Folders whose listing is kept for ``stat``; rows arrive in ImageID order, so
 # a few folders at a time are enough.
 LISTED_FOLDERS = 64
+
+
+class ObjectEntry(NamedTuple):
+    size: int
+    etag: str  # changes whenever the object is written again
 
 
 class StoreUnavailable(OSError):
@@ -50,6 +58,7 @@ class ObjectStore:
     """``s3://bucket/prefix`` (or ``gs://``) with the local store's relative layout."""
 
     default_endpoint: str | None = None
+    remote = True
 
     def __init__(self, uri: str, options: StoreOptions | None = None) -> None:
         self.uri = uri
@@ -119,22 +128,29 @@ class ObjectStore:
             if found is not None:
                 self._listed.move_to_end(folder)
                 return found
-        listing: dict[str, int] = {}
+        listing = {name: entry.size for name, entry in self.entries(folder)[0].items()}
+        with self._listed_lock:
+            self._listed[folder] = listing
+            while len(self._listed) > LISTED_FOLDERS:
+                self._listed.popitem(last=False)
+        return listing
+
+    def entries(self, folder: str) -> tuple[dict[str, ObjectEntry], list[str]]:
+        """What is directly in ``folder``: its objects by name, and its sub-folders' names."""
         start = self.key(f"{folder}/" if folder else "")
+        objects: dict[str, ObjectEntry] = {}
+        folders: list[str] = []
         try:
             pages = self.client.get_paginator("list_objects_v2").paginate(
                 Bucket=self.bucket, Prefix=start, Delimiter="/"
             )
             for page in pages:
                 for entry in page.get("Contents", ()):
-                    listing[entry["Key"][len(start):]] = entry["Size"]
+                    objects[entry["Key"][len(start):]] = ObjectEntry(entry["Size"], entry["ETag"])
+                folders += [common["Prefix"][len(start):].rstrip("/") for common in page.get("CommonPrefixes", ())]
         except Exception as exc:
             raise OSError(f"cannot list {self.uri}/{folder}: {describe_error(exc)}") from None
-        with self._listed_lock:
-            self._listed[folder] = listing
-            while len(self._listed) > LISTED_FOLDERS:
-                self._listed.popitem(last=False)
-        return listing
+        return objects, folders
 
     def _remember(self, key: str, size: int | None) -> None:
         folder, _, name = key.rpartition("/")
@@ -174,14 +190,14 @@ class ObjectStore:
             self._upload(key, spool)
         self._remember(key, size)
 
-    def _upload(self, key: str, source: IO[bytes]) -> None:
+    def _upload(self, key: str, source: IO[bytes], metadata: dict[str, str] | None = None) -> None:
         from boto3.s3.transfer import TransferConfig  # noqa: PLC0415
 
         config = TransferConfig(multipart_threshold=self.options.multipart_bytes,
                                 max_concurrency=4, use_threads=True)
+        extra: dict[str, Any] = {**self._acl(), **({"Metadata": metadata} if metadata else {})}
         try:
-            self.client.upload_fileobj(source, self.bucket, self.key(key),
-                                       ExtraArgs=self._acl() or None, Config=config)
+            self.client.upload_fileobj(source, self.bucket, self.key(key), ExtraArgs=extra or None, Config=config)
         except Exception as exc:
             raise OSError(f"cannot write {self.uri}/{key}: {describe_error(exc)}") from None
 
@@ -195,6 +211,40 @@ class ObjectStore:
                     yield entry["Key"][len(self.prefix):]
         except Exception as exc:
             raise OSError(f"cannot list {self.uri}/{prefix}: {describe_error(exc)}") from None
+
+    def upload(self, path: Path, key: str, metadata: dict[str, str] | None = None) -> None:
+        """A local file to ``key`` (in parts when large), with user ``metadata``."""
+        with open(path, "rb") as source:
+            self._upload(key, source, metadata)
+        self._remember(key, path.stat().st_size)
+
+    def download(self, key: str, path: Path) -> None:
+        """``key`` to a local file, which appears complete or not at all."""
+        temp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.part")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.client.download_file(self.bucket, self.key(key), str(temp))
+            os.replace(temp, path)
+        except Exception as exc:
+            raise OSError(f"cannot read {self.uri}/{key}: {describe_error(exc)}") from None
+        finally:
+            temp.unlink(missing_ok=True)
+
+    def metadata(self, key: str) -> dict[str, str] | None:
+        """The user metadata of ``key``; ``None`` when there is no such object."""
+        try:
+            return dict(self.client.head_object(Bucket=self.bucket, Key=self.key(key))["Metadata"])
+        except Exception as exc:
+            if str(getattr(exc, "response", {}).get("Error", {}).get("Code")) in {"404", "NoSuchKey"}:
+                return None
+            raise OSError(f"cannot read {self.uri}/{key}: {describe_error(exc)}") from None
+
+    def delete(self, key: str) -> None:
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=self.key(key))
+        except Exception as exc:
+            raise OSError(f"cannot delete {self.uri}/{key}: {describe_error(exc)}") from None
+        self._remember(key, None)
 
     def free_bytes(self) -> int | None:
         return None  # a bucket has no size limit the crawl can see

@@ -27,7 +27,7 @@ from openimages_crawler.store.csvfiles import iter_records, read_csv_header, rep
 logger = logging.getLogger(__name__)
 
 PARTS_DIR = ".parts"
-_JOURNAL_SUFFIX = ".merge"
+JOURNAL_SUFFIX = ".merge"
 _LABEL = re.compile(r"(\d+)of(\d+)")
 
 
@@ -75,7 +75,7 @@ def parts_by_final(final_patterns: list[str]) -> dict[Path, dict[str, Path]]:
 
 
 def _journal(final: Path) -> Path:
-    return final.parent / PARTS_DIR / f"{final.name}{_JOURNAL_SUFFIX}"
+    return final.parent / PARTS_DIR / f"{final.name}{JOURNAL_SUFFIX}"
 
 
 def recover(final: Path) -> None:
@@ -103,9 +103,9 @@ def recover(final: Path) -> None:
 
 def recover_all(final_patterns: list[str]) -> None:
     for pattern in final_patterns:
-        for name in glob.glob(str(Path(pattern).parent / PARTS_DIR / f"*{_JOURNAL_SUFFIX}")):
+        for name in glob.glob(str(Path(pattern).parent / PARTS_DIR / f"*{JOURNAL_SUFFIX}")):
             journal = Path(name)
-            recover(journal.parent.parent / journal.name.removesuffix(_JOURNAL_SUFFIX))
+            recover(journal.parent.parent / journal.name.removesuffix(JOURNAL_SUFFIX))
 
 
 def merge(final: Path, parts: list[Path]) -> int:

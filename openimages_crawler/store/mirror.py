@@ -1,0 +1,148 @@
+"""An object store's results, kept in a local work folder while runs write them.
+
+The ledger, the results parts and their merge work on local files
+(``store/ledger.py``, ``store/parts.py``). With an object store those files
+live in the work folder (OPENIMAGES_WORK_DIR) and the bucket holds the copies
+that count:
+
+- ``pull``, before a run: the bucket's results files and parts replace the
+  work folder's, once a merge that a kill interrupted is finished or undone;
+- ``push_parts``, while a process runs (every OPENIMAGES_RESULTS_FLUSH_SECONDS)
+  and when it ends: its parts go up whole (they only grow, so the last copy
+  holds every earlier one);
+- ``push_results``, after a run's merge: a journal naming the merged parts, the
+  results files (tagged with the journal's id), then the merged parts are deleted.
+
+Rows finished after a process's last upload are not lost to a kill -9: their
+images are in the bucket, where the next run's planner finds them (one listing
+per folder) and records them without a download.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import os
+import uuid
+from collections.abc import Iterable
+from fnmatch import fnmatch
+from pathlib import Path, PurePosixPath
+
+from openimages_crawler.store.local import LocalStore
+from openimages_crawler.store.objects import ObjectEntry, ObjectStore
+from openimages_crawler.store.parts import (
+    JOURNAL_SUFFIX,
+    PARTS_DIR,
+    final_of,
+    owned_by,
+    part_pattern,
+)
+
+logger = logging.getLogger(__name__)
+
+# The bucket's merge journal of a results file: {dir}/.parts/{name}.merge.json
+BUCKET_JOURNAL_SUFFIX = ".merge.json"
+# The results file's metadata entry naming the journal it was written under.
+MERGE_ID = "merge-id"
+
+
+def relative(local: LocalStore, pattern: str) -> str:
+    """A work-folder glob pattern as a key pattern of the bucket."""
+    return PurePosixPath(os.path.relpath(pattern, local.root)).as_posix()
+
+
+def glob_keys(store: ObjectStore, pattern: str) -> dict[str, ObjectEntry]:
+    """Objects whose key matches ``pattern`` (``*`` within one folder level),
+    listed folder by folder, never the millions of images beside them."""
+    *folders, name = pattern.split("/")
+    current = [""]
+    for part in folders:
+        if glob.has_magic(part):
+            current = [_join(folder, sub) for folder in current for sub in store.entries(folder)[1]
+                       if fnmatch(sub, part)]
+        else:
+            current = [_join(folder, part) for folder in current]
+    return {_join(folder, found): entry for folder in current
+            for found, entry in store.entries(folder)[0].items() if fnmatch(found, name)}
+
+
+def _join(folder: str, name: str) -> str:
+    return f"{folder}/{name}" if folder else name
+
+
+def _journal_key(final_key: str) -> str:
+    final = PurePosixPath(final_key)
+    return str(final.parent / PARTS_DIR / f"{final.name}{BUCKET_JOURNAL_SUFFIX}").removeprefix("./")
+
+
+def _local_copies(final_patterns: Iterable[str]) -> list[Path]:
+    """The work folder's results files, parts and merge leftovers."""
+    found = []
+    for pattern in final_patterns:
+        parts = Path(pattern).parent / PARTS_DIR
+        for each in (pattern, part_pattern(pattern), str(parts / f"*{JOURNAL_SUFFIX}"), str(parts / "*.merging-*")):
+            found += [Path(name) for name in glob.glob(each)]
+    return found
+
+
+def recover(store: ObjectStore, final_key: str) -> None:
+    """Finish or undo a bucket merge a kill interrupted: when the results file
+    carries the journal's id its merged parts are deleted, else they stay."""
+    journal_key = _journal_key(final_key)
+    try:
+        record = json.loads(store.read(journal_key))
+    except OSError:
+        return  # no journal (a read error of a journal that exists is retried by the next pull)
+    except ValueError:
+        record = {}
+    if (store.metadata(final_key) or {}).get(MERGE_ID) == record.get("id"):
+        parts = glob_keys(store, str(PurePosixPath(journal_key).parent / "*"))
+        for key, etag in record.get("parts", {}).items():
+            if key in parts and parts[key].etag == etag:  # not written again since
+                store.delete(key)
+    store.delete(journal_key)
+
+
+def pull(store: ObjectStore, local: LocalStore, final_patterns: list[str]) -> int:
+    """Make the work folder's results those of the bucket; the files fetched."""
+    for path in _local_copies(final_patterns):
+        path.unlink(missing_ok=True)
+    finals = {key: entry for pattern in final_patterns for key, entry in glob_keys(store, relative(local, pattern)).items()}
+    for key in finals:
+        recover(store, key)
+    fetched = 0
+    for pattern in final_patterns:
+        for key in [*glob_keys(store, relative(local, pattern)), *glob_keys(store, relative(local, part_pattern(pattern)))]:
+            store.download(key, local.path(key))
+            fetched += 1
+    return fetched
+
+
+def push_parts(store: ObjectStore, local: LocalStore, parts: Iterable[Path]) -> None:
+    """Upload whole each of a process's parts that exists."""
+    for path in parts:
+        if path.is_file():
+            store.upload(path, relative(local, str(path)))
+
+
+def push_results(store: ObjectStore, local: LocalStore, final_patterns: list[str],
+                 index: int = 1, count: int = 1) -> int:
+    """After a run's merge: each results file up, and the bucket's parts of
+    shard ``index`` of ``count`` (now in those files) deleted; the files sent."""
+    sent = 0
+    for pattern in final_patterns:
+        for name in sorted(glob.glob(pattern)):
+            path = Path(name)
+            key = relative(local, name)
+            merged = {part: entry.etag for part, entry in glob_keys(store, relative(local, part_pattern(name))).items()
+                      if owned_by(final_of(Path(part))[1], index, count)}
+            merge_id = uuid.uuid4().hex
+            journal_key = _journal_key(key)
+            store.write(journal_key, json.dumps({"id": merge_id, "parts": merged}).encode())
+            store.upload(path, key, {MERGE_ID: merge_id})
+            for part in merged:
+                store.delete(part)
+            store.delete(journal_key)
+            sent += 1
+    return sent

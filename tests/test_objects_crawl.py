@@ -1,0 +1,181 @@
+"""Crawls into an object store (IMAGES_STORE=s3://…): the local mirror crawled
+into a real S3-protocol server (moto's, on 127.0.0.1), checked with boto3's
+own listings and downloads."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import hashlib
+import io
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from openimages_crawler.testing.objects import S3Server, start_s3_server
+from tests.conftest import (
+    ROOT,
+    Served,
+    crawl_command,
+    kill,
+    serve,
+    wait_for,
+)
+
+pytestmark = pytest.mark.e2e
+
+TWO_OUTPUTS = json.dumps([{"dir": "crop224", "mode": "FillCrop", "size": 224},
+                          {"dir": "fit64", "mode": "ShrinkToFit", "size": 64, "format": "webp"}])
+
+
+def bucket_settings(s3: S3Server, tmp_path: Path, **extra: str) -> dict[str, str]:
+    return {"AWS_ENDPOINT_URL": s3.endpoint, "AWS_ACCESS_KEY_ID": s3.access_key,
+            "AWS_SECRET_ACCESS_KEY": s3.secret_key, "AWS_REGION_NAME": "us-east-1",
+            "OPENIMAGES_WORK_DIR": str(tmp_path / "work"), **extra}
+
+
+def objects(s3: S3Server, prefix: str) -> dict[str, int]:
+    pages = s3.client().get_paginator("list_objects_v2").paginate(Bucket="data", Prefix=prefix)
+    return {entry["Key"][len(prefix):]: entry["Size"] for page in pages for entry in page.get("Contents", ())}
+
+
+def fetch(s3: S3Server, key: str) -> bytes:
+    return s3.client().get_object(Bucket="data", Key=key)["Body"].read()
+
+
+def bucket_rows(s3: S3Server, prefix: str, name: str) -> list[dict[str, str]]:
+    keys = objects(s3, prefix)
+    if name not in keys:
+        return []
+    return list(csv.DictReader(io.StringIO(fetch(s3, prefix + name).decode("utf-8"), newline="")))
+
+
+def bucket_outcomes(s3: S3Server, prefix: str) -> dict[str, list[str]]:
+    """ImageID -> every outcome the bucket's results files (and parts) record."""
+    found: dict[str, list[str]] = {}
+    for key in objects(s3, prefix):
+        if not key.endswith(".csv") or "images-" not in key:
+            continue
+        for row in bucket_rows(s3, prefix, key):
+            found.setdefault(row["ImageID"], []).append(row.get("FailureReason") or "success")
+    return found
+
+
+def crawl(served: Served, store: str, settings: dict[str, str], env: dict[str, str] | None = None,
+          timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    command = crawl_command(served.metadata, Path("unused"), {"IMAGES_STORE": store, **settings})
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+
+
+def image_requests(served: Served) -> dict[str, int]:
+    """Requests the mirror served, by path (it serves images only)."""
+    return dict(served.server.counter.requests)
+
+
+def test_the_mirror_crawled_into_a_bucket_records_every_row_once(
+    mirror: Served, s3: S3Server, tmp_path: Path
+) -> None:
+    prefix = f"{tmp_path.name}/openimages/"
+    settings = bucket_settings(s3, tmp_path, OPENIMAGES_SAVE_ORIGINALS="True", OPENIMAGES_OUTPUTS=TWO_OUTPUTS,
+                               OPENIMAGES_PROCESSES="2")
+    result = crawl(mirror, f"s3://data/{prefix}", settings)
+    assert result.returncode == 0, result.stderr[-4000:]
+
+    expected = mirror.mirror.expected()
+    assert bucket_outcomes(s3, prefix) == {image_id: [outcome] for image_id, outcome in expected.items()}
+    stored = objects(s3, prefix)
+    assert not [key for key in stored if "/.parts/" in key]  # merged, and the merged parts deleted
+    assert {"report.json", "report.html"} <= set(stored)
+    success = bucket_rows(s3, prefix, "train/images-success.csv")
+    for row in success:
+        image_id = row["ImageID"]
+        ext = "png" if row["OriginalURL"].endswith(".png") else "jpg"
+        original = fetch(s3, f"{prefix}train/images-original/{image_id[:3]}/{image_id}.{ext}")
+        assert len(original) == int(row["OriginalSize"])
+        assert base64.b64encode(hashlib.md5(original).digest()).decode() == row["OriginalMD5"]
+        with Image.open(io.BytesIO(fetch(s3, f"{prefix}train/crop224/{image_id[:3]}/{image_id}.jpg"))) as image:
+            assert image.size == (224, 224)
+        with Image.open(io.BytesIO(fetch(s3, f"{prefix}train/fit64/{image_id[:3]}/{image_id}.webp"))) as image:
+            assert max(image.size) <= 64
+    failed = {image_id for image_id, outcome in expected.items() if outcome != "success"}
+    assert not [key for key in stored if Path(key).stem in failed]
+    assert not Path(ROOT, "s3:").exists()
+
+    # A rerun: no image downloaded, nothing recorded twice, the results read from the bucket.
+    before = image_requests(mirror)
+    assert sum(before.values()) >= len(success)
+    again = crawl(mirror, f"s3://data/{prefix}", settings)
+    assert again.returncode == 0, again.stderr[-4000:]
+    assert image_requests(mirror) == before
+    assert bucket_outcomes(s3, prefix) == {image_id: [outcome] for image_id, outcome in expected.items()}
+
+
+def test_kill_9_then_resume_into_a_bucket_is_exactly_once_without_redownloads(
+    s3: S3Server, tmp_path: Path
+) -> None:
+    served = serve(tmp_path, faults=False, copies=6)
+    for route in served.mirror.routes.values():
+        route.delay = 0.15
+    try:
+        prefix = f"{tmp_path.name}/killed/"
+        store = f"s3://data/{prefix}"
+        # Credentials and endpoint from the environment (boto3's chain), not from settings.
+        settings = {"OPENIMAGES_WORK_DIR": str(tmp_path / "work"), "OPENIMAGES_SAVE_ORIGINALS": "True",
+                    "CONCURRENT_REQUESTS": "4", "OPENIMAGES_RESULTS_FLUSH_SECONDS": "1"}
+        env = s3.env()
+        process = subprocess.Popen(crawl_command(served.metadata, Path("unused"), {"IMAGES_STORE": store, **settings}),
+                                   cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                   start_new_session=True, env={**os.environ, **env})
+
+        def originals() -> set[str]:
+            return {Path(key).stem for key in objects(s3, prefix) if "/images-original/" in key}
+
+        wait_for(lambda: len(originals()) >= 15 and any("/.parts/" in key for key in objects(s3, prefix)),
+                 timeout=90)
+        kill(process)
+        process.wait(timeout=30)
+        stored_before = originals()
+        requests_before = image_requests(served)
+
+        result = crawl(served, store, settings, env)
+        assert result.returncode == 0, result.stderr[-4000:]
+        assert bucket_outcomes(s3, prefix) == {row.fields["ImageID"]: ["success"] for row in served.mirror.rows}
+        by_id = {row.fields["ImageID"]: row for row in served.mirror.rows}
+        for image_id in stored_before:
+            path = "/" + by_id[image_id].fields["OriginalURL"].split("/", 3)[3]
+            assert image_requests(served)[path] == requests_before[path], image_id
+    finally:
+        served.server.close()
+
+
+@pytest.mark.parametrize("problem", ["missing bucket", "unknown key", "unreachable endpoint"])
+def test_a_bucket_that_cannot_be_used_is_one_line_and_exit_2_before_any_download(
+    clean_mirror: Served, s3: S3Server, tmp_path: Path, problem: str
+) -> None:
+    settings = bucket_settings(s3, tmp_path)
+    store = f"s3://data/{tmp_path.name}"
+    if problem == "missing bucket":
+        store, message = "s3://no-such-bucket/x", "ERROR: s3://no-such-bucket/x: the bucket does not exist"
+    elif problem == "unknown key":
+        server = start_s3_server(tmp_path / "auth", authenticated=True)
+        server.make_bucket("data")
+        settings = bucket_settings(server, tmp_path, AWS_ACCESS_KEY_ID="AKIAUNKNOWN000000000")
+        store, message = "s3://data", "ERROR: s3://data: the access key is not known to the server (AWS_ACCESS_KEY_ID)"
+    else:
+        settings["AWS_ENDPOINT_URL"] = "http://127.0.0.1:9"  # the discard port: nothing listens
+        message = f"ERROR: {store}: the endpoint cannot be reached"
+    try:
+        result = crawl(clean_mirror, store, settings)
+    finally:
+        if problem == "unknown key":
+            server.stop()
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    assert result.stderr.splitlines()[-1].startswith(message)
+    assert sum(clean_mirror.server.counter.requests.values()) == 0
+    assert not (tmp_path / "work").exists()
