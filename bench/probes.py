@@ -2,8 +2,9 @@
 first minutes), a rerun over a finished 100k-image store (rows skipped per
 second, downloads made), the fast path's output quality, selection by
 class over a 14.6M-row bounding-box file (bench/classes.py), the merge of
-9M results rows from processes' parts and a fleet of two local Scrapyd
-nodes (bench/fleet.py)."""
+9M results rows from processes' parts, a fleet of two local Scrapyd
+nodes (bench/fleet.py) and a crawl into a local S3 server against local
+disk (bench/objects.py)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from pathlib import Path
 import psutil
 from PIL import Image
 
-from bench import classes, fleet, quality, servers
+from bench import classes, fleet, objects, quality, servers
 from bench import corpus as corpus_module
 from bench.contenders import REPO
 from bench.servers import LOCAL_HOSTS_ALLOWED
@@ -40,6 +41,8 @@ def run(name: str, corpus: corpus_module.Corpus, work: Path, args: argparse.Name
         return classes.probe(work / "probe-classes", corpus.root.parent, args)
     if name == "fleet":
         return fleet.probe(corpus, work / "probe-fleet", args)
+    if name == "s3":
+        return objects.probe(corpus, work / "probe-s3", args)
     probe = {"csv": csv_probe, "rerun": rerun_probe, "merge": merge_probe}[name]
     return probe(corpus, work / f"probe-{name}", args)
 

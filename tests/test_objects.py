@@ -248,3 +248,14 @@ def test_glob_keys_walks_folders_without_listing_the_images(server: S3Server) ->
         "train/images-success.csv", "validation/images-success.csv"]
     assert sorted(mirror.glob_keys(store, "*/.parts/images-success.*.csv")) == ["train/.parts/images-success.1of1.csv"]
     assert calls["ListObjectsV2"] == 6  # the top, then each subset folder (and its .parts): never 224/
+
+
+def test_the_store_endpoint_is_trusted_by_the_private_address_guard() -> None:
+    from openimages_crawler.crawl.hosts import is_trusted, store_hosts
+    from openimages_crawler.store.local import LocalStore
+
+    hosts = store_hosts(ObjectStore("s3://data/x", StoreOptions(endpoint_url="http://minio.lan:9000")))
+    assert hosts == {"minio.lan"}
+    assert is_trusted("minio.lan", hosts) and is_trusted("data.minio.lan", hosts)
+    assert not is_trusted("evil-minio.lan", hosts) and not is_trusted("10.0.0.1", hosts)
+    assert store_hosts(LocalStore("/tmp/x")) == frozenset()

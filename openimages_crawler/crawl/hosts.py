@@ -14,11 +14,16 @@ from __future__ import annotations
 
 import ipaddress
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from scrapy.exceptions import CannotResolveHostError
 from scrapy.resolver import CachingThreadedResolver
 from scrapy.utils.httpobj import urlparse_cached
 from twisted.internet.error import DNSLookupError
+
+from openimages_crawler.crawl.config import open_crawl_store
+from openimages_crawler.store.base import Store
+from openimages_crawler.store.objects import ObjectStore
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -46,14 +51,33 @@ class PublicAddressResolver(CachingThreadedResolver):
     """Scrapy's caching resolver that fails any lookup whose answer is not a
     public address (set with TWISTED_DNS_RESOLVER)."""
 
+    trusted: frozenset[str] = frozenset()
+
     @classmethod
     def from_crawler(cls, crawler: Any, reactor: Any) -> Any:
         if not crawler.settings.getbool("OPENIMAGES_BLOCK_PRIVATE_HOSTS"):
             return CachingThreadedResolver.from_crawler(crawler, reactor)
-        return super().from_crawler(crawler, reactor)
+        resolver = super().from_crawler(crawler, reactor)
+        resolver.trusted = store_hosts(open_crawl_store(crawler.settings))
+        return resolver
 
     def getHostByName(self, name: str, timeout: Sequence[int] = ()) -> Deferred[str]:  # noqa: N802
-        return super().getHostByName(name, timeout).addCallback(_refuse_private, name)
+        found = super().getHostByName(name, timeout)
+        return found if is_trusted(name, self.trusted) else found.addCallback(_refuse_private, name)
+
+
+def store_hosts(store: Store) -> frozenset[str]:
+    """The host of an object store's endpoint (a private MinIO, say): the crawl
+    reads stored originals back from it, so it is not refused like a row's host."""
+    if not isinstance(store, ObjectStore):
+        return frozenset()
+    host = urlsplit(store.client.meta.endpoint_url).hostname
+    return frozenset({host}) if host else frozenset()
+
+
+def is_trusted(name: str, hosts: frozenset[str]) -> bool:
+    """``name`` is a trusted host or a name under one (a bucket's virtual host)."""
+    return any(name == host or name.endswith(f".{host}") for host in hosts)
 
 
 def _refuse_private(address: str, name: str) -> str:
