@@ -111,7 +111,7 @@ class SubsetFeedExporter(FeedExporter):
         self.flush_seconds = crawler.settings.getfloat("OPENIMAGES_RESULTS_FLUSH_SECONDS")
         self.part_files: set[Path] = set()
         self.uploading: Deferred[None] | None = None
-        self.uploads = create_looping_call(self.upload_parts)
+        self.uploads = create_looping_call(self.tick)
 
     def open_spider(self, spider: Spider) -> None:
         self.part = getattr(spider, "results_part", None)
@@ -122,6 +122,9 @@ class SubsetFeedExporter(FeedExporter):
             self.feeds.update(subset_feeds)
         if self.store.remote and self.flush_seconds > 0:
             self.uploads.start(self.flush_seconds, now=False)
+
+    def tick(self) -> None:
+        self.upload_parts()
 
     def upload_parts(self) -> Deferred[None] | None:
         """This process's parts up to the object store, in a thread, one upload at a time."""
