@@ -28,6 +28,9 @@ def ratio(results: dict, ours: str, reference: str) -> float | None:
 def markdown(results: dict) -> str:
     machine = results["machine"]
     corpus = results["corpus"]
+    if not results["contenders"]:  # probes only
+        return "\n\n".join(f"**Probe `{name}`**: {probe['summary']}"
+                            for name, probe in results.get("probes", {}).items()) + "\n"
     lines = [
         f"Run {machine['date']} on {machine['cpu']}, {machine['cores']} cores, "
         f"{machine['memory_gib']} GiB; Python {machine['python']}, Scrapy {machine['scrapy']}, "

@@ -75,10 +75,15 @@ def test_stat_answers_a_folder_from_one_listing(server: S3Server) -> None:
     calls = counted(store)
     sizes = [store.stat(f"train/224/f00/{number:04d}.jpg") for number in range(40)]
     assert sizes == [number + 1 for number in range(30)] + [None] * 10
-    assert calls == {"ListObjectsV2": 1}  # no HEAD per row
+    assert calls == {"ListObjectsV2": 2}  # the output's folders, then the one folder: no HEAD per row
     store.write("train/224/f00/0035.jpg", b"new")  # its own writes are seen without listing again
     assert store.stat("train/224/f00/0035.jpg") == 3
-    assert calls == {"ListObjectsV2": 1, "PutObject": 1}
+    assert calls == {"ListObjectsV2": 2, "PutObject": 1}
+    # Folders the output's listing does not name are not listed: a fresh store costs one listing.
+    assert [store.stat(f"train/224/{prefix:03x}/x.jpg") for prefix in range(100)] == [None] * 100
+    assert calls["ListObjectsV2"] == 2
+    store.write("train/224/001/x.jpg", b"later")
+    assert store.stat("train/224/001/x.jpg") == 5
 
 
 def test_a_listing_holds_only_its_folder(server: S3Server) -> None:

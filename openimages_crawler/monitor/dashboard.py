@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from scrapy import signals
 from scrapy.exceptions import NotConfigured, UsageError
+from twisted.internet import threads
 from twisted.web import resource, server
 
 from openimages_crawler.crawl.config import CrawlConfig, open_crawl_store
@@ -237,22 +238,36 @@ class _Images(resource.Resource):
         super().__init__()
         self.dashboard = dashboard
 
-    def render_GET(self, request: Request) -> bytes:  # noqa: N802
+    def render_GET(self, request: Request) -> bytes | int:  # noqa: N802
         path = request.postpath
-        found = None
-        if len(path) == 1 and path[0].isdigit():
-            found = self.dashboard.image(int(path[0]))
-        try:
-            body = self.dashboard.store.read(found.key) if found is not None else None
-        except OSError:
-            body = None
-        if found is None or body is None:
-            request.setResponseCode(404)
-            return b"not one of the latest images"
-        request.setHeader(b"content-type", _CONTENT_TYPES.get(PurePosixPath(found.key).suffix, "application/octet-stream").encode())
+        found = self.dashboard.image(int(path[0])) if len(path) == 1 and path[0].isdigit() else None
+        if found is None:
+            return self.missing(request)
+        # In a thread: an object store's read is a request, which must not stall the crawl.
+        gone: list[bool] = []
+        request.notifyFinish().addErrback(lambda _: gone.append(True))  # the browser left
+        reading = threads.deferToThread(self.dashboard.store.read, found.key)
+        reading.addCallback(self.send, request, found.key)
+        reading.addErrback(lambda _: self.missing(request))
+        reading.addCallback(self.deliver, request, gone)
+        return server.NOT_DONE_YET
+
+    @staticmethod
+    def deliver(body: bytes, request: Request, gone: list[bool]) -> None:
+        if not gone:
+            request.write(body)
+            request.finish()
+
+    @staticmethod
+    def send(body: bytes, request: Request, key: str) -> bytes:
+        request.setHeader(b"content-type", _CONTENT_TYPES.get(PurePosixPath(key).suffix, "application/octet-stream").encode())
         request.setHeader(b"cache-control", b"max-age=3600")
         return body
 
+    @staticmethod
+    def missing(request: Request) -> bytes:
+        request.setResponseCode(404)
+        return b"not one of the latest images"
 
 PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>openimages-crawler</title>

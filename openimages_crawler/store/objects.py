@@ -66,6 +66,7 @@ class ObjectStore:
         self.bucket, self.prefix = split_uri(uri)
         self._client: Any = None
         self._listed: OrderedDict[str, dict[str, int]] = OrderedDict()
+        self._parents: dict[str, set[str]] = {}  # folder -> its sub-folders (a few per output)
         self._listed_lock = threading.Lock()
 
     # --- the connection ------------------------------------------------------
@@ -114,6 +115,7 @@ class ObjectStore:
     def close(self) -> None:
         with self._listed_lock:
             self._listed.clear()
+            self._parents.clear()
 
     # --- objects -------------------------------------------------------------
 
@@ -122,18 +124,35 @@ class ObjectStore:
         return self._folder(folder).get(name)
 
     def _folder(self, folder: str) -> dict[str, int]:
-        """The objects directly in ``folder`` (name -> size), listed once."""
+        """The objects directly in ``folder`` (name -> size), listed once; a folder
+        its parent's listing does not name is not listed at all (a fresh store
+        costs one listing per output, not one per prefix folder)."""
         with self._listed_lock:
             found = self._listed.get(folder)
             if found is not None:
                 self._listed.move_to_end(folder)
                 return found
-        listing = {name: entry.size for name, entry in self.entries(folder)[0].items()}
+        parent, _, name = folder.rpartition("/")
+        if name in self._subfolders(parent):
+            listing = {name: entry.size for name, entry in self.entries(folder)[0].items()}
+        else:
+            listing = {}
         with self._listed_lock:
             self._listed[folder] = listing
             while len(self._listed) > LISTED_FOLDERS:
                 self._listed.popitem(last=False)
         return listing
+
+    def _subfolders(self, folder: str) -> set[str]:
+        """The sub-folders of ``folder``: listed when first asked, plus those
+        this store has written into since."""
+        with self._listed_lock:
+            found = self._parents.get(folder)
+        if found is None:
+            listed = set(self.entries(folder)[1])
+            with self._listed_lock:
+                found = self._parents.setdefault(folder, listed)
+        return found
 
     def entries(self, folder: str) -> tuple[dict[str, ObjectEntry], list[str]]:
         """What is directly in ``folder``: its objects by name, and its sub-folders' names."""
@@ -154,7 +173,10 @@ class ObjectStore:
 
     def _remember(self, key: str, size: int | None) -> None:
         folder, _, name = key.rpartition("/")
+        parent, _, child = folder.rpartition("/")
         with self._listed_lock:
+            if size is not None and parent in self._parents:
+                self._parents[parent].add(child)
             listing = self._listed.get(folder)
             if listing is not None:
                 if size is None:
