@@ -32,6 +32,7 @@ from openimages_crawler.dataset.catalogue import (
 from openimages_crawler.dataset.rows import MetadataError
 from openimages_crawler.dataset.selection import SelectionError
 from openimages_crawler.testing.mirror import Mirror, MirrorServer, Route
+from openimages_crawler.testing.objects import S3Server
 from tests.conftest import DATA, outcomes
 from tests.test_metadata import tarball, version_crawl
 
@@ -570,3 +571,29 @@ def test_every_version_layout_end_to_end(sample_mirror: SampleMirror, tmp_path: 
     has_boxes = "validation" in VERSIONS[number].annotations.boxes
     assert (store / "validation" / "annotations-bbox.csv").exists() == has_boxes
     assert has_boxes == (number != 1)
+
+
+@pytest.mark.e2e
+def test_annotations_in_an_object_store_add_up_across_machines(
+    sample_mirror: SampleMirror, s3: S3Server, tmp_path: Path
+) -> None:
+    """Two crawls of other classes into one bucket, each from a work folder of its own (two
+    machines): the bucket's annotation files hold both selections' rows."""
+    sample_mirror.publish_version(3)
+    prefix = f"{tmp_path.name}/store/"
+    bucket = {"AWS_ENDPOINT_URL": s3.endpoint, "AWS_ACCESS_KEY_ID": s3.access_key,
+              "AWS_SECRET_ACCESS_KEY": s3.secret_key, "AWS_REGION_NAME": "us-east-1",
+              "OPENIMAGES_METADATA_URL": sample_mirror.base, "OPENIMAGES_METADATA_VERIFY": "False"}
+    for machine, classes in (("one", "Person"), ("two", "Car")):
+        done = version_crawl(f"s3://data/{prefix}",  # type: ignore[arg-type]
+                             {**bucket, "OPENIMAGES_WORK_DIR": str(tmp_path / machine)},
+                             version="3", subset="validation", classes=classes)
+        assert done.returncode == 0, done.stderr[-3000:]
+    person, car = mids_of("Person"), mids_of("Car")
+    person_images = images_with("validation", "boxes", person)
+    car_images = images_with("validation", "boxes", car)
+    official_header, official = annotation_lines("validation", "boxes")
+    body = s3.client().get_object(Bucket="data", Key=f"{prefix}validation/annotations-bbox.csv")["Body"].read()
+    header, *lines = [line + "\n" for line in body.decode().split("\n")[:-1]]
+    assert header == official_header
+    assert sorted(lines) == sorted(set(rows_of(official, person_images, person) + rows_of(official, car_images, car)))
