@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import threading
 from collections import Counter
 from pathlib import Path
 
@@ -13,6 +15,7 @@ import pytest
 from openimages_crawler.store import open_store
 from openimages_crawler.store.base import StoreOptions, writing_text
 from openimages_crawler.store.objects import (
+    CHECK_ATTEMPTS,
     GcsStore,
     ObjectStore,
     StoreUnavailable,
@@ -121,9 +124,36 @@ def test_a_missing_bucket_is_one_clear_error(server: S3Server) -> None:
 
 def test_an_unreachable_endpoint_is_one_clear_error() -> None:
     store = ObjectStore("s3://data/x", StoreOptions(access_key_id="a", secret_access_key="b",
-                                                   endpoint_url=f"http://127.0.0.1:{free_port()}", attempts=1))
+                                                   endpoint_url=f"http://127.0.0.1:{free_port()}"))
     with pytest.raises(StoreUnavailable, match="the endpoint cannot be reached"):
         store.open()
+
+
+def test_the_check_at_start_tries_twice_not_as_often_as_the_crawls_requests() -> None:
+    """An endpoint that hangs up on every connection: the check gives up after its two
+    tries, while a request of the crawl goes on to its ``attempts`` (3 here, 5 by default)."""
+    accepted: list[int] = []
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        def hang_up() -> None:
+            while True:
+                try:
+                    connection, _ = listener.accept()
+                except OSError:
+                    return
+                accepted.append(1)
+                connection.close()
+
+        threading.Thread(target=hang_up, daemon=True).start()
+        port = listener.getsockname()[1]
+        store = ObjectStore("s3://data/x", StoreOptions(access_key_id="a", secret_access_key="b",
+                                                       endpoint_url=f"http://127.0.0.1:{port}", attempts=3))
+        with pytest.raises(StoreUnavailable):
+            store.open()
+        by_check = len(accepted)
+        with pytest.raises(OSError):
+            store.read("any")
+        by_request = len(accepted) - by_check
+    assert by_request - by_check == store.options.attempts - CHECK_ATTEMPTS == 1
 
 
 def test_refused_credentials_are_one_clear_error(tmp_path: Path) -> None:

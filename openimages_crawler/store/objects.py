@@ -31,6 +31,8 @@ from openimages_crawler.store.base import StoreOptions
 
 # Google Cloud Storage's S3-compatible endpoint (HMAC keys as the AWS key pair).
 GCS_ENDPOINT = "https://storage.googleapis.com"
+# Tries of the check at start (the crawl's own requests get StoreOptions.attempts).
+CHECK_ATTEMPTS = 2
 # Folders whose listing is kept for ``stat``; rows arrive in ImageID order, so
 # a few folders at a time are enough.
 LISTED_FOLDERS = 64
@@ -75,37 +77,41 @@ class ObjectStore:
     def client(self) -> Any:
         """A boto3 S3 client (thread-safe; one per store)."""
         if self._client is None:
-            import boto3  # noqa: PLC0415 (only object stores need it)
-            from botocore.config import Config  # noqa: PLC0415
-
-            options = self.options
-            config = Config(
-                max_pool_connections=max(options.concurrency, 10),
-                retries={"mode": "standard", "max_attempts": options.attempts},
-                connect_timeout=10,
-                read_timeout=60,
-            )
-            self._client = boto3.session.Session().client(
-                "s3",
-                aws_access_key_id=options.access_key_id,
-                aws_secret_access_key=options.secret_access_key,
-                aws_session_token=options.session_token,
-                endpoint_url=options.endpoint_url or self.default_endpoint,
-                region_name=options.region_name,
-                use_ssl=True if options.use_ssl is None else options.use_ssl,
-                verify=options.verify,
-                config=config,
-            )
+            self._client = self._new_client(self.options.attempts)
         return self._client
+
+    def _new_client(self, attempts: int) -> Any:
+        import boto3  # noqa: PLC0415 (only object stores need it)
+        from botocore.config import Config  # noqa: PLC0415
+
+        options = self.options
+        config = Config(
+            max_pool_connections=max(options.concurrency, 10),
+            retries={"mode": "standard", "max_attempts": attempts},
+            connect_timeout=10,
+            read_timeout=60,
+        )
+        return boto3.session.Session().client(
+            "s3",
+            aws_access_key_id=options.access_key_id,
+            aws_secret_access_key=options.secret_access_key,
+            aws_session_token=options.session_token,
+            endpoint_url=options.endpoint_url or self.default_endpoint,
+            region_name=options.region_name,
+            use_ssl=True if options.use_ssl is None else options.use_ssl,
+            verify=options.verify,
+            config=config,
+        )
 
     def key(self, key: str) -> str:
         return self.prefix + key
 
     def check(self) -> None:
         """One request that proves the bucket exists and the credentials may list
-        it, or ``StoreUnavailable`` saying which of the two failed."""
+        it, or ``StoreUnavailable`` saying which of the two failed. Tried twice, not
+        ``attempts`` times: a crawl that cannot start says so within seconds."""
         try:
-            self.client.list_objects_v2(Bucket=self.bucket, Prefix=self.prefix, MaxKeys=1)
+            self._new_client(CHECK_ATTEMPTS).list_objects_v2(Bucket=self.bucket, Prefix=self.prefix, MaxKeys=1)
         except Exception as exc:
             raise StoreUnavailable(f"{self.uri}: {describe_error(exc)}") from None
 
