@@ -25,6 +25,7 @@ from openimages_crawler.commands.exits import (
     ShardLocked,
     fail,
     last_error,
+    results_unsent,
 )
 from openimages_crawler.commands.supervisor import Supervisor
 from openimages_crawler.crawl.config import (
@@ -159,8 +160,7 @@ class Command(ScrapyCrawlCommand):
                         EXIT_INCOMPLETE)
         unsent = stats.get_value("openimages/results_error")
         if unsent is not None:
-            return fail(f"the results could not be uploaded ({unsent}); the bucket keeps the earlier copy "
-                        "and this run's parts: run the same command again to send them", EXIT_INCOMPLETE)
+            return results_unsent(unsent)
         if reason == "finished":
             return EXIT_OK
         read = stats.get_value("openimages/rows_read", 0)

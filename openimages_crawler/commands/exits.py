@@ -29,6 +29,12 @@ def fail(message: str, status: int) -> int:
     return status
 
 
+def results_unsent(cause: object) -> int:
+    """The exit of a run whose results could not be uploaded to its object store."""
+    return fail(f"the results could not be uploaded ({cause}); the bucket keeps the earlier copy and this "
+                "run's parts: run the same command again to send them", EXIT_INCOMPLETE)
+
+
 def last_error() -> str:
     """The last line ``fail`` wrote (for a job's record in the store), or ``""``."""
     return _written[-1] if _written else ""

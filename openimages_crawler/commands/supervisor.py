@@ -24,6 +24,7 @@ from openimages_crawler.commands.exits import (
     EXIT_USAGE,
     fail,
     last_error,
+    results_unsent,
 )
 from openimages_crawler.crawl.config import CrawlConfig, open_crawl_store, records_store
 from openimages_crawler.crawl.feeds import results_files
@@ -71,6 +72,7 @@ class Supervisor:
         shard = CrawlArguments.from_given(scrapy_arguments(dict(given))[1]).shard
         self.shard = (shard.index, shard.count) if shard else (1, 1)
         self.files = results_files(settings)
+        self.patterns = self.files["success"] + self.files["failure"]  # what an object store mirrors
         self.display = ProgressDisplay(str(settings["OPENIMAGES_PROGRESS"]).lower(),
                                        settings.getfloat("LOGSTATS_INTERVAL"))
         self.meter = ProgressMeter()
@@ -143,18 +145,16 @@ class Supervisor:
                         EXIT_INCOMPLETE)
         if self.store.remote:
             try:
-                mirror.push_results(self.store, self.local_store, self.files["success"] + self.files["failure"],
-                                    *self.shard)
+                mirror.push_results(self.store, self.local_store, self.patterns, *self.shard)
             except OSError as exc:
-                return fail(f"the results could not be uploaded ({exc}); the bucket keeps the earlier copy "
-                            "and this run's parts: run the same command again to send them", EXIT_INCOMPLETE)
+                return results_unsent(exc)
         return None
 
     def pull(self) -> int | None:
         """An object store's results into the work folder, before the processes read them."""
         try:
             with exclusive(self.local_store.root, "results"):
-                fetched = mirror.pull(self.store, self.local_store, self.files["success"] + self.files["failure"])
+                fetched = mirror.pull(self.store, self.local_store, self.patterns)
         except OSError as exc:
             return fail(f"cannot read the results from {self.store.uri}: {exc}", EXIT_USAGE)
         logger.info("Results read from %s: %d files", self.store.uri, fetched)

@@ -108,15 +108,13 @@ def pull(store: ObjectStore, local: LocalStore, final_patterns: list[str]) -> in
     """Make the work folder's results those of the bucket; the files fetched."""
     for path in _local_copies(final_patterns):
         path.unlink(missing_ok=True)
-    finals = {key: entry for pattern in final_patterns for key, entry in glob_keys(store, relative(local, pattern)).items()}
+    finals = [key for pattern in final_patterns for key in glob_keys(store, relative(local, pattern))]
     for key in finals:
-        recover(store, key)
-    fetched = 0
-    for pattern in final_patterns:
-        for key in [*glob_keys(store, relative(local, pattern)), *glob_keys(store, relative(local, part_pattern(pattern)))]:
-            store.download(key, local.path(key))
-            fetched += 1
-    return fetched
+        recover(store, key)  # may delete parts, never a results file
+    parts = [key for pattern in final_patterns for key in glob_keys(store, relative(local, part_pattern(pattern)))]
+    for key in finals + parts:
+        store.download(key, local.path(key))
+    return len(finals) + len(parts)
 
 
 def push_parts(store: ObjectStore, local: LocalStore, parts: Iterable[Path]) -> None:
