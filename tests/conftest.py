@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import os
 import signal
 import subprocess
@@ -160,3 +161,33 @@ def count_rows(path: Path) -> int:
 
 def kill(process: subprocess.Popen[str], sig: int = signal.SIGKILL) -> None:
     os.killpg(process.pid, sig)
+
+
+# --- an S3 bucket's contents, read with boto3 itself ---------------------------
+
+
+def objects(s3: S3Server, prefix: str) -> dict[str, int]:
+    pages = s3.client().get_paginator("list_objects_v2").paginate(Bucket="data", Prefix=prefix)
+    return {entry["Key"][len(prefix):]: entry["Size"] for page in pages for entry in page.get("Contents", ())}
+
+
+def fetch(s3: S3Server, key: str) -> bytes:
+    return s3.client().get_object(Bucket="data", Key=key)["Body"].read()
+
+
+def bucket_rows(s3: S3Server, prefix: str, name: str) -> list[dict[str, str]]:
+    keys = objects(s3, prefix)
+    if name not in keys:
+        return []
+    return list(csv.DictReader(io.StringIO(fetch(s3, prefix + name).decode("utf-8"), newline="")))
+
+
+def bucket_outcomes(s3: S3Server, prefix: str) -> dict[str, list[str]]:
+    """ImageID -> every outcome the bucket's results files (and parts) record."""
+    found: dict[str, list[str]] = {}
+    for key in objects(s3, prefix):
+        if not key.endswith(".csv") or "images-" not in key:
+            continue
+        for row in bucket_rows(s3, prefix, key):
+            found.setdefault(row["ImageID"], []).append(row.get("FailureReason") or "success")
+    return found

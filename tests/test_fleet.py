@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -17,9 +18,11 @@ from urllib.request import urlopen
 
 import pytest
 from scrapy.exceptions import UsageError
+from scrapy.settings import Settings
 
 from openimages_crawler.commands.fleet import (
     check_arguments,
+    check_secrets,
     fleet_store,
     refuse_unfinished,
 )
@@ -54,6 +57,8 @@ from openimages_crawler.fleet.state import (
 from openimages_crawler.fleet.watch import Watch
 from openimages_crawler.monitor.status import PartStatus, read_status
 from openimages_crawler.store.local import LocalStore
+from openimages_crawler.store.objects import ObjectStore
+from openimages_crawler.testing.objects import S3Server
 from openimages_crawler.testing.scrapyd import (
     Daemon,
     build_egg,
@@ -68,6 +73,9 @@ from tests.conftest import (
     FAST_SETTINGS,
     ROOT,
     Served,
+    bucket_outcomes,
+    fetch,
+    objects,
     outcomes,
     project_settings,
     serve,
@@ -123,16 +131,28 @@ def test_no_target_is_one_clear_error(project_dir: Path) -> None:
 # --- what the user gives ----------------------------------------------------------------
 
 
-def test_the_store_must_be_an_absolute_local_folder() -> None:
-    assert fleet_store("/data/openimages") == Path("/data/openimages")
-    assert fleet_store("file:///data/open%20images") == Path("/data/open images")
+def test_the_store_must_be_a_bucket_or_an_absolute_shared_folder() -> None:
+    def store(uri: str) -> object:
+        return fleet_store(Settings({"IMAGES_STORE": uri}))
+
+    assert store("/data/openimages").root == Path("/data/openimages")
+    assert store("file:///data/open%20images").root == Path("/data/open images")
     for relative in ("openimages", "./data", "file://data/x"):
         with pytest.raises(UsageError):
-            fleet_store(relative)
+            store(relative)
     with pytest.raises(UsageError, match="relative"):
-        fleet_store("openimages")
+        store("openimages")
+    bucket = store("s3://bucket/openimages")
+    assert isinstance(bucket, ObjectStore) and (bucket.bucket, bucket.prefix) == ("bucket", "openimages/")
     with pytest.raises(UsageError, match="shared filesystem"):
-        fleet_store("s3://bucket/openimages")
+        store("ftp://host/openimages")
+
+
+def test_a_fleet_refuses_secrets_in_its_recorded_settings() -> None:
+    check_secrets({"AWS_ENDPOINT_URL": "http://minio:9000", "AWS_ACCESS_KEY_ID": "AKIA"})
+    for name in ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+        with pytest.raises(UsageError, match=f"-s {name}: a fleet writes its -s settings into the store"):
+            check_secrets({name: "secret"})
 
 
 def test_arguments_are_checked_before_any_job(tmp_path: Path) -> None:
@@ -174,20 +194,20 @@ def test_fleet_json_round_trip_and_refusal_of_a_second_fleet(tmp_path: Path) -> 
     store = LocalStore(str(tmp_path))
     fleet = a_fleet()
     write_fleet(store, fleet)
-    assert read_fleet(tmp_path) == fleet
+    assert read_fleet(store) == fleet
     assert not list((tmp_path / FLEET_KEY).parent.glob("*.part"))
     with pytest.raises(UsageError, match=r"already has fleet 20260101-000000-abcd \(running, 0 of 3 shards done\): "
                                          r"follow it with `scrapy fleet --watch`"):
-        refuse_unfinished(read_fleet(tmp_path), tmp_path)
+        refuse_unfinished(read_fleet(store), str(tmp_path))
     for job in fleet.jobs:
         job.state = "done"
-    refuse_unfinished(fleet, tmp_path)  # every shard done: a new fleet may start
+    refuse_unfinished(fleet, str(tmp_path))  # every shard done: a new fleet may start
     fleet.jobs[0].state, fleet.state = "scheduled", "cancelled"
-    refuse_unfinished(fleet, tmp_path)
-    assert read_fleet(tmp_path / "elsewhere") is None
+    refuse_unfinished(fleet, str(tmp_path))
+    assert read_fleet(LocalStore(str(tmp_path / "elsewhere"))) is None
     (tmp_path / FLEET_KEY).write_text("{not json")
     with pytest.raises(UsageError, match="cannot be read"):
-        read_fleet(tmp_path)
+        read_fleet(store)
 
 
 # --- decisions ------------------------------------------------------------------------
@@ -318,7 +338,7 @@ def test_a_silent_targets_shard_moves_to_a_live_target_and_the_fleet_ends_with_o
     assert (moved.target, moved.jobid, moved.attempts) == ("b", f"{fleet.run}-1of2-r2", 2)
     assert targets["b"].scheduled == [(moved.jobid, {"metadata": "/m.csv", "shard": "1/2"},
                                        {"IMAGES_STORE": "/s", "OPENIMAGES_REPORT": "False", "OPENIMAGES_DASHBOARD_PORT": ""})]
-    assert read_fleet(tmp_path).jobs[0] == moved  # recorded before the next look
+    assert read_fleet(LocalStore(str(tmp_path))).jobs[0] == moved  # recorded before the next look
 
     write_record(tmp_path, "1of2", f"{fleet.run}-1of2", 0, done=5)  # the old job's: not this shard's any more
     write_record(tmp_path, "2of2", fleet.jobs[1].jobid, 0, done=4)
@@ -326,7 +346,7 @@ def test_a_silent_targets_shard_moves_to_a_live_target_and_the_fleet_ends_with_o
     assert [job.state for job in fleet.jobs] == ["scheduled", "done"]
     write_record(tmp_path, "1of2", moved.jobid, 0, done=6)
     assert watch.tick() == 0
-    saved = read_fleet(tmp_path)
+    saved = read_fleet(LocalStore(str(tmp_path)))
     assert saved is not None and saved.state == "finished"
     figures = json.loads((tmp_path / "report.json").read_text())
     assert figures["totals"]["rows_done"] == 10
@@ -340,7 +360,7 @@ def test_a_first_jobs_usage_error_stops_the_fleet(tmp_path: Path, capsys: pytest
     targets["b"].listing[fleet.jobs[1].jobid] = "finished"
     assert watch.tick() == 2
     assert targets["a"].cancelled == [fleet.jobs[0].jobid, fleet.jobs[2].jobid]
-    assert read_fleet(tmp_path).state == "failed"  # type: ignore[union-attr]
+    assert read_fleet(LocalStore(str(tmp_path))).state == "failed"  # type: ignore[union-attr]
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert error.startswith(f"ERROR: shard 2/3 (job {fleet.jobs[1].jobid} on b) stopped with a usage error")
 
@@ -359,7 +379,7 @@ def test_a_shard_failing_every_time_ends_the_watch_with_exit_1_once_the_others_a
     assert status == 1
     assert fleet.jobs[0].attempts == 5 and fleet.jobs[0].state == "failed"
     assert "shard 1/2 of fleet" in capsys.readouterr().err
-    assert read_fleet(tmp_path).state == "incomplete"  # type: ignore[union-attr]
+    assert read_fleet(LocalStore(str(tmp_path))).state == "incomplete"  # type: ignore[union-attr]
 
 
 def test_a_signal_stops_the_watch_and_leaves_the_jobs_running(
@@ -370,20 +390,20 @@ def test_a_signal_stops_the_watch_and_leaves_the_jobs_running(
     assert watch.run() == 143
     assert "`scrapy fleet --watch`" in capsys.readouterr().err
     assert not targets["a"].cancelled and not targets["b"].cancelled
-    assert read_fleet(tmp_path).state == "running"  # type: ignore[union-attr]
+    assert read_fleet(LocalStore(str(tmp_path))).state == "running"  # type: ignore[union-attr]
 
 
 def test_one_watch_per_fleet_and_a_cancel_ends_the_watch_without_rescheduling(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     fleet = a_fleet(shards=2)
     watch, targets = a_watch(tmp_path, fleet)
-    with watching(tmp_path, fleet), pytest.raises(UsageError, match="is watched already"):
-        with watching(tmp_path, fleet):
+    with watching(LocalStore(str(tmp_path)), fleet), pytest.raises(UsageError, match="is watched already"):
+        with watching(LocalStore(str(tmp_path)), fleet):
             pass
-    with watching(tmp_path, fleet):
+    with watching(LocalStore(str(tmp_path)), fleet):
         pass  # released
 
-    cancelled = read_fleet(tmp_path)
+    cancelled = read_fleet(LocalStore(str(tmp_path)))
     assert cancelled is not None
     assert cancel_fleet(cancelled, targets, LocalStore(str(tmp_path))) == 0  # type: ignore[arg-type]
     for job in fleet.jobs:
@@ -391,7 +411,7 @@ def test_one_watch_per_fleet_and_a_cancel_ends_the_watch_without_rescheduling(
     assert watch.tick() == 1
     assert "was cancelled" in capsys.readouterr().err
     assert not targets["a"].scheduled and not targets["b"].scheduled
-    assert read_fleet(tmp_path).state == "cancelled"  # type: ignore[union-attr]
+    assert read_fleet(LocalStore(str(tmp_path))).state == "cancelled"  # type: ignore[union-attr]
 
 
 def test_cancel_stops_every_job_of_the_fleet_and_says_which_nodes_did_not_answer(
@@ -404,7 +424,7 @@ def test_cancel_stops_every_job_of_the_fleet_and_says_which_nodes_did_not_answer
     assert cancel_fleet(fleet, targets, LocalStore(str(tmp_path))) == 1  # type: ignore[arg-type]
     assert sorted(targets["a"].cancelled) == [fleet.jobs[0].jobid, f"{fleet.run}-1of3-r9", fleet.jobs[2].jobid]
     assert "but b did not answer" in capsys.readouterr().err
-    saved = read_fleet(tmp_path)
+    saved = read_fleet(LocalStore(str(tmp_path)))
     assert saved is not None and saved.state == "cancelled" and not saved.unfinished
     targets["b"].silent = False
     assert cancel_fleet(saved, targets, LocalStore(str(tmp_path))) == 0  # type: ignore[arg-type]
@@ -465,12 +485,13 @@ def egg(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return copy, build_egg(copy, copy.parent / "openimages_crawler.egg")
 
 
-@pytest.fixture
-def nodes(tmp_path: Path, egg: tuple[Path, Path]) -> Iterator[tuple[Path, list[Daemon]]]:
+@contextmanager
+def started_nodes(tmp_path: Path, egg: tuple[Path, Path],
+                  env: dict[str, str] | None = None) -> Iterator[tuple[Path, list[Daemon]]]:
     """Two Scrapyd daemons with the project deployed, and the project copy whose
     scrapy.cfg names them node1 and node2."""
     copy, built = egg
-    daemons = [start_daemon(tmp_path / name, name) for name in ("node1", "node2")]
+    daemons = [start_daemon(tmp_path / name, name, env=env) for name in ("node1", "node2")]
     try:
         for daemon in daemons:
             wait_for(daemon.answers, timeout=30, interval=0.2)
@@ -481,7 +502,13 @@ def nodes(tmp_path: Path, egg: tuple[Path, Path]) -> Iterator[tuple[Path, list[D
             daemon.kill()
 
 
-def fleet_command(metadata: Path, store: Path, settings: dict[str, str] | None = None,
+@pytest.fixture
+def nodes(tmp_path: Path, egg: tuple[Path, Path]) -> Iterator[tuple[Path, list[Daemon]]]:
+    with started_nodes(tmp_path, egg) as started:
+        yield started
+
+
+def fleet_command(metadata: Path, store: Path | str, settings: dict[str, str] | None = None,
                   *options: str) -> list[str]:
     command = [sys.executable, "-m", "scrapy", "fleet", "openimages", "-a", f"metadata={metadata}",
                "--targets", "node1,node2", "--shards", "4", *options]
@@ -529,7 +556,7 @@ def test_a_fleet_on_two_scrapyd_nodes_records_every_row_once_and_reports_once(
         figures = json.loads((store / "report.json").read_text())
         assert figures["store_totals"] == {"success rows": list(expected.values()).count("success"),
                                            "failure rows": sum(v != "success" for v in expected.values())}
-        fleet = read_fleet(store)
+        fleet = read_fleet(LocalStore(str(store)))
         assert fleet is not None and fleet.state == "finished"
         assert sorted(job.target for job in fleet.jobs) == ["node1", "node1", "node2", "node2"]
         assert all(job.state == "done" and job.attempts == 1 for job in fleet.jobs)
@@ -586,7 +613,7 @@ def test_a_node_that_dies_mid_fleet_costs_no_row_and_no_download_twice(
         assert succeeded
         for image_id in succeeded:
             assert served.server.counter.requests[paths[image_id]] == requests_before[paths[image_id]], image_id
-        recorded = read_fleet(store)
+        recorded = read_fleet(LocalStore(str(store)))
         assert recorded is not None and recorded.state == "finished"
         moved = [job for job in recorded.jobs if job.attempts > 1]
         assert moved and all(job.target == "node1" for job in moved)
@@ -598,9 +625,49 @@ def test_a_node_that_dies_mid_fleet_costs_no_row_and_no_download_twice(
 def mid_run(store: Path, parts: tuple[str, ...]) -> bool:
     """A shard of these parts has recorded rows and has many left."""
     for part in parts:
-        found = read_status(store, part)
+        found = read_status(LocalStore(str(store)), part)
         if found is not None and found.exit is None:
             figures = found.figures()
             if figures.total is not None and 2 <= figures.done <= figures.total - 8:
                 return True
     return False
+
+
+@pytest.mark.e2e
+def test_a_fleet_into_a_bucket_records_every_row_once_and_keeps_its_records_there(
+        tmp_path: Path, egg: tuple[Path, Path], s3: S3Server) -> None:
+    """The nodes' credentials in their environment, the jobs' work folders in
+    their homes; fleet.json, the shards' records and the report in the bucket."""
+    prefix = f"{tmp_path.name}/fleet/"
+    bucket = f"s3://data/{prefix}"
+    served = serve(tmp_path)
+    settings = {"AWS_ENDPOINT_URL": s3.endpoint, "AWS_REGION_NAME": "us-east-1",
+                "OPENIMAGES_RESULTS_FLUSH_SECONDS": "1"}
+    try:
+        with started_nodes(tmp_path, egg, {**s3.env(), "HOME": str(tmp_path / "home")}) as (copy, daemons):
+            watched = subprocess.run(fleet_command(served.metadata, bucket, settings), cwd=copy,
+                                     env={**clean_env(), **s3.env(), "HOME": str(tmp_path / "watcher")},
+                                     capture_output=True, text=True, timeout=180)
+            assert watched.returncode == 0, watched.stderr[-4000:] + job_logs(daemons)
+            status = subprocess.run([sys.executable, "-m", "scrapy", "fleet", "--status", "-s", f"IMAGES_STORE={bucket}",
+                                     *[f"-s{name}={value}" for name, value in settings.items()]],
+                                    cwd=copy, env={**clean_env(), **s3.env()}, capture_output=True, text=True,
+                                    timeout=60)
+        assert status.returncode == 0, status.stderr[-3000:]
+        assert f"in {bucket}: finished" in status.stdout
+        expected = served.mirror.expected()
+        assert bucket_outcomes(s3, prefix) == {image_id: [outcome] for image_id, outcome in expected.items()}
+        stored = objects(s3, prefix)
+        assert not [key for key in stored if "/.parts/" in key or key.startswith(".locks/")]
+        assert {"report.json", ".fleet/fleet.json", *(f".status/{k}of4.json" for k in range(1, 5))} <= set(stored)
+        fleet = json.loads(fetch(s3, prefix + ".fleet/fleet.json"))
+        assert fleet["state"] == "finished" and all(job["state"] == "done" for job in fleet["jobs"])
+        figures = json.loads(fetch(s3, prefix + "report.json"))
+        assert figures["store_totals"] == {"success rows": list(expected.values()).count("success"),
+                                           "failure rows": sum(v != "success" for v in expected.values())}
+        # Two jobs per node, sharing a home: each its own work folder.
+        work = tmp_path / "home" / ".cache" / "openimages-crawler" / "s3" / "data" / tmp_path.name / "fleet"
+        assert sorted(path.name for path in work.iterdir() if path.name.startswith("shard-")) == [
+            f"shard-{k}of4" for k in range(1, 5)]
+    finally:
+        served.server.close()

@@ -271,6 +271,33 @@ def test_pull_then_push_keep_every_row_once_across_an_interrupted_merge(server: 
     assert (work.root / "train" / ".parts" / "images-success.1of2.csv").read_text() == header + "e\n"
 
 
+def test_shards_on_two_machines_settle_into_the_buckets_current_results(server: S3Server, tmp_path: Path) -> None:
+    """Each machine pulled before the other settled: each settle merges into
+    the results file as the bucket has it then, so neither loses the other's rows."""
+    from openimages_crawler.store import mirror
+    from openimages_crawler.store.local import LocalStore
+
+    store = ObjectStore("s3://data/two-machines", options_for(server))
+    header = "ImageID\n"
+    store.write("train/images-success.csv", (header + "old\n").encode())
+    machines = {}
+    for index in (1, 2):
+        work = LocalStore(str(tmp_path / f"machine{index}"))
+        files = {"success": [str(work.root / "*" / "images-success.csv")],
+                 "failure": [str(work.root / "*" / "images-failure.csv")]}
+        mirror.pull(store, work, files["success"] + files["failure"])
+        part = work.root / "train" / ".parts" / f"images-success.{index}of2.csv"
+        part.parent.mkdir(parents=True, exist_ok=True)
+        part.write_text(header + f"new{index}\n")
+        store.upload(part, f"train/.parts/{part.name}")  # as the periodic upload does
+        machines[index] = (work, files)
+    for index, (work, files) in machines.items():
+        mirror.settle_in_bucket(store, work, files, index, 2)
+    assert sorted(store.read("train/images-success.csv").decode().splitlines()) == [
+        "ImageID", "new1", "new2", "old"]
+    assert set(store.list("")) == {"train/images-success.csv"}  # parts merged and deleted, leases released
+
+
 def test_glob_keys_walks_folders_without_listing_the_images(server: S3Server) -> None:
     from openimages_crawler.store import mirror
 

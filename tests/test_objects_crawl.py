@@ -5,7 +5,6 @@ own listings and downloads."""
 from __future__ import annotations
 
 import base64
-import csv
 import hashlib
 import io
 import json
@@ -20,8 +19,12 @@ from openimages_crawler.testing.objects import S3Server, start_s3_server
 from tests.conftest import (
     ROOT,
     Served,
+    bucket_outcomes,
+    bucket_rows,
     crawl_command,
+    fetch,
     kill,
+    objects,
     serve,
     wait_for,
 )
@@ -36,33 +39,6 @@ def bucket_settings(s3: S3Server, tmp_path: Path, **extra: str) -> dict[str, str
     return {"AWS_ENDPOINT_URL": s3.endpoint, "AWS_ACCESS_KEY_ID": s3.access_key,
             "AWS_SECRET_ACCESS_KEY": s3.secret_key, "AWS_REGION_NAME": "us-east-1",
             "OPENIMAGES_WORK_DIR": str(tmp_path / "work"), **extra}
-
-
-def objects(s3: S3Server, prefix: str) -> dict[str, int]:
-    pages = s3.client().get_paginator("list_objects_v2").paginate(Bucket="data", Prefix=prefix)
-    return {entry["Key"][len(prefix):]: entry["Size"] for page in pages for entry in page.get("Contents", ())}
-
-
-def fetch(s3: S3Server, key: str) -> bytes:
-    return s3.client().get_object(Bucket="data", Key=key)["Body"].read()
-
-
-def bucket_rows(s3: S3Server, prefix: str, name: str) -> list[dict[str, str]]:
-    keys = objects(s3, prefix)
-    if name not in keys:
-        return []
-    return list(csv.DictReader(io.StringIO(fetch(s3, prefix + name).decode("utf-8"), newline="")))
-
-
-def bucket_outcomes(s3: S3Server, prefix: str) -> dict[str, list[str]]:
-    """ImageID -> every outcome the bucket's results files (and parts) record."""
-    found: dict[str, list[str]] = {}
-    for key in objects(s3, prefix):
-        if not key.endswith(".csv") or "images-" not in key:
-            continue
-        for row in bucket_rows(s3, prefix, key):
-            found.setdefault(row["ImageID"], []).append(row.get("FailureReason") or "success")
-    return found
 
 
 def crawl(served: Served, store: str, settings: dict[str, str], env: dict[str, str] | None = None,
@@ -181,3 +157,41 @@ def test_a_bucket_that_cannot_be_used_is_one_line_and_exit_2_before_any_download
     assert result.stderr.splitlines()[-1].startswith(message)
     assert sum(clean_mirror.server.counter.requests.values()) == 0
     assert not (tmp_path / "work").exists()
+
+
+def test_shards_of_a_bucket_crawled_at_once_record_every_row_once(
+    mirror: Served, s3: S3Server, tmp_path: Path
+) -> None:
+    """Two shards at once, as two fleet jobs on one node (one work folder), one
+    of them in two processes; then a shard again from another machine."""
+    prefix = f"{tmp_path.name}/sharded/"
+    store = f"s3://data/{prefix}"
+    settings = bucket_settings(s3, tmp_path, OPENIMAGES_RESULTS_FLUSH_SECONDS="0.5")
+    processes = {"1/2": "2", "2/2": "1"}
+    running = [subprocess.Popen(
+        crawl_command(mirror.metadata, Path("unused"), {"IMAGES_STORE": store, **settings,
+                                                        "OPENIMAGES_PROCESSES": count}, shard=shard),
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for shard, count in processes.items()]
+    for process in running:
+        _, err = process.communicate(timeout=180)
+        assert process.returncode == 0, err[-4000:]
+        assert "Traceback" not in err
+
+    expected = mirror.mirror.expected()
+    assert bucket_outcomes(s3, prefix) == {image_id: [outcome] for image_id, outcome in expected.items()}
+    stored = objects(s3, prefix)
+    assert not [key for key in stored if "/.parts/" in key or key.startswith(".locks/")]
+    for label in ("1of2", "2of2"):  # each run's own record, where a fleet reads it
+        record = json.loads(fetch(s3, f"{prefix}.status/{label}.json"))
+        assert record["exit"] == 0 and record["counts"]["done"] > 0
+    folders = sorted(path.name for path in (tmp_path / "work").iterdir() if path.name.startswith("shard-"))
+    assert folders == ["shard-1of2", "shard-2of2"]  # one work folder each
+
+    before = image_requests(mirror)
+    again = crawl_command(mirror.metadata, Path("unused"),
+                          {"IMAGES_STORE": store, **settings, "OPENIMAGES_WORK_DIR": str(tmp_path / "other")},
+                          shard="1/2")
+    result = subprocess.run(again, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert image_requests(mirror) == before
+    assert bucket_outcomes(s3, prefix) == {image_id: [outcome] for image_id, outcome in expected.items()}

@@ -163,7 +163,7 @@ def test_records_add_up_to_the_run(tmp_path: Path) -> None:
         record = PartStatus(part=part)
         set_counts(record, counts, {})
         record.write(store)
-    records = [read_status(tmp_path, "1of2"), read_status(tmp_path, "2of2")]
-    assert None not in records and read_status(tmp_path, "3of3") is None
+    records = [read_status(store, "1of2"), read_status(store, "2of2")]
+    assert None not in records and read_status(store, "3of3") is None
     total = total_counts([r for r in records if r], 7.0)
     assert (total.done, total.ok, total.failed, total.total, total.failures) == (6, 4, 2, 19, {"timeout": 2})

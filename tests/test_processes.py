@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from openimages_crawler.monitor.status import read_status
+from openimages_crawler.store.local import LocalStore
 from openimages_crawler.store.lock import StoreLock
 from tests.conftest import (
     FAST_SETTINGS,
@@ -54,7 +55,7 @@ def start(served: Served, store: Path, settings: dict[str, str] | None = None) -
 
 
 def child_pids(store: Path) -> list[int]:
-    records = [read_status(store, part) for part in ("1of2", "2of2")]
+    records = [read_status(LocalStore(str(store)), part) for part in ("1of2", "2of2")]
     return [record.pid for record in records if record is not None]
 
 
@@ -81,7 +82,7 @@ def test_every_row_is_recorded_once_by_one_run_of_two_processes(mirror: Served, 
     assert report["totals"]["rows_done"] == len(mirror.mirror.rows)
     assert report["store_totals"] == {"success rows": sum(v == "success" for v in mirror.mirror.expected().values()),
                                       "failure rows": sum(v != "success" for v in mirror.mirror.expected().values())}
-    record = read_status(store, "1of1")
+    record = read_status(LocalStore(str(store)), "1of1")
     assert record is not None and record.exit == 0 and record.figures().done == len(mirror.mirror.rows)
     # A second run finds everything recorded: nothing is fetched again.
     requests = sum(mirror.server.counter.requests.values())

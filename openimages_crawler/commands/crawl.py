@@ -31,8 +31,8 @@ from openimages_crawler.commands.supervisor import Supervisor
 from openimages_crawler.crawl.config import (
     CrawlConfig,
     check_store,
+    isolate_shard_records,
     open_crawl_store,
-    records_store,
 )
 from openimages_crawler.crawl.pipeline import STORE_UNWRITABLE
 from openimages_crawler.crawl.processes import (
@@ -94,7 +94,7 @@ class Command(ScrapyCrawlCommand):
         self.exitcode = self.exit_status(crawler, errors, received)
         spider = crawler.spider
         if isinstance(spider, OpenImagesSpider) and hasattr(spider, "results_part"):
-            mark_exit(spider.local_store.root, spider.results_part, spider.local_store, self.exitcode,
+            mark_exit(spider.record_store, spider.results_part, self.exitcode,
                       last_error() if self.exitcode else "", str(opts.spargs.get("_job", "")))
         elif not any(isinstance(error, ShardLocked) for error in errors):  # the holder keeps its record
             self.record_job_error(opts.spargs)
@@ -107,11 +107,10 @@ class Command(ScrapyCrawlCommand):
             return
         try:
             shard = Shard.parse(str(given.get("shard") or "1/1"))
-            records = records_store(self.settings)
+            store = open_crawl_store(self.settings)  # the run's record: where a fleet reads it
         except (SelectionError, UsageError):
             return
-        mark_exit(records.root, part_label(shard.index, shard.count), records, self.exitcode, last_error(),
-                  str(given["_job"]))
+        mark_exit(store, part_label(shard.index, shard.count), self.exitcode, last_error(), str(given["_job"]))
 
     def check(self, spider_name: str, given: dict[str, Any]) -> None:
         """What can be checked before the crawl starts, without touching the store."""
@@ -124,7 +123,9 @@ class Command(ScrapyCrawlCommand):
         except ArgumentError as exc:
             raise UsageError(str(exc)) from None
         CrawlConfig.from_settings(self.settings)  # the settings' own checks
-        check_store(open_crawl_store(self.settings), arguments.shard)
+        check_store(open_crawl_store(self.settings))
+        if supervisor_pid() is None:  # a supervised process has its supervisor's settings
+            isolate_shard_records(self.settings, arguments.shard)
 
     def record_signals(self, received: list[int]) -> None:
         """Note which signal stopped the crawl (for the exit status); Scrapy's
@@ -157,6 +158,11 @@ class Command(ScrapyCrawlCommand):
         if unreadable is not None:
             return fail(f"the metadata could not be read to its end ({unreadable}): the rows after "
                         "that point are still pending; fetch or fix the file and run the same command again",
+                        EXIT_INCOMPLETE)
+        lost = stats.get_value("openimages/lock_lost")
+        if lost is not None:
+            return fail(f"the crawl stopped: it {lost} (another crawl of this shard may have started); the rows "
+                        "not recorded yet are still pending: run the same command again once that one ends",
                         EXIT_INCOMPLETE)
         unsent = stats.get_value("openimages/results_error")
         if unsent is not None:

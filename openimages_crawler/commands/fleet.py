@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
@@ -17,7 +16,7 @@ from scrapy.utils.conf import arglist_to_dict
 from scrapy.utils.log import configure_logging
 
 from openimages_crawler.commands.exits import EXIT_OK, EXIT_USAGE, fail
-from openimages_crawler.crawl.config import CrawlConfig
+from openimages_crawler.crawl.config import CrawlConfig, check_store, open_crawl_store
 from openimages_crawler.crawl.processes import process_count
 from openimages_crawler.crawl.spider import OpenImagesSpider, scrapy_arguments
 from openimages_crawler.dataset.arguments import ArgumentError, CrawlArguments
@@ -53,8 +52,9 @@ from openimages_crawler.fleet.watch import (
     job_settings,
     shard_arguments,
 )
+from openimages_crawler.store.base import Store
+from openimages_crawler.store.lease import store_exclusive
 from openimages_crawler.store.local import LocalStore
-from openimages_crawler.store.lock import exclusive
 
 if TYPE_CHECKING:
     from scrapy.settings import BaseSettings
@@ -62,26 +62,39 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 PATH_ARGUMENTS = ("metadata", "ids", "exclude")  # read by every job, on its node
+OBJECT_SCHEMES = ("s3", "gs")  # stores every node reaches by itself
+SECRET_SETTINGS = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
 
 
-def fleet_store(uri: str) -> Path:
-    """IMAGES_STORE as the absolute folder every node mounts at the same path.
-
-    A relative path would be resolved in each job's own working folder (a
-    Scrapyd node's), and the fleet reads the jobs' records in the store.
-    """
+def fleet_store(settings: BaseSettings) -> Store:
+    """IMAGES_STORE as every node reaches it: a bucket (``s3://``, ``gs://``), or
+    the absolute folder every node mounts at the same path (a relative path
+    would be resolved in each job's own working folder, a Scrapyd node's)."""
+    uri = str(settings["IMAGES_STORE"] or "")
     parts = urlsplit(uri)
+    if parts.scheme in OBJECT_SCHEMES:
+        return open_crawl_store(settings)
     if parts.scheme == "file" and parts.netloc in ("", "localhost"):
         path = unquote(parts.path)
     elif parts.scheme == "":
         path = uri
     else:
-        raise UsageError(f"IMAGES_STORE={uri!r}: a fleet needs a folder on a shared filesystem that every "
-                         "node mounts at the same absolute path (a path or file:///path)")
+        raise UsageError(f"IMAGES_STORE={uri!r}: a fleet needs a bucket (s3://, gs://) or a folder on a shared "
+                         "filesystem that every node mounts at the same absolute path (a path or file:///path)")
     if not os.path.isabs(path):
         raise UsageError(f"IMAGES_STORE={uri!r} is relative: each node would resolve it in its own folder; "
                          "give the absolute path of a folder on a shared filesystem every node mounts there")
-    return Path(path)
+    return LocalStore(path)
+
+
+def check_secrets(given_settings: dict[str, str]) -> None:
+    """A fleet records its settings in the store and gives them to every
+    Scrapyd job (whose listing and log show them): no secret goes there."""
+    secret = sorted(name for name in given_settings if name in SECRET_SETTINGS)
+    if secret:
+        raise UsageError(f"-s {secret[0]}: a fleet writes its -s settings into the store and every job's "
+                         "log; give each node its credentials in its own environment (AWS_ACCESS_KEY_ID, "
+                         "AWS_SECRET_ACCESS_KEY, ~/.aws, an instance role) or in the deployed project's settings")
 
 
 def check_arguments(given: dict[str, str]) -> None:
@@ -125,8 +138,8 @@ class Command(ScrapyCommand):
         return ("Schedule shard K/N of the crawl as one job per shard, round-robin over the Scrapyd targets "
                 "of scrapy.cfg ([deploy:NAME] sections), watch their progress, schedule a shard again on "
                 "another node when its job or node dies, and merge the results and write one report at the "
-                "end. IMAGES_STORE must be an absolute folder every node mounts at the same path. "
-                "--status shows the fleet recorded in the store, --cancel stops its jobs, --watch follows it.")
+                "end. IMAGES_STORE must be a bucket (s3://, gs://) or an absolute folder every node mounts at "
+                "the same path. --status shows the fleet recorded in the store, --cancel stops its jobs, --watch follows it.")
 
     def add_options(self, parser: argparse.ArgumentParser) -> None:
         super().add_options(parser)
@@ -166,15 +179,15 @@ class Command(ScrapyCommand):
             if args or opts.spargs:
                 raise UsageError("--status, --cancel and --watch alone act on the store's fleet: "
                                  "give no spider or -a")
-            store = LocalStore(str(fleet_store(str(self.settings["IMAGES_STORE"]))))
-            fleet = read_fleet(store.root)
+            store = fleet_store(self.settings)
+            fleet = read_fleet(store)
             if fleet is None:
-                raise UsageError(f"no fleet recorded in {store.root} (IMAGES_STORE)")
+                raise UsageError(f"no fleet recorded in {store.uri} (IMAGES_STORE)")
             if opts.status:
-                return show_status(fleet, recorded_targets(fleet), store.root)
+                return show_status(fleet, recorded_targets(fleet), store)
             if opts.cancel:
-                with exclusive(store.root, "fleet"):  # after a watch's current look
-                    fleet = read_fleet(store.root) or fleet
+                with store_exclusive(store, "fleet"):  # after a watch's current look
+                    fleet = read_fleet(store) or fleet
                     return cancel_fleet(fleet, recorded_targets(fleet), store)
             return self.reattach(fleet, store, arglist_to_dict(opts.set))
         if len(args) != 1:
@@ -185,25 +198,29 @@ class Command(ScrapyCommand):
         assert self.settings is not None
         if spider != OpenImagesSpider.name:
             raise UsageError(f"scrapy fleet runs the {OpenImagesSpider.name} spider, not {spider!r}")
-        root = fleet_store(str(self.settings["IMAGES_STORE"]))
+        store = fleet_store(self.settings)
+        uri = str(store.root) if isinstance(store, LocalStore) else store.uri
         given_settings = arglist_to_dict(opts.set)
+        check_secrets(given_settings)
         settings = self.settings.copy()
-        settings.set("IMAGES_STORE", str(root), priority="cmdline")
+        settings.set("IMAGES_STORE", uri, priority="cmdline")
         check_arguments(opts.spargs)
         check_settings(settings)
         targets = pick_targets(configured_targets(), opts.targets, opts.project)
         shards = len(targets) if opts.shards is None else opts.shards
         if shards < 1:
             raise UsageError(f"--shards {shards}: give 1 or more")
-        store = LocalStore(str(root))
-        root.mkdir(parents=True, exist_ok=True)
-        with exclusive(root, "fleet"):
-            refuse_unfinished(read_fleet(root), root)
+        if isinstance(store, LocalStore):
+            store.root.mkdir(parents=True, exist_ok=True)
+        else:
+            check_store(store)  # the bucket answers, before any job exists
+        with store_exclusive(store, "fleet"):
+            refuse_unfinished(read_fleet(store), store.uri)
             check_targets(targets, spider)
             run = new_run_id()
             fleet = Fleet(
                 run=run, spider=spider, shards=shards, arguments=dict(opts.spargs),
-                settings={**given_settings, "IMAGES_STORE": str(root)},
+                settings={**given_settings, "IMAGES_STORE": uri},
                 targets={t.name: {"url": t.url, "project": t.project} for t in targets},
                 jobs=[ShardJob(index, name, job_id(run, index, shards, 1))
                       for index, name in enumerate(assign(shards, [t.name for t in targets]), start=1)],
@@ -218,7 +235,7 @@ class Command(ScrapyCommand):
             return EXIT_OK
         return Watch(fleet, {t.name: t for t in targets}, store, settings).run()
 
-    def reattach(self, fleet: Fleet, store: LocalStore, given_settings: dict[str, str]) -> int:
+    def reattach(self, fleet: Fleet, store: Store, given_settings: dict[str, str]) -> int:
         assert self.settings is not None
         if fleet.state == FINISHED:
             print(f"Fleet {fleet.run} finished at {fleet.ended}: nothing to watch.")
@@ -232,10 +249,10 @@ class Command(ScrapyCommand):
         return Watch(fleet, recorded_targets(fleet), store, settings).run()
 
 
-def refuse_unfinished(fleet: Fleet | None, root: Path) -> None:
+def refuse_unfinished(fleet: Fleet | None, where: str) -> None:
     if fleet is not None and fleet.unfinished:
         done = sum(job.state == DONE for job in fleet.jobs)
-        raise UsageError(f"{root} already has fleet {fleet.run} ({fleet.state}, {done} of {fleet.shards} shards "
+        raise UsageError(f"{where} already has fleet {fleet.run} ({fleet.state}, {done} of {fleet.shards} shards "
                          "done): follow it with `scrapy fleet --watch` or stop it with `scrapy fleet --cancel`")
 
 
@@ -253,7 +270,7 @@ def check_targets(targets: list[ScrapydTarget], spider: str) -> None:
                              f"(deploy it again: scrapyd-deploy {target.name} -p {target.project})")
 
 
-def schedule_all(fleet: Fleet, targets: dict[str, ScrapydTarget], store: LocalStore) -> None:
+def schedule_all(fleet: Fleet, targets: dict[str, ScrapydTarget], store: Store) -> None:
     """The first job of every shard; on a failure the ones scheduled are stopped
     (a fleet starts whole or not at all)."""
     for job in fleet.jobs:

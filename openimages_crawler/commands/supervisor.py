@@ -46,6 +46,7 @@ from openimages_crawler.monitor.extensions import STATUS_INTERVAL_S
 from openimages_crawler.monitor.progress import Counts, ProgressDisplay, ProgressMeter
 from openimages_crawler.monitor.status import (
     PartStatus,
+    RecordSender,
     read_status,
     set_counts,
     total_counts,
@@ -53,8 +54,10 @@ from openimages_crawler.monitor.status import (
     total_stages,
 )
 from openimages_crawler.store import mirror
+from openimages_crawler.store.lease import RunLock, shared_lock
 from openimages_crawler.store.ledger import recorded_rows, settle
-from openimages_crawler.store.lock import StoreLock, StoreLocked, exclusive
+from openimages_crawler.store.lock import StoreLocked
+from openimages_crawler.store.objects import ObjectStore
 from openimages_crawler.store.parts import part_label
 
 logger = logging.getLogger(__name__)
@@ -82,6 +85,8 @@ class Supervisor:
         self.dashboard = DashboardServer.from_settings(settings, config, store)
         # The run's own record, as a single process of this shard keeps it (for a fleet's view).
         self.record = PartStatus(part=part_label(*self.shard), job=str(given.get("_job", "")), arguments=self.given)
+        self.sender = RecordSender(store) if store.remote else None  # an object store's, from a thread
+        self.lost_lock = ""  # why the bucket's lease of the shard was lost, if it was
 
     def commands(self) -> list[tuple[Shard, list[str]]]:
         """Each process's share and command line: shard K of N becomes shards
@@ -97,10 +102,10 @@ class Supervisor:
     def run(self) -> int:
         if self.plan.note:
             logger.warning(self.plan.note)
-        lock = StoreLock(self.local_store.root, *self.shard)
+        lock = RunLock(self.store, self.local_store.root, *self.shard, on_lost=self.lose_lock)
         try:
             lock.acquire()
-        except StoreLocked as exc:
+        except (StoreLocked, OSError) as exc:
             return fail(str(exc), EXIT_USAGE)
         if self.dashboard is not None:
             try:
@@ -124,7 +129,7 @@ class Supervisor:
                     self.write_report(final)
                 status = self.exit_status(final)
             self.record.exit, self.record.error = status, last_error() if status else ""
-            self.write_record()
+            self.write_record(final=True)
             return status
         finally:
             for signum, handler in previous.items():
@@ -136,6 +141,15 @@ class Supervisor:
     def merge(self) -> int | None:
         """The processes' results parts into the results files; an exit status
         when that fails."""
+        if isinstance(self.store, ObjectStore):
+            if self.lost_lock:
+                return fail(f"the crawl stopped: it {self.lost_lock} (another crawl of this shard may have "
+                            "started); the rows not recorded yet are still pending", EXIT_INCOMPLETE)
+            try:
+                mirror.settle_in_bucket(self.store, self.local_store, self.files, *self.shard)
+            except (OSError, StoreLocked) as exc:
+                return results_unsent(exc)
+            return None
         try:
             settle(self.files, self.local_store, *self.shard)
         except (OSError, ValueError) as exc:  # a full disk; a results file damaged by hand
@@ -143,19 +157,19 @@ class Supervisor:
             return fail(f"cannot merge the results parts into the results files ({type(exc).__name__}: {exc}); "
                         "they stay under .parts/ and count as recorded: fix the cause and run again",
                         EXIT_INCOMPLETE)
-        if self.store.remote:
-            try:
-                mirror.push_results(self.store, self.local_store, self.patterns, *self.shard)
-            except OSError as exc:
-                return results_unsent(exc)
         return None
+
+    def lose_lock(self, message: str) -> None:
+        """The bucket's lease of this shard was lost (from its renewing thread): the processes stop."""
+        self.lost_lock = message
+        signal_children(self.children, signal.SIGTERM)
 
     def pull(self) -> int | None:
         """An object store's results into the work folder, before the processes read them."""
         try:
-            with exclusive(self.local_store.root, "results"):
+            with shared_lock(self.store, self.local_store.root, "results"):
                 fetched = mirror.pull(self.store, self.local_store, self.patterns)
-        except OSError as exc:
+        except (OSError, StoreLocked) as exc:
             return fail(f"cannot read the results from {self.store.uri}: {exc}", EXIT_USAGE)
         logger.info("Results read from %s: %d files", self.store.uri, fetched)
         return None
@@ -188,7 +202,7 @@ class Supervisor:
 
     def records(self) -> list[PartStatus]:
         """The records the current processes keep in the store."""
-        found = (read_status(self.local_store.root, child.part) for child in self.children)
+        found = (read_status(self.local_store, child.part) for child in self.children)
         return [record for record, child in zip(found, self.children, strict=True)
                 if record is not None and record.pid == child.process.pid]
 
@@ -208,10 +222,16 @@ class Supervisor:
             self.dashboard.show_records(counts, self.meter, records)
         return counts
 
-    def write_record(self) -> None:
+    def write_record(self, final: bool = False) -> None:
+        """The run's record, in the store (where a fleet reads it)."""
         self.recorded = time.monotonic()
+        if self.sender is not None:
+            self.sender.send(self.record)
+            if final:
+                self.sender.flush()
+            return
         try:
-            self.record.write(self.local_store)
+            self.record.write(self.store)
         except OSError as exc:
             logger.warning("Cannot write the crawl's status in %s: %s", self.store.uri, exc)
 

@@ -11,12 +11,14 @@ from urllib.parse import urlsplit
 from scrapy.exceptions import UsageError
 from scrapy.settings import BaseSettings
 
+from openimages_crawler.dataset.selection import Shard
 from openimages_crawler.imaging.pillow import ResizeSpec
 from openimages_crawler.store import STORE_SCHEMES, UnsupportedStore, open_store
 from openimages_crawler.store.base import Store, StoreOptions, store_scheme
 from openimages_crawler.store.layout import StoreLayout
 from openimages_crawler.store.local import LocalStore
 from openimages_crawler.store.objects import ObjectStore, StoreUnavailable, split_uri
+from openimages_crawler.store.parts import part_label
 from openimages_crawler.store.sinks import FilesSink, OutputSink
 
 # Keys of one OPENIMAGES_OUTPUTS entry: required, then optional (defaults from
@@ -202,18 +204,28 @@ def records_store(settings: BaseSettings) -> LocalStore:
     return LocalStore(work)
 
 
-def check_store(store: Store, shard: object | None) -> None:
+def check_store(store: Store) -> None:
     """Before anything is downloaded: an object store must answer (bucket,
-    credentials, endpoint), and takes one run at a time for now (no ``-a shard``)."""
+    credentials, endpoint)."""
     if not isinstance(store, ObjectStore):
         return
-    if shard is not None:
-        raise UsageError(f"-a shard with IMAGES_STORE={store.uri!r}: an object store takes one run at a time "
-                         "for now (OPENIMAGES_PROCESSES uses this machine's cores)")
     try:
         store.check()
     except StoreUnavailable as exc:
         raise UsageError(str(exc)) from None
+
+
+def isolate_shard_records(settings: BaseSettings, shard: Shard | None) -> None:
+    """Shard K of N (N > 1) of an object store keeps its records in a work
+    folder of its own, ``{work}/shard-KofN``: two shards on one machine (a
+    fleet's jobs on one node) each replace their folder's results with the
+    bucket's. They share the metadata cache, ``{work}/metadata``."""
+    if shard is None or shard.count == 1 or not open_crawl_store(settings).remote:
+        return
+    work = records_store(settings).root
+    settings.set("OPENIMAGES_WORK_DIR", str(work / f"shard-{part_label(shard.index, shard.count)}"), "cmdline")
+    if not settings.get("OPENIMAGES_METADATA_DIR"):
+        settings.set("OPENIMAGES_METADATA_DIR", str(work / "metadata"), "cmdline")
 
 
 def store_options(settings: BaseSettings) -> StoreOptions:

@@ -114,6 +114,7 @@ class SubsetFeedExporter(FeedExporter):
         self.uploads = create_looping_call(self.tick)
 
     def open_spider(self, spider: Spider) -> None:
+        self.spider = spider
         self.part = getattr(spider, "results_part", None)
         subset_feeds = {uri: self.feeds.pop(uri) for uri in self.subset_uris}
         try:
@@ -130,6 +131,8 @@ class SubsetFeedExporter(FeedExporter):
         """This process's parts up to the object store, in a thread, one upload at a time."""
         if self.uploading is not None or not self.part_files:
             return self.uploading
+        if getattr(self.spider, "lost_lock", ""):
+            return None  # another run may own this shard's parts in the bucket now
         self.uploading = threads.deferToThread(mirror.push_parts, self.store, self.records, sorted(self.part_files))
         self.uploading.addErrback(lambda failure: logger.warning(
             "Cannot upload the results parts to %s (tried again later): %s", self.store.uri, failure.value))

@@ -23,7 +23,7 @@ import scrapy
 from scrapy import signals
 from scrapy.exceptions import UsageError
 from scrapy.http import Request, Response
-from scrapy.utils.defer import maybe_deferred_to_future
+from scrapy.utils.defer import _schedule_coro, maybe_deferred_to_future
 from twisted.internet import threads
 from twisted.python.failure import Failure
 
@@ -47,8 +47,10 @@ from openimages_crawler.dataset.selection import MetadataRecord, Selection
 from openimages_crawler.dataset.source import ImageSource
 from openimages_crawler.store import LocalStore, mirror
 from openimages_crawler.store.annotations import AnnotationOutput
+from openimages_crawler.store.base import Store
+from openimages_crawler.store.lease import RunLock, shared_lock
 from openimages_crawler.store.ledger import ResultsLedger, settle
-from openimages_crawler.store.lock import StoreLock, StoreLocked, exclusive
+from openimages_crawler.store.lock import StoreLocked, exclusive
 from openimages_crawler.store.objects import ObjectStore
 from openimages_crawler.store.parts import part_label, recover_all
 from openimages_crawler.store.planner import PlannedOutput, RowPlan, RowPlanner
@@ -96,18 +98,21 @@ class OpenImagesSpider(scrapy.Spider):
             raise UsageError(
                 "FEEDS has no per-subset results feeds (URIs with %(subset)s for SuccessRow and FailureRow): "
                 "they are the crawl's record and checkpoint (under Scrapyd, leave items_dir empty)")
-        check_store(spider.store, spider.arguments.shard)
+        check_store(spider.store)
         selection.within = process_shard()  # a supervised process's share of the run
         share = selection.within
         spider.results_part = part_label(share.index, share.count) if share else part_label(*spider.shard)
         spider.supervisor = supervisor_pid()
         spider.lock = None
+        spider.lost_lock = ""  # why the run's bucket lease was lost, if it was
         if spider.supervisor is None:  # a supervised process shares its run's lock
-            spider.lock = StoreLock(spider.local_store.root, *spider.shard)
+            spider.lock = RunLock(spider.store, spider.local_store.root, *spider.shard, on_lost=spider.lose_lock)
             try:
                 spider.lock.acquire()
             except StoreLocked as exc:
                 raise ShardLocked(str(exc)) from None
+            except OSError as exc:  # the bucket answered the check, then failed
+                raise UsageError(f"cannot take the shard's lock in {spider.store.uri}: {exc}") from None
         # Held until the engine has stopped: results and report are written by then.
         crawler.signals.connect(spider.finish, signal=signals.engine_stopped)
         try:
@@ -143,9 +148,9 @@ class OpenImagesSpider(scrapy.Spider):
     def pull_results(self) -> None:
         """An object store's results files and parts into the work folder (the ledger reads them there)."""
         try:
-            with exclusive(self.local_store.root, "results"):
+            with shared_lock(self.store, self.local_store.root, "results", STOP_REQUESTED):
                 fetched = mirror.pull(self.store, self.local_store, self.result_patterns())
-        except OSError as exc:
+        except (OSError, StoreLocked) as exc:
             raise UsageError(f"cannot read the results from {self.store.uri}: {exc}") from None
         logger.info("Results read from %s: %d files", self.store.uri, fetched)
 
@@ -158,6 +163,13 @@ class OpenImagesSpider(scrapy.Spider):
         """The local folder of the crawl's records (results, locks, status, metadata
         cache): the store itself, or an object store's work folder."""
         return records_store(self.crawler.settings)
+
+    @property
+    def record_store(self) -> Store:
+        """Where this process keeps its record (``monitor.status``): the run's own
+        record goes to the store, where a fleet reads it; a supervised process's
+        stays in the work folder, for its supervisor."""
+        return self.store if self.supervisor is None else self.local_store
 
     @property
     def result_header(self) -> list[str]:
@@ -261,22 +273,33 @@ class OpenImagesSpider(scrapy.Spider):
         results files and a retried row that has a new result leaves its old
         failure row (the files are rewritten atomically), then the store is free
         for another crawl. A supervised process leaves that to its supervisor."""
+        reconcile_failures = self.arguments.retry is not None or self.ledger.needs_reconcile
         try:
-            if self.supervisor is None:
-                settle(self.results_files(), self.local_store, *self.shard,
-                       reconcile_failures=self.arguments.retry is not None or self.ledger.needs_reconcile)
-                if self.store.remote:
-                    self.push_results()
+            if self.supervisor is None and isinstance(self.store, ObjectStore):
+                if not self.lost_lock:  # else another run may own this shard's parts now
+                    self.settle_in_bucket(self.store, reconcile_failures)
+            elif self.supervisor is None:
+                settle(self.results_files(), self.local_store, *self.shard, reconcile_failures=reconcile_failures)
         finally:
             self.release()
 
-    def push_results(self) -> None:
-        """The merged results files up to the object store (the exit status says when they could not go)."""
+    def settle_in_bucket(self, store: ObjectStore, reconcile_failures: bool) -> None:
+        """This run's parts merged into the bucket's results files (the exit status says when they could not be)."""
         try:
-            mirror.push_results(self.store, self.local_store, self.result_patterns(), *self.shard)
-        except OSError as exc:
-            logger.error("Cannot upload the results to %s: %s", self.store.uri, exc)
+            mirror.settle_in_bucket(store, self.local_store, self.results_files(), *self.shard,
+                                    reconcile_failures=reconcile_failures)
+        except (OSError, StoreLocked) as exc:
+            logger.error("Cannot upload the results to %s: %s", store.uri, exc)
             self.crawler.stats.set_value("openimages/results_error", str(exc))
+
+    def lose_lock(self, message: str) -> None:
+        """The bucket's lease of this shard was lost (from its renewing thread):
+        stop, as for an unwritable store; the exit status says why."""
+        self.lost_lock = message
+        self.crawler.stats.set_value("openimages/lock_lost", message)
+        from twisted.internet import reactor  # the one Scrapy installed
+
+        reactor.callFromThread(lambda: _schedule_coro(self.crawler.engine.close_spider_async(reason="lock_lost")))
 
     def release(self) -> None:
         if self.lock is not None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 from openimages_crawler.commands.exits import EXIT_INCOMPLETE, EXIT_OK, fail
 from openimages_crawler.fleet.scrapyd import (
@@ -23,16 +22,16 @@ from openimages_crawler.fleet.state import (
 )
 from openimages_crawler.fleet.watch import cancel_quietly
 from openimages_crawler.monitor.status import read_status
-from openimages_crawler.store.local import LocalStore
+from openimages_crawler.store.base import Store
 
 logger = logging.getLogger(__name__)
 
 
-def status_rows(fleet: Fleet, listings: dict[str, dict[str, str] | None], root: Path) -> list[list[str]]:
+def status_rows(fleet: Fleet, listings: dict[str, dict[str, str] | None], store: Store) -> list[list[str]]:
     """One row per shard: shard, target, job, state, rows done, exit, attempts."""
     rows = []
     for job in fleet.jobs:
-        record = read_status(root, fleet.label(job))
+        record = read_status(store, fleet.label(job))
         mine = record if record is not None and record.job == job.jobid else None
         listing = listings.get(job.target)
         if job.state != SCHEDULED:
@@ -50,24 +49,24 @@ def status_rows(fleet: Fleet, listings: dict[str, dict[str, str] | None], root: 
     return rows
 
 
-def show_status(fleet: Fleet, targets: dict[str, ScrapydTarget], root: Path) -> int:
+def show_status(fleet: Fleet, targets: dict[str, ScrapydTarget], store: Store) -> int:
     listings: dict[str, dict[str, str] | None] = {}
     for name, answer in ask_all(list(targets.values()), lambda target: target.jobs()).items():
         if isinstance(answer, TargetError):
             logger.warning("%s", answer)
         listings[name] = None if isinstance(answer, TargetError) else answer
-    print(f"Fleet {fleet.run} of {fleet.spider} in {root}: {fleet.state}, started {fleet.started}"
+    print(f"Fleet {fleet.run} of {fleet.spider} in {store.uri}: {fleet.state}, started {fleet.started}"
           f"{f', ended {fleet.ended}' if fleet.ended else ''}; targets "
           f"{', '.join(f'{name} ({t.url})' for name, t in targets.items())}")
     header = ["shard", "target", "job", "state", "rows done", "exit", "attempts"]
-    rows = [header, *status_rows(fleet, listings, root)]
+    rows = [header, *status_rows(fleet, listings, store)]
     widths = [max(len(row[column]) for row in rows) for column in range(len(header))]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
     return EXIT_OK
 
 
-def cancel_fleet(fleet: Fleet, targets: dict[str, ScrapydTarget], store: LocalStore) -> int:
+def cancel_fleet(fleet: Fleet, targets: dict[str, ScrapydTarget], store: Store) -> int:
     """SIGTERM to every job of the fleet its targets hold (the current ones and
     any stray); the rows recorded so far stay, a new crawl resumes from them."""
     if not fleet.unfinished:

@@ -12,16 +12,18 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 
 from scrapy.exceptions import UsageError
 
-from openimages_crawler.store.base import writing_text
+from openimages_crawler.store.base import Store, writing_text
+from openimages_crawler.store.lease import BucketLease
 from openimages_crawler.store.local import LocalStore
+from openimages_crawler.store.objects import ObjectStore
 from openimages_crawler.store.parts import part_label
 
 FLEET_KEY = ".fleet/fleet.json"
-WATCH_LOCK = ".fleet/watch.lock"
+WATCH_LOCK = ".fleet/watch.lock"  # in a folder
+WATCH_LEASE = "fleet-watch"  # in a bucket: .locks/fleet-watch
 
 # A shard job's state in fleet.json.
 SCHEDULED, DONE, FAILED, CANCELLED = "scheduled", "done", "failed", "cancelled"
@@ -98,36 +100,50 @@ def assign(count: int, targets: list[str]) -> list[str]:
     return [targets[index % len(targets)] for index in range(count)]
 
 
-def read_fleet(root: Path) -> Fleet | None:
+def read_fleet(store: Store) -> Fleet | None:
     try:
-        text = (root / FLEET_KEY).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return None
+        text = store.read(FLEET_KEY).decode("utf-8")
+    except OSError as exc:
+        if store.stat(FLEET_KEY) is None:
+            return None
+        raise UsageError(f"{store.uri}/{FLEET_KEY} cannot be read: {exc}") from None
     try:
         return Fleet.from_json(text)
     except (ValueError, TypeError, KeyError) as exc:
-        raise UsageError(f"{root / FLEET_KEY} cannot be read ({exc}): move it away to start a new fleet") from None
+        raise UsageError(f"{store.uri}/{FLEET_KEY} cannot be read ({exc}): move it away to start a new fleet") from None
 
 
-def write_fleet(store: LocalStore, fleet: Fleet) -> None:
-    """Atomically (a temporary file, then a rename): a reader never sees half of it."""
+def write_fleet(store: Store, fleet: Fleet) -> None:
+    """Atomically (a temporary file, then a rename; one PUT): a reader never sees half of it."""
     with writing_text(store, FLEET_KEY) as out:
         out.write(fleet.to_json())
 
 
 @contextmanager
-def watching(root: Path, fleet: Fleet) -> Iterator[None]:
+def watching(store: Store, fleet: Fleet) -> Iterator[None]:
     """One watch per fleet: two would each schedule a dead node's shards again.
-    An OS lock, released however the watch ends."""
-    path = root / WATCH_LOCK
+    An OS lock, released however the watch ends; in a bucket, a lease its
+    watch renews (a killed watch's lapses after ``lease.LEASE_S``)."""
+    busy = UsageError(f"fleet {fleet.run} is watched already (from another shell or machine); "
+                      "`scrapy fleet --status` shows it")
+    if isinstance(store, ObjectStore):
+        lease = BucketLease(store, WATCH_LEASE)
+        if lease.try_take() is not None:
+            raise busy
+        try:
+            yield
+        finally:
+            lease.release()
+        return
+    assert isinstance(store, LocalStore)
+    path = store.root / WATCH_LOCK
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise UsageError(f"fleet {fleet.run} is watched already (from another shell or machine); "
-                             "`scrapy fleet --status` shows it") from None
+            raise busy from None
         yield
     finally:
         os.close(fd)

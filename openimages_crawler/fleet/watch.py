@@ -20,6 +20,7 @@ from openimages_crawler.commands.exits import (
     EXIT_USAGE,
     fail,
 )
+from openimages_crawler.crawl.config import records_store
 from openimages_crawler.crawl.feeds import results_files
 from openimages_crawler.fleet.decisions import (
     Freshness,
@@ -56,9 +57,11 @@ from openimages_crawler.monitor.status import (
     total_hosts,
     total_stages,
 )
+from openimages_crawler.store import mirror
+from openimages_crawler.store.base import Store
+from openimages_crawler.store.lease import store_exclusive
 from openimages_crawler.store.ledger import recorded_rows, settle
-from openimages_crawler.store.local import LocalStore
-from openimages_crawler.store.lock import exclusive
+from openimages_crawler.store.objects import ObjectStore
 
 if TYPE_CHECKING:
     from scrapy.settings import BaseSettings
@@ -73,11 +76,12 @@ class Watch:
     """Follows a fleet until every shard is done: progress, rescheduling, the
     end (merge, report, one exit status)."""
 
-    def __init__(self, fleet: Fleet, targets: dict[str, ScrapydTarget], store: LocalStore,
+    def __init__(self, fleet: Fleet, targets: dict[str, ScrapydTarget], store: Store,
                  settings: BaseSettings) -> None:
         self.fleet = fleet
         self.targets = targets
-        self.store = store
+        self.store = store  # the fleet's record, the shards' records, the report
+        self.local = records_store(settings)  # the results files (an object store's work folder)
         self.settings = settings
         self.files = results_files(settings)
         self.display = ProgressDisplay(str(settings["OPENIMAGES_PROGRESS"]).lower(),
@@ -97,14 +101,14 @@ class Watch:
                 job.state = SCHEDULED
         self.limits = {job.index: job.attempts + RESCHEDULES for job in fleet.jobs}
         for job in fleet.jobs:  # shards done before a re-attach still count in the sums
-            found = read_status(store.root, fleet.label(job)) if job.state == DONE else None
+            found = read_status(store, fleet.label(job)) if job.state == DONE else None
             if found is not None and found.job == job.jobid:
                 self.records[job.index] = found
 
     def run(self) -> int:
         previous = {signum: signal.signal(signum, self.on_signal) for signum in EXIT_AFTER_SIGNAL}
         try:
-            with watching(self.store.root, self.fleet):
+            with watching(self.store, self.fleet):
                 if self.dashboard is not None:
                     return self.serve_and_watch(self.dashboard)
                 while True:
@@ -160,8 +164,8 @@ class Watch:
         """One look at everything; an exit status once the fleet has ended.
         Holds the fleet's lock: a ``--cancel`` meanwhile waits, then this
         watch sees it and schedules nothing again."""
-        with exclusive(self.store.root, "fleet"):
-            recorded = read_fleet(self.store.root)
+        with store_exclusive(self.store, "fleet"):
+            recorded = read_fleet(self.store)
             if recorded is None or recorded.run != self.fleet.run or recorded.state == CANCELLED:
                 return fail(f"fleet {self.fleet.run} was cancelled (scrapy fleet --cancel): its rows not "
                             "recorded yet are still pending", EXIT_INCOMPLETE)
@@ -217,7 +221,7 @@ class Watch:
         return listings
 
     def observe(self, job: ShardJob, listings: dict[str, dict[str, str]], now: float) -> Observation:
-        record = read_status(self.store.root, self.fleet.label(job))
+        record = read_status(self.store, self.fleet.label(job))
         listing = listings.get(job.target)
         seen = Observation(
             listing=None if listing is None else listing.get(job.jobid, ABSENT),
@@ -273,7 +277,7 @@ class Watch:
         self.fleet.state, self.fleet.ended = FAILED, timestamp()
         write_fleet(self.store, self.fleet)
         target = self.targets[job.target]
-        record = read_status(self.store.root, self.fleet.label(job))
+        record = read_status(self.store, self.fleet.label(job))
         why = f": {record.error}" if record is not None and record.error else ""
         return fail(f"shard {self.fleet.shard(job)} (job {job.jobid} on {target!r}) stopped with a usage error "
                     f"(exit 2){why}; every job was stopped (its crawl log: "
@@ -282,7 +286,7 @@ class Watch:
     def finish(self) -> int:
         """Every shard done: one set of results files, one report, exit 0."""
         final = self.show(final=True)
-        settle(self.files, self.store, 1, 1)
+        self.settle()
         totals = recorded_rows(self.files)
         if self.settings.getbool("OPENIMAGES_REPORT"):
             self.write_report(final, totals)
@@ -291,14 +295,14 @@ class Watch:
         print(f"Fleet {self.fleet.run} finished: {self.fleet.shards} shards on {len(self.targets)} targets, "
               f"{final.done:,} rows done ({final.ok:,} stored, {final.failed:,} failed) in "
               f"{elapsed(self.fleet.started):.0f} s; the store holds "
-              f"{', '.join(f'{count:,} {kind}' for kind, count in totals.items())}: {self.store.root}")
+              f"{', '.join(f'{count:,} {kind}' for kind, count in totals.items())}: {self.store.uri}")
         return EXIT_OK
 
     def give_up(self) -> int:
         """Shards failed too often, the others are done: their rows are merged,
         the failed shards' unrecorded rows stay pending for the next watch."""
         self.show(final=False)
-        settle(self.files, self.store, 1, 1)
+        self.settle()
         self.fleet.state = INCOMPLETE
         write_fleet(self.store, self.fleet)
         failed = [self.fleet.shard(job) for job in self.fleet.jobs if job.state == FAILED]
@@ -306,10 +310,18 @@ class Watch:
                     f"finish in {RESCHEDULES + 1} jobs; their rows not recorded yet are still pending: see the "
                     "jobs' logs, fix the cause and run `scrapy fleet --watch` to try again", EXIT_INCOMPLETE)
 
+    def settle(self) -> None:
+        """Every shard's parts into the results files (their jobs merge their own;
+        these are the parts of jobs that could not)."""
+        if isinstance(self.store, ObjectStore):
+            mirror.settle_in_bucket(self.store, self.local, self.files, 1, 1, whole=True)
+        else:
+            settle(self.files, self.local, 1, 1)
+
     def write_report(self, final: Counts, totals: dict[str, int]) -> None:
         records = list(self.records.values())
         seconds = elapsed(self.fleet.started)
-        run = report.run_record(str(self.store.root), started=self.fleet.started, seconds=seconds,
+        run = report.run_record(self.store.uri, started=self.fleet.started, seconds=seconds,
                                 reason="finished", arguments=self.fleet.arguments, processes=self.fleet.shards)
         report.write(self.store, report.build(
             final=final, history=self.meter.history + [final], hosts=total_hosts(records),

@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 from scrapy import signals
 from scrapy.exceptions import UsageError
 
-from openimages_crawler.crawl.config import CrawlConfig, open_crawl_store, records_store
+from openimages_crawler.crawl.config import CrawlConfig, open_crawl_store
 from openimages_crawler.crawl.ticking import Ticking
 from openimages_crawler.monitor import report
 from openimages_crawler.monitor.progress import (
@@ -23,7 +23,7 @@ from openimages_crawler.monitor.progress import (
     figures,
 )
 from openimages_crawler.monitor.report import HostTally
-from openimages_crawler.monitor.status import PartStatus, set_counts
+from openimages_crawler.monitor.status import PartStatus, RecordSender, set_counts
 from openimages_crawler.reasons import FAILURE_STAT_PREFIX
 from openimages_crawler.store.ledger import recorded_rows
 from openimages_crawler.store.results import FailureRow, SuccessRow
@@ -132,7 +132,7 @@ class RunReport:
         self.crawler = crawler
         self.enabled = crawler.settings.getbool("OPENIMAGES_REPORT")
         self.store = open_crawl_store(crawler.settings)  # the report goes there
-        self.records = records_store(crawler.settings)  # this process's record
+        self.sender: RecordSender | None = None  # to an object store, from a thread
         self.hosts: dict[str, HostTally] = {}
         self.failures: deque[dict[str, str]] = deque(maxlen=RECENT_FAILURES)
         self.config = CrawlConfig.from_settings(crawler.settings)
@@ -173,11 +173,11 @@ class RunReport:
         now = time.monotonic()
         if final or now - self.written >= STATUS_INTERVAL_S:
             self.written = now
-            self.write_status(counts, reason if final else "running")
+            self.write_status(counts, reason if final else "running", final)
         if final and self.enabled and getattr(spider, "supervisor", None) is None:
             self.write_report(counts, meter, reason)
 
-    def write_status(self, counts: Counts, state: str) -> None:
+    def write_status(self, counts: Counts, state: str, final: bool) -> None:
         assert self.status is not None
         status = self.status
         set_counts(status, counts, self.hosts)
@@ -185,10 +185,17 @@ class RunReport:
         status.stages = self.stages()
         status.recent_failures = list(self.failures)
         status.recent_images = list(self.images)
+        store = self.crawler.spider.record_store
+        if store.remote:
+            self.sender = self.sender or RecordSender(store)
+            self.sender.send(status)
+            if final:
+                self.sender.flush()  # before the command adds its exit status
+            return
         try:
-            status.write(self.records)
+            status.write(store)
         except OSError as exc:
-            logger.warning("Cannot write the crawl's status in %s: %s", self.records.uri, exc)
+            logger.warning("Cannot write the crawl's status in %s: %s", store.uri, exc)
 
     def stages(self) -> dict[str, float]:
         """Time per stage; ``process_cpu_s`` is all this process's CPU, so the

@@ -15,16 +15,16 @@ import json
 import logging
 import os
 import socket
+import threading
 from collections import Counter
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from itertools import zip_longest
-from pathlib import Path
 from typing import Any
 
 from openimages_crawler.monitor.progress import Counts
 from openimages_crawler.monitor.report import HostTally
-from openimages_crawler.store.base import Store, writing_text
+from openimages_crawler.store.base import Store
 
 logger = logging.getLogger(__name__)
 
@@ -63,10 +63,55 @@ class PartStatus:
         return {host: HostTally(tally.get("ok", 0), Counter(tally.get("failures", {})))
                 for host, tally in self.hosts.items()}
 
-    def write(self, store: Store) -> None:
+    def encode(self) -> bytes:
+        """The record as written now (``updated`` set)."""
         self.updated = _now()
-        with writing_text(store, self.key) as out:
-            out.write(json.dumps(asdict(self)))
+        return json.dumps(asdict(self)).encode()
+
+    def write(self, store: Store) -> None:
+        data = self.encode()
+        with store.writing(self.key) as out:
+            out.write(data)
+
+
+class RecordSender:
+    """Writes records to a store that may be slow to answer (an object store)
+    from a thread of its own, the latest copy of each, one write at a time: the
+    crawl never waits on it, and a record is never older than one write."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.pending: dict[str, bytes] = {}
+        self.busy = False
+        self.changed = threading.Condition()
+        self.thread: threading.Thread | None = None
+
+    def send(self, record: PartStatus) -> None:
+        with self.changed:
+            self.pending[record.key] = record.encode()
+            if self.thread is None:
+                self.thread = threading.Thread(target=self._run, name="openimages-records", daemon=True)
+                self.thread.start()
+            self.changed.notify_all()
+
+    def _run(self) -> None:
+        while True:
+            with self.changed:
+                self.changed.wait_for(lambda: bool(self.pending))
+                key, data = self.pending.popitem()
+                self.busy = True
+            try:
+                self.store.write(key, data)
+            except OSError as exc:
+                logger.warning("Cannot write the crawl's status in %s: %s", self.store.uri, exc)
+            with self.changed:
+                self.busy = False
+                self.changed.notify_all()
+
+    def flush(self, timeout: float = 60.0) -> None:
+        """Wait until what was sent is written (or could not be)."""
+        with self.changed:
+            self.changed.wait_for(lambda: not self.pending and not self.busy, timeout)
 
 
 def set_counts(status: PartStatus, counts: Counts, hosts: dict[str, HostTally]) -> None:
@@ -74,28 +119,28 @@ def set_counts(status: PartStatus, counts: Counts, hosts: dict[str, HostTally]) 
     status.hosts = {host: {"ok": tally.ok, "failures": dict(tally.failures)} for host, tally in hosts.items()}
 
 
-def read_status(root: Path, part: str) -> PartStatus | None:
+def read_status(store: Store, part: str) -> PartStatus | None:
     """A part's record (``None`` when missing or unreadable: a process that
     has not written yet)."""
     try:
-        found = json.loads((root / STATUS_DIR / f"{part}.json").read_text())
+        found = json.loads(store.read(f"{STATUS_DIR}/{part}.json"))
         known = {f.name for f in fields(PartStatus)}
         return PartStatus(**{name: value for name, value in found.items() if name in known})
     except (OSError, ValueError, TypeError):
         return None
 
 
-def mark_exit(root: Path, part: str, store: Store, status: int, error: str = "", job: str = "") -> None:
+def mark_exit(store: Store, part: str, status: int, error: str = "", job: str = "") -> None:
     """Add the exit status (and its error line) to a part's record: the job's
     done marker, which a scheduler that does not report exit statuses reads."""
-    record = read_status(root, part)
+    record = read_status(store, part)
     if record is None or (job and record.job != job):
         record = PartStatus(part=part, job=job, state="not started")
     record.exit, record.error = status, error
     try:
         record.write(store)
     except OSError as exc:
-        logger.warning("Cannot write the exit status in %s: %s", root, exc)
+        logger.warning("Cannot write the exit status in %s: %s", store.uri, exc)
 
 
 def total_counts(records: list[PartStatus], time: float) -> Counts:

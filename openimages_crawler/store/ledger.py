@@ -11,7 +11,7 @@ import glob
 import logging
 from collections import Counter
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 from functools import partial
 from pathlib import Path
 from typing import IO
@@ -114,10 +114,11 @@ def recorded_rows(files: dict[str, list[str]]) -> dict[str, int]:
 
 
 def settle(files: dict[str, list[str]], store: LocalStore, index: int = 1, count: int = 1, *,
-           reconcile_failures: bool = True) -> None:
+           reconcile_failures: bool = True, locked: bool = False) -> None:
     """End a run of shard ``index`` of ``count``: merge its results parts into
-    the results files and, when asked, ``reconcile`` the failure files."""
-    with exclusive(store.root, "results"):
+    the results files and, when asked, ``reconcile`` the failure files
+    (under the store's ``results`` lock, unless the caller holds it)."""
+    with nullcontext() if locked else exclusive(store.root, "results"):
         merge_owned(files["success"] + files["failure"], index, count)
         if reconcile_failures:
             reconcile(files, store)

@@ -65,7 +65,7 @@ class StoreLock:
             self._refuse_other_shardings()
             fd = _open(self.path)
             if not _try_lock(fd, fcntl.LOCK_EX) and not (
-                    _holder_gone(_read_holder(fd)) and _wait_lock(fd, fcntl.LOCK_EX, _STOPPING_S)):
+                    holder_gone(_read_holder(fd)) and _wait_lock(fd, fcntl.LOCK_EX, _STOPPING_S)):
                 holder = _read_holder(fd)
                 os.close(fd)
                 what = "" if self.count == 1 else f"shard {self.index}/{self.count} of "
@@ -143,7 +143,7 @@ def _wait_lock(fd: int, kind: int, seconds: float) -> bool:
     return True
 
 
-def _holder_gone(holder: str) -> bool:
+def holder_gone(holder: str) -> bool:
     """Whether the lock's taker, on this host, has died: the lock is then held by
     its child processes, which stop within seconds (they die with it)."""
     try:
@@ -153,9 +153,14 @@ def _holder_gone(holder: str) -> bool:
         return False
 
 
+def new_holder() -> dict[str, object]:
+    """Who takes a lock: this host and process, since now."""
+    return {"host": socket.gethostname(), "pid": os.getpid(),
+            "started": datetime.now(UTC).isoformat(timespec="seconds")}
+
+
 def _write_holder(fd: int) -> None:
-    holder = {"host": socket.gethostname(), "pid": os.getpid(),
-              "started": datetime.now(UTC).isoformat(timespec="seconds")}
+    holder = new_holder()
     os.ftruncate(fd, 0)
     os.pwrite(fd, json.dumps(holder).encode(), 0)
 

@@ -29,6 +29,8 @@ from collections.abc import Iterable
 from fnmatch import fnmatch
 from pathlib import Path, PurePosixPath
 
+from openimages_crawler.store.lease import shared_lock
+from openimages_crawler.store.ledger import settle
 from openimages_crawler.store.local import LocalStore
 from openimages_crawler.store.objects import ObjectEntry, ObjectStore
 from openimages_crawler.store.parts import (
@@ -105,16 +107,46 @@ def recover(store: ObjectStore, final_key: str) -> None:
 
 
 def pull(store: ObjectStore, local: LocalStore, final_patterns: list[str]) -> int:
-    """Make the work folder's results those of the bucket; the files fetched."""
+    """Make the work folder's results those of the bucket; the files fetched.
+    Callers hold ``lease.shared_lock`` ``results``."""
     for path in _local_copies(final_patterns):
         path.unlink(missing_ok=True)
+    fetched = refresh_finals(store, local, final_patterns)
+    parts = [key for pattern in final_patterns for key in glob_keys(store, relative(local, part_pattern(pattern)))]
+    for key in parts:
+        store.download(key, local.path(key))
+    return fetched + len(parts)
+
+
+def refresh_finals(store: ObjectStore, local: LocalStore, final_patterns: list[str]) -> int:
+    """The bucket's results files (not its parts) into the work folder, once a
+    merge that a kill interrupted is finished or undone; the files fetched."""
+    for pattern in final_patterns:
+        for name in glob.glob(pattern):
+            Path(name).unlink()
     finals = [key for pattern in final_patterns for key in glob_keys(store, relative(local, pattern))]
     for key in finals:
         recover(store, key)  # may delete parts, never a results file
-    parts = [key for pattern in final_patterns for key in glob_keys(store, relative(local, part_pattern(pattern)))]
-    for key in finals + parts:
+    for key in finals:
         store.download(key, local.path(key))
-    return len(finals) + len(parts)
+    return len(finals)
+
+
+def settle_in_bucket(store: ObjectStore, local: LocalStore, files: dict[str, list[str]], index: int = 1,
+                     count: int = 1, *, reconcile_failures: bool = True, whole: bool = False) -> None:
+    """End a run of shard ``index`` of ``count`` on an object store, under the
+    bucket's ``results`` lease: the bucket's results files as they are now
+    (other shards may have merged since this run pulled them), this shard's
+    parts merged in (``ledger.settle``), and up again. ``whole``: every part
+    is fetched first (a fleet's last merge, on the machine that watched it)."""
+    patterns = files["success"] + files["failure"]
+    with shared_lock(store, local.root, "results"):
+        if whole:
+            pull(store, local, patterns)
+        else:
+            refresh_finals(store, local, patterns)
+        settle(files, local, index, count, reconcile_failures=reconcile_failures, locked=True)
+        push_results(store, local, patterns, index, count)
 
 
 def push_parts(store: ObjectStore, local: LocalStore, parts: Iterable[Path]) -> None:

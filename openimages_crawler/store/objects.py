@@ -23,6 +23,8 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import IO, Any, NamedTuple
 from urllib.parse import urlsplit
@@ -41,6 +43,12 @@ LISTED_FOLDERS = 64
 class ObjectEntry(NamedTuple):
     size: int
     etag: str  # changes whenever the object is written again
+
+
+class Looked(NamedTuple):
+    body: bytes
+    etag: str
+    age: float  # seconds since it was last written, by the server's clock
 
 
 class StoreUnavailable(OSError):
@@ -263,9 +271,55 @@ class ObjectStore:
         try:
             return dict(self.client.head_object(Bucket=self.bucket, Key=self.key(key))["Metadata"])
         except Exception as exc:
-            if str(getattr(exc, "response", {}).get("Error", {}).get("Code")) in {"404", "NoSuchKey"}:
+            if _error_code(exc) in _MISSING:
                 return None
             raise OSError(f"cannot read {self.uri}/{key}: {describe_error(exc)}") from None
+
+    # --- conditional writes (the leases of ``store.lease``) -------------------
+
+    def put_if(self, key: str, data: bytes, etag: str | None = None) -> str | None:
+        """Write ``key`` only if it does not exist (``etag`` None) or still has
+        ``etag``; its new ETag, or ``None`` when the condition failed (another
+        writer came first)."""
+        condition = {"IfMatch": etag} if etag else {"IfNoneMatch": "*"}
+        try:
+            written = self.client.put_object(Bucket=self.bucket, Key=self.key(key), Body=data, **condition)
+        except Exception as exc:
+            if _error_code(exc) in _CONFLICTS:
+                return None
+            raise OSError(f"cannot write {self.uri}/{key}: {describe_error(exc)}") from None
+        return str(written["ETag"])
+
+    def look(self, key: str) -> Looked | None:
+        """``key``'s body, ETag and age by the server's clock (the writers' clocks
+        may disagree); ``None`` when there is no such object."""
+        try:
+            found = self.client.get_object(Bucket=self.bucket, Key=self.key(key))
+        except Exception as exc:
+            if _error_code(exc) in _MISSING:
+                return None
+            raise OSError(f"cannot read {self.uri}/{key}: {describe_error(exc)}") from None
+        served = found["ResponseMetadata"].get("HTTPHeaders", {}).get("date")
+        now = parsedate_to_datetime(served) if served else datetime.now(UTC)
+        return Looked(found["Body"].read(), str(found["ETag"]),
+                      max((now - found["LastModified"]).total_seconds(), 0.0))
+
+    def delete_if(self, key: str, etag: str) -> bool:
+        """Delete ``key`` if it still has ``etag``; whether it did. A server
+        without conditional deletes gets a look first (a small race)."""
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=self.key(key), IfMatch=etag)
+        except Exception as exc:
+            code = _error_code(exc)
+            if code in _CONFLICTS or code in _MISSING:
+                return False
+            if code not in {"NotImplemented", "InvalidArgument"}:
+                raise OSError(f"cannot delete {self.uri}/{key}: {describe_error(exc)}") from None
+            found = self.look(key)
+            if found is None or found.etag != etag:
+                return False
+            self.delete(key)
+        return True
 
     def delete(self, key: str) -> None:
         try:
@@ -292,6 +346,14 @@ class GcsStore(ObjectStore):
     key pair in AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY."""
 
     default_endpoint = GCS_ENDPOINT
+
+
+_CONFLICTS = {"PreconditionFailed", "412", "ConditionalRequestConflict", "409"}
+_MISSING = {"NoSuchKey", "404"}
+
+
+def _error_code(exc: BaseException) -> str:
+    return str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
 
 
 def describe_error(exc: BaseException) -> str:

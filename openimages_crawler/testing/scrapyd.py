@@ -68,8 +68,8 @@ class Daemon:
             return False
 
 
-def start_daemon(folder: Path, name: str, max_proc: int = 2) -> Daemon:
-    """A Scrapyd in a folder of its own."""
+def start_daemon(folder: Path, name: str, max_proc: int = 2, env: dict[str, str] | None = None) -> Daemon:
+    """A Scrapyd in a folder of its own; ``env``: more of its (and its jobs') environment."""
     folder.mkdir(parents=True)
     port = free_port()
     (folder / "scrapyd.conf").write_text(
@@ -77,8 +77,8 @@ def start_daemon(folder: Path, name: str, max_proc: int = 2) -> Daemon:
         f"logs_dir = {folder / 'logs'}\nitems_dir =\ndbs_dir = {folder / 'dbs'}\njobs_to_keep = 20\n"
         f"max_proc = {max_proc}\npoll_interval = 0.5\nusername =\npassword =\n")
     with open(folder / "scrapyd.out", "wb") as out:
-        process = subprocess.Popen([sys.executable, "-m", "scrapyd"], cwd=folder, env=clean_env(), stdout=out,
-                                   stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen([sys.executable, "-m", "scrapyd"], cwd=folder, env={**clean_env(), **(env or {})},
+                                   stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     return Daemon(name, folder, port, process)
 
 
