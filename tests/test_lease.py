@@ -9,6 +9,7 @@ import subprocess
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 
 import pytest
 
@@ -135,3 +136,35 @@ def test_an_exclusive_lease_is_waited_for(store: ObjectStore) -> None:
     with bucket_exclusive(store, "results"), pytest.raises(StoreLocked, match="stopped while waiting"):
         with bucket_exclusive(store, "results", stop):
             pass
+
+
+class _Body:
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def stream(self, **_: object) -> Iterator[bytes]:
+        yield self.data
+
+
+def test_a_server_without_conditional_writes_gets_a_look_first(
+    store: ObjectStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A server that answers a conditional PUT with 501 (older S3-compatible
+    servers) still gets the lease's semantics between two requests, with a warning."""
+    from botocore.awsrequest import AWSResponse
+
+    def refuse_conditions(request: object, **_: object) -> AWSResponse | None:
+        headers = request.headers  # type: ignore[attr-defined]
+        if "If-None-Match" in headers or "If-Match" in headers:
+            return AWSResponse(request.url, 501, {}, _Body(  # type: ignore[attr-defined]
+                b"<Error><Code>NotImplemented</Code><Message>no conditions here</Message></Error>"))
+        return None
+
+    store.client.meta.events.register("before-send.s3.PutObject", refuse_conditions)
+    first = store.put_if("k", b"one")
+    assert first is not None and store.read("k") == b"one"
+    assert store.put_if("k", b"two") is None
+    assert store.put_if("k", b"three", first) is not None
+    assert store.put_if("k", b"four", first) is None
+    assert store.read("k") == b"three"
+    assert caplog.text.count("has no conditional writes") == 1

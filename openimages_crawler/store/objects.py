@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
+import logging
 import os
 import tempfile
 import threading
@@ -30,6 +31,8 @@ from typing import IO, Any, NamedTuple
 from urllib.parse import urlsplit
 
 from openimages_crawler.store.base import StoreOptions
+
+logger = logging.getLogger(__name__)
 
 # Google Cloud Storage's S3-compatible endpoint (HMAC keys as the AWS key pair).
 GCS_ENDPOINT = "https://storage.googleapis.com"
@@ -78,6 +81,7 @@ class ObjectStore:
         self._listed: OrderedDict[str, dict[str, int]] = OrderedDict()
         self._parents: dict[str, set[str]] = {}  # folder -> its sub-folders (a few per output)
         self._listed_lock = threading.Lock()
+        self._warned_unconditional = False
 
     # --- the connection ------------------------------------------------------
 
@@ -285,8 +289,28 @@ class ObjectStore:
         try:
             written = self.client.put_object(Bucket=self.bucket, Key=self.key(key), Body=data, **condition)
         except Exception as exc:
-            if _error_code(exc) in _CONFLICTS:
+            code = _error_code(exc)
+            if code in _CONFLICTS:
                 return None
+            if code not in _UNSUPPORTED:
+                raise OSError(f"cannot write {self.uri}/{key}: {describe_error(exc)}") from None
+            return self._put_after_look(key, data, etag)
+        return str(written["ETag"])
+
+    def _put_after_look(self, key: str, data: bytes, etag: str | None) -> str | None:
+        """``put_if`` on a server without conditional writes: a look, then a
+        plain PUT (two writers in between both win: runs on several machines
+        are then not kept apart, which the warning says once)."""
+        if not self._warned_unconditional:
+            self._warned_unconditional = True
+            logger.warning("%s has no conditional writes: the locks in the bucket cannot keep runs on several "
+                           "machines apart", self.uri)
+        found = self.look(key)
+        if (found.etag if found is not None else None) != etag:
+            return None
+        try:
+            written = self.client.put_object(Bucket=self.bucket, Key=self.key(key), Body=data)
+        except Exception as exc:
             raise OSError(f"cannot write {self.uri}/{key}: {describe_error(exc)}") from None
         return str(written["ETag"])
 
@@ -313,7 +337,7 @@ class ObjectStore:
             code = _error_code(exc)
             if code in _CONFLICTS or code in _MISSING:
                 return False
-            if code not in {"NotImplemented", "InvalidArgument"}:
+            if code not in _UNSUPPORTED:
                 raise OSError(f"cannot delete {self.uri}/{key}: {describe_error(exc)}") from None
             found = self.look(key)
             if found is None or found.etag != etag:
@@ -350,6 +374,7 @@ class GcsStore(ObjectStore):
 
 _CONFLICTS = {"PreconditionFailed", "412", "ConditionalRequestConflict", "409"}
 _MISSING = {"NoSuchKey", "404"}
+_UNSUPPORTED = {"NotImplemented", "501", "InvalidArgument"}  # a server without conditional requests
 
 
 def _error_code(exc: BaseException) -> str:
