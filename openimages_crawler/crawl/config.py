@@ -16,15 +16,17 @@ from openimages_crawler.imaging.pillow import ResizeSpec
 from openimages_crawler.store import STORE_SCHEMES, UnsupportedStore, open_store
 from openimages_crawler.store.base import Store, StoreOptions, store_scheme
 from openimages_crawler.store.layout import StoreLayout
+from openimages_crawler.store.lease import shared_lock
 from openimages_crawler.store.local import LocalStore
 from openimages_crawler.store.objects import ObjectStore, StoreUnavailable, split_uri
 from openimages_crawler.store.parts import part_label
+from openimages_crawler.store.shards import CONTAINERS, ShardSink, scratch_folder
 from openimages_crawler.store.sinks import FilesSink, OutputSink
 
 # Keys of one OPENIMAGES_OUTPUTS entry: required, then optional (defaults from
 # the single-output settings).
 _OUTPUT_KEYS = ("dir", "mode", "size")
-_OPTIONAL_OUTPUT_KEYS = ("format", "quality", "resample")
+_OPTIONAL_OUTPUT_KEYS = ("format", "quality", "resample", "container")
 
 
 # What CrawlConfig reads; a crawl without the project's settings module would
@@ -36,16 +38,19 @@ _READ_SETTINGS = (
     "OPENIMAGES_FAST_RESIZE", "OPENIMAGES_METADATA_URL", "OPENIMAGES_METADATA_VERIFY", "OPENIMAGES_SAVE_TARBALLS",
     "OPENIMAGES_DOWNLOAD_300K", "OPENIMAGES_RESIZE", "OPENIMAGES_RESIZED_DIR", "OPENIMAGES_RESIZE_MODE",
     "OPENIMAGES_RESIZE_SIZE", "OPENIMAGES_RESAMPLE", "OPENIMAGES_RESIZE_FORMAT", "OPENIMAGES_RESIZE_QUALITY",
+    "OPENIMAGES_RESIZE_CONTAINER", "OPENIMAGES_ORIGINALS_CONTAINER", "OPENIMAGES_SHARD_SIZE",
     "OPENIMAGES_OUTPUTS",
 )
 
 
 @dataclass(frozen=True, slots=True)
 class ResizedOutput:
-    """One resized copy of every image, under ``{Subset}/{dir}/``."""
+    """One resized copy of every image, under ``{Subset}/{dir}/``: files, or
+    shards of a container (``store.shards``)."""
 
     dir: str
     spec: ResizeSpec
+    container: str = "files"
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +73,8 @@ class CrawlConfig:
     keep_archives: bool
     thumbnails_300k: bool
     cvdf_url: str
+    originals_container: str = "files"
+    shard_size: int = 10000
 
     @classmethod
     def from_settings(cls, settings: BaseSettings) -> CrawlConfig:
@@ -93,6 +100,10 @@ class CrawlConfig:
         subdir_chars = settings.getint("OPENIMAGES_SUBDIR_CHARS")
         if subdir_chars < 0:
             raise UsageError("OPENIMAGES_SUBDIR_CHARS must be 0 or more")
+        originals_container = _container(settings["OPENIMAGES_ORIGINALS_CONTAINER"], "OPENIMAGES_ORIGINALS_CONTAINER")
+        shard_size = settings.getint("OPENIMAGES_SHARD_SIZE")
+        if shard_size < 1:
+            raise UsageError(f"OPENIMAGES_SHARD_SIZE must be 1 or more, not {shard_size}")
         cvdf_url = str(settings["OPENIMAGES_CVDF_URL"])
         if urlsplit(cvdf_url).scheme not in ("http", "https"):
             raise UsageError(f"OPENIMAGES_CVDF_URL must be http(s), not {cvdf_url!r}")
@@ -112,6 +123,8 @@ class CrawlConfig:
             keep_archives=settings.getbool("OPENIMAGES_SAVE_TARBALLS"),
             thumbnails_300k=settings.getbool("OPENIMAGES_DOWNLOAD_300K"),
             cvdf_url=cvdf_url,
+            originals_container=originals_container,
+            shard_size=shard_size,
         )
 
 
@@ -123,6 +136,7 @@ def _outputs(settings: BaseSettings) -> tuple[ResizedOutput, ...]:
         "resample": settings["OPENIMAGES_RESAMPLE"],
         "format": settings["OPENIMAGES_RESIZE_FORMAT"],
         "quality": settings["OPENIMAGES_RESIZE_QUALITY"],
+        "container": settings["OPENIMAGES_RESIZE_CONTAINER"],
     }
     entries = settings["OPENIMAGES_OUTPUTS"] or []
     if isinstance(entries, str):
@@ -161,11 +175,20 @@ def _outputs(settings: BaseSettings) -> tuple[ResizedOutput, ...]:
             )
         except (TypeError, ValueError) as exc:
             raise UsageError(f"bad {label} {entry}: {exc}") from None
-        outputs.append(ResizedOutput(_folder_name(str(values["dir"]), "an output dir"), spec))
+        container = _container(values["container"], "OPENIMAGES_RESIZE_CONTAINER" if "container" not in entry
+                               else f"{label} {entry}: container")
+        outputs.append(ResizedOutput(_folder_name(str(values["dir"]), "an output dir"), spec, container))
     folders = [output.dir for output in outputs]
     if len(set(folders)) != len(folders):
         raise UsageError(f"OPENIMAGES_OUTPUTS: each output needs its own dir, not {folders}")
     return tuple(outputs)
+
+
+def _container(value: object, name: str) -> str:
+    container = str(value).lower()
+    if container not in CONTAINERS:
+        raise UsageError(f"{name} must be one of {', '.join(CONTAINERS)}, not {value!r}")
+    return container
 
 
 def _folder_name(value: str, name: str) -> str:
@@ -174,9 +197,29 @@ def _folder_name(value: str, name: str) -> str:
     return value
 
 
-def output_sinks(config: CrawlConfig, store: Store) -> dict[str, OutputSink]:
-    """The sink of each resized output, by its folder (files in the layout, today)."""
-    return {output.dir: FilesSink(store, config.layout, output.dir) for output in config.outputs}
+def output_sinks(config: CrawlConfig, store: Store, records: LocalStore) -> dict[str, OutputSink]:
+    """The sink of each resized output, by its folder: files in the layout, or
+    shards of a container (filled in ``records``' staging, numbered under the
+    store's lock)."""
+    return {output.dir: container_sink(config, store, records, output.dir, output.container)
+            for output in config.outputs}
+
+
+def originals_sink(config: CrawlConfig, store: Store, records: LocalStore) -> ShardSink | None:
+    """The originals' shards, or ``None`` when they are files (written by the pipeline itself)."""
+    if config.originals_container == "files":
+        return None
+    sink = container_sink(config, store, records, config.layout.originals_dir, config.originals_container)
+    assert isinstance(sink, ShardSink)
+    return sink
+
+
+def container_sink(config: CrawlConfig, store: Store, records: LocalStore, folder: str,
+                   container: str) -> OutputSink:
+    if container == "files":
+        return FilesSink(store, config.layout, folder)
+    return ShardSink(store, scratch_folder(records.root), folder, container, config.shard_size,
+                     lambda name: shared_lock(store, records.root, name))
 
 
 def open_crawl_store(

@@ -26,20 +26,29 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
+from scrapy import signals
 from scrapy.pipelines.images import ImagesPipeline
 from scrapy.utils.defer import _schedule_coro
 
 from openimages_crawler import reasons
 from openimages_crawler.crawl import errors
-from openimages_crawler.crawl.config import CrawlConfig, open_crawl_store, output_sinks
+from openimages_crawler.crawl.config import (
+    CrawlConfig,
+    open_crawl_store,
+    originals_sink,
+    output_sinks,
+    records_store,
+)
 from openimages_crawler.crawl.items import (
     FetchedImage,
     Unrecorded,
     request_meta,
 )
+from openimages_crawler.crawl.pending import PendingRows
 from openimages_crawler.imaging.process import Expected, Outcome, process_image
 from openimages_crawler.store import STORE_SCHEMES, Store
 from openimages_crawler.store.results import FailureRow, SuccessRow, with_download
+from openimages_crawler.store.shards import ShardSink
 
 if TYPE_CHECKING:
     from scrapy import Request, Spider
@@ -68,7 +77,11 @@ class OpenImagesPipeline(ImagesPipeline):
         super().__init__(store_uri, crawler=crawler)
         self.store: Store  # set by FilesPipeline through _get_store
         self.config = CrawlConfig.from_settings(crawler.settings)
-        self.sinks = output_sinks(self.config, self.store)
+        records = records_store(crawler.settings)
+        self.sinks = output_sinks(self.config, self.store, records)
+        self.originals = originals_sink(self.config, self.store, records)  # None: files
+        self.shard_sinks = [sink for sink in [*self.sinks.values(), self.originals] if isinstance(sink, ShardSink)]
+        self.pending: PendingRows[SuccessRow] = PendingRows()  # successes whose shards are still open
         self.outputs = {output.dir: output for output in self.config.outputs}
         self.executor: ThreadPoolExecutor | None = None
         self.uploads: ThreadPoolExecutor | None = None  # a remote store's writes
@@ -93,12 +106,33 @@ class OpenImagesPipeline(ImagesPipeline):
                                               thread_name_prefix="openimages-upload")
 
     def close_spider(self, spider: Spider | None = None) -> None:
+        """After the last image: the open shards published (a stop's are smaller)
+        and their rows recorded, before the feeds close."""
         for pool in (self.executor, self.uploads):
             if pool is not None:
                 pool.shutdown(wait=True)
-        for sink in self.sinks.values():
-            sink.close()
+        for sink in [*self.sinks.values(), self.originals]:
+            if sink is None:
+                continue
+            try:
+                sink.close()
+            except OSError as exc:
+                logger.error("Cannot publish the last shards of %s: %s; their rows stay pending", sink, exc)
+                self.stats.set_value("openimages/store_error", str(exc))
+        self.record_published()
+        if len(self.pending):
+            logger.error("%d rows are in shards that could not be published: they stay pending", len(self.pending))
         self.store.close()
+
+    def record_published(self) -> None:
+        """The rows whose shards have all been published since the last call, recorded
+        now (sent as Scrapy sends a scraped item: the results feeds and the report take it)."""
+        for sink in self.shard_sinks:
+            self.pending.publish(sink.released())
+        for row in self.pending.take_ready():
+            self.stats.inc_value("openimages/success")
+            self.crawler.signals.send_catch_log(signal=signals.item_scraped, item=row, response=None,
+                                                spider=self.crawler.spider)
 
     async def process_item(self, item: Any, spider: Spider | None = None) -> Any:
         if isinstance(item, FetchedImage):
@@ -197,13 +231,20 @@ class OpenImagesPipeline(ImagesPipeline):
         if free is not None and free < config.min_free_bytes + len(body) + sum(map(len, encoded)):
             return Outcome(reasons.IO_ERROR, f"{free:,} bytes free in the store, under "
                                              f"OPENIMAGES_MIN_FREE_BYTES ({config.min_free_bytes:,})")
+        tickets: list[str | None] = []
         try:
             if plan.keep_original and not plan.from_store:
-                self.store.write(self.file_path(request, item=item), body)
+                key = self.file_path(request, item=item)
+                if self.originals is None:
+                    self.store.write(key, body)
+                else:
+                    tickets.append(self.originals.write(plan.row, key.rpartition(".")[2], body,
+                                                        outcome.original_size))
                 outcome.bytes_written += len(body)
-            for folder, data in zip(plan.outputs, encoded, strict=True):
-                self.sinks[folder].write(plan.row, self.outputs[folder].spec.format, data)
+            for folder, data, size in zip(plan.outputs, encoded, outcome.sizes, strict=True):
+                tickets.append(self.sinks[folder].write(plan.row, self.outputs[folder].spec.format, data, size))
                 outcome.bytes_written += len(data)
+            outcome.tickets = [ticket for ticket in tickets if ticket is not None]
         except OSError as exc:
             return Outcome(reasons.IO_ERROR, f"cannot write to the store: {exc}")
         return outcome
@@ -213,6 +254,7 @@ class OpenImagesPipeline(ImagesPipeline):
     ) -> SuccessRow | FailureRow | Unrecorded:
         plan = item.plan
         row = plan.row
+        self.record_published()
         if not results:
             self.stats.inc_value("openimages/interrupted")
             return Unrecorded(row.image_id, "download interrupted by the stop")
@@ -247,7 +289,10 @@ class OpenImagesPipeline(ImagesPipeline):
         if plan.record_download:
             fields = with_download(fields, plan.url, outcome.size or None, outcome.md5)
         if ok:
-            return SuccessRow(fields, row.subset)
+            success = SuccessRow(fields, row.subset)
+            if self.pending.add(success, outcome.tickets):
+                return Unrecorded(row.image_id, "in a shard not published yet")
+            return success
         assert outcome.reason is not None
         logger.debug("%s failed: %s: %s", row.image_id, outcome.reason, outcome.details)
         return FailureRow(fields, row.subset, outcome.reason, outcome.details)

@@ -32,6 +32,7 @@ from openimages_crawler.crawl.config import (
     CrawlConfig,
     check_store,
     open_crawl_store,
+    originals_sink,
     output_sinks,
     records_store,
 )
@@ -187,11 +188,12 @@ class OpenImagesSpider(scrapy.Spider):
         except MetadataError as exc:
             raise UsageError(str(exc)) from exc
         config = self.config
-        sinks = output_sinks(config, self.store)
+        sinks = output_sinks(config, self.store, self.local_store)
         outputs = tuple(PlannedOutput(output.dir, sinks[output.dir], output.spec.format) for output in config.outputs)
         return RowPlanner(
             self.ledger, self.store, config.layout, outputs, self.source,
             save_originals=config.save_originals, check_md5_if_exists=config.check_md5_if_exists,
+            originals=originals_sink(config, self.store, self.local_store),
         )
 
     def results_files(self) -> dict[str, list[str]]:

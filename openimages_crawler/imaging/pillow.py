@@ -292,9 +292,24 @@ def resized_set(
 ) -> list[bytes]:
     """Every output of one decoded image: turned upright and converted once,
     then resized and encoded per spec."""
+    return [data for data, _ in resized_images(image, specs, reducing_gap=reducing_gap, rotation=rotation)]
+
+
+def resized_images(
+    image: Image.Image,
+    specs: Sequence[ResizeSpec],
+    *,
+    reducing_gap: float | None = None,
+    rotation: int = 0,
+) -> list[tuple[bytes, tuple[int, int]]]:
+    """``resized_set`` with each output's size (width, height), which containers record."""
     upright = upright_rgb(image, rotation)
     try:
-        return [encode(resize(upright, spec, reducing_gap=reducing_gap), spec) for spec in specs]
+        outputs = []
+        for spec in specs:
+            resized = resize(upright, spec, reducing_gap=reducing_gap)
+            outputs.append((encode(resized, spec), resized.size))
+        return outputs
     finally:
         if upright is not image:
             upright.close()

@@ -17,7 +17,8 @@ from openimages_crawler.imaging.pillow import (
     ImageRejected,
     ResizeSpec,
     decode,
-    resized_set,
+    full_size,
+    resized_images,
 )
 from openimages_crawler.reasons import CORRUPT, MD5_MISMATCH, SIZE_MISMATCH
 
@@ -40,6 +41,9 @@ class Outcome:
     md5: bytes | None = None  # of the bytes processed, on success
     size: int = 0
     encoded: list[bytes] = field(default_factory=list)  # one per ResizeSpec, on success
+    sizes: list[tuple[int, int]] = field(default_factory=list)  # each encoded output's width, height
+    original_size: tuple[int, int] = (0, 0)  # the decoded image's, as stored (before any turn)
+    tickets: list[str] = field(default_factory=list)  # the open shards that hold the outputs (store.shards)
 
     @property
     def ok(self) -> bool:
@@ -93,9 +97,10 @@ def process_image(
         image = decode(body, max_pixels, reduce_for=specs if fast else (), check_only=fast and not specs)
     except ImageRejected as exc:
         return Outcome(exc.reason, exc.details)
+    original_size = full_size(image)
     try:
-        encoded = (
-            resized_set(image, specs, reducing_gap=REDUCING_GAP if fast else None, rotation=rotation)
+        outputs = (
+            resized_images(image, specs, reducing_gap=REDUCING_GAP if fast else None, rotation=rotation)
             if specs
             else []
         )
@@ -103,4 +108,5 @@ def process_image(
         return Outcome(CORRUPT, f"{image.format} could not be converted: {exc}")
     finally:
         image.close()
-    return Outcome(md5=digest, size=len(body), encoded=encoded)
+    return Outcome(md5=digest, size=len(body), encoded=[data for data, _ in outputs],
+                   sizes=[size for _, size in outputs], original_size=original_size)

@@ -219,10 +219,11 @@ class RunReport:
 
 
 def thumbnail_key(config: CrawlConfig, item: SuccessRow) -> str | None:
-    """The first resized output's key (no work: a name); none when only originals are kept."""
-    if not config.outputs:
+    """The first resized output's key (no work: a name); none when only originals
+    are kept or every output is in a container (no file per image)."""
+    output = next((output for output in config.outputs if output.container == "files"), None)
+    if output is None:
         return None
-    output = config.outputs[0]
     return config.layout.image_key(item.subset, output.dir, item["ImageID"], output.spec.format)
 
 

@@ -64,6 +64,7 @@ class RowPlanner:
         *,
         save_originals: bool,
         check_md5_if_exists: bool,
+        originals: OutputSink | None = None,
     ) -> None:
         self.ledger = ledger
         self.store = store
@@ -72,6 +73,7 @@ class RowPlanner:
         self.source = source
         self.save_originals = save_originals
         self.check_md5_if_exists = check_md5_if_exists
+        self.originals = originals  # a container of originals (None: files in the layout)
 
     def result_fields(self, fields: dict[str, str]) -> dict[str, str]:
         """A row's fields as a result without a download."""
@@ -94,8 +96,11 @@ class RowPlanner:
             return done
         url, verified = self.source.url_for(row)
         original = self.layout.original_key(row.subset, row.image_id, row.url)
-        size = self.store.stat(original)
-        stored = size == row.size if verified else bool(size)
+        if self.originals is None:
+            size = self.store.stat(original)
+            stored = readable = size == row.size if verified else bool(size)
+        else:  # in a shard: done, but not read back (fetched again for a missing output)
+            stored, readable = self.originals.holds(row, ""), False
         original_done = not self.save_originals or (
             stored and (recorded or not self.check_md5_if_exists)
         )
@@ -106,9 +111,9 @@ class RowPlanner:
             url=url,
             verified=verified,
             original=original,
-            keep_original=self.save_originals,
+            keep_original=self.save_originals and (self.originals is None or not stored),
             outputs=missing,
             recorded=recorded,
-            from_store=stored,
+            from_store=readable,
             record_download=self.source.records_download,
         )

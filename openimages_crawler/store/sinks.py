@@ -1,10 +1,10 @@
 """Output sinks: where one output's encoded images go.
 
 What img2dataset's writer classes are: the crawl hands each sink the bytes of
-a row's image and asks it, on a rerun, whether it already holds a row. Today
-there is one kind, files in the store's layout; container formats (WebDataset,
-Parquet, TFRecord shards) plug in beside it. Whatever the sink, the results
-ledger stays the crawl's checkpoint.
+a row's image and asks it, on a rerun, whether it already holds a row. Files
+in the store's layout are here; container formats (WebDataset, Parquet,
+TFRecord shards) are ``store.shards.ShardSink``. Whatever the sink, the
+results ledger stays the crawl's checkpoint.
 """
 
 from __future__ import annotations
@@ -17,14 +17,15 @@ from openimages_crawler.store.layout import StoreLayout
 
 
 class OutputSink(Protocol):
-    """One resized output of every image (originals are written byte-exact by
-    the pipeline, not through a sink)."""
+    """One resized output of every image (or the originals in a container;
+    original files are written byte-exact by the pipeline itself)."""
 
     def holds(self, row: ImageRow, ext: str) -> bool:
         """Whether the row's image is already stored complete (resume)."""
 
-    def write(self, row: ImageRow, ext: str, data: bytes) -> None:
-        """Store the row's encoded image; ``OSError`` when the store cannot."""
+    def write(self, row: ImageRow, ext: str, data: bytes, size: tuple[int, int] = (0, 0)) -> str | None:
+        """Store the row's encoded image (``size``: its width and height); the
+        open shard it waits in, if any; ``OSError`` when the store cannot."""
 
     def close(self) -> None:
         """After the last write of the crawl."""
@@ -44,7 +45,7 @@ class FilesSink:
     def holds(self, row: ImageRow, ext: str) -> bool:
         return bool(self.store.stat(self.key(row, ext)))  # an empty file is not an image
 
-    def write(self, row: ImageRow, ext: str, data: bytes) -> None:
+    def write(self, row: ImageRow, ext: str, data: bytes, size: tuple[int, int] = (0, 0)) -> None:
         self.store.write(self.key(row, ext), data)
 
     def close(self) -> None:

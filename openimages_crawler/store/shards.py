@@ -1,0 +1,372 @@
+"""Container outputs: images packed into shards that training jobs read.
+
+An output (or the originals) whose ``container`` is ``webdataset``, ``parquet``
+or ``tfrecord`` goes into ``{Subset}/{dir}/{NNNNNN}.tar|.parquet|.tfrecord``
+instead of one file per image. Each process fills shards of its own in a
+local staging folder; a shard is published whole when it holds
+OPENIMAGES_SHARD_SIZE images or the crawl ends, and only then are its rows
+recorded as successes (``ShardSink.released``), so a kill -9 loses at most
+the open shard of each process, whose rows are fetched again on resume.
+
+Publishing, under the store's ``shards`` lock (a flock, or a lease in a
+bucket, so processes, machines and runs take numbers one after another):
+
+1. the next number is the manifest's row count (gap-free: shards 0..n-1);
+2. ``.index/{NNNNNN}.ids`` (the shard's ImageIDs) is written, then the shard;
+3. ``shards.csv`` (the manifest) gets the shard's row.
+
+A kill between steps is mended by the next publication: a shard present but
+missing from the manifest is added to it (from its index); an index without
+its shard is overwritten. ``holds`` (resume) answers from the indexes of the
+published shards, read when the sink opens. No Scrapy import.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import logging
+import os
+import tarfile
+import threading
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from openimages_crawler.dataset.idset import IdSet
+from openimages_crawler.dataset.rows import ImageRow
+from openimages_crawler.store.base import Store
+from openimages_crawler.store.local import (
+    LocalStore,
+    remove_dead_staging,
+    staging_folder,
+)
+from openimages_crawler.store.objects import ObjectStore
+
+logger = logging.getLogger(__name__)
+
+CONTAINERS = ("files", "webdataset", "parquet", "tfrecord")
+MANIFEST = "shards.csv"
+MANIFEST_COLUMNS = ("shard", "count", "bytes", "first_image_id", "last_image_id", "sha256")
+INDEX_DIR = ".index"
+NUMBER_DIGITS = 6
+PARQUET_ROW_GROUP = 1000  # images per row group: ~1000 rows stream well and keep the footer small
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """One image as a shard stores it."""
+
+    image_id: str
+    data: bytes
+    ext: str  # jpg, png, webp (the stored bytes' format)
+    width: int
+    height: int
+    fields: dict[str, str]  # the metadata row
+
+    def metadata(self) -> dict[str, Any]:
+        """What a sample carries beside its bytes (WebDataset's ``.json``)."""
+        return {**self.fields, "width": self.width, "height": self.height}
+
+
+class ShardWriter(Protocol):
+    """One open shard file."""
+
+    def add(self, sample: Sample) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class TarShard:
+    """WebDataset: ``{ImageID}.{ext}`` and ``{ImageID}.json`` per sample, in order."""
+
+    suffix = ".tar"
+
+    def __init__(self, path: Path, columns: list[str]) -> None:
+        self.tar = tarfile.open(path, "w", format=tarfile.USTAR_FORMAT)
+        self.mtime = int(time.time())
+
+    def _member(self, name: str, data: bytes) -> None:
+        info = tarfile.TarInfo(name)
+        info.size, info.mtime, info.mode = len(data), self.mtime, 0o444
+        self.tar.addfile(info, io.BytesIO(data))
+
+    def add(self, sample: Sample) -> None:
+        self._member(f"{sample.image_id}.{sample.ext}", sample.data)
+        self._member(f"{sample.image_id}.json", json.dumps(sample.metadata(), ensure_ascii=False).encode())
+
+    def close(self) -> None:
+        self.tar.close()
+
+
+class ParquetShard:
+    """One row per image: ImageID, the bytes, format, width, height and the
+    metadata columns (as strings), in row groups of PARQUET_ROW_GROUP."""
+
+    suffix = ".parquet"
+
+    def __init__(self, path: Path, columns: list[str]) -> None:
+        import pyarrow as pa  # noqa: PLC0415 (only parquet outputs need it)
+        import pyarrow.parquet as pq  # noqa: PLC0415
+
+        self.pa = pa
+        names = ["ImageID", "image", "format", "width", "height"]
+        self.columns = [name for name in columns if name not in names]
+        self.schema = pa.schema(
+            [("ImageID", pa.string()), ("image", pa.binary()), ("format", pa.string()),
+             ("width", pa.int32()), ("height", pa.int32())]
+            + [(name, pa.string()) for name in self.columns])
+        self.writer = pq.ParquetWriter(path, self.schema, compression="zstd")
+        self.rows: list[Sample] = []
+
+    def add(self, sample: Sample) -> None:
+        self.rows.append(sample)
+        if len(self.rows) >= PARQUET_ROW_GROUP:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self.rows:
+            return
+        rows, self.rows = self.rows, []
+        arrays = {
+            "ImageID": [s.image_id for s in rows], "image": [s.data for s in rows],
+            "format": [s.ext for s in rows], "width": [s.width for s in rows], "height": [s.height for s in rows],
+            **{name: [s.fields.get(name, "") for s in rows] for name in self.columns},
+        }
+        self.writer.write_table(self.pa.table(arrays, schema=self.schema))
+
+    def close(self) -> None:
+        self._flush()
+        self.writer.close()
+
+
+class TfRecordShard:
+    """One ``tf.train.Example`` per image with the conventional keys
+    (``image/encoded``, ``image/format``, ``image/height``, ``image/width``,
+    ``image/source_id``) and the metadata as ``openimages/{column}``; written
+    by the ``tfrecord`` package (its own protobuf definitions, no TensorFlow)."""
+
+    suffix = ".tfrecord"
+
+    def __init__(self, path: Path, columns: list[str]) -> None:
+        from tfrecord.writer import TFRecordWriter  # noqa: PLC0415 (only tfrecord outputs need it)
+
+        self.writer = TFRecordWriter(str(path))
+
+    def add(self, sample: Sample) -> None:
+        self.writer.write({
+            "image/encoded": (sample.data, "byte"),
+            "image/format": (sample.ext.encode(), "byte"),
+            "image/height": (sample.height, "int"),
+            "image/width": (sample.width, "int"),
+            "image/source_id": (sample.image_id.encode(), "byte"),
+            **{f"openimages/{name}": (value.encode(), "byte") for name, value in sample.fields.items()},
+        })
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+WRITERS: dict[str, Callable[[Path, list[str]], ShardWriter]] = {
+    "webdataset": TarShard, "parquet": ParquetShard, "tfrecord": TfRecordShard,
+}
+SUFFIXES = {"webdataset": TarShard.suffix, "parquet": ParquetShard.suffix, "tfrecord": TfRecordShard.suffix}
+
+
+def shard_name(number: int, container: str) -> str:
+    return f"{number:0{NUMBER_DIGITS}d}{SUFFIXES[container]}"
+
+
+@dataclass
+class OpenShard:
+    """A shard being filled: its staging file, writer and ImageIDs so far."""
+
+    path: Path
+    writer: ShardWriter
+    ids: list[str] = field(default_factory=list)
+
+
+LockFactory = Callable[[str], AbstractContextManager[None]]
+
+
+class ShardSink:
+    """An output written as shards of ``container`` under ``{Subset}/{folder}/``."""
+
+    def __init__(self, store: Store, scratch: Path, folder: str, container: str, shard_size: int,
+                 lock: LockFactory) -> None:
+        self.store = store
+        self.scratch = scratch  # a local folder of the records, for the open shards
+        self.folder = folder
+        self.container = container
+        self.shard_size = shard_size
+        self.lock = lock  # the store's lock of a name, held around a publication
+        self.open_shards: dict[str, OpenShard] = {}  # by subset
+        self.held: dict[str, IdSet] = {}  # by subset, the ImageIDs of published shards
+        self.published: list[str] = []  # tickets of the shards published since the last ``released``
+        self.mutex = threading.Lock()
+        self.serial = 0
+
+    # --- resume ---------------------------------------------------------------
+
+    def base(self, subset: str) -> str:
+        return f"{subset}/{self.folder}"
+
+    def holds(self, row: ImageRow, ext: str) -> bool:
+        held = self.held.get(row.subset)
+        if held is None:
+            held = self.held[row.subset] = self._read_held(row.subset)
+        return row.image_id in held
+
+    def _read_held(self, subset: str) -> IdSet:
+        """The ImageIDs of the shards published so far (their indexes)."""
+        base = self.base(subset)
+        ids = [read_index(self.store, base, row["shard"]) for row in read_manifest(self.store, base)]
+        return IdSet.union([IdSet(found) for found in ids])
+
+    # --- writing ----------------------------------------------------------------
+
+    def write(self, row: ImageRow, ext: str, data: bytes, size: tuple[int, int] = (0, 0)) -> str:
+        """Add the row's image to its subset's open shard; the shard's key to
+        wait for (``released`` names it once it is published)."""
+        with self.mutex:
+            sample = Sample(row.image_id, data, ext, size[0], size[1], dict(row.fields))
+            shard = self.open_shards.get(row.subset)
+            if shard is None:
+                shard = self.open_shards[row.subset] = self._open_shard(list(sample.fields))
+            shard.writer.add(sample)
+            shard.ids.append(row.image_id)
+            ticket = f"{self.base(row.subset)}#{shard.path.name}"
+            full = self.open_shards.pop(row.subset) if len(shard.ids) >= self.shard_size else None
+        if full is not None:  # outside the mutex: the other workers go on filling the next one
+            self._publish(row.subset, full)
+        return ticket
+
+    def _open_shard(self, columns: list[str]) -> OpenShard:
+        """A new shard in staging; ``columns``: the metadata's (a Parquet schema's)."""
+        self.scratch.mkdir(parents=True, exist_ok=True)
+        self.serial += 1
+        path = self.scratch / f"{self.folder}-{self.serial}{SUFFIXES[self.container]}"
+        return OpenShard(path, WRITERS[self.container](path, columns))
+
+    def _publish(self, subset: str, shard: OpenShard) -> None:
+        shard.writer.close()
+        base = self.base(subset)
+        ids = tuple(shard.ids)
+        with self.lock(f"shards-{subset}-{self.folder}"):
+            manifest = read_manifest(self.store, base)
+            name = shard_name(len(manifest), self.container)
+            digest, size = file_digest(shard.path)
+            write_index(self.store, base, name, ids)
+            publish_file(self.store, shard.path, f"{base}/{name}")
+            manifest.append({"shard": name, "count": str(len(ids)), "bytes": str(size),
+                             "first_image_id": ids[0], "last_image_id": ids[-1], "sha256": digest})
+            write_manifest(self.store, base, manifest)
+        logger.info("%s/%s: %d images", base, name, len(ids))
+        with self.mutex:
+            if subset in self.held:
+                self.held[subset] = IdSet.union([self.held[subset], IdSet(ids)])
+            self.published.append(f"{base}#{shard.path.name}")
+
+    def released(self) -> list[str]:
+        """The tickets of the shards published since the last call."""
+        with self.mutex:
+            done, self.published = self.published, []
+        return done
+
+    def close(self) -> None:
+        """Publish every open shard (a stop's last shards are smaller)."""
+        with self.mutex:
+            shards, self.open_shards = self.open_shards, {}
+        for subset, shard in shards.items():
+            self._publish(subset, shard)
+
+
+def read_manifest(store: Store, base: str) -> list[dict[str, str]]:
+    """``{base}/shards.csv``'s rows, with a shard that a kill left out of it
+    (published, its row not yet added) added back from its index."""
+    try:
+        text = store.read(f"{base}/{MANIFEST}").decode("utf-8")
+    except OSError:
+        text = ""
+    rows = list(csv.DictReader(io.StringIO(text, newline=""))) if text else []
+    while True:
+        suffix = Path(rows[0]["shard"]).suffix if rows else None
+        candidates = [f"{len(rows):0{NUMBER_DIGITS}d}{s}" for s in ([suffix] if suffix else SUFFIXES.values())]
+        found = next((name for name in candidates if exists(store, f"{base}/{name}")), None)
+        if found is None:
+            return rows
+        ids = read_index(store, base, found)
+        digest, size = object_digest(store, f"{base}/{found}")
+        rows.append({"shard": found, "count": str(len(ids)), "bytes": str(size),
+                     "first_image_id": ids[0] if ids else "", "last_image_id": ids[-1] if ids else "",
+                     "sha256": digest})
+
+
+def write_manifest(store: Store, base: str, rows: list[dict[str, str]]) -> None:
+    out = io.StringIO(newline="")
+    writer = csv.DictWriter(out, fieldnames=MANIFEST_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    store.write(f"{base}/{MANIFEST}", out.getvalue().encode("utf-8"))
+
+
+def index_key(base: str, name: str) -> str:
+    return f"{base}/{INDEX_DIR}/{Path(name).stem}.ids"
+
+
+def write_index(store: Store, base: str, name: str, ids: tuple[str, ...]) -> None:
+    store.write(index_key(base, name), ("\n".join(ids) + "\n").encode("ascii"))
+
+
+def read_index(store: Store, base: str, name: str) -> list[str]:
+    try:
+        return store.read(index_key(base, name)).decode("ascii").split()
+    except OSError:
+        return []
+
+
+def file_digest(path: Path) -> tuple[str, int]:
+    digest = hashlib.sha256()
+    with open(path, "rb") as source:
+        for block in iter(lambda: source.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest(), path.stat().st_size
+
+
+def object_digest(store: Store, key: str) -> tuple[str, int]:
+    data = store.read(key)
+    return hashlib.sha256(data).hexdigest(), len(data)
+
+
+def publish_file(store: Store, path: Path, key: str) -> None:
+    """A finished local file into the store under ``key``, whole or not at all:
+    a rename into a folder store, one upload (a multipart past 64 MB, which
+    also appears only when complete) into a bucket."""
+    if isinstance(store, LocalStore):
+        target = store.path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(path, target)
+        return
+    assert isinstance(store, ObjectStore)
+    store.upload(path, key)
+    path.unlink(missing_ok=True)
+
+
+def exists(store: Store, key: str) -> bool:
+    """Whether ``key`` is in the store now (a bucket is asked, not its listing cache:
+    another machine may have published it a moment ago)."""
+    if isinstance(store, LocalStore):
+        return store.path(key).exists()
+    assert isinstance(store, ObjectStore)
+    return store.metadata(key) is not None
+
+
+def scratch_folder(records: Path) -> Path:
+    """This process's folder for open shards, in the records (a dead process's is removed)."""
+    remove_dead_staging(records)
+    return staging_folder(records, "shards")

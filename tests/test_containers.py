@@ -1,0 +1,184 @@
+"""Container outputs in a crawl (WebDataset, Parquet, TFRecord shards) against
+the local mirror: read back with the real reader libraries and compared with
+a files output of the same crawl; resumed after a kill -9 mid-shard."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import hashlib
+import io
+import json
+import subprocess
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import (
+    ROOT,
+    Served,
+    crawl_command,
+    kill,
+    outcomes,
+    run_crawl,
+    serve,
+    wait_for,
+)
+
+pytestmark = pytest.mark.e2e
+
+CROP = {"mode": "FillCrop", "size": 96}
+MIXED = [{"dir": "crop", **CROP}, {"dir": "crop-wds", **CROP, "container": "webdataset"},
+         {"dir": "crop-pq", **CROP, "container": "parquet"}, {"dir": "crop-tfr", **CROP, "container": "tfrecord"}]
+
+
+def manifest(store: Path, folder: str) -> list[dict[str, str]]:
+    path = store / "train" / folder / "shards.csv"
+    if not path.exists():
+        return []
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def webdataset_samples(store: Path, folder: str) -> dict[str, dict[str, bytes]]:
+    import webdataset as wds
+
+    shards = [str(store / "train" / folder / row["shard"]) for row in manifest(store, folder)]
+    found: dict[str, dict[str, bytes]] = {}
+    for sample in wds.WebDataset(shards, shardshuffle=False) if shards else []:
+        assert sample["__key__"] not in found  # a row is in one shard, once
+        found[sample["__key__"]] = sample
+    return found
+
+
+def parquet_rows(store: Path, folder: str) -> dict[str, dict[str, object]]:
+    import pyarrow.parquet as pq
+
+    found: dict[str, dict[str, object]] = {}
+    for row in manifest(store, folder):
+        for record in pq.read_table(store / "train" / folder / row["shard"]).to_pylist():
+            assert record["ImageID"] not in found
+            found[str(record["ImageID"])] = record
+    return found
+
+
+def tfrecord_examples(store: Path, folder: str) -> dict[str, dict[str, object]]:
+    from tfrecord.reader import tfrecord_loader
+
+    found: dict[str, dict[str, object]] = {}
+    for row in manifest(store, folder):
+        for record in tfrecord_loader(str(store / "train" / folder / row["shard"]), None):
+            key = bytes(record["image/source_id"]).decode()
+            assert key not in found
+            found[key] = record
+    return found
+
+
+def check_manifest(store: Path, folder: str, suffix: str) -> None:
+    rows = manifest(store, folder)
+    assert [row["shard"] for row in rows] == [f"{n:06d}{suffix}" for n in range(len(rows))]
+    for row in rows:
+        data = (store / "train" / folder / row["shard"]).read_bytes()
+        assert row["sha256"] == hashlib.sha256(data).hexdigest() and int(row["bytes"]) == len(data)
+    on_disk = sorted(path.name for path in (store / "train" / folder).glob(f"*{suffix}"))
+    assert on_disk == [row["shard"] for row in rows]
+
+
+def test_mixed_outputs_match_the_files_output_and_a_rerun_adds_nothing(mirror: Served, tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    settings = {"OPENIMAGES_OUTPUTS": json.dumps(MIXED), "OPENIMAGES_SHARD_SIZE": "4",
+                "OPENIMAGES_SAVE_ORIGINALS": "True", "OPENIMAGES_ORIGINALS_CONTAINER": "webdataset",
+                "OPENIMAGES_PROCESSES": "2"}
+    run_crawl(mirror.metadata, store, settings)
+    expected = mirror.mirror.expected()
+    assert outcomes(store) == {image_id: [outcome] for image_id, outcome in expected.items()}
+    succeeded = {image_id for image_id, outcome in expected.items() if outcome == "success"}
+    files = {path.stem: path.read_bytes() for path in (store / "train" / "crop").rglob("*.jpg")}
+    assert set(files) == succeeded
+
+    samples = webdataset_samples(store, "crop-wds")
+    assert {key: sample["jpg"] for key, sample in samples.items()} == files  # the same bytes
+    success_rows = {row["ImageID"]: row for row in csv.DictReader(
+        io.StringIO((store / "train" / "images-success.csv").read_text(), newline=""))}
+    for key, sample in samples.items():
+        meta = json.loads(sample["json"])
+        assert {name: meta[name] for name in success_rows[key]} == success_rows[key]
+        assert (meta["width"], meta["height"]) == (96, 96)
+    table = parquet_rows(store, "crop-pq")
+    assert {key: record["image"] for key, record in table.items()} == files
+    assert all(record["format"] == "jpg" and record["width"] == record["height"] == 96 for record in table.values())
+    assert {key: record["OriginalURL"] for key, record in table.items()} == {
+        key: success_rows[key]["OriginalURL"] for key in succeeded}
+    examples = tfrecord_examples(store, "crop-tfr")
+    assert {key: bytes(record["image/encoded"]) for key, record in examples.items()} == files
+    originals = webdataset_samples(store, "images-original")
+    assert set(originals) == succeeded
+    for key, sample in originals.items():
+        body = sample.get("jpg", sample.get("png"))
+        assert base64.b64encode(hashlib.md5(body).digest()).decode() == success_rows[key]["OriginalMD5"]
+    for folder, suffix in (("crop-wds", ".tar"), ("crop-pq", ".parquet"), ("crop-tfr", ".tfrecord"),
+                           ("images-original", ".tar")):
+        check_manifest(store, folder, suffix)
+        assert sum(int(row["count"]) for row in manifest(store, folder)) == len(succeeded)
+    assert not list(store.glob(".tmp/*/*"))  # nothing left in staging
+
+    # A rerun: nothing fetched, no shard added or rewritten.
+    before = {path: path.stat().st_mtime_ns for path in (store / "train").rglob("*") if path.is_file()
+              and path.suffix in (".tar", ".parquet", ".tfrecord")}
+    requests = sum(mirror.server.counter.requests.values())
+    run_crawl(mirror.metadata, store, settings)
+    assert sum(mirror.server.counter.requests.values()) == requests
+    after = {path: path.stat().st_mtime_ns for path in (store / "train").rglob("*") if path.is_file()
+             and path.suffix in (".tar", ".parquet", ".tfrecord")}
+    assert after == before
+
+
+def test_kill_9_mid_shard_then_resume_leaves_every_row_in_one_whole_shard(tmp_path: Path) -> None:
+    served = serve(tmp_path, faults=False, copies=6)
+    for route in served.mirror.routes.values():
+        route.delay = 0.15
+    store = tmp_path / "store"
+    settings = {"OPENIMAGES_RESIZE_CONTAINER": "webdataset", "OPENIMAGES_SHARD_SIZE": "5",
+                "CONCURRENT_REQUESTS": "4"}
+    try:
+        process = subprocess.Popen(crawl_command(served.metadata, store, settings), cwd=ROOT,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                   start_new_session=True)
+        wait_for(lambda: len(manifest(store, "images-resized")) >= 2, timeout=90)
+        kill(process)
+        process.wait(timeout=30)
+        published = {key for key in webdataset_samples(store, "images-resized")}
+        staged = [path for path in (store / ".tmp").rglob("*.tar")]
+        assert staged  # the open shard was cut off in staging, not under a final name
+        requests = Counter(served.server.counter.requests)
+
+        run_crawl(served.metadata, store, settings, timeout=180)
+        expected = served.mirror.expected()
+        assert outcomes(store) == {image_id: ["success"] for image_id in expected}
+        samples = webdataset_samples(store, "images-resized")  # asserts one shard per row
+        assert set(samples) == set(expected)
+        check_manifest(store, "images-resized", ".tar")
+        assert not list((store / ".tmp").rglob("*.tar"))  # the dead process's staging is gone
+        paths = {row.fields["ImageID"]: "/" + row.fields["OriginalURL"].split("/", 3)[3]
+                 for row in served.mirror.rows}
+        for image_id in published:  # in a published shard before the kill: not fetched again
+            assert served.server.counter.requests[paths[image_id]] == requests[paths[image_id]], image_id
+    finally:
+        served.server.close()
+
+
+def test_a_container_output_added_to_a_finished_files_store_comes_from_the_originals(
+    clean_mirror: Served, tmp_path: Path
+) -> None:
+    store = tmp_path / "store"
+    files = {"OPENIMAGES_SAVE_ORIGINALS": "True", "OPENIMAGES_OUTPUTS": json.dumps([{"dir": "crop", **CROP}])}
+    run_crawl(clean_mirror.metadata, store, files)
+    requests = sum(clean_mirror.server.counter.requests.values())
+    with_shards = {**files, "OPENIMAGES_SHARD_SIZE": "5", "OPENIMAGES_OUTPUTS": json.dumps(
+        [{"dir": "crop", **CROP}, {"dir": "crop-pq", **CROP, "container": "parquet"}])}
+    run_crawl(clean_mirror.metadata, store, with_shards)
+    assert sum(clean_mirror.server.counter.requests.values()) == requests  # no download
+    crops = {path.stem: path.read_bytes() for path in (store / "train" / "crop").rglob("*.jpg")}
+    assert {key: record["image"] for key, record in parquet_rows(store, "crop-pq").items()} == crops
+    check_manifest(store, "crop-pq", ".parquet")
