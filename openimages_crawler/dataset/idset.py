@@ -8,7 +8,6 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 HEX_ID = re.compile(r"[0-9a-f]{16}")
 CHUNK_ROWS = 1_000_000
@@ -52,6 +51,8 @@ class IdSet:
 
 def read_id_column(path: Path) -> IdSet:
     """The ImageID column of any CSV, read in chunks (the file is not changed)."""
+    import pandas as pd  # noqa: PLC0415 (a crawl of a fresh store never needs it: it starts faster)
+
     parts = []
     reader = pd.read_csv(
         path,

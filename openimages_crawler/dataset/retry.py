@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from openimages_crawler.reasons import CONNECTION, FAILURE_REASONS, HTTP_ERROR, TIMEOUT
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 TRANSIENT = "transient"  # timeout, connection, and http_error for 5xx and 429
 _TRANSIENT_HTTP = r"HTTP (?:5\d\d|429)\b"

@@ -16,8 +16,6 @@ from functools import partial
 from pathlib import Path
 from typing import IO
 
-import pandas as pd
-
 from openimages_crawler.dataset.catalogue import FAILURE_COLUMNS
 from openimages_crawler.dataset.idset import CHUNK_ROWS, IdSet, read_id_column
 from openimages_crawler.dataset.retry import RetryFilter
@@ -49,6 +47,8 @@ def read_failures(path: Path, retry: RetryFilter | None) -> tuple[IdSet, IdSet, 
     repair_tail(path)
     if not read_csv_header(path):
         return IdSet(), IdSet(), 0
+    import pandas as pd  # noqa: PLC0415 (only with results to read: a fresh store's crawl starts faster)
+
     columns = ["ImageID", *FAILURE_COLUMNS] if retry is not None else ["ImageID"]
     kept, retried, rows = [], [], 0
     with pd.read_csv(path, usecols=columns, dtype=str, keep_default_na=False, na_filter=False,
@@ -68,6 +68,8 @@ def reconcile_failures(path: Path, succeeded: IdSet, writing: Callable[[], Abstr
     """Rewrite a failure file (through ``writing``, atomically) without the rows
     of images that are now in a success file and, for an image recorded twice,
     without all but its last row; returns the rows dropped."""
+    import pandas as pd  # noqa: PLC0415
+
     ids = pd.read_csv(path, usecols=["ImageID"], dtype=str, keep_default_na=False, na_filter=False)["ImageID"]
     counts = Counter(ids)
     dropping = sum(1 for image_id in ids if image_id in succeeded) + sum(n - 1 for n in counts.values() if n > 1)
