@@ -75,7 +75,8 @@ def ours(key: str, label: str, *settings: str, prefix: tuple[str, ...] = ()) -> 
     return Contender(key, label, command, _success_rows)
 
 
-def img2dataset(key: str, label: str, resize_mode: str, threads: int, one_core: bool = False) -> Contender:
+def img2dataset(key: str, label: str, resize_mode: str, threads: int, one_core: bool = False,
+                output_format: str = "files") -> Contender:
     """Tuned fairly: a process per core (one, pinned, with ``one_core``), shards
     small enough to use them all, MD5 verified like ours, no extra hash or
     EXIF extraction, same JPEG quality."""
@@ -89,7 +90,7 @@ def img2dataset(key: str, label: str, resize_mode: str, threads: int, one_core: 
             "input_format": "csv",
             "url_col": "url",
             "output_folder": str(out),
-            "output_format": "files",
+            "output_format": output_format,
             "processes_count": processes,
             "thread_count": threads,
             "image_size": 224,
@@ -138,6 +139,7 @@ def limit(path: str) -> Contender:
 
 
 SHRINK_224 = ("OPENIMAGES_RESIZE_MODE=ShrinkToFit", "OPENIMAGES_RESIZE_SIZE=224")
+SHARD_SIZE = 1000  # images per shard of the container contenders
 
 
 def ours_shrink() -> Contender:
@@ -152,6 +154,10 @@ def all_contenders(img2dataset_threads: int, baseline_processes: int, with_img2d
         ours(
             "ours_fillcrop", "ours: FillCrop 224, no originals",
             "OPENIMAGES_RESIZE_MODE=FillCrop", "OPENIMAGES_RESIZE_SIZE=224",
+        ),
+        ours(
+            "ours_shrink_wds", "ours: ShrinkToFit 224 as WebDataset shards of 1,000, all cores",
+            *SHRINK_224, "OPENIMAGES_RESIZE_CONTAINER=webdataset", f"OPENIMAGES_SHARD_SIZE={SHARD_SIZE}",
         ),
         ours(
             "ours_originals", "ours: originals only (verify + save, no resize)",
@@ -174,6 +180,10 @@ def all_contenders(img2dataset_threads: int, baseline_processes: int, with_img2d
             img2dataset(
                 "i2d_largest_1core", "img2dataset keep_ratio_largest 224, processes_count 1 on one core",
                 "keep_ratio_largest", img2dataset_threads, one_core=True,
+            ),
+            img2dataset(
+                "i2d_largest_wds", "img2dataset keep_ratio_largest 224, output_format webdataset",
+                "keep_ratio_largest", img2dataset_threads, output_format="webdataset",
             ),
             img2dataset("i2d_center_crop", "img2dataset center_crop 224", "center_crop", img2dataset_threads),
             img2dataset("i2d_no", "img2dataset resize_mode=no", "no", img2dataset_threads),

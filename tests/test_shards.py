@@ -243,3 +243,4 @@ def test_containers_are_chosen_per_output_and_checked_before_the_crawl() -> None
     ):
         with pytest.raises(UsageError, match=message):
             CrawlConfig.from_settings(project_settings({"IMAGES_STORE": "/tmp/x", **values}))
+

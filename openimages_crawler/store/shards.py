@@ -214,7 +214,8 @@ class ShardSink:
     # --- resume ---------------------------------------------------------------
 
     def base(self, subset: str) -> str:
-        return f"{subset}/{self.folder}"
+        """The folder of a subset's shards (the store's root for ``scrapy pack``)."""
+        return join(subset, self.folder)
 
     def holds(self, row: ImageRow, ext: str) -> bool:
         held = self.held.get(row.subset)
@@ -262,7 +263,7 @@ class ShardSink:
             name = shard_name(len(manifest), self.container)
             digest, size = file_digest(shard.path)
             write_index(self.store, base, name, ids)
-            publish_file(self.store, shard.path, f"{base}/{name}")
+            publish_file(self.store, shard.path, join(base, name))
             manifest.append({"shard": name, "count": str(len(ids)), "bytes": str(size),
                              "first_image_id": ids[0], "last_image_id": ids[-1], "sha256": digest})
             write_manifest(self.store, base, manifest)
@@ -284,24 +285,28 @@ class ShardSink:
             shards, self.open_shards = self.open_shards, {}
         for subset, shard in shards.items():
             self._publish(subset, shard)
+        try:
+            self.scratch.rmdir()  # only when empty
+        except OSError:
+            pass
 
 
 def read_manifest(store: Store, base: str) -> list[dict[str, str]]:
     """``{base}/shards.csv``'s rows, with a shard that a kill left out of it
     (published, its row not yet added) added back from its index."""
     try:
-        text = store.read(f"{base}/{MANIFEST}").decode("utf-8")
+        text = store.read(join(base, MANIFEST)).decode("utf-8")
     except OSError:
         text = ""
     rows = list(csv.DictReader(io.StringIO(text, newline=""))) if text else []
     while True:
         suffix = Path(rows[0]["shard"]).suffix if rows else None
         candidates = [f"{len(rows):0{NUMBER_DIGITS}d}{s}" for s in ([suffix] if suffix else SUFFIXES.values())]
-        found = next((name for name in candidates if exists(store, f"{base}/{name}")), None)
+        found = next((name for name in candidates if exists(store, join(base, name))), None)
         if found is None:
             return rows
         ids = read_index(store, base, found)
-        digest, size = object_digest(store, f"{base}/{found}")
+        digest, size = object_digest(store, join(base, found))
         rows.append({"shard": found, "count": str(len(ids)), "bytes": str(size),
                      "first_image_id": ids[0] if ids else "", "last_image_id": ids[-1] if ids else "",
                      "sha256": digest})
@@ -312,20 +317,25 @@ def write_manifest(store: Store, base: str, rows: list[dict[str, str]]) -> None:
     writer = csv.DictWriter(out, fieldnames=MANIFEST_COLUMNS, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    store.write(f"{base}/{MANIFEST}", out.getvalue().encode("utf-8"))
+    store.write(join(base, MANIFEST), out.getvalue().encode("utf-8"))
+
+
+def join(*parts: str) -> str:
+    """A key from its non-empty parts."""
+    return "/".join(part for part in parts if part)
 
 
 def index_key(base: str, name: str) -> str:
-    return f"{base}/{INDEX_DIR}/{Path(name).stem}.ids"
+    return join(base, INDEX_DIR, f"{Path(name).stem}.ids")
 
 
 def write_index(store: Store, base: str, name: str, ids: tuple[str, ...]) -> None:
-    store.write(index_key(base, name), ("\n".join(ids) + "\n").encode("ascii"))
+    store.write(index_key(base, name), ("\n".join(ids) + "\n").encode("utf-8"))
 
 
 def read_index(store: Store, base: str, name: str) -> list[str]:
     try:
-        return store.read(index_key(base, name)).decode("ascii").split()
+        return store.read(index_key(base, name)).decode("utf-8").splitlines()
     except OSError:
         return []
 
