@@ -532,46 +532,6 @@ def job_logs(daemons: list[Daemon]) -> str:
 
 
 @pytest.mark.e2e
-def test_a_fleet_on_two_scrapyd_nodes_records_every_row_once_and_reports_once(
-        tmp_path: Path, nodes: tuple[Path, list[Daemon]]) -> None:
-    copy, daemons = nodes
-    served = serve(tmp_path)
-    try:
-        store = tmp_path / "store"
-        # Each job a run of two processes (Scrapyd's runner starts them again with the egg).
-        scheduled = run_in(copy, fleet_command(served.metadata, store, {"OPENIMAGES_PROCESSES": "2"}, "--no-watch"))
-        assert scheduled.returncode == 0, scheduled.stderr[-4000:]
-        assert "4 jobs scheduled on node1, node2. Follow them with `scrapy fleet --watch`" in scheduled.stdout
-        second = run_in(copy, fleet_command(served.metadata, store))
-        assert second.returncode == 2
-        assert "already has fleet" in second.stderr.strip().splitlines()[-1]
-
-        watched = run_in(copy, [sys.executable, "-m", "scrapy", "fleet", "--watch", "-s", f"IMAGES_STORE={store}"])
-        assert watched.returncode == 0, watched.stderr[-4000:] + job_logs(daemons)
-        expected = served.mirror.expected()
-        assert outcomes(store) == {image_id: [outcome] for image_id, outcome in expected.items()}
-        assert not leftover_parts(store)
-        assert len(list((store / ".status").glob("*of8.json"))) == 8  # 4 jobs x 2 processes
-        assert [path.relative_to(store) for path in store.rglob("report.json")] == [Path("report.json")]
-        figures = json.loads((store / "report.json").read_text())
-        assert figures["store_totals"] == {"success rows": list(expected.values()).count("success"),
-                                           "failure rows": sum(v != "success" for v in expected.values())}
-        fleet = read_fleet(LocalStore(str(store)))
-        assert fleet is not None and fleet.state == "finished"
-        assert sorted(job.target for job in fleet.jobs) == ["node1", "node1", "node2", "node2"]
-        assert all(job.state == "done" and job.attempts == 1 for job in fleet.jobs)
-        assert f"Fleet {fleet.run} finished: 4 shards on 2 targets, {len(expected)} rows done" in watched.stdout
-
-        status = run_in(copy, [sys.executable, "-m", "scrapy", "fleet", "--status", "-s", f"IMAGES_STORE={store}"])
-        assert status.returncode == 0, status.stderr
-        lines = status.stdout.splitlines()
-        assert lines[1].split() == ["shard", "target", "job", "state", "rows", "done", "exit", "attempts"]
-        assert [line.split()[3] for line in lines[2:]] == ["done"] * 4
-    finally:
-        served.server.close()
-
-
-@pytest.mark.e2e
 def test_a_node_that_dies_mid_fleet_costs_no_row_and_no_download_twice(
         tmp_path: Path, nodes: tuple[Path, list[Daemon]]) -> None:
     copy, daemons = nodes
@@ -634,40 +594,62 @@ def mid_run(store: Path, parts: tuple[str, ...]) -> bool:
 
 
 @pytest.mark.e2e
-def test_a_fleet_into_a_bucket_records_every_row_once_and_keeps_its_records_there(
+def test_a_fleet_into_a_bucket_records_every_row_once_and_reports_once(
         tmp_path: Path, egg: tuple[Path, Path], s3: S3Server) -> None:
-    """The nodes' credentials in their environment, the jobs' work folders in
-    their homes; fleet.json, the shards' records and the report in the bucket."""
+    """Scheduled with --no-watch, a second fleet refused, finished by --watch,
+    shown by --status; each job a run of two processes. The nodes' credentials
+    are in their environment, the jobs' work folders in their homes; fleet.json,
+    the shards' records and the report are in the bucket. (The node-death test
+    below runs a fleet on a shared folder.)"""
     prefix = f"{tmp_path.name}/fleet/"
     bucket = f"s3://data/{prefix}"
     served = serve(tmp_path)
     settings = {"AWS_ENDPOINT_URL": s3.endpoint, "AWS_REGION_NAME": "us-east-1",
                 "OPENIMAGES_RESULTS_FLUSH_SECONDS": "1"}
+    home = tmp_path / "home"
     try:
-        with started_nodes(tmp_path, egg, {**s3.env(), "HOME": str(tmp_path / "home")}) as (copy, daemons):
-            watched = subprocess.run(fleet_command(served.metadata, bucket, settings), cwd=copy,
-                                     env={**clean_env(), **s3.env(), "HOME": str(tmp_path / "watcher")},
-                                     capture_output=True, text=True, timeout=180)
+        with started_nodes(tmp_path, egg, {**s3.env(), "HOME": str(home)}) as (copy, daemons):
+            def fleet(*command: str) -> subprocess.CompletedProcess[str]:
+                return subprocess.run(list(command), cwd=copy, env={**clean_env(), **s3.env(),
+                                                                    "HOME": str(tmp_path / "watcher")},
+                                      capture_output=True, text=True, timeout=180)
+
+            options = [f"-s{name}={value}" for name, value in {**settings, "IMAGES_STORE": bucket}.items()]
+            scheduled = fleet(*fleet_command(served.metadata, bucket, {**settings, "OPENIMAGES_PROCESSES": "2"},
+                                             "--no-watch"))
+            assert scheduled.returncode == 0, scheduled.stderr[-4000:]
+            assert "4 jobs scheduled on node1, node2. Follow them with `scrapy fleet --watch`" in scheduled.stdout
+            second = fleet(*fleet_command(served.metadata, bucket, settings))
+            assert second.returncode == 2
+            assert "already has fleet" in second.stderr.strip().splitlines()[-1]
+            watched = fleet(sys.executable, "-m", "scrapy", "fleet", "--watch", *options)
             assert watched.returncode == 0, watched.stderr[-4000:] + job_logs(daemons)
-            status = subprocess.run([sys.executable, "-m", "scrapy", "fleet", "--status", "-s", f"IMAGES_STORE={bucket}",
-                                     *[f"-s{name}={value}" for name, value in settings.items()]],
-                                    cwd=copy, env={**clean_env(), **s3.env()}, capture_output=True, text=True,
-                                    timeout=60)
-        assert status.returncode == 0, status.stderr[-3000:]
-        assert f"in {bucket}: finished" in status.stdout
+            status = fleet(sys.executable, "-m", "scrapy", "fleet", "--status", *options)
         expected = served.mirror.expected()
         assert bucket_outcomes(s3, prefix) == {image_id: [outcome] for image_id, outcome in expected.items()}
         stored = objects(s3, prefix)
         assert not [key for key in stored if "/.parts/" in key or key.startswith(".locks/")]
         assert {"report.json", ".fleet/fleet.json", *(f".status/{k}of4.json" for k in range(1, 5))} <= set(stored)
-        fleet = json.loads(fetch(s3, prefix + ".fleet/fleet.json"))
-        assert fleet["state"] == "finished" and all(job["state"] == "done" for job in fleet["jobs"])
+        assert [key for key in stored if key.endswith("report.json")] == ["report.json"]
+        recorded = json.loads(fetch(s3, prefix + ".fleet/fleet.json"))
+        assert recorded["state"] == "finished"
+        assert sorted(job["target"] for job in recorded["jobs"]) == ["node1", "node1", "node2", "node2"]
+        assert all(job["state"] == "done" and job["attempts"] == 1 for job in recorded["jobs"])
+        assert (f"Fleet {recorded['run']} finished: 4 shards on 2 targets, {len(expected)} rows done"
+                in watched.stdout)
         figures = json.loads(fetch(s3, prefix + "report.json"))
         assert figures["store_totals"] == {"success rows": list(expected.values()).count("success"),
                                            "failure rows": sum(v != "success" for v in expected.values())}
-        # Two jobs per node, sharing a home: each its own work folder.
-        work = tmp_path / "home" / ".cache" / "openimages-crawler" / "s3" / "data" / tmp_path.name / "fleet"
-        assert sorted(path.name for path in work.iterdir() if path.name.startswith("shard-")) == [
-            f"shard-{k}of4" for k in range(1, 5)]
+        assert status.returncode == 0, status.stderr[-3000:]
+        lines = status.stdout.splitlines()
+        assert f"in {bucket}: finished" in lines[0]
+        assert lines[1].split() == ["shard", "target", "job", "state", "rows", "done", "exit", "attempts"]
+        assert [line.split()[3] for line in lines[2:]] == ["done"] * 4
+        # Two jobs per node, sharing a home: each its own work folder, with its two processes' records.
+        work = home / ".cache" / "openimages-crawler" / "s3" / "data" / tmp_path.name / "fleet"
+        folders = sorted(path.name for path in work.iterdir() if path.name.startswith("shard-"))
+        assert folders == [f"shard-{k}of4" for k in range(1, 5)]
+        assert sorted(path.name for path in work.glob("shard-*/.status/*.json")) == [
+            f"{k}of8.json" for k in range(1, 9)]  # 4 jobs x 2 processes
     finally:
         served.server.close()

@@ -83,10 +83,10 @@ def test_a_silent_holder_loses_the_lease_after_lease_s(store: ObjectStore) -> No
 
 def test_renewals_keep_a_lease_and_a_replaced_one_is_reported_lost(store: ObjectStore) -> None:
     lost: list[str] = []
-    kept = BucketLease(store, "shard-1of1", on_lost=lost.append, lease_s=2.0, renew_s=0.3)
+    kept = BucketLease(store, "shard-1of1", on_lost=lost.append, lease_s=1.5, renew_s=0.3)
     assert kept.try_take() is None
-    time.sleep(3.0)
-    assert BucketLease(store, "shard-1of1", lease_s=2.0).try_take() is not None  # renewed meanwhile
+    time.sleep(2.0)  # past lease_s: only the renewals keep it
+    assert BucketLease(store, "shard-1of1", lease_s=1.5).try_take() is not None
     assert not lost
     store.write(kept.key, b"{}")  # another process took it over
     deadline = time.monotonic() + 5
@@ -121,7 +121,7 @@ def test_an_exclusive_lease_is_waited_for(store: ObjectStore) -> None:
         with bucket_exclusive(store, "results"):
             order.append("first in")
             holding.set()
-            time.sleep(1.5)
+            time.sleep(0.5)
             order.append("first out")
 
     thread = threading.Thread(target=hold)

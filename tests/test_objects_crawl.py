@@ -58,7 +58,7 @@ def test_the_mirror_crawled_into_a_bucket_records_every_row_once(
 ) -> None:
     prefix = f"{tmp_path.name}/openimages/"
     settings = bucket_settings(s3, tmp_path, OPENIMAGES_SAVE_ORIGINALS="True", OPENIMAGES_OUTPUTS=TWO_OUTPUTS,
-                               OPENIMAGES_PROCESSES="2", OPENIMAGES_RESULTS_FLUSH_SECONDS="0.5")
+                               OPENIMAGES_RESULTS_FLUSH_SECONDS="0.5")
     result = crawl(mirror, f"s3://data/{prefix}", settings)
     assert result.returncode == 0, result.stderr[-4000:]
     assert "Traceback" not in result.stderr  # the parts' uploads every half second included
