@@ -33,6 +33,7 @@ import tarfile
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,6 +56,7 @@ MANIFEST = "shards.csv"
 MANIFEST_COLUMNS = ("shard", "count", "bytes", "first_image_id", "last_image_id", "sha256")
 INDEX_DIR = ".index"
 NUMBER_DIGITS = 6
+INDEX_READERS = 16  # shard indexes read at once when an output is first met
 PARQUET_ROW_GROUP = 1000  # images per row group: ~1000 rows stream well and keep the footer small
 
 
@@ -224,10 +226,13 @@ class ShardSink:
         return row.image_id in held
 
     def _read_held(self, subset: str) -> IdSet:
-        """The ImageIDs of the shards published so far (their indexes)."""
+        """The ImageIDs of the shards published so far (their indexes, read
+        INDEX_READERS at a time: a bucket answers each in a round trip)."""
         base = self.base(subset)
-        ids = [read_index(self.store, base, row["shard"]) for row in read_manifest(self.store, base)]
-        return IdSet.union([IdSet(found) for found in ids])
+        names = [row["shard"] for row in read_manifest(self.store, base)]
+        with ThreadPoolExecutor(max_workers=INDEX_READERS, thread_name_prefix="openimages-index") as pool:
+            found = list(pool.map(lambda name: IdSet(read_index(self.store, base, name)), names))
+        return IdSet.union(found)
 
     # --- writing ----------------------------------------------------------------
 
@@ -258,10 +263,10 @@ class ShardSink:
         shard.writer.close()
         base = self.base(subset)
         ids = tuple(shard.ids)
+        digest, size = file_digest(shard.path)
         with self.lock(f"shards-{subset}-{self.folder}"):
             manifest = read_manifest(self.store, base)
             name = shard_name(len(manifest), self.container)
-            digest, size = file_digest(shard.path)
             write_index(self.store, base, name, ids)
             publish_file(self.store, shard.path, join(base, name))
             manifest.append({"shard": name, "count": str(len(ids)), "bytes": str(size),
