@@ -54,7 +54,7 @@ from openimages_crawler.monitor.status import (
     total_stages,
 )
 from openimages_crawler.store import mirror
-from openimages_crawler.store.lease import RunLock, shared_lock
+from openimages_crawler.store.lease import RunLock
 from openimages_crawler.store.ledger import recorded_rows, settle
 from openimages_crawler.store.lock import StoreLocked
 from openimages_crawler.store.objects import ObjectStore
@@ -166,12 +166,11 @@ class Supervisor:
 
     def pull(self) -> int | None:
         """An object store's results into the work folder, before the processes read them."""
+        assert isinstance(self.store, ObjectStore)
         try:
-            with shared_lock(self.store, self.local_store.root, "results"):
-                fetched = mirror.pull(self.store, self.local_store, self.patterns)
+            mirror.pull_results(self.store, self.local_store, self.patterns)
         except (OSError, StoreLocked) as exc:
             return fail(f"cannot read the results from {self.store.uri}: {exc}", EXIT_USAGE)
-        logger.info("Results read from %s: %d files", self.store.uri, fetched)
         return None
 
     def watch(self) -> None:

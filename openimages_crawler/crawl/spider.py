@@ -49,7 +49,7 @@ from openimages_crawler.dataset.source import ImageSource
 from openimages_crawler.store import LocalStore, mirror
 from openimages_crawler.store.annotations import AnnotationOutput
 from openimages_crawler.store.base import Store
-from openimages_crawler.store.lease import RunLock, shared_lock
+from openimages_crawler.store.lease import RunLock
 from openimages_crawler.store.ledger import ResultsLedger, settle
 from openimages_crawler.store.lock import StoreLocked, exclusive
 from openimages_crawler.store.objects import ObjectStore
@@ -148,12 +148,11 @@ class OpenImagesSpider(scrapy.Spider):
 
     def pull_results(self) -> None:
         """An object store's results files and parts into the work folder (the ledger reads them there)."""
+        assert isinstance(self.store, ObjectStore)
         try:
-            with shared_lock(self.store, self.local_store.root, "results", STOP_REQUESTED):
-                fetched = mirror.pull(self.store, self.local_store, self.result_patterns())
+            mirror.pull_results(self.store, self.local_store, self.result_patterns(), STOP_REQUESTED)
         except (OSError, StoreLocked) as exc:
             raise UsageError(f"cannot read the results from {self.store.uri}: {exc}") from None
-        logger.info("Results read from %s: %d files", self.store.uri, fetched)
 
     def result_patterns(self) -> list[str]:
         files = self.results_files()

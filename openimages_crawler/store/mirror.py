@@ -24,6 +24,7 @@ import glob
 import json
 import logging
 import os
+import threading
 import uuid
 from collections.abc import Iterable
 from fnmatch import fnmatch
@@ -116,6 +117,15 @@ def pull(store: ObjectStore, local: LocalStore, final_patterns: list[str]) -> in
     for key in parts:
         store.download(key, local.path(key))
     return fetched + len(parts)
+
+
+def pull_results(store: ObjectStore, local: LocalStore, final_patterns: list[str],
+                 stop: threading.Event | None = None) -> None:
+    """``pull`` before a run, under the ``results`` lock (this machine's and the
+    bucket's: another shard may be merging); ``OSError`` or ``StoreLocked`` when it cannot."""
+    with shared_lock(store, local.root, "results", stop):
+        fetched = pull(store, local, final_patterns)
+    logger.info("Results read from %s: %d files", store.uri, fetched)
 
 
 def refresh_finals(store: ObjectStore, local: LocalStore, final_patterns: list[str]) -> int:
