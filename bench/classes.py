@@ -196,3 +196,44 @@ def probe(work: Path, cache: Path, args: argparse.Namespace) -> dict:
         f"{write['wall_s']} s."
     )
     return result
+
+
+def index_probe(work: Path, cache: Path, args: argparse.Namespace) -> dict:
+    """The annotation index that shard samples read their labels and boxes from:
+    build time, size and lookups per second over the V6-sized box file."""
+    import resource  # noqa: PLC0415 (this probe only)
+
+    from openimages_crawler.dataset.annotation_index import (  # noqa: PLC0415
+        INDEX_SUFFIX,
+        AnnotationIndex,
+        SampleAnnotations,
+    )
+    from openimages_crawler.dataset.annotations import ClassNames  # noqa: PLC0415
+
+    data = generate(cache / f"classes-{args.bbox_rows}", args.bbox_rows)
+    work.mkdir(parents=True, exist_ok=True)
+    source = work / data["boxes"].name
+    shutil.copy(data["boxes"], source)  # the index goes next to its file: keep the cache clean
+    source.with_name(source.name + INDEX_SUFFIX).unlink(missing_ok=True)
+    started = time.perf_counter()
+    index = AnnotationIndex.of(source)
+    build_s = time.perf_counter() - started
+    size_gb = index.path.stat().st_size / 1e9
+    lookup = SampleAnnotations({"train": index}, {}, ClassNames.load(data["classes"]))
+    rng = random.Random(3)
+    image_ids = [_image_id(rng.randrange(args.bbox_rows // 8)) for _ in range(20_000)]
+    started = time.perf_counter()
+    boxes = sum(len(lookup.of("train", image_id)["boxes"]) for image_id in image_ids)
+    lookups_per_s = len(image_ids) / (time.perf_counter() - started)
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    source.unlink()
+    index.path.unlink()
+    result = {"rows": args.bbox_rows, "csv_gb": round(data["boxes"].stat().st_size / 1e9, 2),
+              "build_s": round(build_s, 1), "index_gb": round(size_gb, 2),
+              "lookups_per_s": round(lookups_per_s), "boxes_found": boxes, "peak_rss_mb": round(peak_mb)}
+    result["summary"] = (
+        f"annotation index of a {args.bbox_rows:,}-row bbox file ({result['csv_gb']} GB, generated): built in "
+        f"{result['build_s']} s, {result['index_gb']} GB on disk, peak RSS {result['peak_rss_mb']} MB; "
+        f"{result['lookups_per_s']:,} image lookups/s (labels and boxes of one image, one thread)."
+    )
+    return result

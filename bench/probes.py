@@ -39,6 +39,8 @@ def run(name: str, corpus: corpus_module.Corpus, work: Path, args: argparse.Name
         return quality.compare(corpus)
     if name == "classes":
         return classes.probe(work / "probe-classes", corpus.root.parent, args)
+    if name == "index":
+        return classes.index_probe(work / "probe-index", corpus.root.parent, args)
     if name == "fleet":
         return fleet.probe(corpus, work / "probe-fleet", args)
     if name == "s3":

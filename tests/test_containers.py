@@ -15,7 +15,10 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
+from openimages_crawler.imaging.boxes import placed_annotations
+from openimages_crawler.imaging.pillow import Geometry, ResizeSpec
 from tests.conftest import (
     ROOT,
     Served,
@@ -26,6 +29,15 @@ from tests.conftest import (
     serve,
     wait_for,
 )
+from tests.test_classes import (  # noqa: F401 (sample_mirror: a fixture)
+    CLASS_NAMES,
+    SampleMirror,
+    annotation_lines,
+    images_with,
+    mids_of,
+    sample_mirror,
+)
+from tests.test_metadata import version_crawl
 
 pytestmark = pytest.mark.e2e
 
@@ -34,18 +46,18 @@ MIXED = [{"dir": "crop", **CROP}, {"dir": "crop-wds", **CROP, "container": "webd
          {"dir": "crop-pq", **CROP, "container": "parquet"}, {"dir": "crop-tfr", **CROP, "container": "tfrecord"}]
 
 
-def manifest(store: Path, folder: str) -> list[dict[str, str]]:
-    path = store / "train" / folder / "shards.csv"
+def manifest(store: Path, folder: str, split: str = "train") -> list[dict[str, str]]:
+    path = store / split / folder / "shards.csv"
     if not path.exists():
         return []
     with open(path, newline="") as handle:
         return list(csv.DictReader(handle))
 
 
-def webdataset_samples(store: Path, folder: str) -> dict[str, dict[str, bytes]]:
+def webdataset_samples(store: Path, folder: str, split: str = "train") -> dict[str, dict[str, bytes]]:
     import webdataset as wds
 
-    shards = [str(store / "train" / folder / row["shard"]) for row in manifest(store, folder)]
+    shards = [str(store / split / folder / row["shard"]) for row in manifest(store, folder, split)]
     found: dict[str, dict[str, bytes]] = {}
     for sample in wds.WebDataset(shards, shardshuffle=False) if shards else []:
         assert sample["__key__"] not in found  # a row is in one shard, once
@@ -53,23 +65,23 @@ def webdataset_samples(store: Path, folder: str) -> dict[str, dict[str, bytes]]:
     return found
 
 
-def parquet_rows(store: Path, folder: str) -> dict[str, dict[str, object]]:
+def parquet_rows(store: Path, folder: str, split: str = "train") -> dict[str, dict[str, object]]:
     import pyarrow.parquet as pq
 
     found: dict[str, dict[str, object]] = {}
-    for row in manifest(store, folder):
-        for record in pq.read_table(store / "train" / folder / row["shard"]).to_pylist():
+    for row in manifest(store, folder, split):
+        for record in pq.read_table(store / split / folder / row["shard"]).to_pylist():
             assert record["ImageID"] not in found
             found[str(record["ImageID"])] = record
     return found
 
 
-def tfrecord_examples(store: Path, folder: str) -> dict[str, dict[str, object]]:
+def tfrecord_examples(store: Path, folder: str, split: str = "train") -> dict[str, dict[str, object]]:
     from tfrecord.reader import tfrecord_loader
 
     found: dict[str, dict[str, object]] = {}
-    for row in manifest(store, folder):
-        for record in tfrecord_loader(str(store / "train" / folder / row["shard"]), None):
+    for row in manifest(store, folder, split):
+        for record in tfrecord_loader(str(store / split / folder / row["shard"]), None):
             key = bytes(record["image/source_id"]).decode()
             assert key not in found
             found[key] = record
@@ -200,3 +212,94 @@ def test_a_container_output_added_to_a_finished_files_store_comes_from_the_origi
     crops = {path.stem: path.read_bytes() for path in (store / "train" / "crop").rglob("*.jpg")}
     assert {key: record["image"] for key, record in parquet_rows(store, "crop-pq").items()} == crops
     check_manifest(store, "crop-pq", ".parquet")
+
+
+def official_annotations(split: str, image_ids: set[str], mids: set[str]) -> dict[str, dict[str, list[dict]]]:
+    """Each image's labels and boxes of ``mids``, read from the sample files independently of the crawler."""
+    with open(CLASS_NAMES, newline="", encoding="utf-8") as handle:
+        names = {mid: name for mid, name in csv.reader(handle)}
+    order = {mid: number for number, mid in enumerate(names, 1)}
+    found: dict[str, dict[str, list[dict]]] = {image_id: {"labels": [], "boxes": []} for image_id in image_ids}
+    for kind in ("labels", "boxes"):
+        header, lines = annotation_lines(split, kind)
+        for record in csv.DictReader([header, *lines]):
+            if record["ImageID"] not in image_ids or record["LabelName"] not in mids:
+                continue
+            item: dict[str, object] = {
+                "LabelName": record["LabelName"], "DisplayName": names[record["LabelName"]],
+                "ClassIndex": order[record["LabelName"]], "Source": record["Source"],
+                "Confidence": float(record["Confidence"])}
+            if kind == "boxes":
+                item |= {key: float(record[key]) for key in ("XMin", "XMax", "YMin", "YMax")}
+                item |= {key: int(record[key]) for key in ("IsOccluded", "IsTruncated", "IsGroupOf",
+                                                            "IsDepiction", "IsInside")}
+            found[record["ImageID"]][kind].append(item)
+    return found
+
+
+def test_samples_carry_their_labels_and_boxes_in_the_stored_images_coordinates(
+    sample_mirror: SampleMirror, tmp_path: Path  # noqa: F811 (the fixture imported above)
+) -> None:
+    turned = {row["ImageID"] for row in sample_mirror.rows["validation"][::3]}
+    for row in sample_mirror.rows["validation"]:
+        if row["ImageID"] in turned:
+            row["Rotation"] = "90"  # no EXIF in these files: the metadata's turn applies
+    sample_mirror.publish_version(4)
+    store = tmp_path / "store"
+    crop, fit = {"mode": "FillCrop", "size": 32}, {"mode": "ShrinkToFit", "size": 40}
+    outputs = [{"dir": "crop-wds", **crop, "container": "webdataset"}, {"dir": "fit-pq", **fit, "container": "parquet"},
+               {"dir": "fit-tfr", **fit, "container": "tfrecord"}]
+    settings = {"OPENIMAGES_METADATA_URL": sample_mirror.base, "OPENIMAGES_METADATA_VERIFY": "False",
+                "OPENIMAGES_OUTPUTS": json.dumps(outputs), "OPENIMAGES_SAVE_ORIGINALS": "True",
+                "OPENIMAGES_ORIGINALS_CONTAINER": "webdataset", "OPENIMAGES_SHARD_SIZE": "7"}
+    done = version_crawl(store, settings, version="4", subset="validation", classes="Person,Car")
+    assert done.returncode == 0, done.stderr[-3000:]
+    mids = mids_of("Person", "Car")
+    chosen = images_with("validation", "boxes", mids)
+    assert outcomes(store, "validation") == {image_id: ["success"] for image_id in chosen}
+    expected = official_annotations("validation", chosen, mids)
+    assert any(expected[image_id]["boxes"] for image_id in chosen & turned)
+
+    def geometry(image_id: str) -> Geometry:  # the sample's files are 64x48
+        return Geometry(Image.Transpose.ROTATE_90, (48, 64)) if image_id in turned else Geometry(None, (64, 48))
+
+    samples = webdataset_samples(store, "crop-wds", "validation")
+    assert set(samples) == chosen
+    clipped = 0
+    for image_id, sample in samples.items():
+        meta = json.loads(sample["json"])
+        placed = placed_annotations(expected[image_id], geometry(image_id), ResizeSpec(**crop))
+        assert {"labels": meta["labels"], "boxes": meta["boxes"]} == placed
+        assert (meta["width"], meta["height"]) == (32, 32)
+        clipped += sum(0.0 in (box["XMin"], box["YMin"]) or 1.0 in (box["XMax"], box["YMax"])
+                       for box in placed["boxes"])
+    assert clipped > 0  # some boxes reach past the centred square
+    for image_id, row in parquet_rows(store, "fit-pq", "validation").items():
+        placed = placed_annotations(expected[image_id], geometry(image_id), ResizeSpec(**fit))
+        assert {"labels": row["labels"], "boxes": row["boxes"]} == placed
+        assert (row["width"], row["height"]) == ((30, 40) if image_id in turned else (40, 30))
+    examples = tfrecord_examples(store, "fit-tfr", "validation")
+    assert set(examples) == chosen
+    for image_id, record in examples.items():
+        placed = placed_annotations(expected[image_id], geometry(image_id), ResizeSpec(**fit))
+        assert list(record.get("image/object/bbox/xmin", [])) == pytest.approx(
+            [box["XMin"] for box in placed["boxes"]], abs=1e-6)
+        assert list(record.get("image/object/class/label", [])) == [box["ClassIndex"] for box in placed["boxes"]]
+    for image_id, sample in webdataset_samples(store, "images-original", "validation").items():
+        meta = json.loads(sample["json"])  # an original is stored as downloaded: its boxes are the file's
+        assert meta["boxes"] == expected[image_id]["boxes"] and meta["labels"] == expected[image_id]["labels"]
+    os.environ.update(HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1")
+    import datasets
+
+    files = [str(store / "validation" / "fit-pq" / row["shard"]) for row in manifest(store, "fit-pq", "validation")]
+    loaded = datasets.load_dataset("parquet", data_files={"train": files}, split="train",
+                                   cache_dir=str(tmp_path / "hf-cache"))
+    for row in loaded:
+        placed = placed_annotations(expected[row["ImageID"]], geometry(row["ImageID"]), ResizeSpec(**fit))
+        assert [box["XMin"] for box in row["boxes"]] == [box["XMin"] for box in placed["boxes"]]
+    import duckdb
+
+    counted = duckdb.sql(
+        "SELECT b.DisplayName, count(*) FROM (SELECT unnest(boxes) AS b FROM read_parquet($files)) GROUP BY 1",
+        params={"files": files}).fetchall()
+    assert dict(counted) == dict(Counter(box["DisplayName"] for image in expected.values() for box in image["boxes"]))

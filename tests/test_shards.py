@@ -244,3 +244,63 @@ def test_containers_are_chosen_per_output_and_checked_before_the_crawl() -> None
         with pytest.raises(UsageError, match=message):
             CrawlConfig.from_settings(project_settings({"IMAGES_STORE": "/tmp/x", **values}))
 
+
+
+def annotations_of(number: int) -> dict[str, list[dict[str, object]]]:
+    """Labels and boxes as ``SampleAnnotations`` gives them (an image without boxes for odd numbers)."""
+    label = {"LabelName": "/m/01g317", "DisplayName": "Person", "ClassIndex": 7, "Source": "verification",
+             "Confidence": 1.0}
+    boxes = [] if number % 2 else [
+        {**label, "Source": "freeform", "XMin": 0.1 * k, "XMax": 0.1 * k + 0.25, "YMin": 0.5, "YMax": 0.75,
+         "IsOccluded": 0, "IsTruncated": 1, "IsGroupOf": -1, "IsDepiction": 0, "IsInside": 0} for k in range(3)]
+    return {"labels": [label, {**label, "LabelName": "/m/0k4j", "DisplayName": "Car", "ClassIndex": 9,
+                                "Confidence": 0.0}], "boxes": boxes}
+
+
+@pytest.mark.parametrize("container", ["webdataset", "parquet", "tfrecord"])
+def test_samples_carry_their_labels_and_boxes(store: LocalStore, tmp_path: Path, container: str) -> None:
+    sink = sink_for(store, tmp_path, container, size=4)
+    written = ids(4)
+    for number, image_id in enumerate(written):
+        sink.write(image_row(image_id), "jpg", jpeg(number), (8, 6), annotations_of(number))
+    sink.close()
+    shard = store.root / "train" / "crop" / read_manifest(store, "train/crop")[0]["shard"]
+    if container == "webdataset":
+        import webdataset as wds
+
+        for number, sample in enumerate(wds.WebDataset(str(shard), shardshuffle=False)):
+            meta = json.loads(sample["json"])
+            assert {"labels": meta["labels"], "boxes": meta["boxes"]} == annotations_of(number)
+    elif container == "parquet":
+        import pandas as pd
+        import pyarrow.parquet as pq
+
+        rows = pq.read_table(shard).to_pylist()
+        for number, row in enumerate(rows):
+            assert {"labels": row["labels"], "boxes": row["boxes"]} == annotations_of(number)
+        frame = pd.read_parquet(shard)
+        assert [len(boxes) for boxes in frame["boxes"]] == [3, 0, 3, 0]
+    else:
+        from tfrecord.reader import tfrecord_loader
+
+        for number, record in enumerate(tfrecord_loader(str(shard), None)):
+            expected = annotations_of(number)
+            boxes = expected["boxes"]
+            for key in ("XMin", "XMax", "YMin", "YMax"):
+                assert list(record.get(f"image/object/bbox/{key.lower()}", [])) == pytest.approx(
+                    [box[key] for box in boxes])
+            assert list(record.get("image/object/class/label", [])) == [box["ClassIndex"] for box in boxes]
+            assert list(record.get("image/object/truncated", [])) == [box["IsTruncated"] for box in boxes]
+            assert list(record["image/class/label"]) == [7, 9]
+            assert list(record["image/class/confidence"]) == [1.0, 0.0]
+        # The package's reader keeps the first value of a bytes list: read the protobufs themselves.
+        from tfrecord import example_pb2
+        from tfrecord.reader import tfrecord_iterator
+
+        for number, raw in enumerate(tfrecord_iterator(str(shard))):
+            example = example_pb2.Example()
+            example.ParseFromString(raw)
+            feature = example.features.feature
+            texts = list(feature["image/object/class/text"].bytes_list.value)
+            assert texts == [b"Person"] * len(annotations_of(number)["boxes"])
+            assert list(feature["image/class/text"].bytes_list.value) == [b"Person", b"Car"]

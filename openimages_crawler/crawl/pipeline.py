@@ -45,10 +45,14 @@ from openimages_crawler.crawl.items import (
     request_meta,
 )
 from openimages_crawler.crawl.pending import PendingRows
+from openimages_crawler.dataset.annotation_index import SampleAnnotations
+from openimages_crawler.imaging.boxes import placed_annotations
+from openimages_crawler.imaging.pillow import ResizeSpec
 from openimages_crawler.imaging.process import Expected, Outcome, process_image
 from openimages_crawler.store import STORE_SCHEMES, Store
 from openimages_crawler.store.results import FailureRow, SuccessRow, with_download
-from openimages_crawler.store.shards import ShardSink
+from openimages_crawler.store.shards import Annotations, ShardSink
+from openimages_crawler.store.sinks import OutputSink
 
 if TYPE_CHECKING:
     from scrapy import Request, Spider
@@ -83,6 +87,7 @@ class OpenImagesPipeline(ImagesPipeline):
         self.shard_sinks = [sink for sink in [*self.sinks.values(), self.originals] if isinstance(sink, ShardSink)]
         self.pending: PendingRows[SuccessRow] = PendingRows()  # successes whose shards are still open
         self.outputs = {output.dir: output for output in self.config.outputs}
+        self.labelled: SampleAnnotations | None = None  # what shard samples carry (the spider's)
         self.executor: ThreadPoolExecutor | None = None
         self.uploads: ThreadPoolExecutor | None = None  # a remote store's writes
         self.upload_threads = crawler.settings.getint("OPENIMAGES_STORE_CONCURRENCY")
@@ -98,6 +103,8 @@ class OpenImagesPipeline(ImagesPipeline):
     def open_spider(self, spider: Spider | None = None) -> None:
         super().open_spider()
         self.store.open()
+        if self.shard_sinks:
+            self.labelled = getattr(self.crawler.spider, "sample_annotations", None)
         self.executor = ThreadPoolExecutor(
             max_workers=self.config.workers, thread_name_prefix="openimages-worker"
         )
@@ -232,17 +239,27 @@ class OpenImagesPipeline(ImagesPipeline):
             return Outcome(reasons.IO_ERROR, f"{free:,} bytes free in the store, under "
                                              f"OPENIMAGES_MIN_FREE_BYTES ({config.min_free_bytes:,})")
         tickets: list[str | None] = []
+        labelled: Annotations | None = None
+
+        def placed(sink: OutputSink, spec: ResizeSpec | None) -> Annotations | None:
+            if labelled is None or not isinstance(sink, ShardSink):
+                return None
+            return placed_annotations(labelled, outcome.geometry, spec)
+
         try:
+            if self.labelled is not None:
+                labelled = self.labelled.of(plan.row.subset, plan.row.image_id)
             if plan.keep_original and not plan.from_store:
                 key = self.file_path(request, item=item)
                 if self.originals is None:
                     self.store.write(key, body)
                 else:
                     tickets.append(self.originals.write(plan.row, key.rpartition(".")[2], body,
-                                                        outcome.original_size))
+                                                        outcome.original_size, placed(self.originals, None)))
                 outcome.bytes_written += len(body)
             for folder, data, size in zip(plan.outputs, encoded, outcome.sizes, strict=True):
-                tickets.append(self.sinks[folder].write(plan.row, self.outputs[folder].spec.format, data, size))
+                sink, spec = self.sinks[folder], self.outputs[folder].spec
+                tickets.append(sink.write(plan.row, spec.format, data, size, placed(sink, spec)))
                 outcome.bytes_written += len(data)
             outcome.tickets = [ticket for ticket in tickets if ticket is not None]
         except OSError as exc:

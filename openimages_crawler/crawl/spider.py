@@ -40,8 +40,13 @@ from openimages_crawler.crawl.feeds import results_files
 from openimages_crawler.crawl.items import PLAN_KEY, FetchedImage, request_meta
 from openimages_crawler.crawl.processes import process_shard, supervisor_pid
 from openimages_crawler.crawl.stop import STOP_REQUESTED
+from openimages_crawler.dataset.annotation_index import (
+    AnnotationIndex,
+    SampleAnnotations,
+)
+from openimages_crawler.dataset.annotations import ClassNames, CopyStopped
 from openimages_crawler.dataset.arguments import ArgumentError, CrawlArguments
-from openimages_crawler.dataset.catalogue import DOWNLOAD_COLUMNS
+from openimages_crawler.dataset.catalogue import ANNOTATION_FILES, DOWNLOAD_COLUMNS
 from openimages_crawler.dataset.prepare import MetadataOptions, prepare, selection_of
 from openimages_crawler.dataset.rows import MetadataError, validate_row
 from openimages_crawler.dataset.selection import MetadataRecord, Selection
@@ -82,6 +87,7 @@ class OpenImagesSpider(scrapy.Spider):
             raise UsageError(str(exc)) from None
         self.given = given  # the -a arguments as given, for the report
         self.rows_total: int | None = None  # rows the crawl will handle, estimated (progress)
+        self.sample_annotations: SampleAnnotations | None = None  # labels and boxes for shard samples
 
     @classmethod
     def from_crawler(cls, crawler: Any, *args: Any, **kwargs: Any) -> OpenImagesSpider:
@@ -139,6 +145,7 @@ class OpenImagesSpider(scrapy.Spider):
         try:
             with exclusive(cache.parent, "metadata", STOP_REQUESTED):  # fetched once per cache
                 self.dataset = prepare(self.arguments, options, selection)
+                self.sample_annotations = self.index_annotations()
         except ArgumentError as exc:
             raise UsageError(str(exc)) from exc
         if self.store.remote and self.supervisor is None:  # a supervisor pulls for its processes
@@ -198,6 +205,33 @@ class OpenImagesSpider(scrapy.Spider):
     def results_files(self) -> dict[str, list[str]]:
         return results_files(self.crawler.settings)
 
+    def index_annotations(self) -> SampleAnnotations | None:
+        """What the shard samples carry when annotations are written: each image's
+        labels and boxes, looked up in the annotation files indexed by image."""
+        config, dataset = self.config, self.dataset
+        containers = {output.container for output in config.outputs} | {config.originals_container}
+        if containers == {"files"} or not (dataset.annotation_files and self.arguments.write_annotations):
+            return None
+        assert dataset.class_names is not None
+        label_names = self.label_names()
+        try:
+            indexes = {key: AnnotationIndex.of(path, STOP_REQUESTED) for key, path in dataset.annotation_files.items()}
+            classes = ClassNames.load(dataset.class_names)
+        except (MetadataError, OSError) as exc:
+            raise ArgumentError(f"cannot index the annotations: {exc}") from exc
+        except CopyStopped:
+            raise ArgumentError("stopped while indexing the annotations") from None
+        by_kind = {kind: {split: index for (k, split), index in indexes.items() if k == kind}
+                   for kind in ANNOTATION_FILES}
+        return SampleAnnotations(by_kind["boxes"], by_kind["labels"], classes, label_names)
+
+    def label_names(self) -> frozenset[str] | None:
+        """The classes the annotations keep: the requested ones, or all (``None``)."""
+        dataset = self.dataset
+        if dataset.class_filter is not None and not self.arguments.all_labels:
+            return dataset.class_filter.label_names
+        return None
+
     def annotation_output(self) -> AnnotationOutput | None:
         """Where the selection's annotation rows go; in a multi-process run the
         first process writes them for the whole run (the file is then the same
@@ -208,11 +242,8 @@ class OpenImagesSpider(scrapy.Spider):
         within = dataset.selection.within
         if within is not None and within.index > self.shard[1]:
             return None
-        label_names = None
-        if dataset.class_filter is not None and not self.arguments.all_labels:
-            label_names = dataset.class_filter.label_names
         remote = self.store if isinstance(self.store, ObjectStore) else None
-        return AnnotationOutput(self.local_store, dataset.annotation_files, label_names, remote)
+        return AnnotationOutput(self.local_store, dataset.annotation_files, self.label_names(), remote)
 
     def count_rows(self) -> None:
         """``rows_total`` for the progress display (in a thread)."""

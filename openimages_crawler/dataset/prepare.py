@@ -73,6 +73,7 @@ class DatasetPlan:
     max_row_bytes: int
     class_filter: ClassFilter | None = None
     annotation_files: dict[tuple[str, str], Path] = field(default_factory=dict)  # (kind, split) -> CSV
+    class_names: Path | None = None  # the version's class descriptions, with annotations
 
     def records(self) -> Iterator[MetadataRecord]:
         """Rows of every metadata file that the selection takes."""
@@ -147,6 +148,7 @@ class _Preparation:
                            self.options.max_row_bytes, class_filter)
         if class_filter is not None or arguments.write_annotations:
             plan.annotation_files = self.fetch_annotations()
+            plan.class_names = self.class_names_file()
         if class_filter is not None:
             selection.classes = self.images_of_classes(class_filter, plan.annotation_files)
         return plan
@@ -167,11 +169,15 @@ class _Preparation:
                 raise ArgumentError(
                     f"version {arguments.version} has no {_KIND_NAMES[kind]} for {split}: try {hint}"
                 )
-        (path,) = self.fetcher.csv_paths([annotations.class_names])
-        resolved = ClassNames.load(path).resolve(arguments.classes)
+        resolved = ClassNames.load(self.class_names_file()).resolve(arguments.classes)
         for name, mids in resolved.items():
             logger.info("Class %r is %s", name, ", ".join(sorted(mids)))
         return ClassFilter(resolved, match_all=arguments.match_all, confirmed_only=kind == "labels")
+
+    def class_names_file(self) -> Path:
+        assert self.arguments.version is not None
+        (path,) = self.fetcher.csv_paths([version_of(self.arguments.version).annotations.class_names])
+        return path
 
     def fetch_annotations(self) -> dict[tuple[str, str], Path]:
         """The annotation files the class selection and the annotation output need."""

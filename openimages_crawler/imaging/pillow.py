@@ -41,8 +41,19 @@ REDUCING_GAP: Final = 2.0
 # Where a reduced decode records the full-resolution size in ``Image.info``.
 FULL_SIZE: Final = "openimages_full_size"
 
-# EXIF orientations that swap width and height.
-_TRANSPOSING_ORIENTATIONS: Final = frozenset({5, 6, 7, 8})
+# Where ``upright_rgb`` records the transpose it applied (boxes follow it).
+TURN: Final = "openimages_turn"
+
+# EXIF orientation -> the transpose that makes the image upright (as ImageOps.exif_transpose).
+_EXIF_TURNS: Final = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
 
 # V4+ Rotation (degrees counter-clockwise) -> the transpose that applies it.
 _ROTATIONS: Final = {
@@ -50,6 +61,10 @@ _ROTATIONS: Final = {
     180: Image.Transpose.ROTATE_180,
     270: Image.Transpose.ROTATE_270,
 }
+
+# Transposes that swap width and height.
+_SWAPPING_TURNS: Final = frozenset({Image.Transpose.ROTATE_90, Image.Transpose.ROTATE_270,
+                                    Image.Transpose.TRANSPOSE, Image.Transpose.TRANSVERSE})
 
 # Pillow's own bomb limit applies on top of ours; disable its warning-only band
 # so the explicit pixel check below is the single rule.
@@ -168,19 +183,21 @@ def upright_rgb(image: Image.Image, rotation: int = 0) -> Image.Image:
         orientation = image.getexif().get(ExifTags.Base.Orientation)
     except Exception:  # a malformed EXIF block must not lose a good image
         orientation = None
+    turn = None
     if orientation is not None:
-        if orientation in _TRANSPOSING_ORIENTATIONS:
-            width, height = height, width
         try:
             ImageOps.exif_transpose(image, in_place=True)
+            turn = _EXIF_TURNS.get(orientation)
         except Exception:  # as above
             pass
     elif rotation in _ROTATIONS:
-        image = image.transpose(_ROTATIONS[rotation])
-        if rotation in (90, 270):
-            width, height = height, width
+        turn = _ROTATIONS[rotation]
+        image = image.transpose(turn)
+    if turn in _SWAPPING_TURNS:
+        width, height = height, width
     image = _rgb(image)
     image.info[FULL_SIZE] = (width, height)
+    image.info[TURN] = turn
     return image
 
 
@@ -292,7 +309,18 @@ def resized_set(
 ) -> list[bytes]:
     """Every output of one decoded image: turned upright and converted once,
     then resized and encoded per spec."""
-    return [data for data, _ in resized_images(image, specs, reducing_gap=reducing_gap, rotation=rotation)]
+    outputs, _ = resized_images(image, specs, reducing_gap=reducing_gap, rotation=rotation)
+    return [data for data, _ in outputs]
+
+
+@dataclass(frozen=True, slots=True)
+class Geometry:
+    """How a decoded image became upright: the transpose applied (``None``: as
+    stored) and the upright full-resolution size every output is made from
+    (``boxes.stored_box`` moves boxes the same way)."""
+
+    turn: Image.Transpose | None
+    upright_size: tuple[int, int]
 
 
 def resized_images(
@@ -301,15 +329,16 @@ def resized_images(
     *,
     reducing_gap: float | None = None,
     rotation: int = 0,
-) -> list[tuple[bytes, tuple[int, int]]]:
-    """``resized_set`` with each output's size (width, height), which containers record."""
+) -> tuple[list[tuple[bytes, tuple[int, int]]], Geometry]:
+    """``resized_set`` with each output's size (width, height), which containers
+    record, and the geometry their boxes follow."""
     upright = upright_rgb(image, rotation)
     try:
         outputs = []
         for spec in specs:
             resized = resize(upright, spec, reducing_gap=reducing_gap)
             outputs.append((encode(resized, spec), resized.size))
-        return outputs
+        return outputs, Geometry(upright.info[TURN], full_size(upright))
     finally:
         if upright is not image:
             upright.close()

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from openimages_crawler.imaging.pillow import (
     REDUCING_GAP,
+    Geometry,
     ImageRejected,
     ResizeSpec,
     decode,
@@ -43,6 +44,7 @@ class Outcome:
     encoded: list[bytes] = field(default_factory=list)  # one per ResizeSpec, on success
     sizes: list[tuple[int, int]] = field(default_factory=list)  # each encoded output's width, height
     original_size: tuple[int, int] = (0, 0)  # the decoded image's, as stored (before any turn)
+    geometry: Geometry | None = None  # how the outputs were made from it (their boxes follow)
     tickets: list[str] = field(default_factory=list)  # the open shards that hold the outputs (store.shards)
 
     @property
@@ -98,15 +100,15 @@ def process_image(
     except ImageRejected as exc:
         return Outcome(exc.reason, exc.details)
     original_size = full_size(image)
+    outputs: list[tuple[bytes, tuple[int, int]]] = []
+    geometry = None
     try:
-        outputs = (
-            resized_images(image, specs, reducing_gap=REDUCING_GAP if fast else None, rotation=rotation)
-            if specs
-            else []
-        )
+        if specs:
+            outputs, geometry = resized_images(image, specs, reducing_gap=REDUCING_GAP if fast else None,
+                                               rotation=rotation)
     except (OSError, ValueError) as exc:
         return Outcome(CORRUPT, f"{image.format} could not be converted: {exc}")
     finally:
         image.close()
     return Outcome(md5=digest, size=len(body), encoded=[data for data, _ in outputs],
-                   sizes=[size for _, size in outputs], original_size=original_size)
+                   sizes=[size for _, size in outputs], original_size=original_size, geometry=geometry)

@@ -58,6 +58,16 @@ INDEX_DIR = ".index"
 NUMBER_DIGITS = 6
 INDEX_READERS = 16  # shard indexes read at once when an output is first met
 PARQUET_ROW_GROUP = 1000  # images per row group: ~1000 rows stream well and keep the footer small
+ANNOTATION_KEYS = ("labels", "boxes")
+BOX_COORDINATES = ("XMin", "XMax", "YMin", "YMax")
+BOX_FLAGS = ("IsOccluded", "IsTruncated", "IsGroupOf", "IsDepiction", "IsInside")
+_TF_FLAGS = {"IsOccluded": "occluded", "IsTruncated": "truncated", "IsGroupOf": "group_of",
+             "IsDepiction": "depiction"}  # the TF Object Detection API's names
+
+
+# Labels and boxes of a sample, when annotations are written (see
+# dataset.annotation_index.SampleAnnotations; boxes in the stored image's fractions).
+Annotations = dict[str, list[dict[str, Any]]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,10 +80,11 @@ class Sample:
     width: int
     height: int
     fields: dict[str, str]  # the metadata row
+    annotations: Annotations | None = None  # None: the crawl writes no annotations
 
     def metadata(self) -> dict[str, Any]:
         """What a sample carries beside its bytes (WebDataset's ``.json``)."""
-        return {**self.fields, "width": self.width, "height": self.height}
+        return {**self.fields, "width": self.width, "height": self.height, **(self.annotations or {})}
 
 
 class ShardWriter(Protocol):
@@ -89,7 +100,7 @@ class TarShard:
 
     suffix = ".tar"
 
-    def __init__(self, path: Path, columns: list[str]) -> None:
+    def __init__(self, path: Path, first: Sample) -> None:
         self.tar = tarfile.open(path, "w", format=tarfile.USTAR_FORMAT)
         self.mtime = int(time.time())
 
@@ -107,22 +118,29 @@ class TarShard:
 
 
 class ParquetShard:
-    """One row per image: ImageID, the bytes, format, width, height and the
-    metadata columns (as strings), in row groups of PARQUET_ROW_GROUP."""
+    """One row per image: ImageID, the bytes, format, width, height, the
+    metadata columns (as strings) and, when annotations are written, ``labels``
+    and ``boxes`` as list-of-struct columns; in row groups of PARQUET_ROW_GROUP."""
 
     suffix = ".parquet"
 
-    def __init__(self, path: Path, columns: list[str]) -> None:
+    def __init__(self, path: Path, first: Sample) -> None:
         import pyarrow as pa  # noqa: PLC0415 (only parquet outputs need it)
         import pyarrow.parquet as pq  # noqa: PLC0415
 
         self.pa = pa
-        names = ["ImageID", "image", "format", "width", "height"]
-        self.columns = [name for name in columns if name not in names]
+        names = ["ImageID", "image", "format", "width", "height", *ANNOTATION_KEYS]
+        self.columns = [name for name in first.fields if name not in names]
+        self.annotated = first.annotations is not None
+        label = [("LabelName", pa.string()), ("DisplayName", pa.string()), ("ClassIndex", pa.int32()),
+                 ("Source", pa.string()), ("Confidence", pa.float64())]
+        box = label + [(name, pa.float64()) for name in BOX_COORDINATES] + [(name, pa.int8()) for name in BOX_FLAGS]
         self.schema = pa.schema(
             [("ImageID", pa.string()), ("image", pa.binary()), ("format", pa.string()),
              ("width", pa.int32()), ("height", pa.int32())]
-            + [(name, pa.string()) for name in self.columns])
+            + [(name, pa.string()) for name in self.columns]
+            + ([("labels", pa.list_(pa.struct(label))), ("boxes", pa.list_(pa.struct(box)))]
+               if self.annotated else []))
         self.writer = pq.ParquetWriter(path, self.schema, compression="zstd")
         self.rows: list[Sample] = []
 
@@ -140,6 +158,9 @@ class ParquetShard:
             "format": [s.ext for s in rows], "width": [s.width for s in rows], "height": [s.height for s in rows],
             **{name: [s.fields.get(name, "") for s in rows] for name in self.columns},
         }
+        if self.annotated:
+            for key in ANNOTATION_KEYS:
+                arrays[key] = [(s.annotations or {}).get(key, []) for s in rows]
         self.writer.write_table(self.pa.table(arrays, schema=self.schema))
 
     def close(self) -> None:
@@ -150,12 +171,17 @@ class ParquetShard:
 class TfRecordShard:
     """One ``tf.train.Example`` per image with the conventional keys
     (``image/encoded``, ``image/format``, ``image/height``, ``image/width``,
-    ``image/source_id``) and the metadata as ``openimages/{column}``; written
-    by the ``tfrecord`` package (its own protobuf definitions, no TensorFlow)."""
+    ``image/source_id``), the metadata as ``openimages/{column}`` and, when
+    annotations are written, the TF Object Detection API's keys:
+    ``image/object/bbox/{xmin,xmax,ymin,ymax}`` (fractions),
+    ``image/object/class/{label,text}``, ``image/object/{occluded,truncated,
+    group_of,depiction}`` and the image labels as ``image/class/{label,text,
+    confidence}``; written by the ``tfrecord`` package (its own protobuf
+    definitions, no TensorFlow)."""
 
     suffix = ".tfrecord"
 
-    def __init__(self, path: Path, columns: list[str]) -> None:
+    def __init__(self, path: Path, first: Sample) -> None:
         from tfrecord.writer import TFRecordWriter  # noqa: PLC0415 (only tfrecord outputs need it)
 
         self.writer = TFRecordWriter(str(path))
@@ -168,13 +194,27 @@ class TfRecordShard:
             "image/width": (sample.width, "int"),
             "image/source_id": (sample.image_id.encode(), "byte"),
             **{f"openimages/{name}": (value.encode(), "byte") for name, value in sample.fields.items()},
+            **(_tf_annotations(sample.annotations) if sample.annotations is not None else {}),
         })
 
     def close(self) -> None:
         self.writer.close()
 
 
-WRITERS: dict[str, Callable[[Path, list[str]], ShardWriter]] = {
+def _tf_annotations(annotations: Annotations) -> dict[str, tuple[list[Any], str]]:
+    boxes, labels = annotations["boxes"], annotations["labels"]
+    return {
+        **{f"image/object/bbox/{name.lower()}": ([box[name] for box in boxes], "float") for name in BOX_COORDINATES},
+        "image/object/class/label": ([box["ClassIndex"] for box in boxes], "int"),
+        "image/object/class/text": ([box["DisplayName"].encode() for box in boxes], "byte"),
+        **{f"image/object/{key}": ([box[flag] for box in boxes], "int") for flag, key in _TF_FLAGS.items()},
+        "image/class/label": ([label["ClassIndex"] for label in labels], "int"),
+        "image/class/text": ([label["DisplayName"].encode() for label in labels], "byte"),
+        "image/class/confidence": ([label["Confidence"] for label in labels], "float"),
+    }
+
+
+WRITERS: dict[str, Callable[[Path, Sample], ShardWriter]] = {
     "webdataset": TarShard, "parquet": ParquetShard, "tfrecord": TfRecordShard,
 }
 SUFFIXES = {"webdataset": TarShard.suffix, "parquet": ParquetShard.suffix, "tfrecord": TfRecordShard.suffix}
@@ -236,14 +276,16 @@ class ShardSink:
 
     # --- writing ----------------------------------------------------------------
 
-    def write(self, row: ImageRow, ext: str, data: bytes, size: tuple[int, int] = (0, 0)) -> str:
-        """Add the row's image to its subset's open shard; the shard's key to
-        wait for (``released`` names it once it is published)."""
+    def write(self, row: ImageRow, ext: str, data: bytes, size: tuple[int, int] = (0, 0),
+              annotations: Annotations | None = None) -> str:
+        """Add the row's image (and its labels and boxes, if annotations are
+        written) to its subset's open shard; the shard's key to wait for
+        (``released`` names it once it is published)."""
         with self.mutex:
-            sample = Sample(row.image_id, data, ext, size[0], size[1], dict(row.fields))
+            sample = Sample(row.image_id, data, ext, size[0], size[1], dict(row.fields), annotations)
             shard = self.open_shards.get(row.subset)
             if shard is None:
-                shard = self.open_shards[row.subset] = self._open_shard(list(sample.fields))
+                shard = self.open_shards[row.subset] = self._open_shard(sample)
             shard.writer.add(sample)
             shard.ids.append(row.image_id)
             ticket = f"{self.base(row.subset)}#{shard.path.name}"
@@ -252,12 +294,12 @@ class ShardSink:
             self._publish(row.subset, full)
         return ticket
 
-    def _open_shard(self, columns: list[str]) -> OpenShard:
-        """A new shard in staging; ``columns``: the metadata's (a Parquet schema's)."""
+    def _open_shard(self, first: Sample) -> OpenShard:
+        """A new shard in staging; ``first`` sets its columns (a Parquet schema's)."""
         self.scratch.mkdir(parents=True, exist_ok=True)
         self.serial += 1
         path = self.scratch / f"{self.folder}-{self.serial}{SUFFIXES[self.container]}"
-        return OpenShard(path, WRITERS[self.container](path, columns))
+        return OpenShard(path, WRITERS[self.container](path, first))
 
     def _publish(self, subset: str, shard: OpenShard) -> None:
         shard.writer.close()

@@ -9,11 +9,14 @@ results ledger stays the crawl's checkpoint.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from openimages_crawler.dataset.rows import ImageRow
 from openimages_crawler.store.base import Store
 from openimages_crawler.store.layout import StoreLayout
+
+if TYPE_CHECKING:
+    from openimages_crawler.store.shards import Annotations
 
 
 class OutputSink(Protocol):
@@ -23,9 +26,11 @@ class OutputSink(Protocol):
     def holds(self, row: ImageRow, ext: str) -> bool:
         """Whether the row's image is already stored complete (resume)."""
 
-    def write(self, row: ImageRow, ext: str, data: bytes, size: tuple[int, int] = (0, 0)) -> str | None:
-        """Store the row's encoded image (``size``: its width and height); the
-        open shard it waits in, if any; ``OSError`` when the store cannot."""
+    def write(self, row: ImageRow, ext: str, data: bytes, size: tuple[int, int] = (0, 0),
+              annotations: Annotations | None = None) -> str | None:
+        """Store the row's encoded image (``size``: its width and height;
+        ``annotations``: its labels and boxes in that image, which containers
+        carry); the open shard it waits in, if any; ``OSError`` when the store cannot."""
 
     def close(self) -> None:
         """After the last write of the crawl."""
@@ -45,7 +50,8 @@ class FilesSink:
     def holds(self, row: ImageRow, ext: str) -> bool:
         return bool(self.store.stat(self.key(row, ext)))  # an empty file is not an image
 
-    def write(self, row: ImageRow, ext: str, data: bytes, size: tuple[int, int] = (0, 0)) -> None:
+    def write(self, row: ImageRow, ext: str, data: bytes, size: tuple[int, int] = (0, 0),
+              annotations: Annotations | None = None) -> None:
         self.store.write(self.key(row, ext), data)
 
     def close(self) -> None:
