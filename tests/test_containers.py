@@ -237,14 +237,26 @@ def official_annotations(split: str, image_ids: set[str], mids: set[str]) -> dic
     return found
 
 
+def publish_v4_turning_a_third(mirror: SampleMirror) -> set[str]:
+    """The sample as V4, a third of its validation rows with Rotation 90 (no
+    EXIF in these files: the metadata's turn applies); those rows' ImageIDs."""
+    turned = {row["ImageID"] for row in mirror.rows["validation"][::3]}
+    for row in mirror.rows["validation"]:
+        if row["ImageID"] in turned:
+            row["Rotation"] = "90"
+    mirror.publish_version(4)
+    return turned
+
+
+def sample_geometry(image_id: str, turned: set[str]) -> Geometry:
+    """How the sample's 64x48 files are made upright."""
+    return Geometry(Image.Transpose.ROTATE_90, (48, 64)) if image_id in turned else Geometry(None, (64, 48))
+
+
 def test_samples_carry_their_labels_and_boxes_in_the_stored_images_coordinates(
     sample_mirror: SampleMirror, tmp_path: Path  # noqa: F811 (the fixture imported above)
 ) -> None:
-    turned = {row["ImageID"] for row in sample_mirror.rows["validation"][::3]}
-    for row in sample_mirror.rows["validation"]:
-        if row["ImageID"] in turned:
-            row["Rotation"] = "90"  # no EXIF in these files: the metadata's turn applies
-    sample_mirror.publish_version(4)
+    turned = publish_v4_turning_a_third(sample_mirror)
     store = tmp_path / "store"
     crop, fit = {"mode": "FillCrop", "size": 32}, {"mode": "ShrinkToFit", "size": 40}
     outputs = [{"dir": "crop-wds", **crop, "container": "webdataset"}, {"dir": "fit-pq", **fit, "container": "parquet"},
@@ -260,8 +272,8 @@ def test_samples_carry_their_labels_and_boxes_in_the_stored_images_coordinates(
     expected = official_annotations("validation", chosen, mids)
     assert any(expected[image_id]["boxes"] for image_id in chosen & turned)
 
-    def geometry(image_id: str) -> Geometry:  # the sample's files are 64x48
-        return Geometry(Image.Transpose.ROTATE_90, (48, 64)) if image_id in turned else Geometry(None, (64, 48))
+    def geometry(image_id: str) -> Geometry:
+        return sample_geometry(image_id, turned)
 
     samples = webdataset_samples(store, "crop-wds", "validation")
     assert set(samples) == chosen

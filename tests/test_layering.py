@@ -14,6 +14,7 @@ SCRAPY_FREE_PACKAGES = (
     "openimages_crawler.dataset",
     "openimages_crawler.imaging",
     "openimages_crawler.store",
+    "openimages_crawler.exports",
 )
 SCRAPY_FREE_MODULES = (
     "openimages_crawler.reasons",

@@ -295,7 +295,10 @@ def test_shards_on_two_machines_settle_into_the_buckets_current_results(server: 
         mirror.settle_in_bucket(store, work, files, index, 2)
     assert sorted(store.read("train/images-success.csv").decode().splitlines()) == [
         "ImageID", "new1", "new2", "old"]
-    assert set(store.list("")) == {"train/images-success.csv"}  # parts merged and deleted, leases released
+    # Parts merged and deleted, leases released; the attribution follows the merged results.
+    assert set(store.list("")) == {"train/images-success.csv", "train/ATTRIBUTION.csv", "train/ATTRIBUTION.md"}
+    assert store.read("train/ATTRIBUTION.csv").decode().splitlines()[1:] == [
+        f"{image_id},,,,," for image_id in ("old", "new1", "new2")]
 
 
 def test_glob_keys_walks_folders_without_listing_the_images(server: S3Server) -> None:

@@ -3,6 +3,7 @@ their own and combined in real crawls."""
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import subprocess
 from pathlib import Path
@@ -15,8 +16,15 @@ from openimages_crawler.dataset.selection import (
     Selection,
     SelectionError,
     Shard,
+    license_name,
+    parse_licenses,
     read_exclusions,
     read_id_list,
+)
+from openimages_crawler.store.attribution import (
+    ATTRIBUTION_COLUMNS,
+    ATTRIBUTION_CSV,
+    write_attribution,
 )
 from tests.conftest import ROOT, Served, count_rows, crawl_command, outcomes, run_crawl
 
@@ -120,3 +128,63 @@ def test_bad_selection_arguments_stop_before_the_crawl(clean_mirror: Served, tmp
                               cwd=ROOT, capture_output=True, text=True, timeout=60)
         assert done.returncode != 0 and message in done.stderr, done.stderr[-1000:]
     assert not (tmp_path / "s").exists()
+
+
+def test_licenses_by_creative_commons_short_name_whatever_the_version() -> None:
+    assert license_name("https://creativecommons.org/licenses/by/2.0/") == "by"
+    assert license_name("http://creativecommons.org/licenses/by-nc-sa/2.0/deed.en") == "by-nc-sa"
+    assert license_name(" https://creativecommons.org/licenses/BY-SA/4.0 ") == "by-sa"
+    assert license_name("https://creativecommons.org/publicdomain/zero/1.0/") == "cc0"
+    assert license_name("https://creativecommons.org/publicdomain/mark/1.0/") == "pdm"
+    for other in ("", "https://www.flickr.com/commons/usage/", "https://creativecommons.org/licenses/by-xx/2.0/",
+                  "https://evil.example/creativecommons.org/licenses/by/2.0/"):
+        assert license_name(other) == ""
+    assert parse_licenses(" by , BY-SA ") == {"by", "by-sa"}
+    with pytest.raises(SelectionError, match="among by, by-sa"):
+        parse_licenses("by,cc-by")
+    selection = Selection(licenses=frozenset({"by-sa"}))
+    licensed = [({"ImageID": image_id, "License": f"https://creativecommons.org/licenses/{name}/2.0/"}, None, "")
+                for image_id, name in zip(ids(3), ("by", "by-sa", "by-nc"), strict=True)]
+    assert [record[0]["ImageID"] for record in selection.rows(licensed)] == [ids(3)[1]]
+    assert not Selection(licenses=frozenset({"by"})).takes({"ImageID": ids(1)[0]})  # no License: not kept
+
+
+def test_attribution_lists_every_success_row_readably(tmp_path: Path) -> None:
+    success = tmp_path / "train" / "images-success.csv"
+    success.parent.mkdir()
+    success.write_text('ImageID,Title,Author,License,OriginalURL\n'
+                       'aaaaaaaaaaaaaaaa,"O&#x27;Neil &amp; friends, ""at home""",A. N. Other,'
+                       'https://creativecommons.org/licenses/by/2.0/,https://x/a.jpg\n'
+                       'bbbbbbbbbbbbbbbb,"Line one\nline two",,https://creativecommons.org/licenses/by-sa/2.0/,'
+                       'https://x/b.jpg\n')
+    write_attribution(success)
+    with open(tmp_path / "train" / ATTRIBUTION_CSV, newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [list(row) for row in rows[:1]] == [list(ATTRIBUTION_COLUMNS)]
+    assert rows[0]["Title"] == 'O\'Neil & friends, "at home"' and rows[0]["Author"] == "A. N. Other"
+    assert rows[1]["Title"] == "Line one\nline two" and rows[1]["OriginalLandingURL"] == ""
+    assert "Credit the author" in (tmp_path / "train" / "ATTRIBUTION.md").read_text()
+    assert sorted(path.name for path in (tmp_path / "train").iterdir()) == [
+        "ATTRIBUTION.csv", "ATTRIBUTION.md", "images-success.csv"]  # no temporary file left
+
+
+@pytest.mark.e2e
+def test_a_license_filter_crawls_only_those_and_attribution_follows(clean_mirror: Served, tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    run_crawl(clean_mirror.metadata, store, licenses="by-sa,by-nc")
+    rows = {row.fields["ImageID"]: row.fields for row in clean_mirror.mirror.rows}
+    wanted = {image_id for image_id, fields in rows.items()
+              if "/by-sa/" in fields["License"] or "/by-nc/" in fields["License"]}
+    assert 0 < len(wanted) < len(rows)
+    assert set(outcomes(store)) == wanted
+    with open(store / "train" / "images-success.csv", newline="", encoding="utf-8") as handle:
+        succeeded = {row["ImageID"]: row for row in csv.DictReader(handle)}
+    with open(store / "train" / ATTRIBUTION_CSV, newline="", encoding="utf-8") as handle:
+        credited = {row["ImageID"]: row for row in csv.DictReader(handle)}
+    assert set(credited) == set(succeeded)
+    for image_id, row in credited.items():
+        assert row["Author"] == rows[image_id]["Author"] and row["License"] == rows[image_id]["License"]
+        assert row["OriginalLandingURL"] == rows[image_id]["OriginalLandingURL"]
+    done = subprocess.run(crawl_command(clean_mirror.metadata, tmp_path / "s", licenses="cc-by"),
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "Creative Commons short names" in done.stderr

@@ -27,12 +27,14 @@ from openimages_crawler.commands.exits import (
     last_error,
     results_unsent,
 )
+from openimages_crawler.commands.export import default_output, run_export
 from openimages_crawler.commands.supervisor import Supervisor
 from openimages_crawler.crawl.config import (
     CrawlConfig,
     check_store,
     isolate_shard_records,
     open_crawl_store,
+    records_store,
 )
 from openimages_crawler.crawl.pipeline import STORE_UNWRITABLE
 from openimages_crawler.crawl.processes import (
@@ -59,6 +61,8 @@ logger = logging.getLogger(__name__)
 
 
 class Command(ScrapyCrawlCommand):
+    exports: tuple[tuple[str, ...], list[str]] = ((), [])  # -a export's formats, and the subsets crawled
+
     def run(self, args: list[str], opts: argparse.Namespace) -> None:
         if len(args) != 1:
             super().run(args, opts)  # Scrapy's own usage errors
@@ -79,7 +83,7 @@ class Command(ScrapyCrawlCommand):
         if processes > 1 and supervisor is None and args[0] == OpenImagesSpider.name:
             plan = plan_processes(self.settings, processes)
             if plan.count > 1:
-                self.exitcode = Supervisor(self.settings, args[0], opts.spargs, plan).run()
+                self.exitcode = self.export_after(Supervisor(self.settings, args[0], opts.spargs, plan).run())
                 return
         crawler = self._create_crawler(args[0])
         started = self.crawler_process.crawl(crawler, **opts.spargs)
@@ -92,6 +96,8 @@ class Command(ScrapyCrawlCommand):
         self.record_signals(received)
         self.crawler_process.start()
         self.exitcode = self.exit_status(crawler, errors, received)
+        if supervisor is None:
+            self.exitcode = self.export_after(self.exitcode)
         spider = crawler.spider
         if isinstance(spider, OpenImagesSpider) and hasattr(spider, "results_part"):
             mark_exit(spider.record_store, spider.results_part, self.exitcode,
@@ -123,9 +129,27 @@ class Command(ScrapyCrawlCommand):
         except ArgumentError as exc:
             raise UsageError(str(exc)) from None
         CrawlConfig.from_settings(self.settings)  # the settings' own checks
-        check_store(open_crawl_store(self.settings))
+        store = open_crawl_store(self.settings)
+        check_store(store)
+        if arguments.exports and store.remote:
+            raise UsageError("-a export writes label files beside the images, in a folder store: run "
+                             "scrapy export on a folder copy of this store instead")
+        self.exports = (arguments.exports, list(arguments.splits))
         if supervisor_pid() is None:  # a supervised process has its supervisor's settings
             isolate_shard_records(self.settings, arguments.shard)
+
+    def export_after(self, status: int) -> int:
+        """``-a export``: the label files, once the crawl finished (a stopped
+        crawl exports on the rerun that finishes it)."""
+        formats, subsets = self.exports
+        if status != EXIT_OK or not formats:
+            return status
+        assert self.settings is not None
+        store = records_store(self.settings).root
+        if run_export(store, self.settings, formats, subsets, default_output(self.settings), None):
+            return fail("the crawl finished but its labels could not all be exported (see the log); "
+                        "run scrapy export to try again", EXIT_INCOMPLETE)
+        return status
 
     def record_signals(self, received: list[int]) -> None:
         """Note which signal stopped the crawl (for the exit status); Scrapy's

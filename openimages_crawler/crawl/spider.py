@@ -243,7 +243,8 @@ class OpenImagesSpider(scrapy.Spider):
         if within is not None and within.index > self.shard[1]:
             return None
         remote = self.store if isinstance(self.store, ObjectStore) else None
-        return AnnotationOutput(self.local_store, dataset.annotation_files, self.label_names(), remote)
+        return AnnotationOutput(self.local_store, dataset.annotation_files, self.label_names(), remote,
+                                dataset.class_names)
 
     def count_rows(self) -> None:
         """``rows_total`` for the progress display (in a thread)."""

@@ -47,10 +47,11 @@ class AnnotationIndex:
             "SELECT value FROM meta WHERE key = 'header'").fetchone()[0]]))
 
     @classmethod
-    def of(cls, source: Path, stop: threading.Event | None = None) -> AnnotationIndex:
-        """The index of ``source``, built first if it is missing or stale
-        (call it under the metadata cache's lock)."""
-        path = source.with_name(source.name + INDEX_SUFFIX)
+    def of(cls, source: Path, stop: threading.Event | None = None, path: Path | None = None) -> AnnotationIndex:
+        """The index of ``source`` (at ``path``, by default next to it), built
+        first if it is missing or stale (call it under a lock of that folder)."""
+        path = path or source.with_name(source.name + INDEX_SUFFIX)
+        path.parent.mkdir(parents=True, exist_ok=True)
         if _stamp(source) != _read_stamp(path):
             logger.info("Indexing %s by image (once per file)", source)
             _build(source, path, stop)

@@ -16,8 +16,9 @@ from openimages_crawler.dataset.annotations import parse_class_list
 from openimages_crawler.dataset.catalogue import splits_for
 from openimages_crawler.dataset.retry import RetryFilter
 from openimages_crawler.dataset.rows import is_subset_name
-from openimages_crawler.dataset.selection import SelectionError, Shard
+from openimages_crawler.dataset.selection import SelectionError, Shard, parse_licenses
 from openimages_crawler.dataset.source import SOURCES
+from openimages_crawler.exports import EXPORT_FORMATS
 
 # -a labels= -> the catalogue's annotation kind, and back.
 LABEL_KINDS = {"boxes": "boxes", "verified": "labels"}
@@ -47,6 +48,8 @@ class CrawlArguments:
     label_kind: str = "boxes"  # the catalogue's kind: boxes or labels
     all_labels: bool = False
     write_annotations: bool = False
+    exports: tuple[str, ...] = ()  # -a export=coco,yolo,voc: label files written after the crawl
+    licenses: frozenset[str] | None = None  # -a licenses=by,by-sa: Creative Commons short names kept
     download_metadata: bool = True
     retry: RetryFilter | None = None  # recorded failures to try again
 
@@ -87,11 +90,14 @@ class CrawlArguments:
         all_labels: str | bool | None = None,
         annotations: str | bool | None = None,
         retry_failed: str | None = None,
+        export: str | None = None,
+        licenses: str | None = None,
     ) -> CrawlArguments:
         if subset is not None and not is_subset_name(subset):
             raise ArgumentError(f"-a subset={subset!r} is not a plain subset name")
         try:
             parsed_shard = Shard.parse(shard) if shard else None
+            license_names = parse_licenses(licenses) if licenses is not None else None
             class_list = parse_class_list(classes) if classes is not None else []
         except SelectionError as exc:
             raise ArgumentError(str(exc)) from None
@@ -105,7 +111,14 @@ class CrawlArguments:
             raise ArgumentError(f"-a labels={labels!r} is not boxes or verified")
         # Annotations are written by default when classes select the images (an
         # id list or a shard would otherwise fetch gigabytes nobody asked for).
-        write_annotations = bool(class_list) if annotations is None else _parse_bool("annotations", annotations)
+        exports = parse_export_formats(export) if export is not None else ()
+        # An export needs the annotations: asking for one writes them unless told not to.
+        write_annotations = (bool(class_list or exports) if annotations is None
+                             else _parse_bool("annotations", annotations))
+        if exports and not write_annotations:
+            raise ArgumentError("-a export needs the annotations: drop -a annotations=false")
+        if exports and not version:
+            raise ArgumentError("-a export needs -a version=N (the catalogue knows its annotations)")
         try:
             retry = RetryFilter.parse(retry_failed) if retry_failed is not None else None
         except ValueError as exc:
@@ -153,9 +166,20 @@ class CrawlArguments:
             all_labels=_parse_bool("all_labels", all_labels) if all_labels is not None else False,
             # -a metadata=PATH: no catalogue, no annotations
             write_annotations=write_annotations and bool(version),
+            exports=exports,
+            licenses=license_names,
             download_metadata=_parse_bool("download_metadata", download_metadata),
             retry=retry,
         )
+
+
+def parse_export_formats(text: str) -> tuple[str, ...]:
+    """``coco,yolo``: the label formats, each once (``-a export``, ``scrapy export``)."""
+    formats = tuple(dict.fromkeys(name.strip().lower() for name in text.split(",") if name.strip()))
+    unknown = [name for name in formats if name not in EXPORT_FORMATS]
+    if unknown or not formats:
+        raise ArgumentError(f"-a export={text!r}: give {', '.join(EXPORT_FORMATS)} (comma-separated)")
+    return formats
 
 
 def _parse_version(version: str | int) -> int:

@@ -298,6 +298,8 @@ def sources_for(version: int, subset: str, *, boxed_only: bool = False) -> list[
 
 # {IMAGES_STORE}/{Subset}/ file per kind of annotations (official columns, selected rows).
 ANNOTATION_FILES: Final = {"boxes": "annotations-bbox.csv", "labels": "annotations-labels.csv"}
+# The version's class descriptions, copied beside a store's annotation files.
+CLASS_NAMES_FILE: Final = "class-descriptions.csv"
 
 # Columns the selection reads from annotation files (present in every version).
 ANNOTATION_ID_COLUMN: Final = "ImageID"

@@ -98,6 +98,7 @@ def selection_of(arguments: CrawlArguments) -> Selection:
             ids=read_id_list(arguments.ids) if arguments.ids else None,
             exclude=read_exclusions(arguments.exclude) if arguments.exclude else None,
             shard=arguments.shard,
+            licenses=arguments.licenses,
             offset=arguments.offset,
             limit=arguments.limit,
         )
@@ -146,6 +147,8 @@ class _Preparation:
             file_subsets = list(arguments.splits) if one_each else [""] * len(sources)
         plan = DatasetPlan(files, _common_header(files), selection, file_subsets,
                            self.options.max_row_bytes, class_filter)
+        if arguments.licenses is not None and "License" not in plan.header:
+            raise ArgumentError(f"-a licenses: {files[0]} has no License column to match")
         if class_filter is not None or arguments.write_annotations:
             plan.annotation_files = self.fetch_annotations()
             plan.class_names = self.class_names_file()

@@ -78,6 +78,36 @@ def read_exclusions(path: Path) -> IdList:
     return read_id_list(path)
 
 
+# Creative Commons short names -a licenses takes, and how a License URL names them
+# (creativecommons.org/licenses/{name}/{version}/, .../publicdomain/zero|mark/...).
+LICENSE_NAMES = ("by", "by-sa", "by-nd", "by-nc", "by-nc-sa", "by-nc-nd", "cc0", "pdm")
+_LICENSE_URL = re.compile(r"(?i)^https?://(?:www\.)?creativecommons\.org/(licenses|publicdomain)/([a-z-]+)(?:/|$)")
+_PUBLIC_DOMAIN = {"zero": "cc0", "mark": "pdm"}
+
+
+def license_name(url: str) -> str:
+    """The Creative Commons short name of a License URL, whatever its version
+    (``https://creativecommons.org/licenses/by-sa/2.0/`` is ``by-sa``); ``""``
+    for anything else."""
+    match = _LICENSE_URL.match(url.strip())
+    if match is None:
+        return ""
+    kind, name = match[1].lower(), match[2].lower()
+    if kind == "publicdomain":
+        return _PUBLIC_DOMAIN.get(name, "")
+    return name if name in LICENSE_NAMES else ""
+
+
+def parse_licenses(text: str) -> frozenset[str]:
+    """``-a licenses=by,by-sa``: Creative Commons short names, checked."""
+    names = frozenset(name.strip().lower() for name in text.split(",") if name.strip())
+    unknown = sorted(names - set(LICENSE_NAMES))
+    if unknown or not names:
+        raise SelectionError(f"-a licenses={text!r}: give Creative Commons short names among "
+                             f"{', '.join(LICENSE_NAMES)} (comma-separated)")
+    return names
+
+
 @dataclass(frozen=True, slots=True)
 class Shard:
     """Shard ``index`` (1-based) of ``count``, by a hash of the ImageID: the
@@ -103,13 +133,14 @@ class Shard:
 
 @dataclass
 class Selection:
-    """The filters, applied in this order: subset, classes, ids, exclude,
-    shard, offset, limit; ``within`` is a process's share of the rows a
+    """The filters, applied in this order: subset, classes, licenses, ids,
+    exclude, shard, offset, limit; ``within`` is a process's share of the rows a
     multi-process run selects (a finer hash shard, ``in_share``). ``classes``
     holds the images that carry the requested classes, by split."""
 
     subset: str | None = None
     classes: IdList | None = None
+    licenses: frozenset[str] | None = None  # Creative Commons short names (license_name)
     ids: IdList | None = None
     exclude: IdList | None = None
     shard: Shard | None = None
@@ -133,14 +164,16 @@ class Selection:
         return rows
 
     def takes(self, fields: dict[str, str], file_subset: str = "") -> bool:
-        """Whether a row passes the subset, class, id, exclusion and shard
-        filters; ``file_subset`` is the split of the file it came from, if any."""
+        """Whether a row passes the subset, class, license, id, exclusion and
+        shard filters; ``file_subset`` is the split of the file it came from, if any."""
         row_subset = fields.get("Subset", "")
         if self.subset and row_subset and row_subset != self.subset:
             return False
         image_id = fields.get("ImageID", "")
         subset = row_subset or self.subset or file_subset
         if self.classes is not None and not self.classes.holds(image_id, subset):
+            return False
+        if self.licenses is not None and license_name(fields.get("License", "")) not in self.licenses:
             return False
         if self.ids is not None and not self.ids.holds(image_id, subset):
             return False

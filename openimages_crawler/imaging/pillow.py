@@ -7,6 +7,7 @@ Pure functions with no Scrapy import, so they can be tested and reused
 from __future__ import annotations
 
 import io
+import json
 import math
 import warnings
 from collections.abc import Sequence
@@ -61,6 +62,11 @@ _ROTATIONS: Final = {
     180: Image.Transpose.ROTATE_180,
     270: Image.Transpose.ROTATE_270,
 }
+
+# Where a resized output records how it was made (EXIF UserComment, ASCII charset).
+_EXIF_IFD: Final = 0x8769
+_USER_COMMENT: Final = 0x9286
+PROVENANCE_PREFIX: Final = b"ASCII\0\0\0openimages-crawler "
 
 # Transposes that swap width and height.
 _SWAPPING_TURNS: Final = frozenset({Image.Transpose.ROTATE_90, Image.Transpose.ROTATE_270,
@@ -282,14 +288,15 @@ def resize(image: Image.Image, spec: ResizeSpec, *, reducing_gap: float | None =
     return image.resize((spec.size, spec.size), resample, box=box, reducing_gap=reducing_gap)
 
 
-def encode(image: Image.Image, spec: ResizeSpec) -> bytes:
-    """Encode an RGB image in the spec's format."""
+def encode(image: Image.Image, spec: ResizeSpec, exif: bytes = b"") -> bytes:
+    """Encode an RGB image in the spec's format (with an EXIF block, if given)."""
     out = io.BytesIO()
     fmt = OUTPUT_FORMATS[spec.format]
+    extra = {"exif": exif} if exif else {}
     if fmt == "PNG":
-        image.save(out, fmt, optimize=False, compress_level=6)
+        image.save(out, fmt, optimize=False, compress_level=6, **extra)
     else:
-        image.save(out, fmt, quality=spec.quality)
+        image.save(out, fmt, quality=spec.quality, **extra)
     return out.getvalue()
 
 
@@ -323,6 +330,36 @@ class Geometry:
     upright_size: tuple[int, int]
 
 
+def provenance_exif(geometry: Geometry, spec: ResizeSpec) -> bytes:
+    """The EXIF block every resized output carries: its geometry and resize in
+    the UserComment, so labels can be moved into it later from the file alone
+    (``read_provenance``; about 120 bytes, no Orientation tag)."""
+    exif = Image.Exif()
+    text = json.dumps({"turn": geometry.turn.name if geometry.turn is not None else None,
+                       "upright": list(geometry.upright_size), "mode": spec.mode, "size": spec.size},
+                      separators=(",", ":"))
+    exif.get_ifd(_EXIF_IFD)[_USER_COMMENT] = PROVENANCE_PREFIX + text.encode()
+    return exif.tobytes()
+
+
+def read_provenance(image: Image.Image) -> tuple[Geometry, ResizeSpec] | None:
+    """The geometry and resize an output of this crawler records (``provenance_exif``);
+    ``None`` for any other image (an original, a foreign file)."""
+    try:
+        comment = image.getexif().get_ifd(_EXIF_IFD).get(_USER_COMMENT)
+    except Exception:  # noqa: BLE001 - a malformed EXIF block is no provenance
+        return None
+    if not isinstance(comment, bytes) or not comment.startswith(PROVENANCE_PREFIX):
+        return None
+    try:
+        found = json.loads(comment[len(PROVENANCE_PREFIX):])
+        turn = Image.Transpose[found["turn"]] if found["turn"] else None
+        width, height = (int(value) for value in found["upright"])
+        return Geometry(turn, (width, height)), ResizeSpec(mode=found["mode"], size=int(found["size"]))
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
 def resized_images(
     image: Image.Image,
     specs: Sequence[ResizeSpec],
@@ -334,11 +371,12 @@ def resized_images(
     record, and the geometry their boxes follow."""
     upright = upright_rgb(image, rotation)
     try:
+        geometry = Geometry(upright.info[TURN], full_size(upright))
         outputs = []
         for spec in specs:
             resized = resize(upright, spec, reducing_gap=reducing_gap)
-            outputs.append((encode(resized, spec), resized.size))
-        return outputs, Geometry(upright.info[TURN], full_size(upright))
+            outputs.append((encode(resized, spec, provenance_exif(geometry, spec)), resized.size))
+        return outputs, geometry
     finally:
         if upright is not image:
             upright.close()

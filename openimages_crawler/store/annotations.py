@@ -12,9 +12,9 @@ from openimages_crawler.dataset.annotations import (
     header_only,
     merge_selected_rows,
 )
-from openimages_crawler.dataset.catalogue import ANNOTATION_FILES
+from openimages_crawler.dataset.catalogue import ANNOTATION_FILES, CLASS_NAMES_FILE
 from openimages_crawler.dataset.rows import MetadataError
-from openimages_crawler.store.base import writing_text
+from openimages_crawler.store.base import Store, writing_text
 from openimages_crawler.store.lease import shared_lock
 from openimages_crawler.store.local import LocalStore
 from openimages_crawler.store.lock import StoreLocked
@@ -33,8 +33,10 @@ class AnnotationOutput:
         sources: dict[tuple[str, str], Path],
         label_names: frozenset[str] | None,
         remote: ObjectStore | None = None,
+        class_names: Path | None = None,
     ) -> None:
         self.store = store
+        self.class_names = class_names  # the version's class descriptions, copied beside the annotations
         self.remote = remote  # an object store: its copies are fetched, added to and sent back
         self.sources = sources  # (kind, split) -> the version's annotation CSV
         self.label_names = label_names
@@ -85,4 +87,33 @@ class AnnotationOutput:
                 errors += 1
                 continue
             logger.info("Wrote %s: %d rows added for %d selected images", target, added, len(image_ids))
+        return errors + self.write_class_names()
+
+    def write_class_names(self) -> int:
+        """``{split}/class-descriptions.csv``: what the label ids in the annotation
+        files mean (``scrapy export`` reads it); the number of copies that failed."""
+        if self.class_names is None:
+            return 0
+        try:
+            data = self.class_names.read_bytes()
+        except OSError as exc:
+            logger.error("Cannot read %s: %s", self.class_names, exc)
+            return 1
+        errors = 0
+        for split in sorted({split for _, split in self.sources}):
+            key = f"{split}/{CLASS_NAMES_FILE}"
+            try:
+                for store in (self.store, self.remote):
+                    if store is not None and not _holds(store, key, data):
+                        store.write(key, data)
+            except OSError as exc:
+                logger.error("Cannot write %s: %s", key, exc)
+                errors += 1
         return errors
+
+
+def _holds(store: Store, key: str, data: bytes) -> bool:
+    try:
+        return store.read(key) == data
+    except OSError:
+        return False

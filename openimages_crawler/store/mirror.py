@@ -30,8 +30,9 @@ from collections.abc import Iterable
 from fnmatch import fnmatch
 from pathlib import Path, PurePosixPath
 
+from openimages_crawler.store.attribution import ATTRIBUTION_CSV, ATTRIBUTION_MD
 from openimages_crawler.store.lease import shared_lock
-from openimages_crawler.store.ledger import settle
+from openimages_crawler.store.ledger import existing, settle
 from openimages_crawler.store.local import LocalStore
 from openimages_crawler.store.objects import ObjectEntry, ObjectStore
 from openimages_crawler.store.parts import (
@@ -157,6 +158,9 @@ def settle_in_bucket(store: ObjectStore, local: LocalStore, files: dict[str, lis
             refresh_finals(store, local, patterns)
         settle(files, local, index, count, reconcile_failures=reconcile_failures, locked=True)
         push_results(store, local, patterns, index, count)
+        for success in existing(files["success"]):
+            for name in (ATTRIBUTION_CSV, ATTRIBUTION_MD):
+                store.upload(success.parent / name, relative(local, str(success.parent / name)))
 
 
 def push_parts(store: ObjectStore, local: LocalStore, parts: Iterable[Path]) -> None:

@@ -80,6 +80,15 @@ class Mirror:
         return {row.fields["ImageID"]: row.expected for row in self.rows}
 
 
+# Creative Commons licenses as Open Images writes them (every version of a kind: -a licenses ignores it).
+LICENSES = [
+    "https://creativecommons.org/licenses/by/2.0/",
+    "https://creativecommons.org/licenses/by-sa/2.0/",
+    "https://creativecommons.org/licenses/by/4.0/",
+    "https://creativecommons.org/licenses/by-nc/2.0/",
+    "https://creativecommons.org/licenses/by-sa/4.0/",
+]
+
 TITLES = [
     "Sunset over the bay",
     "O&#x27;Neil &amp; friends, \"at home\"",
@@ -102,7 +111,7 @@ def metadata_row(
         "Subset": subset,
         "OriginalURL": url,
         "OriginalLandingURL": f"https://www.flickr.com/photos/mirror/{index}",
-        "License": "https://creativecommons.org/licenses/by/2.0/",
+        "License": LICENSES[index % len(LICENSES)],
         "AuthorProfileURL": f"https://www.flickr.com/people/mirror{index}/",
         "Author": f"Author {index}, Jr.",
         "Title": TITLES[index % len(TITLES)],

@@ -1,0 +1,180 @@
+"""COCO, YOLO and Pascal VOC writers: each fills a staging folder that
+``exports.run`` puts in place whole. Boxes arrive as fractions of the stored
+image (``imaging.boxes.placed_annotations``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import xml.etree.ElementTree as ElementTree
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from openimages_crawler.exports.stored import StoredImage
+from openimages_crawler.imaging.boxes import NormBox
+
+
+@dataclass(frozen=True, slots=True)
+class ExportClass:
+    """A class of an export: its label id, display name and ClassIndex (1-based
+    line in the class descriptions: COCO's category id)."""
+
+    mid: str
+    name: str
+    index: int
+
+
+class LabelWriter(Protocol):
+    def add(self, image: StoredImage, boxes: list[dict[str, Any]]) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def _norm(box: dict[str, Any]) -> NormBox:
+    return NormBox(box["XMin"], box["XMax"], box["YMin"], box["YMax"])
+
+
+class CocoWriter:
+    """``instances.json``: images (file_name relative to it), categories (the
+    label id kept as ``label_name``), annotations with bbox [x, y, w, h] in
+    pixels, area, iscrowd from IsGroupOf, the Open Images flags as extra
+    fields. Streamed through two temporary files, so memory stays flat."""
+
+    def __init__(self, folder: Path, classes: list[ExportClass], subset: str) -> None:
+        self.folder = folder
+        self.classes = classes
+        self.category = {cls.mid: cls.index for cls in classes}
+        self.subset = subset
+        folder.mkdir(parents=True, exist_ok=True)
+        self.images = open(folder / ".images.part", "w", encoding="utf-8")
+        self.annotations = open(folder / ".annotations.part", "w", encoding="utf-8")
+        self.image_count = self.box_count = 0
+
+    def add(self, image: StoredImage, boxes: list[dict[str, Any]]) -> None:
+        self.image_count += 1
+        image_id = self.image_count
+        entry: dict[str, Any] = {"id": image_id, "file_name": f"../{image.path}", "width": image.width,
+                                 "height": image.height, "open_images_id": image.image_id}
+        if image.in_shard:
+            entry["shard"] = image.shard
+        self.images.write(("," if image_id > 1 else "") + json.dumps(entry, ensure_ascii=False) + "\n")
+        for box in boxes:
+            category = self.category.get(box["LabelName"])
+            if category is None:
+                continue
+            x, y, w, h = (round(value, 2) for value in _norm(box).pixels(image.width, image.height))
+            self.box_count += 1
+            annotation = {
+                "id": self.box_count, "image_id": image_id, "category_id": category, "bbox": [x, y, w, h],
+                "area": round(w * h, 2), "iscrowd": 1 if box["IsGroupOf"] == 1 else 0,
+                "segmentation": [[x, y, x + w, y, x + w, y + h, x, y + h]],
+                "label_name": box["LabelName"], "source": box["Source"], "confidence": box["Confidence"],
+                "is_occluded": box["IsOccluded"], "is_truncated": box["IsTruncated"], "is_group_of": box["IsGroupOf"],
+                "is_depiction": box["IsDepiction"], "is_inside": box["IsInside"],
+            }
+            self.annotations.write(("," if self.box_count > 1 else "") + json.dumps(annotation) + "\n")
+
+    def close(self) -> None:
+        self.images.close()
+        self.annotations.close()
+        categories = [{"id": cls.index, "name": cls.name, "supercategory": "object", "label_name": cls.mid}
+                      for cls in self.classes]
+        info = {"description": f"Open Images, {self.subset}: the images of this store", "version": "1.0"}
+        with open(self.folder / "instances.json", "w", encoding="utf-8") as out:
+            out.write('{"info": ' + json.dumps(info) + ', "licenses": [], "categories": '
+                      + json.dumps(categories, ensure_ascii=False) + ',\n"images": [\n')
+            for part, closing in ((".images.part", '],\n"annotations": [\n'), (".annotations.part", "]}\n")):
+                with open(self.folder / part, encoding="utf-8") as source:
+                    shutil.copyfileobj(source, out)
+                out.write(closing)
+                (self.folder / part).unlink()
+
+
+class YoloWriter:
+    """Ultralytics layout: ``labels/{ImageID}.txt`` (class x_center y_center
+    width height, fractions), ``images/{ImageID}.{ext}`` linking to the stored
+    file (files outputs), ``classes.txt`` and ``data.yaml``."""
+
+    def __init__(self, folder: Path, classes: list[ExportClass], final: Path) -> None:
+        self.folder = folder
+        self.final = final  # where the folder will be: data.yaml names it, links are relative to it
+        self.number = {cls.mid: number for number, cls in enumerate(classes)}
+        self.classes = classes
+        (folder / "labels").mkdir(parents=True, exist_ok=True)
+        self.linked = 0
+
+    def add(self, image: StoredImage, boxes: list[dict[str, Any]]) -> None:
+        lines = []
+        for box in boxes:
+            number = self.number.get(box["LabelName"])
+            if number is None:
+                continue
+            norm = _norm(box)
+            lines.append(f"{number} {(norm.xmin + norm.xmax) / 2:.6f} {(norm.ymin + norm.ymax) / 2:.6f} "
+                         f"{norm.xmax - norm.xmin:.6f} {norm.ymax - norm.ymin:.6f}\n")
+        (self.folder / "labels" / f"{image.image_id}.txt").write_text("".join(lines), encoding="utf-8")
+        if not image.in_shard:
+            images = self.folder / "images"
+            images.mkdir(exist_ok=True)
+            ext = image.path.rpartition(".")[2]
+            os.symlink(f"../../{image.path}", images / f"{image.image_id}.{ext}")
+            self.linked += 1
+
+    def close(self) -> None:
+        (self.folder / "classes.txt").write_text("".join(f"{cls.name}\n" for cls in self.classes), encoding="utf-8")
+        if not self.linked:
+            return  # images in shards: Ultralytics cannot read them, so no data.yaml points at them
+        names = "".join(f"  {number}: {json.dumps(cls.name, ensure_ascii=False)}\n"
+                        for number, cls in enumerate(self.classes))
+        (self.folder / "data.yaml").write_text(
+            "# Ultralytics dataset: images/ links to the stored images, labels/ holds their boxes\n"
+            f"path: {json.dumps(str(self.final.resolve()))}\ntrain: images\nval: images\nnames:\n{names}",
+            encoding="utf-8")
+
+
+class VocWriter:
+    """Pascal VOC: ``Annotations/{ImageID}.xml``, pixel boxes (1-based, inclusive)."""
+
+    def __init__(self, folder: Path, classes: list[ExportClass]) -> None:
+        self.folder = folder / "Annotations"
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.names = {cls.mid: cls.name for cls in classes}
+
+    def add(self, image: StoredImage, boxes: list[dict[str, Any]]) -> None:
+        root = ElementTree.Element("annotation")
+        _text(root, "folder", image.path.split("/", 1)[0])
+        _text(root, "filename", image.path.rpartition("/")[2])
+        _text(root, "path", f"../../{image.path}")
+        _text(ElementTree.SubElement(root, "source"), "database", "Open Images")
+        size = ElementTree.SubElement(root, "size")
+        for name, value in (("width", image.width), ("height", image.height), ("depth", 3)):
+            _text(size, name, value)
+        _text(root, "segmented", 0)
+        for box in boxes:
+            name = self.names.get(box["LabelName"])
+            if name is None:
+                continue
+            item = ElementTree.SubElement(root, "object")
+            _text(item, "name", name)
+            _text(item, "label_name", box["LabelName"])
+            _text(item, "pose", "Unspecified")
+            _text(item, "truncated", int(box["IsTruncated"] == 1))
+            _text(item, "occluded", int(box["IsOccluded"] == 1))
+            _text(item, "difficult", 0)
+            norm = _norm(box)
+            xmin, ymin = round(norm.xmin * image.width) + 1, round(norm.ymin * image.height) + 1
+            bounds = ElementTree.SubElement(item, "bndbox")
+            for key, value in (("xmin", xmin), ("ymin", ymin), ("xmax", max(xmin, round(norm.xmax * image.width))),
+                               ("ymax", max(ymin, round(norm.ymax * image.height)))):
+                _text(bounds, key, value)
+        ElementTree.ElementTree(root).write(self.folder / f"{image.image_id}.xml", encoding="utf-8",
+                                            xml_declaration=True)
+
+    def close(self) -> None:
+        """Every file is complete when written."""
+
+
+def _text(parent: ElementTree.Element, tag: str, value: object) -> None:
+    ElementTree.SubElement(parent, tag).text = str(value)
