@@ -41,6 +41,8 @@ def run(name: str, corpus: corpus_module.Corpus, work: Path, args: argparse.Name
         return classes.probe(work / "probe-classes", corpus.root.parent, args)
     if name == "index":
         return classes.index_probe(work / "probe-index", corpus.root.parent, args)
+    if name == "database":
+        return database_probe(corpus, work / "probe-database", args)
     if name == "fleet":
         return fleet.probe(corpus, work / "probe-fleet", args)
     if name == "s3":
@@ -212,4 +214,55 @@ def merge_probe(corpus: corpus_module.Corpus, work: Path, args: argparse.Namespa
     result["summary"] = (
         f"merging {written:,} result rows ({result['mb']:,} MB) from {parts} processes' parts and "
         f"reconciling the failure file took {result['seconds']} s ({result['rows_per_s']:,} rows/s).")
+    return result
+
+
+def database_probe(corpus: corpus_module.Corpus, work: Path, args: argparse.Namespace) -> dict:
+    """The store's database over a V6-sized store's metadata: 9.2M results rows
+    (the generated metadata as a success file), the 14.6M-row box file and its
+    class descriptions; built from zero, then updated after 10,000 more rows."""
+    import resource  # noqa: PLC0415 (this probe only)
+
+    from openimages_crawler.store.database import (  # noqa: PLC0415
+        MainOutput,
+        ResultsFile,
+        update_database,
+    )
+
+    metadata = _metadata(corpus, args.probe_rows)
+    annotations = classes.generate(corpus.root.parent / f"classes-{args.bbox_rows}", args.bbox_rows)
+    shutil.rmtree(work, ignore_errors=True)
+    train = work / "store" / "train"
+    train.mkdir(parents=True)
+    success = train / "images-success.csv"
+    shutil.copyfile(metadata, success)  # appended to below: not the cached file
+    for name, source in (("annotations-bbox.csv", annotations["boxes"]),
+                         ("annotations-labels.csv", annotations["labels"]),
+                         ("class-descriptions.csv", annotations["classes"])):
+        (train / name).symlink_to(source)
+    store = LocalStore(str(work / "store"))
+    database = work / "store" / "openimages.duckdb"
+    results = [ResultsFile(success, "train", "stored")]
+    started = time.perf_counter()
+    first = update_database(database, store, StoreLayout(), results, MainOutput("images-resized", "jpg"))
+    build_s = time.perf_counter() - started
+    size_gb = database.stat().st_size / 1e9
+    with open(metadata, "rb") as source, open(success, "ab") as out:
+        source.readline()
+        out.writelines(source.readline() for _ in range(10_000))  # rows a rerun appends (ids repeat: one row each)
+    started = time.perf_counter()
+    again = update_database(database, store, StoreLayout(), results, MainOutput("images-resized", "jpg"))
+    update_s = time.perf_counter() - started
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result = {"rows": first.images, "boxes_file_gb": round(annotations["boxes"].stat().st_size / 1e9, 2),
+              "results_gb": round(metadata.stat().st_size / 1e9, 2), "build_s": round(build_s, 1),
+              "database_gb": round(size_gb, 2), "update_rows_read": again.rows_added,
+              "update_s": round(update_s, 1), "peak_rss_mb": round(peak_mb)}
+    result["summary"] = (
+        f"database of a store's metadata: {first.images:,} results rows ({result['results_gb']} GB CSV) and a "
+        f"{args.bbox_rows:,}-row box file ({result['boxes_file_gb']} GB): built from zero in {result['build_s']} s, "
+        f"{result['database_gb']} GB on disk, peak RSS {result['peak_rss_mb']} MB; after 10,000 more results rows, "
+        f"updated in {result['update_s']} s (reading {again.rows_added:,} rows)."
+    )
+    shutil.rmtree(work, ignore_errors=True)
     return result

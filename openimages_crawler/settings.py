@@ -203,6 +203,8 @@ OPENIMAGES_PROGRESS = "auto"
 LOGSTATS_INTERVAL = 60.0
 # Write {IMAGES_STORE}/report.html and report.json when the crawl ends.
 OPENIMAGES_REPORT = True
+# DuckDB database of the store, updated at the end of every crawl ({IMAGES_STORE}: the store's folder, or an object store's work folder; "" = off).
+OPENIMAGES_DATABASE = "{IMAGES_STORE}/openimages.duckdb"
 # Port of the live web view on 127.0.0.1 (None = off, 0 = any free port, logged at start).
 OPENIMAGES_DASHBOARD_PORT = None
 # How many of the latest images the web view shows.

@@ -347,6 +347,11 @@ def test_ctrl_c_stops_within_seconds_and_resume_completes(tmp_path: Path, stop: 
         partial = outcomes(store)
         assert all(v == ["success"] for v in partial.values())
         assert len(partial) < len(served.mirror.rows)
+        # The database: what is stored, and what the stop left pending (the hanging row among them).
+        statuses = database_statuses(store)
+        assert {image_id for image_id, status in statuses.items() if status == "stored"} == set(partial)
+        pending = {image_id for image_id, status in statuses.items() if status == "pending"}
+        assert served.mirror.rows[0].fields["ImageID"] in pending and not pending & set(partial)
         # Resume: the rest is done, nothing recorded twice.
         for route in served.server.routes.values():
             route.delay = 0
@@ -354,8 +359,18 @@ def test_ctrl_c_stops_within_seconds_and_resume_completes(tmp_path: Path, stop: 
         final = outcomes(store)
         assert set(final) == {r.fields["ImageID"] for r in served.mirror.rows}
         assert all(len(v) == 1 for v in final.values())
+        assert database_statuses(store) == {image_id: "stored" for image_id in final}  # nothing pending now
     finally:
         served.server.close()
+
+
+def database_statuses(store: Path) -> dict[str, str]:
+    import duckdb
+
+    with duckdb.connect(str(store / "openimages.duckdb"), read_only=True) as con:
+        rows = con.execute("SELECT ImageID, status FROM images").fetchall()
+    assert len(rows) == len({image_id for image_id, _ in rows})  # one row an image
+    return dict(rows)
 
 
 def test_second_ctrl_c_stops_at_once_with_whole_result_lines(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import xml.etree.ElementTree as ElementTree
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -38,6 +39,7 @@ from tests.test_containers import (
     publish_v4_turning_a_third,
     sample_geometry,
 )
+from tests.test_database import readme_queries
 from tests.test_metadata import version_crawl
 
 OUTPUTS = {"fit": ResizeSpec("ShrinkToFit", 96), "distort": ResizeSpec("FillDistort", 64),
@@ -271,6 +273,18 @@ def test_a_crawl_exports_coco_and_yolo_and_the_command_exports_a_container(
         assert (store / "validation" / "coco" / image["file_name"]).is_file()
         assert (store / "validation" / "yolo" / "labels" / f"{image_id}.txt").read_text().count("\n") == len(placed)
     assert {cat["name"] for cat in coco.loadCats(coco.getCatIds())} == {"Person", "Car"}
+    # The crawl's database answers the README's queries.
+    import duckdb
+
+    with duckdb.connect(str(store / "openimages.duckdb"), read_only=True) as con:
+        person_and_car, by_host, per_class = (con.execute(sql).fetchall() for sql in readme_queries())
+    names = {mid: name for name in ("Person", "Car") for mid in mids_of(name)}
+    both = {image_id for image_id, found in expected.items()
+            if {names[box["LabelName"]] for box in found["boxes"]} == {"Person", "Car"}}
+    assert both and {image_id for image_id, _ in person_and_car} == both
+    assert by_host == []  # nothing failed
+    boxes = Counter(names[box["LabelName"]] for found in expected.values() for box in found["boxes"])
+    assert {name: count for name, count, _ in per_class} == dict(boxes)
     assert (store / "validation" / "class-descriptions.csv").read_bytes() == CLASS_NAMES.read_bytes()
 
     # The container output, by the command: the image files are inside the shards.

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from scrapy.commands.crawl import Command as ScrapyCrawlCommand
 from scrapy.exceptions import UsageError
 
+from openimages_crawler.commands.db import run_database
 from openimages_crawler.commands.exits import (
     EXIT_AFTER_SIGNAL,
     EXIT_INCOMPLETE,
@@ -83,7 +84,7 @@ class Command(ScrapyCrawlCommand):
         if processes > 1 and supervisor is None and args[0] == OpenImagesSpider.name:
             plan = plan_processes(self.settings, processes)
             if plan.count > 1:
-                self.exitcode = self.export_after(Supervisor(self.settings, args[0], opts.spargs, plan).run())
+                self.exitcode = self.after_crawl(Supervisor(self.settings, args[0], opts.spargs, plan).run())
                 return
         crawler = self._create_crawler(args[0])
         started = self.crawler_process.crawl(crawler, **opts.spargs)
@@ -96,8 +97,8 @@ class Command(ScrapyCrawlCommand):
         self.record_signals(received)
         self.crawler_process.start()
         self.exitcode = self.exit_status(crawler, errors, received)
-        if supervisor is None:
-            self.exitcode = self.export_after(self.exitcode)
+        if supervisor is None and not errors and isinstance(crawler.spider, OpenImagesSpider):
+            self.exitcode = self.after_crawl(self.exitcode)
         spider = crawler.spider
         if isinstance(spider, OpenImagesSpider) and hasattr(spider, "results_part"):
             mark_exit(spider.record_store, spider.results_part, self.exitcode,
@@ -138,17 +139,22 @@ class Command(ScrapyCrawlCommand):
         if supervisor_pid() is None:  # a supervised process has its supervisor's settings
             isolate_shard_records(self.settings, arguments.shard)
 
-    def export_after(self, status: int) -> int:
-        """``-a export``: the label files, once the crawl finished (a stopped
-        crawl exports on the rerun that finishes it)."""
-        formats, subsets = self.exports
-        if status != EXIT_OK or not formats:
-            return status
+    def after_crawl(self, status: int) -> int:
+        """What follows a crawl that ran: ``-a export``'s label files (once it
+        finished: a stopped crawl exports on the rerun that finishes it), then
+        the database (OPENIMAGES_DATABASE) of every run."""
+        if status == EXIT_USAGE:
+            return status  # it never started
         assert self.settings is not None
-        store = records_store(self.settings).root
-        if run_export(store, self.settings, formats, subsets, default_output(self.settings), None):
-            return fail("the crawl finished but its labels could not all be exported (see the log); "
-                        "run scrapy export to try again", EXIT_INCOMPLETE)
+        formats, subsets = self.exports
+        if status == EXIT_OK and formats:
+            store = records_store(self.settings).root
+            if run_export(store, self.settings, formats, subsets, default_output(self.settings), None):
+                status = fail("the crawl finished but its labels could not all be exported (see the log); "
+                              "run scrapy export to try again", EXIT_INCOMPLETE)
+        if not run_database(self.settings) and status == EXIT_OK:
+            status = fail("the crawl finished but its database could not be updated (see the log); run "
+                          "scrapy db to try again", EXIT_INCOMPLETE)
         return status
 
     def record_signals(self, received: list[int]) -> None:

@@ -24,6 +24,10 @@ class FetchedImage:
     failure: Failure | None = None
 
 
+# Unrecorded.why of a row whose outputs were rebuilt: it has its results row already.
+ALREADY_RECORDED = "already recorded; outputs rebuilt"
+
+
 @dataclass(slots=True)
 class Unrecorded:
     """A row that ends this run without a result line (interrupted, repaired,

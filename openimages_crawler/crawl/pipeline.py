@@ -40,6 +40,7 @@ from openimages_crawler.crawl.config import (
     records_store,
 )
 from openimages_crawler.crawl.items import (
+    ALREADY_RECORDED,
     FetchedImage,
     Unrecorded,
     request_meta,
@@ -301,7 +302,7 @@ class OpenImagesPipeline(ImagesPipeline):
                     outcome.details,
                 )
             self.stats.inc_value(f"openimages/repaired/{'ok' if ok else 'failed'}")
-            return Unrecorded(row.image_id, "already recorded; outputs rebuilt")
+            return Unrecorded(row.image_id, ALREADY_RECORDED)
         fields = row.fields
         if plan.record_download:
             fields = with_download(fields, plan.url, outcome.size or None, outcome.md5)

@@ -37,7 +37,13 @@ from openimages_crawler.crawl.config import (
     records_store,
 )
 from openimages_crawler.crawl.feeds import results_files
-from openimages_crawler.crawl.items import PLAN_KEY, FetchedImage, request_meta
+from openimages_crawler.crawl.items import (
+    ALREADY_RECORDED,
+    PLAN_KEY,
+    FetchedImage,
+    Unrecorded,
+    request_meta,
+)
 from openimages_crawler.crawl.processes import process_shard, supervisor_pid
 from openimages_crawler.crawl.stop import STOP_REQUESTED
 from openimages_crawler.dataset.annotation_index import (
@@ -54,12 +60,14 @@ from openimages_crawler.dataset.source import ImageSource
 from openimages_crawler.store import LocalStore, mirror
 from openimages_crawler.store.annotations import AnnotationOutput
 from openimages_crawler.store.base import Store
+from openimages_crawler.store.database import write_pending
 from openimages_crawler.store.lease import RunLock
 from openimages_crawler.store.ledger import ResultsLedger, settle
 from openimages_crawler.store.lock import StoreLocked, exclusive
 from openimages_crawler.store.objects import ObjectStore
 from openimages_crawler.store.parts import part_label, recover_all
 from openimages_crawler.store.planner import PlannedOutput, RowPlan, RowPlanner
+from openimages_crawler.store.results import ResultRow
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +96,8 @@ class OpenImagesSpider(scrapy.Spider):
         self.given = given  # the -a arguments as given, for the report
         self.rows_total: int | None = None  # rows the crawl will handle, estimated (progress)
         self.sample_annotations: SampleAnnotations | None = None  # labels and boxes for shard samples
+        # Rows whose image was asked for and that have no results row yet: pending if the run stops.
+        self.in_flight: dict[tuple[str, str], dict[str, str]] = {}
 
     @classmethod
     def from_crawler(cls, crawler: Any, *args: Any, **kwargs: Any) -> OpenImagesSpider:
@@ -122,6 +132,7 @@ class OpenImagesSpider(scrapy.Spider):
                 raise UsageError(f"cannot take the shard's lock in {spider.store.uri}: {exc}") from None
         # Held until the engine has stopped: results and report are written by then.
         crawler.signals.connect(spider.finish, signal=signals.engine_stopped)
+        crawler.signals.connect(spider.landed, signal=signals.item_scraped)
         try:
             spider.prepare(selection)
         except BaseException:
@@ -277,6 +288,7 @@ class OpenImagesSpider(scrapy.Spider):
             if isinstance(work, RowPlan):
                 while self.crawler.engine.needs_backout():
                     await self.crawler.signals.wait_for(signals.scheduler_empty)
+                self.in_flight[(work.row.image_id, work.row.subset)] = work.row.fields
                 work = self.image_request(work)
             yield work
         stats.set_value("openimages/rows_read", handled)
@@ -301,12 +313,27 @@ class OpenImagesSpider(scrapy.Spider):
         shard = self.arguments.shard
         return (shard.index, shard.count) if shard else (1, 1)
 
+    def landed(self, item: Any) -> None:
+        """A row's result reached the feeds: it is no longer in flight."""
+        if isinstance(item, ResultRow):
+            self.in_flight.pop((item.get("ImageID", ""), item.subset), None)
+        elif isinstance(item, Unrecorded) and item.why == ALREADY_RECORDED:
+            for key in [key for key in self.in_flight if key[0] == item.image_id]:
+                del self.in_flight[key]
+
     def finish(self) -> None:
         """After the results are flushed: this crawl's parts are merged into the
         results files and a retried row that has a new result leaves its old
         failure row (the files are rewritten atomically), then the store is free
-        for another crawl. A supervised process leaves that to its supervisor."""
+        for another crawl. A supervised process leaves that to its supervisor.
+        The rows still in flight are this process's pending list (the database's
+        ``pending`` rows)."""
         reconcile_failures = self.arguments.retry is not None or self.ledger.needs_reconcile
+        try:
+            write_pending(self.local_store.root, self.results_part, self.dataset.header,
+                          [(fields, subset) for (_, subset), fields in self.in_flight.items()])
+        except OSError as exc:
+            logger.warning("Cannot write the list of pending rows: %s", exc)
         try:
             if self.supervisor is None and isinstance(self.store, ObjectStore):
                 if not self.lost_lock:  # else another run may own this shard's parts now

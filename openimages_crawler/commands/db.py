@@ -1,0 +1,116 @@
+"""``scrapy db``: the store's DuckDB database built or brought up to date
+(``store.database``); also run at the end of every crawl (OPENIMAGES_DATABASE)."""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import logging
+import re
+import time
+from pathlib import Path
+
+from scrapy.commands import ScrapyCommand
+from scrapy.exceptions import UsageError
+from scrapy.settings import BaseSettings
+from scrapy.utils.log import configure_logging
+
+from openimages_crawler.commands.export import default_output
+from openimages_crawler.crawl.config import CrawlConfig, records_store
+from openimages_crawler.crawl.feeds import subset_feed_paths
+from openimages_crawler.store.database import (
+    MainOutput,
+    ResultsFile,
+    pending_files,
+    update_database,
+)
+from openimages_crawler.store.local import LocalStore
+from openimages_crawler.store.results import FailureRow, SuccessRow
+
+logger = logging.getLogger(__name__)
+
+STORE_PLACEHOLDER = "{IMAGES_STORE}"
+
+
+def database_path(settings: BaseSettings) -> Path | None:
+    """OPENIMAGES_DATABASE with ``{IMAGES_STORE}`` resolved; ``None`` when off."""
+    value = str(settings.get("OPENIMAGES_DATABASE") or "")
+    if not value:
+        return None
+    return Path(value.replace(STORE_PLACEHOLDER, str(records_store(settings).root)))
+
+
+def results_of(settings: BaseSettings) -> list[ResultsFile]:
+    """Every subset's results files (the FEEDS patterns), then the pending lists."""
+    found = []
+    for item_class, status in ((SuccessRow, "stored"), (FailureRow, "failed")):
+        for pattern in subset_feed_paths(settings, item_class):
+            shape = re.compile(re.escape(pattern).replace(re.escape("*"), "([^/]+)") + "$")
+            for name in sorted(glob.glob(pattern)):
+                match = shape.search(name)
+                found.append(ResultsFile(Path(name), match[1] if match else "", status))
+    return found + pending_files(records_store(settings).root)
+
+
+def run_database(settings: BaseSettings) -> bool:
+    """Update the database OPENIMAGES_DATABASE names (if any); False when it failed (logged)."""
+    path = database_path(settings)
+    if path is None:
+        return True
+    config = CrawlConfig.from_settings(settings)
+    folder = default_output(settings)
+    ext = next((output.spec.format for output in config.outputs if output.dir == folder), "jpg")
+    records = records_store(settings)
+    started = time.monotonic()
+    try:
+        counts = update_database(path, LocalStore(str(records.root)), config.layout, results_of(settings),
+                                 MainOutput(folder, ext))
+    except Exception as exc:  # noqa: BLE001 - duckdb's errors, a full disk: one line, the crawl's results stand
+        logger.error("Cannot update the database %s: %s: %s", path, type(exc).__name__, exc)
+        return False
+    logger.info("Database %s: %d images (%d rows added from %d files) in %.1f s", path, counts.images,
+                counts.rows_added, counts.files_read, time.monotonic() - started)
+    return True
+
+
+class Command(ScrapyCommand):
+    requires_project = False
+    requires_crawler_process = False  # it never crawls
+    default_settings = {"LOG_LEVEL": "INFO"}
+
+    def syntax(self) -> str:
+        return "--store STORE [--database PATH]"
+
+    def short_desc(self) -> str:
+        return "Build or update the store's DuckDB database (images, classes, labels, boxes)"
+
+    def long_desc(self) -> str:
+        return ("The store's results, pending rows, annotations and class descriptions as DuckDB tables "
+                "images, classes, labels and boxes, in STORE/openimages.duckdb (OPENIMAGES_DATABASE). Only "
+                "what changed since the last update is read; reading needs only the duckdb package.")
+
+    def add_options(self, parser: argparse.ArgumentParser) -> None:
+        super().add_options(parser)
+        parser.add_argument("--store", help="the store's folder (default: IMAGES_STORE)")
+        parser.add_argument("--database", help="the database file (default: OPENIMAGES_DATABASE, "
+                            "{IMAGES_STORE}/openimages.duckdb)")
+
+    def run(self, args: list[str], opts: argparse.Namespace) -> None:
+        assert self.settings is not None
+        settings = self.settings
+        configure_logging(settings)
+        if args:
+            raise UsageError(f"unexpected argument {args[0]!r}: give the store with --store")
+        store = str(opts.store or settings["IMAGES_STORE"] or "")
+        if "://" in store and not store.startswith("file://"):
+            raise UsageError(f"--store {store}: give a folder (an object store's database is in its work folder: "
+                             "--store that folder)")
+        folder = Path(store.removeprefix("file://"))
+        if not folder.is_dir():
+            raise UsageError(f"--store {folder}: not a folder")
+        settings.set("IMAGES_STORE", str(folder), priority="cmdline")
+        if opts.database:
+            settings.set("OPENIMAGES_DATABASE", opts.database, priority="cmdline")
+        elif not settings.get("OPENIMAGES_DATABASE"):
+            settings.set("OPENIMAGES_DATABASE", f"{STORE_PLACEHOLDER}/openimages.duckdb", priority="cmdline")
+        self.exitcode = 0 if run_database(settings) else 1
