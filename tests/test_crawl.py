@@ -38,6 +38,7 @@ from tests.conftest import (
     start_crawl,
     wait_for,
 )
+from tests.test_database import readme_queries
 
 pytestmark = pytest.mark.e2e
 
@@ -360,6 +361,10 @@ def test_ctrl_c_stops_within_seconds_and_resume_completes(tmp_path: Path, stop: 
         assert set(final) == {r.fields["ImageID"] for r in served.mirror.rows}
         assert all(len(v) == 1 for v in final.values())
         assert database_statuses(store) == {image_id: "stored" for image_id in final}  # nothing pending now
+        import duckdb
+
+        with duckdb.connect(str(store / "openimages.duckdb"), read_only=True) as con:  # no annotations, no failure
+            assert [con.execute(sql).fetchall() for sql in readme_queries()] == [[], [], []]
     finally:
         served.server.close()
 

@@ -119,10 +119,15 @@ def _schema(con: Any) -> None:
     con.execute("CREATE TABLE IF NOT EXISTS _loaded (path VARCHAR PRIMARY KEY, size BIGINT, "
                 "mtime_ns BIGINT, tail VARCHAR)")
     con.execute("CREATE TABLE IF NOT EXISTS images (ImageID VARCHAR, Subset VARCHAR, status VARCHAR, "
-                "FailureReason VARCHAR, FailureDetails VARCHAR, output VARCHAR, path VARCHAR, shard VARCHAR, "
-                "\"offset\" BIGINT, width INTEGER, height INTEGER, bytes BIGINT, _source VARCHAR)")
-    for name in ("classes", "labels", "boxes"):
-        con.execute(f"CREATE TABLE IF NOT EXISTS {name} (Subset VARCHAR)")
+                "FailureReason VARCHAR, FailureDetails VARCHAR, OriginalURL VARCHAR, output VARCHAR, path VARCHAR, "
+                "shard VARCHAR, \"offset\" BIGINT, width INTEGER, height INTEGER, bytes BIGINT, _source VARCHAR)")
+    # The official columns every version has, so queries work before any annotation is written.
+    con.execute("CREATE TABLE IF NOT EXISTS classes (Subset VARCHAR, LabelName VARCHAR, DisplayName VARCHAR, "
+                "ClassIndex INTEGER)")
+    con.execute("CREATE TABLE IF NOT EXISTS labels (Subset VARCHAR, ImageID VARCHAR, Source VARCHAR, "
+                "LabelName VARCHAR, Confidence DOUBLE)")
+    con.execute("CREATE TABLE IF NOT EXISTS boxes (Subset VARCHAR, ImageID VARCHAR, Source VARCHAR, "
+                "LabelName VARCHAR, Confidence DOUBLE, XMin DOUBLE, XMax DOUBLE, YMin DOUBLE, YMax DOUBLE)")
 
 
 def _stamp(path: Path) -> tuple[int, int]:
