@@ -12,6 +12,7 @@ from pathlib import Path
 from scrapy.commands import ScrapyCommand
 from scrapy.settings import SETTINGS_PRIORITIES
 
+from openimages_crawler.commands.db import run_database
 from openimages_crawler.crawl.feeds import subset_feed_paths
 from openimages_crawler.store.results import FailureRow, SuccessRow
 from openimages_crawler.testing.mirror import MirrorServer, build_mirror, refused_base
@@ -67,6 +68,7 @@ class Command(ScrapyCommand):
             self.crawler_process.crawl(self.crawler_process.create_crawler("openimages"),
                                        metadata=str(metadata))
             self.crawler_process.start()
+        run_database(self.settings)  # as at the end of any crawl
         self.exitcode = self.report(mirror.expected())
 
     def report(self, expected: dict[str, str]) -> int:
