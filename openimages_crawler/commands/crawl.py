@@ -84,7 +84,8 @@ class Command(ScrapyCrawlCommand):
         if processes > 1 and supervisor is None and args[0] == OpenImagesSpider.name:
             plan = plan_processes(self.settings, processes)
             if plan.count > 1:
-                self.exitcode = self.after_crawl(Supervisor(self.settings, args[0], opts.spargs, plan).run())
+                supervising = Supervisor(self.settings, args[0], opts.spargs, plan)
+                self.exitcode = self.after_crawl(supervising.run(), supervising.database_ok)
                 return
         crawler = self._create_crawler(args[0])
         started = self.crawler_process.crawl(crawler, **opts.spargs)
@@ -96,9 +97,11 @@ class Command(ScrapyCrawlCommand):
         received: list[int] = []
         self.record_signals(received)
         self.crawler_process.start()
+        ran = supervisor is None and not errors and isinstance(crawler.spider, OpenImagesSpider)
+        database_ok = run_database(self.settings) if ran else True  # before the exit's one-line message
         self.exitcode = self.exit_status(crawler, errors, received)
-        if supervisor is None and not errors and isinstance(crawler.spider, OpenImagesSpider):
-            self.exitcode = self.after_crawl(self.exitcode)
+        if ran:
+            self.exitcode = self.after_crawl(self.exitcode, database_ok)
         spider = crawler.spider
         if isinstance(spider, OpenImagesSpider) and hasattr(spider, "results_part"):
             mark_exit(spider.record_store, spider.results_part, self.exitcode,
@@ -139,10 +142,10 @@ class Command(ScrapyCrawlCommand):
         if supervisor_pid() is None:  # a supervised process has its supervisor's settings
             isolate_shard_records(self.settings, arguments.shard)
 
-    def after_crawl(self, status: int) -> int:
-        """What follows a crawl that ran: ``-a export``'s label files (once it
-        finished: a stopped crawl exports on the rerun that finishes it), then
-        the database (OPENIMAGES_DATABASE) of every run."""
+    def after_crawl(self, status: int, database_ok: bool) -> int:
+        """What follows a crawl that ran (its database, OPENIMAGES_DATABASE, is
+        updated by then): ``-a export``'s label files, once it finished (a
+        stopped crawl exports on the rerun that finishes it)."""
         if status == EXIT_USAGE:
             return status  # it never started
         assert self.settings is not None
@@ -152,7 +155,7 @@ class Command(ScrapyCrawlCommand):
             if run_export(store, self.settings, formats, subsets, default_output(self.settings), None):
                 status = fail("the crawl finished but its labels could not all be exported (see the log); "
                               "run scrapy export to try again", EXIT_INCOMPLETE)
-        if not run_database(self.settings) and status == EXIT_OK:
+        if not database_ok and status == EXIT_OK:
             status = fail("the crawl finished but its database could not be updated (see the log); run "
                           "scrapy db to try again", EXIT_INCOMPLETE)
         return status

@@ -17,6 +17,7 @@ from typing import Any
 from scrapy.exceptions import UsageError
 from scrapy.settings import BaseSettings
 
+from openimages_crawler.commands.db import run_database
 from openimages_crawler.commands.exits import (
     EXIT_AFTER_SIGNAL,
     EXIT_INCOMPLETE,
@@ -69,6 +70,7 @@ class Supervisor:
         self.spider = spider
         self.given = dict(given)
         self.plan = plan
+        self.database_ok = True  # the run's database update (OPENIMAGES_DATABASE) went well
         config = CrawlConfig.from_settings(settings)
         self.store = store = open_crawl_store(settings)  # the images, the report
         self.local_store = records_store(settings)  # results, parts, locks, the processes' records
@@ -124,6 +126,7 @@ class Supervisor:
             self.watch()
             final = self.sample(final=True)
             status = self.merge()
+            self.database_ok = run_database(self.settings)  # before the exit's one-line message
             if status is None:
                 if self.settings.getbool("OPENIMAGES_REPORT"):
                     self.write_report(final)
