@@ -444,6 +444,21 @@ def test_demo_checks_every_row_with_an_absolute_folder(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert "recorded exactly once, each with the expected outcome" in done.stdout
     assert (folder / "openimages" / "train" / "images-success.csv").exists()
+    # It logs like a tool: short, the summary and where the report is; no framework chatter.
+    lines = (done.stdout + done.stderr).splitlines()
+    assert len(lines) <= 40, "\n".join(lines)
+    assert f"report: {folder / 'openimages' / 'report.html'}" in done.stdout
+    for chatter in ("Scrapy 2.", "Overridden settings", "Enabled downloader middlewares", "Dumping Scrapy stats",
+                    "DOWNLOAD_FAIL_ON_DATALOSS", "Spider opened"):
+        assert chatter not in done.stderr, chatter
+    # A second demo finds everything done and prints the same summary.
+    again = subprocess.run(
+        [sys.executable, "-m", "scrapy", "demo", "--dir", str(folder), "--copies", "1"],
+        cwd=ROOT, capture_output=True, text=True, timeout=240,
+    )
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
+    summary = done.stdout[done.stdout.index("Results:"):]
+    assert again.stdout[again.stdout.index("Results:"):] == summary
 
 
 def test_v4_rotation_turns_images_without_exif_once(tmp_path: Path) -> None:

@@ -315,3 +315,20 @@ def test_a_signal_during_a_slow_metadata_download_stops_it_and_the_rerun_resumes
     assert f"resuming after {kept:,} bytes" in done.stderr
     assert (store / "metadata" / path).read_bytes() == body
     assert set(outcomes(store, "validation")) == {row["ImageID"] for row in metadata_mirror.rows("validation")}
+
+
+@pytest.mark.e2e
+def test_a_crawl_that_fails_before_its_first_request_leaves_nothing(tmp_path: Path) -> None:
+    offline = {"OPENIMAGES_METADATA_URL": "http://127.0.0.1:9/openimages/"}  # nothing listens: as with no internet
+    store = tmp_path / "store"
+    done = version_crawl(store, offline, version="3", subset="train")
+    assert done.returncode != 0 and "ERROR:" in done.stderr
+    assert not store.exists()  # the folder it would have made
+    # A store that was there keeps what it had and gets no empty cache folders.
+    (store / "train").mkdir(parents=True)
+    (store / "train" / "images-success.csv").write_text("ImageID\n")
+    again = version_crawl(store, offline, version="3", subset="train")
+    assert again.returncode != 0
+    assert (store / "train" / "images-success.csv").read_text() == "ImageID\n"
+    cache = store / "metadata"
+    assert not cache.exists() or not any(path.is_dir() for path in cache.rglob("*"))  # no empty 2017_11/

@@ -73,3 +73,44 @@ def test_no_openimages_setting_is_read_with_a_literal_fallback() -> None:
         if pattern.search(line)
     ]
     assert offenders == []
+
+
+def test_every_option_of_our_commands_says_its_default() -> None:
+    """``--help`` of each custom command gives every option's meaning and its
+    default (or says it is required); Scrapy's global options are its own."""
+    import argparse
+    import importlib
+    import pkgutil
+
+    from scrapy.commands import ScrapyCommand
+
+    import openimages_crawler.commands as package
+
+    from scrapy.settings import Settings
+
+    def options(command: ScrapyCommand) -> dict[str, str | None]:
+        command.settings = Settings()
+        parser = argparse.ArgumentParser()
+        command.add_options(parser)
+        return {action.option_strings[-1]: action.help for action in parser._actions if action.option_strings}
+
+    class Bare(ScrapyCommand):
+        def short_desc(self) -> str:
+            return ""
+
+        def run(self, args: list[str], opts: argparse.Namespace) -> None:
+            """Never run."""
+
+    base = options(Bare())
+    checked = 0
+    for info in pkgutil.iter_modules(package.__path__):
+        module = importlib.import_module(f"{package.__name__}.{info.name}")
+        command_class = getattr(module, "Command", None)
+        if command_class is None or info.name == "crawl":  # crawl: Scrapy's own options
+            continue
+        for option, text in options(command_class()).items():
+            if option in base:
+                continue
+            assert text and ("default" in text or "required" in text), (info.name, option, text)
+            checked += 1
+    assert checked >= 20

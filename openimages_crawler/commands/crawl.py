@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from scrapy.commands.crawl import Command as ScrapyCrawlCommand
@@ -49,7 +51,9 @@ from openimages_crawler.crawl.stop import STOP_REQUESTED
 from openimages_crawler.dataset.arguments import ArgumentError, CrawlArguments
 from openimages_crawler.dataset.prepare import selection_of
 from openimages_crawler.dataset.selection import SelectionError, Shard
+from openimages_crawler.monitor.logs import quiet_framework
 from openimages_crawler.monitor.status import mark_exit
+from openimages_crawler.store.lock import exclusive
 from openimages_crawler.store.parts import part_label
 
 if TYPE_CHECKING:
@@ -63,6 +67,11 @@ logger = logging.getLogger(__name__)
 
 class Command(ScrapyCrawlCommand):
     exports: tuple[tuple[str, ...], list[str]] = ((), [])  # -a export's formats, and the subsets crawled
+
+    def process_options(self, args: list[str], opts: argparse.Namespace) -> None:
+        super().process_options(args, opts)
+        assert self.settings is not None
+        quiet_framework(self.settings)  # before the crawler process logs its banner
 
     def run(self, args: list[str], opts: argparse.Namespace) -> None:
         if len(args) != 1:
@@ -87,6 +96,8 @@ class Command(ScrapyCrawlCommand):
                 supervising = Supervisor(self.settings, args[0], opts.spargs, plan)
                 self.exitcode = self.after_crawl(supervising.run(), supervising.database_ok)
                 return
+        records = records_store(self.settings).root
+        existed = records.exists()
         crawler = self._create_crawler(args[0])
         started = self.crawler_process.crawl(crawler, **opts.spargs)
         errors: list[BaseException] = []
@@ -100,6 +111,8 @@ class Command(ScrapyCrawlCommand):
         ran = supervisor is None and not errors and isinstance(crawler.spider, OpenImagesSpider)
         database_ok = run_database(self.settings) if ran else True  # before the exit's one-line message
         self.exitcode = self.exit_status(crawler, errors, received)
+        if errors and not any(isinstance(error, ShardLocked) for error in errors):
+            tidy_failed_start(records, existed)
         if ran:
             self.exitcode = self.after_crawl(self.exitcode, database_ok)
         spider = crawler.spider
@@ -215,3 +228,22 @@ class Command(ScrapyCrawlCommand):
         status = EXIT_AFTER_SIGNAL.get(received[0], EXIT_INCOMPLETE) if received else EXIT_INCOMPLETE
         return fail(f"the crawl was stopped{by} ({reason}): {cut:,} rows cut off in transfer{unread} "
                     "are still pending; run the same command again to finish", status)
+
+
+def tidy_failed_start(records: Path, existed: bool) -> None:
+    """A crawl that failed before its first request leaves nothing behind: the
+    store's folder it created, or the empty folders it made in the metadata
+    cache of a store that was there (under the cache's lock)."""
+    if not existed:
+        shutil.rmtree(records, ignore_errors=True)
+        return
+    cache = records / "metadata"
+    if not cache.is_dir():
+        return
+    with exclusive(records, "metadata"):
+        for folder, _, _ in sorted(os.walk(cache), key=lambda entry: -len(entry[0])):
+            if folder != str(cache):
+                try:
+                    os.rmdir(folder)  # only an empty one
+                except OSError:
+                    pass

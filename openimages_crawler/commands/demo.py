@@ -12,8 +12,9 @@ from pathlib import Path
 from scrapy.commands import ScrapyCommand
 from scrapy.settings import SETTINGS_PRIORITIES
 
-from openimages_crawler.commands.db import run_database
+from openimages_crawler.commands.db import database_path, run_database
 from openimages_crawler.crawl.feeds import subset_feed_paths
+from openimages_crawler.monitor.logs import quiet_framework
 from openimages_crawler.store.results import FailureRow, SuccessRow
 from openimages_crawler.testing.mirror import MirrorServer, build_mirror, refused_base
 
@@ -34,9 +35,10 @@ class Command(ScrapyCommand):
 
     def add_options(self, parser: argparse.ArgumentParser) -> None:
         super().add_options(parser)
-        parser.add_argument("--dir", default="demo", help="folder for the mirror and the store")
-        parser.add_argument("--copies", type=int, default=2, help="images of each kind")
-        parser.add_argument("--fresh", action="store_true", help="delete the folder first")
+        parser.add_argument("--dir", default="demo", help="folder for the mirror and the store (default: demo)")
+        parser.add_argument("--copies", type=int, default=2, help="images of each kind (default: 2)")
+        parser.add_argument("--fresh", action="store_true", help="delete the folder first (default: keep it, "
+                            "so a second demo finds everything done)")
 
     def process_options(self, args: list[str], opts: argparse.Namespace) -> None:
         super().process_options(args, opts)
@@ -54,6 +56,7 @@ class Command(ScrapyCommand):
         for name, value in demo_settings.items():  # -s on the command line still wins
             if (self.settings.getpriority(name) or 0) < SETTINGS_PRIORITIES["cmdline"]:
                 self.settings.set(name, value, priority="cmdline")
+        quiet_framework(self.settings)
 
     def run(self, args: list[str], opts: argparse.Namespace) -> None:
         assert self.crawler_process is not None and self.settings is not None
@@ -90,6 +93,11 @@ class Command(ScrapyCommand):
         print("  outcomes: " + ", ".join(f"{k}={n}" for k, n in sorted(reasons.items())))
         store = Path(self.settings["IMAGES_STORE"])
         print(f"  images: {store}/<Subset>/images-resized/ and images-original/")
+        if self.settings.getbool("OPENIMAGES_REPORT"):
+            print(f"  report: {store / 'report.html'}")
+        database = database_path(self.settings)
+        if database is not None:
+            print(f"  database: {database} (duckdb; queries in README)")
         wrong = {k: (v, outcome.get(k)) for k, v in expected.items() if outcome.get(k) != [v]}
         if wrong:
             print(f"MISMATCH: {len(wrong)} rows not recorded exactly once as expected:")
@@ -97,4 +105,6 @@ class Command(ScrapyCommand):
                 print(f"  {image_id}: expected {want}, got {got}")
             return 1
         print(f"All {len(expected)} rows recorded exactly once, each with the expected outcome.")
+        print("Next: scrapy crawl openimages -a version=7 -a subset=validation (the real dataset; needs the "
+              "internet), or scrapy demo again (a rerun finds everything done).")
         return 0

@@ -144,7 +144,7 @@ class Command(ScrapyCommand):
     def add_options(self, parser: argparse.ArgumentParser) -> None:
         super().add_options(parser)
         parser.add_argument("-a", dest="spargs", action="append", default=[], metavar="NAME=VALUE",
-                            help="crawl argument, as for scrapy crawl (may be repeated; not shard)")
+                            help="crawl argument, as for scrapy crawl (may be repeated; not shard; default: none)")
         parser.add_argument("--targets", default="all", metavar="NAME[,NAME...]",
                             help="Scrapyd targets of scrapy.cfg ([deploy:NAME]), or all (default)")
         parser.add_argument("--shards", type=int, metavar="N", help="jobs to split the crawl into "
@@ -155,8 +155,8 @@ class Command(ScrapyCommand):
                             help="follow the jobs to the end (the default); alone: re-attach to the "
                             "store's fleet. --no-watch returns once they are scheduled")
         actions = parser.add_mutually_exclusive_group()
-        actions.add_argument("--status", action="store_true", help="show the store's fleet and exit")
-        actions.add_argument("--cancel", action="store_true", help="stop every job of the store's fleet")
+        actions.add_argument("--status", action="store_true", help="show the store's fleet and exit (default: start a fleet)")
+        actions.add_argument("--cancel", action="store_true", help="stop every job of the store's fleet (default: start a fleet)")
 
     def process_options(self, args: list[str], opts: argparse.Namespace) -> None:
         super().process_options(args, opts)

@@ -58,15 +58,17 @@ class Command(ScrapyCommand):
 
     def add_options(self, parser: argparse.ArgumentParser) -> None:
         super().add_options(parser)
-        parser.add_argument("-i", "--input", dest="in_dir", required=True, help="folder of images")
-        parser.add_argument("-o", "--output", dest="out_dir", required=True, help="folder for the shards")
-        parser.add_argument("--container", required=True, choices=[c for c in CONTAINERS if c != "files"])
+        parser.add_argument("-i", "--input", dest="in_dir", required=True, help="folder of images (required)")
+        parser.add_argument("-o", "--output", dest="out_dir", required=True, help="folder for the shards (required)")
+        parser.add_argument("--container", required=True, choices=[c for c in CONTAINERS if c != "files"],
+                            help="the shards' format (required)")
         parser.add_argument("--shard-size", type=int, default=None,
                             help="images per shard (default: OPENIMAGES_SHARD_SIZE, 10000)")
         parser.add_argument("--metadata", help="a CSV with an ImageID column (a store's images-success.csv): "
                             "each sample's metadata (default: its ImageID and path)")
         parser.add_argument("-j", "--threads", type=int, default=0, help="decoding threads (default: one per CPU)")
-        parser.add_argument("--log", dest="failure_log", help="CSV of the files left out (path, reason, details)")
+        parser.add_argument("--log", dest="failure_log", help="CSV of the files left out (path, reason, details; "
+                            "default: none, the log says them)")
 
     def run(self, args: list[str], opts: argparse.Namespace) -> None:
         assert self.settings is not None

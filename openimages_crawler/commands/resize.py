@@ -72,17 +72,22 @@ class Command(ScrapyCommand):
 
     def add_options(self, parser: argparse.ArgumentParser) -> None:
         super().add_options(parser)
-        parser.add_argument("-i", "--input", dest="in_dir", required=True, help="folder of images")
-        parser.add_argument("-o", "--output", dest="out_dir", required=True, help="folder for the outputs")
-        parser.add_argument("--size", type=int, required=True, help="box size in pixels")
-        parser.add_argument("--mode", default="ShrinkToFit", choices=RESIZE_MODES)
-        parser.add_argument("--ext", default="jpg", choices=tuple(OUTPUT_FORMATS))
-        parser.add_argument("--algorithm", default="lanczos", choices=tuple(RESAMPLE_FILTERS))
+        parser.add_argument("-i", "--input", dest="in_dir", required=True, help="folder of images (required)")
+        parser.add_argument("-o", "--output", dest="out_dir", required=True, help="folder for the outputs (required)")
+        parser.add_argument("--size", type=int, required=True, help="box size in pixels (required)")
+        parser.add_argument("--mode", default="ShrinkToFit", choices=RESIZE_MODES,
+                            help="ShrinkToFit: fit inside the box, never enlarge; FillCrop: fill the box, "
+                            "crop the centre; FillDistort: fill the box, stretch (default: ShrinkToFit)")
+        parser.add_argument("--ext", default="jpg", choices=tuple(OUTPUT_FORMATS),
+                            help="output format (default: jpg)")
+        parser.add_argument("--algorithm", default="lanczos", choices=tuple(RESAMPLE_FILTERS),
+                            help="resampling filter (default: lanczos)")
         parser.add_argument("--quality", type=int, default=90, help="JPEG/WebP quality (default 90)")
         parser.add_argument("-j", "--processes", type=int, default=0,
                             help="worker processes (default: one per CPU)")
         parser.add_argument("--log", dest="failure_log",
-                            help="CSV of the files that could not be resized (path, reason, details)")
+                            help="CSV of the files that could not be resized (path, reason, details; default: none, "
+                            "the log says them)")
 
     def run(self, args: list[str], opts: argparse.Namespace) -> None:
         assert self.settings is not None
