@@ -53,7 +53,8 @@ from openimages_crawler.dataset.prepare import selection_of
 from openimages_crawler.dataset.selection import SelectionError, Shard
 from openimages_crawler.monitor.logs import quiet_framework
 from openimages_crawler.monitor.status import mark_exit
-from openimages_crawler.store.lock import exclusive
+from openimages_crawler.store.local import STAGING_DIR
+from openimages_crawler.store.lock import LOCKS_DIR, exclusive
 from openimages_crawler.store.parts import part_label
 
 if TYPE_CHECKING:
@@ -231,19 +232,27 @@ class Command(ScrapyCrawlCommand):
 
 
 def tidy_failed_start(records: Path, existed: bool) -> None:
-    """A crawl that failed before its first request leaves nothing behind: the
-    store's folder it created, or the empty folders it made in the metadata
-    cache of a store that was there (under the cache's lock)."""
+    """A crawl that failed before its first request leaves nothing behind but
+    a partial metadata download (kept: the next run resumes it). In a store
+    folder this run created: its locks, its staging and every empty folder go,
+    the folder itself too when nothing is left; in a store that was there: the
+    empty folders it made in the metadata cache (under the cache's lock)."""
     if not existed:
-        shutil.rmtree(records, ignore_errors=True)
+        for scaffolding in (LOCKS_DIR, STAGING_DIR):
+            shutil.rmtree(records / scaffolding, ignore_errors=True)
+        _remove_empty_folders(records, keep_top=False)
         return
     cache = records / "metadata"
-    if not cache.is_dir():
-        return
-    with exclusive(records, "metadata"):
-        for folder, _, _ in sorted(os.walk(cache), key=lambda entry: -len(entry[0])):
-            if folder != str(cache):
-                try:
-                    os.rmdir(folder)  # only an empty one
-                except OSError:
-                    pass
+    if cache.is_dir():
+        with exclusive(records, "metadata"):
+            _remove_empty_folders(cache, keep_top=True)
+
+
+def _remove_empty_folders(top: Path, keep_top: bool) -> None:
+    for folder, _, _ in sorted(os.walk(top), key=lambda entry: -len(entry[0])):
+        if keep_top and folder == str(top):
+            continue
+        try:
+            os.rmdir(folder)  # only an empty one
+        except OSError:
+            pass
