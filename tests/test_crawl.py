@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import gzip
 import hashlib
+import re
 import signal
 import subprocess
 import sys
@@ -448,6 +449,8 @@ def test_demo_checks_every_row_with_an_absolute_folder(tmp_path: Path) -> None:
     lines = (done.stdout + done.stderr).splitlines()
     assert len(lines) <= 40, "\n".join(lines)
     assert f"report: {folder / 'openimages' / 'report.html'}" in done.stdout
+    assert re.search(r"Crawling \S+images\.csv \(every row\) from original URLs into \S+: images-resized "
+                     r"\(ShrinkToFit 224 jpg\), images-original", done.stderr), done.stderr[-2000:]
     for chatter in ("Scrapy 2.", "Overridden settings", "Enabled downloader middlewares", "Dumping Scrapy stats",
                     "DOWNLOAD_FAIL_ON_DATALOSS", "Spider opened"):
         assert chatter not in done.stderr, chatter

@@ -83,10 +83,9 @@ def test_every_option_of_our_commands_says_its_default() -> None:
     import pkgutil
 
     from scrapy.commands import ScrapyCommand
+    from scrapy.settings import Settings
 
     import openimages_crawler.commands as package
-
-    from scrapy.settings import Settings
 
     def options(command: ScrapyCommand) -> dict[str, str | None]:
         command.settings = Settings()

@@ -264,8 +264,27 @@ class OpenImagesSpider(scrapy.Spider):
         except Exception as exc:  # noqa: BLE001 - a broken .gz, say: progress goes without a total
             logger.debug("Cannot count the metadata rows: %s", exc)
 
+    def plan_line(self) -> str:
+        """What this crawl will do, in one line: source, selection, store, outputs, process."""
+        arguments, config = self.arguments, self.config
+        source = (f"Open Images V{arguments.version} {arguments.subset or 'all'}" if arguments.version
+                  else str(arguments.metadata))
+        given = {name: value for name, value in self.given.items()
+                 if name not in ("version", "subset", "metadata") and not name.startswith("_")}
+        outputs = [f"{output.dir} ({output.spec.mode} {output.spec.size} {output.spec.format}"
+                   f"{'' if output.container == 'files' else ', ' + output.container})" for output in config.outputs]
+        if config.save_originals:
+            outputs.append(f"{config.layout.originals_dir}"
+                           f"{'' if config.originals_container == 'files' else ' (' + config.originals_container + ')'}")
+        within = self.dataset.selection.within
+        share = f"; process {within.index} of {within.count}" if within is not None else ""
+        selection = ", ".join(f"{name}={value}" for name, value in sorted(given.items())) or "every row"
+        return (f"Crawling {source} ({selection}) from {arguments.source} URLs into {self.store.uri}: "
+                f"{', '.join(outputs)}{share}")
+
     async def start(self) -> AsyncIterator[Any]:
         stats = self.crawler.stats
+        logger.info("%s", self.plan_line())
         stats.set_value("openimages/time/prepare_s", round(self.prepare_seconds, 2))
         threading.Thread(target=self.count_rows, name="openimages-count-rows", daemon=True).start()
         subset = self.arguments.subset
