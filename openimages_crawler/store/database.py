@@ -33,7 +33,6 @@ from openimages_crawler.store.shards import MANIFEST, join, read_index, read_man
 
 logger = logging.getLogger(__name__)
 
-STATUSES = ("stored", "failed", "pending")
 PENDING_DIR = ".pending"  # in the records folder: {part}.csv, the rows a stopped process left in flight
 _TAIL_CHECK = 4096  # bytes before the last read end that must be unchanged for an append-only read
 MEMORY_LIMIT = "2GB"  # DuckDB spills to disk beyond it: an update fits beside a running crawl
@@ -61,7 +60,6 @@ class DatabaseCounts:
     files_read: int = 0
     rows_added: int = 0
     images: int = 0
-    seconds: float = 0.0
 
 
 def update_database(database: Path, store: LocalStore, layout: StoreLayout, results: list[ResultsFile],
