@@ -15,7 +15,7 @@ from scrapy.exceptions import UsageError
 from scrapy.settings import BaseSettings
 from scrapy.utils.log import configure_logging
 
-from openimages_crawler.commands.export import default_output
+from openimages_crawler.commands.export import default_output, folder_store
 from openimages_crawler.crawl.config import CrawlConfig, records_store
 from openimages_crawler.crawl.feeds import subset_feed_paths
 from openimages_crawler.store.database import (
@@ -101,14 +101,8 @@ class Command(ScrapyCommand):
         configure_logging(settings)
         if args:
             raise UsageError(f"unexpected argument {args[0]!r}: give the store with --store")
-        store = str(opts.store or settings["IMAGES_STORE"] or "")
-        if "://" in store and not store.startswith("file://"):
-            raise UsageError(f"--store {store}: give a folder (an object store's database is in its work folder: "
-                             "--store that folder)")
-        folder = Path(store.removeprefix("file://"))
-        if not folder.is_dir():
-            raise UsageError(f"--store {folder}: not a folder")
-        settings.set("IMAGES_STORE", str(folder), priority="cmdline")
+        folder_store(opts.store, settings, "give a folder (an object store's database is in its work folder: "
+                     "--store that folder)")
         if opts.database:
             settings.set("OPENIMAGES_DATABASE", opts.database, priority="cmdline")
         elif not settings.get("OPENIMAGES_DATABASE"):

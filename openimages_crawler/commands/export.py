@@ -35,6 +35,20 @@ def parse_formats(text: str) -> tuple[str, ...]:
         raise UsageError(str(exc)) from None
 
 
+def folder_store(given: str | None, settings: BaseSettings, not_a_bucket: str) -> Path:
+    """``--store`` (default IMAGES_STORE) as a folder that exists, made the
+    run's IMAGES_STORE (the results feeds' paths follow it); a bucket is
+    refused with ``not_a_bucket``."""
+    value = str(given or settings["IMAGES_STORE"] or "")
+    if "://" in value and not value.startswith("file://"):
+        raise UsageError(f"--store {value}: {not_a_bucket}")
+    folder = Path(value.removeprefix("file://"))
+    if not folder.is_dir():
+        raise UsageError(f"--store {folder}: not a folder")
+    settings.set("IMAGES_STORE", str(folder), priority="cmdline")
+    return folder
+
+
 def default_output(settings: BaseSettings) -> str:
     """The first resized output, or the originals when there is none."""
     config = CrawlConfig.from_settings(settings)
@@ -114,19 +128,13 @@ class Command(ScrapyCommand):
         if len(args) != 1:
             raise UsageError("give one format list: scrapy export coco|yolo|voc[,…] --store STORE")
         formats = parse_formats(args[0])
-        store_dir = Path(opts.store or str(settings["IMAGES_STORE"] or ""))
-        if "://" in str(opts.store or "") and not str(opts.store).startswith("file://"):
-            raise UsageError(f"--store {opts.store}: exports are written into a folder store, not an object store")
-        store_dir = Path(str(store_dir).removeprefix("file://"))
-        if not store_dir.is_dir():
-            raise UsageError(f"--store {store_dir}: not a folder")
+        store_dir = folder_store(opts.store, settings, "exports are written into a folder store, not an object store")
         if opts.subset != "all" and not is_subset_name(opts.subset):
             raise UsageError(f"--subset {opts.subset!r} is not a plain subset name")
         try:
             class_names = parse_class_list(opts.classes) if opts.classes is not None else None
         except SelectionError as exc:
             raise UsageError(str(exc)) from None
-        settings.set("IMAGES_STORE", str(store_dir), priority="cmdline")  # the results feeds' paths follow it
         subsets = None if opts.subset == "all" else [opts.subset]
         failed = run_export(store_dir, settings, formats, subsets, opts.folder or default_output(settings),
                             class_names)
