@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import io
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -12,6 +14,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from scrapy.settings import Settings
@@ -81,6 +84,30 @@ def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
 
 
 @pytest.fixture
+def chromium(tmp_path: Path) -> Iterator[Any]:
+    """A headless Chromium (Debian's chromium and chromium-driver, installed by
+    .ci/run) driven by Selenium, 1280x1500; the test skips without them."""
+    browser, driver_path = shutil.which("chromium"), shutil.which("chromedriver")
+    if not browser or not driver_path:
+        pytest.skip("Chromium and chromedriver are not installed "
+                    "(apt-get install chromium chromium-driver; .ci/run does it)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = browser
+    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                     "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                     f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1280,1500"):
+        options.add_argument(argument)
+    driver = webdriver.Chrome(options=options, service=Service(driver_path))
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+@pytest.fixture
 def clean_mirror(tmp_path: Path) -> Iterator[Served]:
     served = serve(tmp_path, faults=False)
     yield served
@@ -115,6 +142,16 @@ def start_crawl(metadata: Path, store: Path, settings: dict[str, str] | None = N
         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         start_new_session=True,
     )
+
+
+def summary_of(log: str) -> list[str]:
+    """A crawl's closing summary in its log: from its first line (without the
+    log prefix) to its Next: line."""
+    lines = log.splitlines()
+    start = next(number for number, line in enumerate(lines)
+                 if re.search(r"\] INFO: (Finished after|Stopped after|Nothing new:)", line))
+    end = next(number for number in range(start, len(lines)) if lines[number].startswith("Next: "))
+    return [re.sub(r"^.*?\] INFO: ", "", lines[start]), *lines[start + 1:end + 1]]
 
 
 def read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -37,6 +38,7 @@ from tests.conftest import (
     run_crawl,
     serve,
     start_crawl,
+    summary_of,
     wait_for,
 )
 from tests.test_database import readme_queries
@@ -55,11 +57,23 @@ def stored_files(store: Path) -> list[Path]:
 
 def test_every_row_gets_its_expected_outcome_exactly_once(mirror: Served, tmp_path: Path) -> None:
     store = tmp_path / "store"
-    run_crawl(mirror.metadata, store, {"OPENIMAGES_SAVE_ORIGINALS": "True"})
+    done = run_crawl(mirror.metadata, store, {"OPENIMAGES_SAVE_ORIGINALS": "True"})
 
     found = outcomes(store)
     expected = mirror.mirror.expected()
     assert {k: v for k, v in found.items()} == {k: [v] for k, v in expected.items()}
+    # The closing summary: rows by outcome, where the files are, what to run next.
+    summary = summary_of(done.stderr)
+    reasons = Counter(reason for reason in expected.values() if reason != "success")
+    stored = len(expected) - sum(reasons.values())
+    assert re.fullmatch(rf"Finished after \d+s: {len(expected)} rows accounted: {stored} stored, "
+                        rf"{sum(reasons.values())} failed, 0 already done before, 0 pending", summary[0]), summary
+    assert sorted(summary[1].removeprefix("  failed by reason: ").split(", ")) == sorted(
+        f"{reason} {count}" for reason, count in reasons.items())
+    assert f"  results: {store}/train/images-success.csv, {store}/train/images-failure.csv" in summary
+    assert f"  report: {store}/report.html" in summary and f"  database: {store}/openimages.duckdb" in summary
+    assert summary[-1].endswith("-a retry_failed=transient") and "scrapy crawl openimages -a metadata=" in summary[-1]
+    assert "ERROR" not in done.stderr
     # Every FailureReason is exercised by the mirror but io_error (a crawl never records it) and
     # blocked_host (the mirror itself is on 127.x): each has a test of its own.
     assert set(expected.values()) >= set(FAILURE_REASONS) - {"io_error", "blocked_host"}
@@ -346,6 +360,10 @@ def test_ctrl_c_stops_within_seconds_and_resume_completes(tmp_path: Path, stop: 
         assert process.returncode == status  # a stopped run is not a finished one
         (error,) = [line for line in stderr.splitlines() if line.startswith("ERROR:")]
         assert f"stopped by {signal.Signals(stop).name}" in error and "still pending" in error
+        assert stderr.splitlines()[-1] == error  # after the summary: the last word
+        summary = summary_of(stderr)
+        assert summary[0].startswith("Stopped after") and "pending" in summary[0]
+        assert summary[-1].startswith("Next: run the same command again to finish")
         partial = outcomes(store)
         assert all(v == ["success"] for v in partial.values())
         assert len(partial) < len(served.mirror.rows)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import socket
 import subprocess
 import threading
@@ -15,6 +14,7 @@ import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -114,49 +114,27 @@ def test_off_by_default_and_bad_ports_stop_the_crawl(clean_mirror, tmp_path: Pat
             assert not (tmp_path / f"store-{port}" / "train").exists()  # nothing downloaded
 
 
-@pytest.fixture
-def browser() -> tuple[str, str]:
-    """Debian's chromium and chromium-driver (paths): the test skips without them."""
-    chromium, chromedriver = shutil.which("chromium"), shutil.which("chromedriver")
-    if not chromium or not chromedriver:
-        pytest.skip("Chromium and chromedriver are not installed "
-                    "(apt-get install chromium chromium-driver; .ci/run does it)")
-    return chromium, chromedriver
-
-
-def test_page_in_a_headless_browser(tmp_path: Path, browser: tuple[str, str]) -> None:
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
+def test_page_in_a_headless_browser(tmp_path: Path, chromium: Any) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    chromium, chromedriver = browser
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                     "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                     f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1280,1500"):
-        options.add_argument(argument)
+    driver = chromium
     with dashboard_crawl(tmp_path) as (url, _, _):
-        driver = webdriver.Chrome(options=options, service=Service(chromedriver))
-        try:
-            driver.get(url)
-            wait = WebDriverWait(driver, 30, poll_frequency=0.2)
+        driver.get(url)
+        wait = WebDriverWait(driver, 30, poll_frequency=0.2)
 
-            def done() -> int:
-                return int(driver.find_element(By.ID, "done").text.replace(",", "") or 0)
+        def done() -> int:
+            return int(driver.find_element(By.ID, "done").text.replace(",", "") or 0)
 
-            wait.until(lambda _: done() > 0)
-            first = done()
-            wait.until(lambda _: done() > first)  # the counts advance while the page is open
-            wait.until(lambda _: len(driver.find_elements(By.CSS_SELECTOR, "#images img[data-loaded='1']")) >= 3)
-            wait.until(lambda _: driver.find_elements(By.CSS_SELECTOR, "#failures tr"))
-            wait.until(lambda _: driver.find_element(By.ID, "reasons").text)  # counts by reason
-            assert re.fullmatch(r"running for \d+s|finished", driver.find_element(By.ID, "state").text)
-            shot = tmp_path / "dashboard.png"
-            assert driver.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
-            widths = driver.execute_script(
-                "return [...document.querySelectorAll('#images img')].map((i) => i.naturalWidth)")
-            assert widths and all(width > 0 for width in widths[:3])
-        finally:
-            driver.quit()
+        wait.until(lambda _: done() > 0)
+        first = done()
+        wait.until(lambda _: done() > first)  # the counts advance while the page is open
+        wait.until(lambda _: len(driver.find_elements(By.CSS_SELECTOR, "#images img[data-loaded='1']")) >= 3)
+        wait.until(lambda _: driver.find_elements(By.CSS_SELECTOR, "#failures tr"))
+        wait.until(lambda _: driver.find_element(By.ID, "reasons").text)  # counts by reason
+        assert re.fullmatch(r"running for \d+s|finished", driver.find_element(By.ID, "state").text)
+        shot = tmp_path / "dashboard.png"
+        assert driver.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
+        widths = driver.execute_script(
+            "return [...document.querySelectorAll('#images img')].map((i) => i.naturalWidth)")
+        assert widths and all(width > 0 for width in widths[:3])

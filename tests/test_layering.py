@@ -21,6 +21,7 @@ SCRAPY_FREE_MODULES = (
     "openimages_crawler.monitor.progress",
     "openimages_crawler.monitor.report",
     "openimages_crawler.monitor.status",
+    "openimages_crawler.monitor.summary",
     "openimages_crawler.testing.images",
     "openimages_crawler.testing.mirror",
     "openimages_crawler.testing.scrapyd",

@@ -29,6 +29,7 @@ from tests.conftest import (
     outcomes,
     run_crawl,
     serve,
+    summary_of,
     wait_for,
 )
 from tests.test_classes import SampleMirror, sample_mirror  # noqa: F401 - the fixture
@@ -84,10 +85,14 @@ def test_every_row_is_recorded_once_by_one_run_of_two_processes(mirror: Served, 
                                       "failure rows": sum(v != "success" for v in mirror.mirror.expected().values())}
     record = read_status(LocalStore(str(store)), "1of1")
     assert record is not None and record.exit == 0 and record.figures().done == len(mirror.mirror.rows)
-    # A second run finds everything recorded: nothing is fetched again.
+    assert summary_of(done.stderr)[0].startswith("Finished after")
+    assert f" {len(mirror.mirror.rows)} rows accounted: " in summary_of(done.stderr)[0]
+    # A second run finds everything recorded: nothing is fetched again, and it says so.
     requests = sum(mirror.server.counter.requests.values())
-    run_crawl(mirror.metadata, store, TWO)
+    again = run_crawl(mirror.metadata, store, TWO)
     assert sum(mirror.server.counter.requests.values()) == requests
+    assert summary_of(again.stderr)[0] == (f"Nothing new: all {len(mirror.mirror.rows)} selected rows were already "
+                                           f"recorded in {store} by earlier runs; nothing was downloaded.")
     assert_exactly_once(mirror, store)
 
 

@@ -11,20 +11,23 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 import shutil
 import signal
+import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from scrapy.commands.crawl import Command as ScrapyCrawlCommand
 from scrapy.exceptions import UsageError
 
-from openimages_crawler.commands.db import run_database
+from openimages_crawler.commands.db import database_path, run_database
 from openimages_crawler.commands.exits import (
     EXIT_AFTER_SIGNAL,
     EXIT_INCOMPLETE,
     EXIT_OK,
     EXIT_USAGE,
+    Exit,
     ShardLocked,
     fail,
     last_error,
@@ -39,6 +42,7 @@ from openimages_crawler.crawl.config import (
     open_crawl_store,
     records_store,
 )
+from openimages_crawler.crawl.feeds import results_files
 from openimages_crawler.crawl.pipeline import STORE_UNWRITABLE
 from openimages_crawler.crawl.processes import (
     die_with_supervisor,
@@ -51,8 +55,13 @@ from openimages_crawler.crawl.stop import STOP_REQUESTED
 from openimages_crawler.dataset.arguments import ArgumentError, CrawlArguments
 from openimages_crawler.dataset.prepare import selection_of
 from openimages_crawler.dataset.selection import SelectionError, Shard
+from openimages_crawler.monitor.dashboard import Dashboard
+from openimages_crawler.monitor.extensions import CrawlProgress, RunReport
 from openimages_crawler.monitor.logs import quiet_framework
+from openimages_crawler.monitor.progress import Counts
 from openimages_crawler.monitor.status import mark_exit
+from openimages_crawler.monitor.summary import RunEnd, closing_summary
+from openimages_crawler.store.ledger import existing
 from openimages_crawler.store.local import STAGING_DIR
 from openimages_crawler.store.lock import LOCKS_DIR, exclusive
 from openimages_crawler.store.parts import part_label
@@ -63,6 +72,7 @@ if TYPE_CHECKING:
     from scrapy.crawler import Crawler
 
 logger = logging.getLogger(__name__)
+Extension = TypeVar("Extension")
 
 
 
@@ -95,7 +105,11 @@ class Command(ScrapyCrawlCommand):
             plan = plan_processes(self.settings, processes)
             if plan.count > 1:
                 supervising = Supervisor(self.settings, args[0], opts.spargs, plan)
-                self.exitcode = self.after_crawl(supervising.run(), supervising.database_ok)
+                ending = self.after_crawl(supervising.run(), supervising.database_ok)
+                if supervising.final is not None:
+                    self.summarize(supervising.final, ending, supervising.report_page,
+                                   supervising.dashboard.address if supervising.dashboard else None)
+                self.exitcode = ending.said()
                 return
         records = records_store(self.settings).root
         existed = records.exists()
@@ -110,18 +124,37 @@ class Command(ScrapyCrawlCommand):
         self.record_signals(received)
         self.crawler_process.start()
         ran = supervisor is None and not errors and isinstance(crawler.spider, OpenImagesSpider)
-        database_ok = run_database(self.settings) if ran else True  # before the exit's one-line message
-        self.exitcode = self.exit_status(crawler, errors, received)
+        database_ok = run_database(self.settings) if ran else True  # before the closing summary
+        ending = self.exit_status(crawler, errors, received)
         if errors and not any(isinstance(error, ShardLocked) for error in errors):
             tidy_failed_start(records, existed)
         if ran:
-            self.exitcode = self.after_crawl(self.exitcode, database_ok)
+            ending = self.after_crawl(ending, database_ok)
+            progress, run_report = crawl_extension(crawler, CrawlProgress), crawl_extension(crawler, RunReport)
+            dashboard = crawl_extension(crawler, Dashboard)
+            if progress is not None:
+                self.summarize(progress.meter.latest, ending, run_report.page if run_report else None,
+                               dashboard.address if dashboard else None)
+        self.exitcode = ending.said()
         spider = crawler.spider
         if isinstance(spider, OpenImagesSpider) and hasattr(spider, "results_part"):
-            mark_exit(spider.record_store, spider.results_part, self.exitcode,
-                      last_error() if self.exitcode else "", str(opts.spargs.get("_job", "")))
+            mark_exit(spider.record_store, spider.results_part, self.exitcode, ending.message,
+                      str(opts.spargs.get("_job", "")))
         elif not any(isinstance(error, ShardLocked) for error in errors):  # the holder keeps its record
             self.record_job_error(opts.spargs)
+
+    def summarize(self, final: Counts, ending: Exit, report: str | None, dashboard: str | None) -> None:
+        """Log the run's closing summary (before its error line, if any)."""
+        assert self.settings is not None
+        store = open_crawl_store(self.settings)
+        files = results_files(self.settings)
+        database = database_path(self.settings)
+        logger.info("%s", closing_summary(RunEnd(
+            counts=final, finished=ending.status == EXIT_OK, store=store.uri,
+            results=[str(path) for path in existing(files["success"] + files["failure"])],
+            command=" ".join(["scrapy", "crawl", *map(shlex.quote, sys.argv[1:])]),  # Scrapy took "crawl" out
+            report=report,
+            database=str(database) if database is not None else None, dashboard=dashboard)))
 
     def record_job_error(self, given: dict[str, Any]) -> None:
         """A Scrapyd job that could not start leaves its error in its shard's
@@ -156,23 +189,23 @@ class Command(ScrapyCrawlCommand):
         if supervisor_pid() is None:  # a supervised process has its supervisor's settings
             isolate_shard_records(self.settings, arguments.shard)
 
-    def after_crawl(self, status: int, database_ok: bool) -> int:
+    def after_crawl(self, ending: Exit, database_ok: bool) -> Exit:
         """What follows a crawl that ran (its database, OPENIMAGES_DATABASE, is
         updated by then): ``-a export``'s label files, once it finished (a
         stopped crawl exports on the rerun that finishes it)."""
-        if status == EXIT_USAGE:
-            return status  # it never started
+        if ending.status != EXIT_OK:
+            return ending
         assert self.settings is not None
         formats, subsets = self.exports
-        if status == EXIT_OK and formats:
+        if formats:
             store = records_store(self.settings).root
             if run_export(store, self.settings, formats, subsets, default_output(self.settings), None):
-                status = fail("the crawl finished but its labels could not all be exported (see the log); "
-                              "run scrapy export to try again", EXIT_INCOMPLETE)
-        if not database_ok and status == EXIT_OK:
-            status = fail("the crawl finished but its database could not be updated (see the log); run "
-                          "scrapy db to try again", EXIT_INCOMPLETE)
-        return status
+                return Exit(EXIT_INCOMPLETE, "the crawl finished but its labels could not all be exported (see the "
+                            "log); run scrapy export to try again")
+        if not database_ok:
+            return Exit(EXIT_INCOMPLETE, "the crawl finished but its database could not be updated (see the log); "
+                        "run scrapy db to try again")
+        return ending
 
     def record_signals(self, received: list[int]) -> None:
         """Note which signal stopped the crawl (for the exit status); Scrapy's
@@ -188,47 +221,51 @@ class Command(ScrapyCrawlCommand):
 
         process._signal_shutdown = noting  # type: ignore[method-assign]
 
-    def exit_status(self, crawler: Crawler, errors: list[BaseException], received: list[int]) -> int:
+    def exit_status(self, crawler: Crawler, errors: list[BaseException], received: list[int]) -> Exit:
         for error in errors:
             if received:  # stopped while preparing (a metadata download, say)
-                return fail(f"stopped by {signal.Signals(received[0]).name} before the crawl started: {error}",
-                            EXIT_AFTER_SIGNAL.get(received[0], EXIT_INCOMPLETE))
+                return Exit(EXIT_AFTER_SIGNAL.get(received[0], EXIT_INCOMPLETE),
+                            f"stopped by {signal.Signals(received[0]).name} before the crawl started: {error}")
             if isinstance(error, UsageError):
-                return fail(str(error), EXIT_USAGE)
+                return Exit(EXIT_USAGE, str(error))
             logger.debug("The crawl could not start", exc_info=error)
-            return fail(f"the crawl could not start: {type(error).__name__}: {error} "
-                        "(--loglevel DEBUG shows where)", EXIT_USAGE)
+            return Exit(EXIT_USAGE, f"the crawl could not start: {type(error).__name__}: {error} "
+                        "(--loglevel DEBUG shows where)")
         stats = crawler.stats
         assert stats is not None
         reason = stats.get_value("finish_reason")
         unreadable = stats.get_value("openimages/metadata_error")
         if unreadable is not None:
-            return fail(f"the metadata could not be read to its end ({unreadable}): the rows after "
-                        "that point are still pending; fetch or fix the file and run the same command again",
-                        EXIT_INCOMPLETE)
+            return Exit(EXIT_INCOMPLETE, f"the metadata could not be read to its end ({unreadable}): the rows "
+                        "after that point are still pending; fetch or fix the file and run the same command again")
         lost = stats.get_value("openimages/lock_lost")
         if lost is not None:
-            return fail(f"the crawl stopped: it {lost} (another crawl of this shard may have started); the rows "
-                        "not recorded yet are still pending: run the same command again once that one ends",
-                        EXIT_INCOMPLETE)
+            return Exit(EXIT_INCOMPLETE, f"the crawl stopped: it {lost} (another crawl of this shard may have "
+                        "started); the rows not recorded yet are still pending: run the same command again once "
+                        "that one ends")
         unsent = stats.get_value("openimages/results_error")
         if unsent is not None:
             return results_unsent(unsent)
         if reason == "finished":
-            return EXIT_OK
+            return Exit(EXIT_OK)
         read = stats.get_value("openimages/rows_read", 0)
         total = getattr(crawler.spider, "rows_total", None)
         unread = f", and about {max(total - read, 0):,} rows not read yet," if total is not None else ""
         if reason == STORE_UNWRITABLE:
             pending = stats.get_value("openimages/unwritable", 0) + stats.get_value("openimages/interrupted", 0)
-            return fail(f"the store cannot be written ({stats.get_value('openimages/store_error')}): "
+            return Exit(EXIT_INCOMPLETE, f"the store cannot be written ({stats.get_value('openimages/store_error')}): "
                         f"{pending:,} rows not stored{unread} are still pending; free space (or fix the "
-                        "store) and run the same command again", EXIT_INCOMPLETE)
+                        "store) and run the same command again")
         cut = stats.get_value("openimages/interrupted", 0)
         by = f" by {signal.Signals(received[0]).name}" if received else ""
         status = EXIT_AFTER_SIGNAL.get(received[0], EXIT_INCOMPLETE) if received else EXIT_INCOMPLETE
-        return fail(f"the crawl was stopped{by} ({reason}): {cut:,} rows cut off in transfer{unread} "
-                    "are still pending; run the same command again to finish", status)
+        return Exit(status, f"the crawl was stopped{by} ({reason}): {cut:,} rows cut off in transfer{unread} "
+                    "are still pending; run the same command again to finish")
+
+
+def crawl_extension(crawler: Crawler, kind: type[Extension]) -> Extension | None:
+    """The crawl's instance of an extension; ``None`` when it is off."""
+    return next((extension for extension in crawler.extensions.middlewares if isinstance(extension, kind)), None)
 
 
 def tidy_failed_start(records: Path, existed: bool) -> None:

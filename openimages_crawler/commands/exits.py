@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import signal
 import sys
+from dataclasses import dataclass
 
 from scrapy.exceptions import UsageError
 
@@ -29,10 +30,23 @@ def fail(message: str, status: int) -> int:
     return status
 
 
-def results_unsent(cause: object) -> int:
+@dataclass(frozen=True)
+class Exit:
+    """A crawl's exit status and its one-line error, said once the crawl's
+    closing summary is out (the error stays the last line)."""
+
+    status: int
+    message: str = ""
+
+    def said(self) -> int:
+        """Write the error line, if any; the status."""
+        return fail(self.message, self.status) if self.message else self.status
+
+
+def results_unsent(cause: object) -> Exit:
     """The exit of a run whose results could not be uploaded to its object store."""
-    return fail(f"the results could not be uploaded ({cause}); the bucket keeps the earlier copy and this "
-                "run's parts: run the same command again to send them", EXIT_INCOMPLETE)
+    return Exit(EXIT_INCOMPLETE, f"the results could not be uploaded ({cause}); the bucket keeps the earlier "
+                "copy and this run's parts: run the same command again to send them")
 
 
 def last_error() -> str:

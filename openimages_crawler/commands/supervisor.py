@@ -23,8 +23,7 @@ from openimages_crawler.commands.exits import (
     EXIT_INCOMPLETE,
     EXIT_OK,
     EXIT_USAGE,
-    fail,
-    last_error,
+    Exit,
     results_unsent,
 )
 from openimages_crawler.crawl.config import CrawlConfig, open_crawl_store, records_store
@@ -43,7 +42,7 @@ from openimages_crawler.dataset.arguments import CrawlArguments
 from openimages_crawler.dataset.selection import Shard
 from openimages_crawler.monitor import report
 from openimages_crawler.monitor.dashboard import DashboardServer
-from openimages_crawler.monitor.extensions import STATUS_INTERVAL_S
+from openimages_crawler.monitor.extensions import STATUS_INTERVAL_S, run_settings
 from openimages_crawler.monitor.progress import Counts, ProgressDisplay, ProgressMeter
 from openimages_crawler.monitor.status import (
     PartStatus,
@@ -71,7 +70,7 @@ class Supervisor:
         self.given = dict(given)
         self.plan = plan
         self.database_ok = True  # the run's database update (OPENIMAGES_DATABASE) went well
-        config = CrawlConfig.from_settings(settings)
+        self.config = config = CrawlConfig.from_settings(settings)
         self.store = store = open_crawl_store(settings)  # the images, the report
         self.local_store = records_store(settings)  # results, parts, locks, the processes' records
         shard = CrawlArguments.from_given(scrapy_arguments(dict(given))[1]).shard
@@ -89,6 +88,8 @@ class Supervisor:
         self.record = PartStatus(part=part_label(*self.shard), job=str(given.get("_job", "")), arguments=self.given)
         self.sender = RecordSender(store) if store.remote else None  # an object store's, from a thread
         self.lost_lock = ""  # why the bucket's lease of the shard was lost, if it was
+        self.final: Counts | None = None  # the run's figures, once its processes have ended
+        self.report_page: str | None = None  # report.html, once written
 
     def commands(self) -> list[tuple[Shard, list[str]]]:
         """Each process's share and command line: shard K of N becomes shards
@@ -101,39 +102,39 @@ class Supervisor:
                  child_command(self.spider, self.given, {**base, **extra}))
                 for number, extra in enumerate(self.plan.settings)]
 
-    def run(self) -> int:
+    def run(self) -> Exit:
         if self.plan.note:
             logger.warning(self.plan.note)
         lock = RunLock(self.store, self.local_store.root, *self.shard, on_lost=self.lose_lock)
         try:
             lock.acquire()
         except (StoreLocked, OSError) as exc:
-            return fail(str(exc), EXIT_USAGE)
+            return Exit(EXIT_USAGE, str(exc))
         if self.dashboard is not None:
             try:
                 self.dashboard.listen()
             except UsageError as exc:  # a busy port: before any process starts
                 lock.release()
-                return fail(str(exc), EXIT_USAGE)
+                return Exit(EXIT_USAGE, str(exc))
         previous = {signum: signal.signal(signum, self.on_signal) for signum in EXIT_AFTER_SIGNAL}
         try:
             if self.store.remote:
-                status = self.pull()
-                if status is not None:
-                    return status
+                unread = self.pull()
+                if unread is not None:
+                    return unread
             logger.info("Crawling in %d processes", self.plan.count)
             self.children = start_children(self.commands(), lock.inheritable(), self.display.write)
             self.watch()
-            final = self.sample(final=True)
-            status = self.merge()
-            self.database_ok = run_database(self.settings)  # before the exit's one-line message
-            if status is None:
+            self.final = final = self.sample(final=True)
+            ending = self.merge()
+            self.database_ok = run_database(self.settings)  # before the closing summary
+            if ending is None:
                 if self.settings.getbool("OPENIMAGES_REPORT"):
-                    self.write_report(final)
-                status = self.exit_status(final)
-            self.record.exit, self.record.error = status, last_error() if status else ""
+                    self.report_page = self.write_report(final)
+                ending = self.exit_status(final)
+            self.record.exit, self.record.error = ending.status, ending.message
             self.write_record(final=True)
-            return status
+            return ending
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
@@ -141,13 +142,13 @@ class Supervisor:
                 self.dashboard.stop()
             lock.release()
 
-    def merge(self) -> int | None:
+    def merge(self) -> Exit | None:
         """The processes' results parts into the results files; an exit status
         when that fails."""
         if isinstance(self.store, ObjectStore):
             if self.lost_lock:
-                return fail(f"the crawl stopped: it {self.lost_lock} (another crawl of this shard may have "
-                            "started); the rows not recorded yet are still pending", EXIT_INCOMPLETE)
+                return Exit(EXIT_INCOMPLETE, f"the crawl stopped: it {self.lost_lock} (another crawl of this "
+                            "shard may have started); the rows not recorded yet are still pending")
             try:
                 mirror.settle_in_bucket(self.store, self.local_store, self.files, *self.shard)
             except (OSError, StoreLocked) as exc:
@@ -157,9 +158,9 @@ class Supervisor:
             settle(self.files, self.local_store, *self.shard)
         except (OSError, ValueError) as exc:  # a full disk; a results file damaged by hand
             logger.debug("Cannot merge the results parts", exc_info=exc)
-            return fail(f"cannot merge the results parts into the results files ({type(exc).__name__}: {exc}); "
-                        "they stay under .parts/ and count as recorded: fix the cause and run again",
-                        EXIT_INCOMPLETE)
+            return Exit(EXIT_INCOMPLETE, "cannot merge the results parts into the results files "
+                        f"({type(exc).__name__}: {exc}); they stay under .parts/ and count as recorded: fix the "
+                        "cause and run again")
         return None
 
     def lose_lock(self, message: str) -> None:
@@ -167,13 +168,13 @@ class Supervisor:
         self.lost_lock = message
         signal_children(self.children, signal.SIGTERM)
 
-    def pull(self) -> int | None:
+    def pull(self) -> Exit | None:
         """An object store's results into the work folder, before the processes read them."""
         assert isinstance(self.store, ObjectStore)
         try:
             mirror.pull_results(self.store, self.local_store, self.patterns)
         except (OSError, StoreLocked) as exc:
-            return fail(f"cannot read the results from {self.store.uri}: {exc}", EXIT_USAGE)
+            return Exit(EXIT_USAGE, f"cannot read the results from {self.store.uri}: {exc}")
         return None
 
     def watch(self) -> None:
@@ -242,33 +243,34 @@ class Supervisor:
         if any(child.process.returncode == EXIT_USAGE for child in self.children):
             signal_children(self.children, signal.SIGTERM)  # the others would fail the same way
 
-    def write_report(self, final: Counts) -> None:
+    def write_report(self, final: Counts) -> str | None:
         records = self.records()
         run = report.run_record(self.store.uri, started=self.record.started, seconds=final.time,
                                 reason=self.record.state or "not started",
-                                arguments=self.given, processes=self.plan.count)
-        report.write(self.store, report.build(
+                                arguments=self.given, processes=self.plan.count,
+                                settings=run_settings(self.settings, self.config))
+        return report.write(self.store, report.build(
             final=final, history=self.meter.history + [final], hosts=total_hosts(records),
             stages={**total_stages(records), "wall_s": final.time}, run=run,
             store_totals=recorded_rows(self.files)))
 
-    def exit_status(self, final: Counts) -> int:
+    def exit_status(self, final: Counts) -> Exit:
         pending = ""
         if final.total is not None and final.total > final.done:
             pending = f" (about {final.total - final.done:,} rows)"
         if self.received:
             name = signal.Signals(self.received[0]).name
-            return fail(f"the crawl was stopped by {name}: the rows not recorded yet{pending} are still pending; "
-                        "run the same command again to finish", EXIT_AFTER_SIGNAL[self.received[0]])
+            return Exit(EXIT_AFTER_SIGNAL[self.received[0]], f"the crawl was stopped by {name}: the rows not "
+                        f"recorded yet{pending} are still pending; run the same command again to finish")
         ended = [child for child in self.children if child.process.returncode != EXIT_OK]
         if not ended:
-            return EXIT_OK
+            return Exit(EXIT_OK)
         usage = next((child for child in ended if child.process.returncode == EXIT_USAGE), None)
         if usage is not None:
-            return fail(usage.error or f"process {usage.number} could not start", EXIT_USAGE)
+            return Exit(EXIT_USAGE, usage.error or f"process {usage.number} could not start")
         child = ended[0]
         code = child.process.returncode
         what = child.error or (f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit status {code}")
-        return fail(f"process {child.number} of {len(self.children)}: {what}; its unfinished rows{pending} are "
-                    "still pending: run the same command again to finish", EXIT_INCOMPLETE)
+        return Exit(EXIT_INCOMPLETE, f"process {child.number} of {len(self.children)}: {what}; its unfinished "
+                    f"rows{pending} are still pending: run the same command again to finish")
 

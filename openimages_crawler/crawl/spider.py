@@ -271,16 +271,11 @@ class OpenImagesSpider(scrapy.Spider):
                   else str(arguments.metadata))
         given = {name: value for name, value in self.given.items()
                  if name not in ("version", "subset", "metadata") and not name.startswith("_")}
-        outputs = [f"{output.dir} ({output.spec.mode} {output.spec.size} {output.spec.format}"
-                   f"{'' if output.container == 'files' else ', ' + output.container})" for output in config.outputs]
-        if config.save_originals:
-            outputs.append(f"{config.layout.originals_dir}"
-                           f"{'' if config.originals_container == 'files' else ' (' + config.originals_container + ')'}")
         within = self.dataset.selection.within
-        share = f"; process {within.index} of {within.count}" if within is not None else ""
+        share = f"; process {within.index} of {within.count}" if within is not None else "; 1 process"
         selection = ", ".join(f"{name}={value}" for name, value in sorted(given.items())) or "every row"
         return (f"Crawling {source} ({selection}) from {arguments.source} URLs into {self.store.uri}: "
-                f"{', '.join(outputs)}{share}")
+                f"{', '.join(config.described_outputs())}{share}")
 
     async def start(self) -> AsyncIterator[Any]:
         stats = self.crawler.stats

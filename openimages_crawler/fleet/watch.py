@@ -322,7 +322,8 @@ class Watch:
         records = list(self.records.values())
         seconds = elapsed(self.fleet.started)
         run = report.run_record(self.store.uri, started=self.fleet.started, seconds=seconds,
-                                reason="finished", arguments=self.fleet.arguments, processes=self.fleet.shards)
+                                reason="finished", arguments=self.fleet.arguments, processes=self.fleet.shards,
+                                settings=self.fleet.settings)
         report.write(self.store, report.build(
             final=final, history=self.meter.history + [final], hosts=total_hosts(records),
             stages={**total_stages(records), "wall_s": seconds}, run=run, store_totals=totals))

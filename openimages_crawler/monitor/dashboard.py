@@ -74,6 +74,7 @@ class DashboardServer:
         self.meter: ProgressMeter | None = None
         self.finished = False
         self.listening: IListeningPort | None = None
+        self.address: str | None = None  # where it is served (kept after it stops, for the summary)
 
     @classmethod
     def from_settings(cls, settings: BaseSettings, config: CrawlConfig | None = None,
@@ -104,7 +105,8 @@ class DashboardServer:
             self.listening = reactor.listenTCP(self.port, server.Site(root), interface="127.0.0.1")  # type: ignore[attr-defined]
         except CannotListenError as exc:
             raise UsageError(f"OPENIMAGES_DASHBOARD_PORT={self.port}: cannot listen on 127.0.0.1: {exc}") from None
-        logger.info("Dashboard: http://127.0.0.1:%d/", self.bound_port)
+        self.address = f"http://127.0.0.1:{self.bound_port}/"
+        logger.info("Dashboard: %s", self.address)
 
     @property
     def bound_port(self) -> int:

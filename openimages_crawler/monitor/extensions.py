@@ -7,7 +7,7 @@ import resource
 import time
 from collections import deque
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from scrapy import signals
@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from typing import Self
 
     from scrapy.crawler import Crawler
+    from scrapy.settings import BaseSettings
 
 logger = logging.getLogger(__name__)
 
@@ -140,6 +141,7 @@ class RunReport:
             maxlen=max(crawler.settings.getint("OPENIMAGES_DASHBOARD_IMAGES"), 1))
         self.status: PartStatus | None = None
         self.written = 0.0
+        self.page: str | None = None  # report.html, once written
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> Self:
@@ -211,11 +213,24 @@ class RunReport:
         spider = self.crawler.spider
         run = report.run_record(
             self.store.uri, started=_iso(stats.get("start_time")), seconds=final.time, reason=reason,
-            arguments=dict(getattr(spider, "given", {})))
+            arguments=dict(getattr(spider, "given", {})), settings=run_settings(self.crawler.settings, self.config))
         files = spider.results_files()
-        report.write(self.store, report.build(
+        self.page = report.write(self.store, report.build(
             final=final, history=meter.history + [final], hosts=self.hosts,
             stages={**self.stages(), "wall_s": final.time}, run=run, store_totals=recorded_rows(files)))
+
+
+def run_settings(settings: BaseSettings, config: CrawlConfig) -> dict[str, Any]:
+    """The settings a report states beside its figures: what was stored and
+    the limits the throughput was reached under (the whole run's, shared
+    among its processes)."""
+    return {
+        "outputs": ", ".join(config.described_outputs()),
+        **{name: settings[name] for name in (
+            "CONCURRENT_REQUESTS", "CONCURRENT_REQUESTS_PER_DOMAIN", "DOWNLOAD_TIMEOUT", "RETRY_TIMES",
+            "DOWNLOAD_MAXSIZE", "OPENIMAGES_MAX_PIXELS")},
+        "OPENIMAGES_WORKERS": config.workers,
+    }
 
 
 def thumbnail_key(config: CrawlConfig, item: SuccessRow) -> str | None:
@@ -248,4 +263,4 @@ def result_host(item: SuccessRow | FailureRow) -> str:
 
 
 def _iso(value: object) -> str:
-    return value.isoformat() if isinstance(value, datetime) else ""
+    return value.isoformat(timespec="seconds") if isinstance(value, datetime) else ""

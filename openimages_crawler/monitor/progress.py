@@ -129,6 +129,14 @@ def duration(seconds: float | None) -> str:
     return f"{seconds // 86400}d{seconds % 86400 // 3600:02d}h"
 
 
+def byte_size(count: int) -> str:
+    """``812 B``, ``3.2 MB``, ``1.4 TB``."""
+    for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if count >= size:
+            return f"{count / size:.1f} {unit}"
+    return f"{count} B"
+
+
 def failure_breakdown(failures: dict[str, int], limit: int = 4) -> str:
     """``unavailable 30, http_error 4, …`` (largest first)."""
     parts = [f"{reason} {count:,}" for reason, count in sorted(failures.items(), key=lambda kv: -kv[1]) if count]
