@@ -188,6 +188,19 @@ def test_a_worker_that_dies_fails_its_files_and_the_run_goes_on(tmp_path: Path) 
     assert again.returncode == 0 and len(list(out.glob("*.jpg"))) == 40
 
 
+def test_a_job_lost_with_its_pool_is_done_only_when_its_whole_output_is_there(tmp_path: Path) -> None:
+    """A worker's death breaks the pool: the jobs another worker had already
+    written (renamed into place) count as done, the others fail."""
+    from openimages_crawler.commands.resize import lost_job_result
+    from openimages_crawler.imaging.tree import ResizeJob
+
+    written, lost = tmp_path / "a.jpg", tmp_path / "b.jpg"
+    written.write_bytes(b"\xff\xd8 whole")
+    assert lost_job_result(ResizeJob(tmp_path / "a.png", written)).status == "ok"
+    failed = lost_job_result(ResizeJob(tmp_path / "b.png", lost))
+    assert failed.status == "corrupt" and "worker process died" in failed.details
+
+
 def test_an_unlistable_folder_is_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from openimages_crawler.imaging import tree as resizer
 

@@ -222,8 +222,7 @@ class TreeResize:
             try:
                 result = future.result()
             except BrokenProcessPool:
-                result = JobResult(str(job.source), CORRUPT,
-                                   "a worker process died while this file was being resized (out of memory?)")
+                result = lost_job_result(job)
                 replace = replace or pool is self.pool
             self._record(result)
         if replace:  # the jobs in flight fail; the others go on in a new pool
@@ -257,3 +256,15 @@ class TreeResize:
             total=None if self.total is None else max(self.total, self.tally.total()),
         ))
         self.display.show(self.meter, final=final)
+
+
+def lost_job_result(job: ResizeJob) -> JobResult:
+    """A job whose result was lost with its pool: done when its output is there
+    (written whole, then renamed, before the pool broke), else failed."""
+    try:
+        written = job.target.stat().st_size
+    except OSError:
+        written = 0
+    if written:
+        return JobResult(str(job.source), "ok", bytes_out=written)
+    return JobResult(str(job.source), CORRUPT, "a worker process died while this file was being resized (out of memory?)")
