@@ -70,6 +70,32 @@ def test_objects_keep_the_layout_under_the_prefix(server: S3Server) -> None:
     assert store.free_bytes() is None
 
 
+def test_threads_writing_at_once_share_one_client(server: S3Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every upload thread's first write asks for the client at once: one is made
+    (each costs a tenth of a second of CPU; 32 at once stalled a crawl's start)."""
+    store = open_store("s3://data/one-client", {"s3": ObjectStore}, options_for(server))
+    made: list[int] = []
+    real = ObjectStore._new_client
+
+    def counting(self: ObjectStore, attempts: int) -> object:
+        made.append(attempts)
+        return real(self, attempts)
+
+    monkeypatch.setattr(ObjectStore, "_new_client", counting)
+    start = threading.Barrier(16)
+
+    def write(number: int) -> None:
+        start.wait()
+        store.write(f"train/{number}.jpg", b"jpeg")
+
+    threads = [threading.Thread(target=write, args=(number,)) for number in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(made) == 1 and len(keys_in(server, "one-client/")) == 16
+
+
 def test_stat_answers_a_folder_from_one_listing(server: S3Server) -> None:
     writer = ObjectStore("s3://data/listed", options_for(server))
     for number in range(30):

@@ -63,6 +63,7 @@ def test_the_mirror_crawled_into_a_bucket_records_every_row_once(
     assert result.returncode == 0, result.stderr[-4000:]
     assert "Traceback" not in result.stderr  # the parts' uploads every half second included
     assert result.stderr.count("Cannot upload") == 0
+    assert "Found endpoint" not in result.stderr and "Found credentials" not in result.stderr  # boto's chatter
 
     expected = mirror.mirror.expected()
     assert bucket_outcomes(s3, prefix) == {image_id: [outcome] for image_id, outcome in expected.items()}

@@ -57,6 +57,17 @@ def test_duration_and_summary_line() -> None:
         ProgressDisplay("loud", 60)
 
 
+def test_the_last_line_says_done_only_when_the_total_was_reached(caplog: pytest.LogCaptureFixture) -> None:
+    for counts, label in ((Counts(5.0, done=30, total=37), "Stopped"), (Counts(5.0, done=37, total=37), "Done"),
+                          (Counts(5.0, done=37), "Done")):
+        meter = ProgressMeter()
+        meter.add(counts)
+        caplog.clear()
+        with caplog.at_level("INFO", logger="openimages_crawler.monitor.progress"):
+            ProgressDisplay("log", 60).show(meter, final=True)
+        assert [record.getMessage().split(":")[0] for record in caplog.records] == [label]
+
+
 def test_counting_rows_and_estimating_the_selection(tmp_path: Path) -> None:
     plain = tmp_path / "images.csv"
     plain.write_bytes(b"ImageID,OriginalURL\na,x\nb,y\nc,z")  # no final line break

@@ -20,6 +20,8 @@ FRAMEWORK_LOGGERS = (
     "scrapy.extensions.logstats",
     "scrapy.extensions.remote_control",
     "scrapy.extensions.feedexport",  # "Stored results_csv feed" of each part
+    "botocore.configprovider",  # "Found endpoint for s3 via …" for every client of an object store
+    "botocore.credentials",  # "Found credentials in environment variables"
 )
 STATS_LOGGER = "scrapy.statscollectors"
 # Where Scrapy's download handlers say "Got data loss".

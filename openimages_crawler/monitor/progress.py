@@ -186,7 +186,10 @@ class ProgressDisplay:
             self._bar(counts, rates, final)
         elif self.mode == "log" and (final or counts.time - self.last_line >= self.interval):
             self.last_line = counts.time
-            logger.info("%s: %s", "Done" if final else "Progress", summary_line(counts, rates, self.unit))
+            label = "Progress"
+            if final:  # a finished run's total is what it did; a stopped one falls short of it
+                label = "Stopped" if counts.total is not None and counts.done < counts.total else "Done"
+            logger.info("%s: %s", label, summary_line(counts, rates, self.unit))
 
     def write(self, text: str) -> None:
         """Print lines (another process's log, say) above the bar, or plainly."""
