@@ -235,11 +235,11 @@ def to_html(report: dict[str, Any]) -> str:
         "add up the time of every image: they overlap across concurrent transfers and workers, so they "
         "can exceed the whole run.</p>",
         "<h2>Settings of this run</h2>",
-        _table([("arguments", _arguments(run.get("arguments", {})) or "(none)"),
-                ("processes", run.get("processes", 1)),
-                *run.get("settings", {}).items()]),
+        _grid([], [["arguments", _arguments(run.get("arguments", {})) or "(none)"],
+                   ["processes", run.get("processes", 1)],
+                   *([name, value] for name, value in run.get("settings", {}).items())]),
         "<h2>Store totals</h2>",
-        _table([(name, f"{value:,}") for name, value in report["store_totals"].items()]),
+        _grid([], [[name, value] for name, value in report["store_totals"].items()]),
         "<h2>Runs of this store</h2>",
         _runs_table(report.get("history", [])),
     ]
@@ -258,23 +258,27 @@ def _latest_run_notice(report: dict[str, Any]) -> str:
 
 
 def _runs_table(runs: list[dict[str, Any]]) -> str:
-    if not runs:
-        return "<p>No runs recorded.</p>"
-    rows = "".join(
-        f"<tr><td>{_e(entry.get('finished') or '')}</td><td>{_e(duration(entry.get('seconds')))}</td>"
-        f"<td>{_e(entry.get('finish_reason') or '')}</td><td class=num>{entry.get('stored', 0):,}</td>"
-        f"<td class=num>{entry.get('failed', 0):,}</td><td class=num>{entry.get('already_done', 0):,}</td>"
-        f"<td>{_e(_arguments(entry.get('arguments') or {}))}</td></tr>"
+    return _grid(["finished", "took", "ended", "stored", "failed", "already done", "arguments"], [
+        [entry.get("finished") or "", duration(entry.get("seconds")), entry.get("finish_reason") or "",
+         entry.get("stored", 0), entry.get("failed", 0), entry.get("already_done", 0),
+         _arguments(entry.get("arguments") or {})]
         for entry in reversed(runs)
-    )
-    return ("<table><tr><th>finished</th><th>took</th><th>ended</th><th>stored</th><th>failed</th>"
-            f"<th>already done</th><th>arguments</th></tr>{rows}</table>")
+    ], "No runs recorded.")
 
 
-def _table(rows: list[tuple[str, object]]) -> str:
-    return "<table>" + "".join(
-        f"<tr><td>{_e(name)}</td><td>{_e(_number(value) if isinstance(value, int | float) else value)}</td></tr>"
-        for name, value in rows) + "</table>"
+def _grid(headers: list[str], rows: list[list[object]], empty: str = "") -> str:
+    """A table (a header row when given); numbers right-aligned, with separators."""
+    if not rows:
+        return f"<p>{_e(empty)}</p>" if empty else ""
+    head = f"<tr>{''.join(f'<th>{_e(name)}</th>' for name in headers)}</tr>" if headers else ""
+    body = "".join(f"<tr>{''.join(_cell(value) for value in row)}</tr>" for row in rows)
+    return f"<table>{head}{body}</table>"
+
+
+def _cell(value: object) -> str:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return f"<td class=num>{_number(value)}</td>"
+    return f"<td>{_e(value)}</td>"
 
 
 def _per_image(stages: dict[str, float]) -> str:
@@ -347,14 +351,11 @@ def _number(value: float) -> str:
 
 
 def _host_table(hosts: list[dict[str, Any]]) -> str:
-    if not hosts:
-        return "<p>No images.</p>"
-    rows = "".join(
-        f"<tr><td>{_e(h['host'] or '(no host)')}</td><td class=num>{h['stored']:,}</td>"
-        f"<td class=num>{h['failed']:,}</td><td>{_e(', '.join(f'{k} {v}' for k, v in h['failures'].items()))}</td></tr>"
-        for h in hosts
-    )
-    return f"<table><tr><th>host</th><th>stored</th><th>failed</th><th>reasons</th></tr>{rows}</table>"
+    return _grid(["host", "stored", "failed", "reasons"], [
+        [host["host"] or "(no host)", host["stored"], host["failed"],
+         ", ".join(f"{reason} {count}" for reason, count in host["failures"].items())]
+        for host in hosts
+    ], "No images.")
 
 
 _PAGE = """<!doctype html>
