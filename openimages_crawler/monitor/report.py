@@ -267,17 +267,18 @@ def _runs_table(runs: list[dict[str, Any]]) -> str:
 
 
 def _grid(headers: list[str], rows: list[list[object]], empty: str = "") -> str:
-    """A table (a header row when given); numbers right-aligned, with separators."""
+    """A table: with headers, a column table (numbers right-aligned); without,
+    a list of names and values (left-aligned, whatever their type)."""
     if not rows:
         return f"<p>{_e(empty)}</p>" if empty else ""
     head = f"<tr>{''.join(f'<th>{_e(name)}</th>' for name in headers)}</tr>" if headers else ""
-    body = "".join(f"<tr>{''.join(_cell(value) for value in row)}</tr>" for row in rows)
+    body = "".join(f"<tr>{''.join(_cell(value, bool(headers)) for value in row)}</tr>" for row in rows)
     return f"<table>{head}{body}</table>"
 
 
-def _cell(value: object) -> str:
+def _cell(value: object, align_numbers: bool) -> str:
     if isinstance(value, int | float) and not isinstance(value, bool):
-        return f"<td class=num>{_number(value)}</td>"
+        return f"<td{' class=num' if align_numbers else ''}>{_number(value)}</td>"
     return f"<td>{_e(value)}</td>"
 
 
