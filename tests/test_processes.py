@@ -91,6 +91,7 @@ def test_every_row_is_recorded_once_by_one_run_of_two_processes(mirror: Served, 
     requests = sum(mirror.server.counter.requests.values())
     again = run_crawl(mirror.metadata, store, TWO)
     assert sum(mirror.server.counter.requests.values()) == requests
+    assert again.stderr.count("Already recorded: ") == 1  # said by the run, not by each of its processes
     assert summary_of(again.stderr)[0] == (f"Nothing new: all {len(mirror.mirror.rows)} selected rows were already "
                                            f"recorded in {store} by earlier runs; nothing was downloaded.")
     assert_exactly_once(mirror, store)

@@ -166,6 +166,8 @@ def test_reconcile_drops_failures_of_stored_images_and_keeps_the_last_of_a_repea
     ledger = ResultsLedger.load(files, ["ImageID", "Title"], RetryFilter.parse("transient"))
     assert ledger.needs_reconcile
     assert "c" in ledger.failed and "b" in ledger.retrying  # one of b's rows is a 503
+    assert ledger.described(True) == "Already recorded: 1 successes, 3 failures (2 of them tried again)"
+    assert ResultsLedger.load({"success": [], "failure": []}, ["ImageID", "Title"]).described(False) == ""
     store = LocalStore(str(tmp_path))
     store.open()
     assert reconcile(files, store) == 2

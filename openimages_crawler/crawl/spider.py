@@ -204,6 +204,10 @@ class OpenImagesSpider(scrapy.Spider):
                 self.ledger = ResultsLedger.load(files, self.result_header, self.arguments.retry)
         except MetadataError as exc:
             raise UsageError(str(exc)) from exc
+        within = self.dataset.selection.within
+        recorded = self.ledger.described(self.arguments.retry is not None)
+        if recorded and (within is None or within.index == 1):  # the run's processes all read the same files
+            logger.info("%s", recorded)
         config = self.config
         sinks = output_sinks(config, self.store, self.local_store)
         outputs = tuple(PlannedOutput(output.dir, sinks[output.dir], output.spec.format) for output in config.outputs)

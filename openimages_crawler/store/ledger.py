@@ -166,14 +166,15 @@ class ResultsLedger:
         recorded_failures = len(IdSet.union([ledger.failed, ledger.retrying]))
         ledger.needs_reconcile = failure_rows > recorded_failures or ledger.succeeded.overlaps(
             IdSet.union([ledger.failed, ledger.retrying]))
-        if ledger.succeeded or ledger.failed or ledger.retrying:
-            logger.info(
-                "Already recorded: %d successes, %d failures%s",
-                len(ledger.succeeded),
-                recorded_failures,
-                f" ({len(ledger.retrying)} of them tried again)" if retry is not None else "",
-            )
         return ledger
+
+    def described(self, retrying: bool) -> str:
+        """``Already recorded: 15 successes, 16 failures``; ``""`` when nothing is."""
+        if not (self.succeeded or self.failed or self.retrying):
+            return ""
+        failures = len(IdSet.union([self.failed, self.retrying]))
+        tried = f" ({len(self.retrying)} of them tried again)" if retrying else ""
+        return f"Already recorded: {len(self.succeeded)} successes, {failures} failures{tried}"
 
 
 def result_files(files: dict[str, list[str]], header: list[str]) -> Iterator[tuple[str, Path]]:
