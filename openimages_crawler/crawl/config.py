@@ -127,7 +127,6 @@ class CrawlConfig:
             shard_size=shard_size,
         )
 
-
     def described_outputs(self) -> list[str]:
         """What the crawl stores, in words: ``images-resized (ShrinkToFit 224 jpg)``, ``images-original``."""
         described = [f"{output.dir} ({output.spec.mode} {output.spec.size} {output.spec.format}"
@@ -136,6 +135,7 @@ class CrawlConfig:
             container = self.originals_container
             described.append(self.layout.originals_dir + ("" if container == "files" else f" ({container})"))
         return described
+
 
 def _outputs(settings: BaseSettings) -> tuple[ResizedOutput, ...]:
     """OPENIMAGES_OUTPUTS (a list, or its JSON), else the single-output settings."""
