@@ -216,7 +216,8 @@ class Command(ScrapyCrawlCommand):
 
         def noting(signum: int, frame: Any) -> None:
             received.append(signum)
-            STOP_REQUESTED.set()  # a metadata download before the crawl gives up too
+            if len(received) == 1:  # a metadata download before the crawl gives up too; only once: Event.set
+                STOP_REQUESTED.set()  # takes a lock, which a second signal landing inside it would wait on forever
             shutdown(signum, frame)
 
         process._signal_shutdown = noting  # type: ignore[method-assign]
