@@ -3,8 +3,8 @@ first minutes), a rerun over a finished 100k-image store (rows skipped per
 second, downloads made), the fast path's output quality, selection by
 class over a 14.6M-row bounding-box file (bench/classes.py), the merge of
 9M results rows from processes' parts, a fleet of two local Scrapyd
-nodes (bench/fleet.py) and a crawl into a local S3 server against local
-disk (bench/objects.py)."""
+nodes (bench/fleet.py), a crawl into a local S3 server against local
+disk (bench/objects.py) and a process's status record after 300,000 hosts."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import csv
 import io
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -25,13 +26,18 @@ from bench import classes, fleet, objects, quality, servers
 from bench import corpus as corpus_module
 from bench.contenders import REPO
 from bench.servers import LOCAL_HOSTS_ALLOWED
+from openimages_crawler import settings as project_settings
 from openimages_crawler.dataset.catalogue import IMAGES_CSV_COLUMNS
+from openimages_crawler.monitor.progress import Counts
+from openimages_crawler.monitor.report import HostTally
+from openimages_crawler.monitor.status import HostRanking, PartStatus, set_counts
 from openimages_crawler.store.layout import StoreLayout
 from openimages_crawler.store.ledger import settle
 from openimages_crawler.store.local import LocalStore
 from openimages_crawler.store.parts import part_path
 
 PROBE_PORT = 47_123  # fixed, so the generated CSVs stay valid between runs
+STATUS_HOSTS = 300_000  # distinct hosts met by the status probe's crawl
 
 
 def run(name: str, corpus: corpus_module.Corpus, work: Path, args: argparse.Namespace) -> dict:
@@ -47,7 +53,7 @@ def run(name: str, corpus: corpus_module.Corpus, work: Path, args: argparse.Name
         return fleet.probe(corpus, work / "probe-fleet", args)
     if name == "s3":
         return objects.probe(corpus, work / "probe-s3", args)
-    probe = {"csv": csv_probe, "rerun": rerun_probe, "merge": merge_probe}[name]
+    probe = {"csv": csv_probe, "rerun": rerun_probe, "merge": merge_probe, "status": status_probe}[name]
     return probe(corpus, work / f"probe-{name}", args)
 
 
@@ -265,4 +271,74 @@ def database_probe(corpus: corpus_module.Corpus, work: Path, args: argparse.Name
         f"updated in {result['update_s']} s (reading {again.rows_added:,} rows)."
     )
     shutil.rmtree(work, ignore_errors=True)
+    return result
+
+
+def status_probe(corpus: corpus_module.Corpus, work: Path, args: argparse.Namespace) -> dict:
+    """A crawl process that met 300,000 distinct hosts (two results each, a
+    seventh of them failing): the event loop's time for one status tick (the
+    record's hosts taken, the record encoded, and written to a local store;
+    an object store's write is the record thread's) and the record's size,
+    with every host's tally in the record (as before OPENIMAGES_STATUS_HOSTS)
+    and with the leaders and the others summed; and the time per result of
+    keeping the leaders, against a plain tally per host."""
+    shutil.rmtree(work, ignore_errors=True)
+    results = [(f"farm{n}.staticflickr.com", "http_error" if n % 7 == 0 and again else None)
+               for n in range(STATUS_HOSTS) for again in (False, True)]
+    plain: dict[str, HostTally] = {}
+    started = time.perf_counter()
+    for host, failure in results:  # what a process kept per result before
+        tally = plain.setdefault(host, HostTally())
+        if failure is None:
+            tally.ok += 1
+        else:
+            tally.failures[failure] += 1
+    plain_us = (time.perf_counter() - started) / len(results) * 1e6
+    hosts = HostRanking(project_settings.OPENIMAGES_STATUS_HOSTS)
+    started = time.perf_counter()
+    for host, failure in results:
+        hosts.add(host, failure)
+    ranking_us = (time.perf_counter() - started) / len(results) * 1e6
+    store = LocalStore(str(work / "store"))
+    store.open()
+    record = PartStatus(part="1of1")
+    counts = Counts(60.0, done=len(results), ok=hosts.total.ok, failed=hosts.total.failed,
+                    failures=dict(hosts.total.failures))
+
+    def tick(source: HostRanking | dict[str, HostTally]) -> tuple[float, float, int]:
+        """Milliseconds on the loop for a bucket (record made and encoded) and
+        for a folder (made and written), and the record's bytes."""
+        started = time.perf_counter()
+        set_counts(record, counts, source)
+        size = len(record.encode())
+        encoded = time.perf_counter() - started
+        started = time.perf_counter()
+        set_counts(record, counts, source)
+        record.write(store)
+        return encoded * 1000, (time.perf_counter() - started) * 1000, size
+
+    every = tick(plain)
+    bounded = [tick(hosts) for _ in range(21)]
+    store.close()
+    shutil.rmtree(work, ignore_errors=True)
+    result = {
+        "hosts": STATUS_HOSTS, "results": len(results), "status_hosts": hosts.limit,
+        "every_host_bucket_ms": round(every[0], 1), "every_host_folder_ms": round(every[1], 1),
+        "every_host_record_mb": round(every[2] / 1e6, 1),
+        "bounded_bucket_ms": round(statistics.median(t[0] for t in bounded), 2),
+        "bounded_folder_ms": round(statistics.median(t[1] for t in bounded), 2),
+        "bounded_folder_max_ms": round(max(t[1] for t in bounded), 2),
+        "bounded_record_kb": round(bounded[0][2] / 1e3, 1),
+        "plain_tally_us_per_result": round(plain_us, 2), "ranking_us_per_result": round(ranking_us, 2),
+    }
+    result["summary"] = (
+        f"status record of a process that met {STATUS_HOSTS:,} hosts ({len(results):,} results): with every "
+        f"host it was {result['every_host_record_mb']} MB and one tick held the event loop "
+        f"{result['every_host_folder_ms']:,} ms (folder; {result['every_host_bucket_ms']:,} ms to encode for a "
+        f"bucket); with the {hosts.limit} leading hosts and the others summed it is "
+        f"{result['bounded_record_kb']} KB and a tick takes {result['bounded_folder_ms']} ms (median of 21, max "
+        f"{result['bounded_folder_max_ms']} ms; {result['bounded_bucket_ms']} ms for a bucket). Keeping the "
+        f"leaders costs {result['ranking_us_per_result']} µs per result (a plain tally: "
+        f"{result['plain_tally_us_per_result']} µs)."
+    )
     return result

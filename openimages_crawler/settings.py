@@ -22,6 +22,9 @@ IMAGES_STORE = "openimages"
 # --- Object stores (IMAGES_STORE=s3://bucket/prefix or gs://bucket/prefix) ----
 # Simultaneous requests to an object store (uploads, listings); a local folder ignores it.
 OPENIMAGES_STORE_CONCURRENCY = 32
+# Take the bucket's locks on a server that does not enforce conditional writes (a look before
+# each write instead: runs on several machines are then not kept apart).
+OPENIMAGES_UNSAFE_LEASES = False
 # Seconds between uploads of each process's results parts to an object store (0 = at the end only).
 OPENIMAGES_RESULTS_FLUSH_SECONDS = 30.0
 # Local folder of an object store's results, locks and records ("" = ~/.cache/openimages-crawler/...).
@@ -68,6 +71,13 @@ OPENIMAGES_SHARD_SIZE = 10000
 OPENIMAGES_CHECK_MD5_IF_EXISTS = True
 # Largest image, in pixels, that is decoded (decompression bomb guard).
 OPENIMAGES_MAX_PIXELS = 178_956_970
+# Most memory, in bytes, one image's decode and conversion to upright RGB may hold (a
+# worker's bound; OPENIMAGES_WORKERS decode at once), estimated from the header before any
+# pixel is decoded, else too_large: width x height x (twice the decoded mode's bytes a pixel,
+# 1 for L/P/1, 2 for 16-bit grey, 4 for the rest, + 9 unless RGB). 512 MiB admits a 64 MP RGB
+# photo decoded whole (JPEGs are mostly decoded reduced) and refuses the 328 kB 13000x13000
+# 16-bit grey PNG that took a worker to 1.7 GB (2.0 GiB by this estimate).
+OPENIMAGES_MAX_DECODE_BYTES = 512 * 1024**2
 # Metadata rows longer than this (bytes) are invalid rows, read in bounded memory.
 OPENIMAGES_MAX_ROW_BYTES = 1024**2
 # Below this many free bytes in the store the crawl stops (rows stay pending) before the disk is full.
@@ -156,11 +166,12 @@ EXTENSIONS = {
     "openimages_crawler.monitor.dashboard.Dashboard": 0,
 }
 # Redirect and meta-refresh handling is never wanted for image bytes; a refused host is
-# final (before the retry middleware, 550, would retry it).
+# final (before the retry middleware, 550, would retry it) and is checked through a proxy
+# (after HttpProxyMiddleware, 750, has chosen it).
 DOWNLOADER_MIDDLEWARES = {
     "scrapy.downloadermiddlewares.redirect.RedirectMiddleware": None,
     "scrapy.downloadermiddlewares.redirect.MetaRefreshMiddleware": None,
-    "openimages_crawler.crawl.hosts.BlockedHostMiddleware": 560,
+    "openimages_crawler.crawl.hosts.BlockedHostMiddleware": 760,
 }
 # Scrapy's caching resolver, refusing non-public addresses (with OPENIMAGES_BLOCK_PRIVATE_HOSTS).
 TWISTED_DNS_RESOLVER = "openimages_crawler.crawl.hosts.PublicAddressResolver"
@@ -209,5 +220,8 @@ OPENIMAGES_DATABASE = "{IMAGES_STORE}/openimages.duckdb"
 OPENIMAGES_DASHBOARD_PORT = None
 # How many of the latest images the web view shows.
 OPENIMAGES_DASHBOARD_IMAGES = 24
+# Hosts named in each process's status record (.status/): those with most failures (ties: most requests);
+# the others are summed into one "(other hosts)" entry, so the record stays small at any host count.
+OPENIMAGES_STATUS_HOSTS = 100
 # The asyncio reactor (Scrapy's default, stated so the worker pool can rely on it).
 TWISTED_REACTOR = "twisted.internet.asyncioreactor.AsyncioSelectorReactor"

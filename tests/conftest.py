@@ -11,7 +11,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from scrapy.settings import Settings
 
+from openimages_crawler.store.layout import ROOT_NAMES, ROOT_PATTERN
 from openimages_crawler.store.parts import all_results
 from openimages_crawler.testing.mirror import (
     Mirror,
@@ -189,6 +190,13 @@ def wait_for(condition, timeout: float = 60, interval: float = 0.1) -> None:  # 
             return
         time.sleep(interval)
     raise AssertionError("condition not met in time")
+
+
+def unlisted_root_names(names: Iterable[str], subsets: Iterable[str]) -> set[str]:
+    """Names at a store's (or work folder's) root that are neither one of the
+    run's subset folders nor in the layout's list of the store's own names."""
+    return {name for name in names
+            if name not in set(subsets) and name.lower() not in ROOT_NAMES and not ROOT_PATTERN.fullmatch(name)}
 
 
 def count_rows(path: Path) -> int:

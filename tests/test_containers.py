@@ -27,6 +27,7 @@ from tests.conftest import (
     outcomes,
     run_crawl,
     serve,
+    unlisted_root_names,
     wait_for,
 )
 from tests.test_classes import (  # noqa: F401 (sample_mirror: a fixture)
@@ -269,6 +270,7 @@ def test_samples_carry_their_labels_and_boxes_in_the_stored_images_coordinates(
     mids = mids_of("Person", "Car")
     chosen = images_with("validation", "boxes", mids)
     assert outcomes(store, "validation") == {image_id: ["success"] for image_id in chosen}
+    assert not unlisted_root_names(os.listdir(store), {"validation"})
     expected = official_annotations("validation", chosen, mids)
     assert any(expected[image_id]["boxes"] for image_id in chosen & turned)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import gzip
 import hashlib
+import os
 import re
 import signal
 import subprocess
@@ -39,6 +40,7 @@ from tests.conftest import (
     serve,
     start_crawl,
     summary_of,
+    unlisted_root_names,
     wait_for,
 )
 from tests.test_database import readme_queries
@@ -104,6 +106,8 @@ def test_every_row_gets_its_expected_outcome_exactly_once(mirror: Served, tmp_pa
     failed_ids = {row["ImageID"] for row in failures}
     assert not [p for p in stored_files(store) if p.stem in failed_ids]
     assert not list((store / ".tmp").glob("*")) if (store / ".tmp").exists() else True
+    # Every name the crawl made at the store's root is a subset or in the layout's list.
+    assert not unlisted_root_names(os.listdir(store), {"train"})
 
 
 def test_rerun_downloads_nothing_and_records_nothing_twice(mirror: Served, tmp_path: Path) -> None:
@@ -266,6 +270,10 @@ def test_below_the_free_space_floor_the_crawl_stops_before_the_disk_is_full(
     assert stopped.returncode == 1
     assert "under OPENIMAGES_MIN_FREE_BYTES" in stopped.stderr.splitlines()[-1]
     assert outcomes(store) == {}
+    # The end-of-run extras stay under the floor too, said in one line.
+    assert stopped.stderr.count("attribution files are not updated") == 1
+    assert not [name for name in ("openimages.duckdb", "report.json", "report.html") if (store / name).exists()]
+    assert not list(store.glob("*/ATTRIBUTION.*"))
     assert not list((store / "train").glob("images-resized/*/*"))
     run_crawl(clean_mirror.metadata, store)
     assert outcomes(store) == {r.fields["ImageID"]: ["success"] for r in clean_mirror.mirror.rows}

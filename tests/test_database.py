@@ -48,10 +48,11 @@ def row(image_id: str, host: str = "a.example", **extra: str) -> dict[str, str]:
             **extra}
 
 
-def write_rows(path: Path, rows: list[dict[str, str]], columns: list[str], append: bool = False) -> None:
+def write_rows(path: Path, rows: list[dict[str, str]], columns: list[str], append: bool = False,
+               line_end: str = "\n") -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a" if append else "w", newline="", encoding="utf-8") as out:
-        writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n")
+        writer = csv.DictWriter(out, fieldnames=columns, lineterminator=line_end)
         if not append:
             writer.writeheader()
         writer.writerows(rows)
@@ -172,3 +173,96 @@ def test_a_broken_database_is_an_error_and_the_file_is_kept(tmp_path: Path, brok
         update_database(database, store, LAYOUT, results, MainOutput("fit", "jpg"))
     assert database.read_text() == broken
     assert sorted(path.name for path in tmp_path.iterdir() if "duckdb" in path.name) == ["openimages.duckdb"]
+
+
+def injection(target: Path) -> str:
+    """A column name that, pasted into SQL, writes ``target``."""
+    return f"x\" VARCHAR; COPY (SELECT 'pwned') TO '{target}' (HEADER false); --"
+
+
+def add_column(path: Path, name: str, value: str) -> None:
+    """``path``'s CSV with one more column, ``value`` in every row (quoted and ended as the crawl's exporter does)."""
+    with open(path, newline="", encoding="utf-8") as handle:
+        header, *rows = list(csv.reader(handle))
+    with open(path, "w", newline="", encoding="utf-8") as out:
+        csv.writer(out, lineterminator="\r\n").writerows([[*header, name], *([*fields, value] for fields in rows)])
+
+
+def sql_name(name: str) -> str:
+    """``name`` quoted for a query of the test's own."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def columns_of(database: Path, table: str) -> list[str]:
+    return [name for (name,) in query(database, "SELECT column_name FROM duckdb_columns() WHERE table_name = ? "
+                                                "ORDER BY column_index", table)]
+
+
+@pytest.mark.parametrize("file, table", [("annotations-bbox.csv", "boxes"), ("images-success.csv", "images")])
+def test_a_header_holding_sql_is_a_column_name_and_never_runs(tmp_path: Path, file: str, table: str) -> None:
+    store, results = make_store(tmp_path)
+    target = tmp_path / "pwned"
+    path = tmp_path / "train" / file
+    if table == "boxes":  # as a metadata mirror serves it: unquoted, copied into the store as it is
+        header, *rows = path.read_text().splitlines()
+        path.write_text("\n".join([f"{header},{injection(target)}", *(f"{line},7" for line in rows)]) + "\n")
+    else:
+        add_column(path, injection(target), "7")
+    database = tmp_path / "openimages.duckdb"
+    update_database(database, store, LAYOUT, results, MainOutput("fit", "jpg"))
+    assert not target.exists()
+    assert columns_of(database, table)[-1] == injection(target)
+    assert query(database, f"SELECT DISTINCT {sql_name(injection(target))}::VARCHAR FROM {table} "
+                           "WHERE Subset = 'train' AND ImageID = '00000000000000a1'") == [("7",)]
+
+
+def test_columns_named_like_the_databases_own_are_carried_under_the_prefix(tmp_path: Path) -> None:
+    store, results = make_store(tmp_path)
+    success = tmp_path / "train" / "images-success.csv"
+    for name in ("status", "extra_status", "Status", "_source", 'a "quoted" name', "", "title", "FailureReason"):
+        add_column(success, name, f"value of {name}")
+    (tmp_path / "train" / "annotations-labels.csv").write_text("Subset,ImageID,Source,LabelName,Confidence\n"
+                                                             "validation,00000000000000a1,human,/m/01g317,1\n")
+    database = tmp_path / "openimages.duckdb"
+    update_database(database, store, LAYOUT, results, MainOutput("fit", "jpg"))
+    carried = ["extra_status", "extra_status_2", "extra_Status_3", "extra__source", 'a "quoted" name', "column11",
+               "title_2", "extra_FailureReason"]
+    assert columns_of(database, "images")[-len(carried):] == carried
+    select = ", ".join(sql_name(name) for name in carried)
+    assert query(database, f"SELECT status, FailureReason, {select} FROM images WHERE ImageID = '00000000000000a1'"
+                 ) == [("stored", None, "value of status", "value of extra_status", "value of Status",
+                        "value of _source", 'value of a "quoted" name', "value of ", "value of title",
+                        "value of FailureReason")]
+    assert query(database, "SELECT status, count(*) FROM images GROUP BY 1 ORDER BY 1") == [
+        ("failed", 2), ("pending", 1), ("stored", 2)]
+    assert query(database, "SELECT Subset, extra_Subset, ImageID FROM labels") == [
+        ("train", "validation", "00000000000000a1")]
+
+
+def test_a_file_duckdb_cannot_read_is_left_out_with_a_warning(tmp_path: Path,
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+    store, results = make_store(tmp_path)
+    boxes = tmp_path / "train" / "annotations-bbox.csv"
+    boxes.write_text(BOXES.replace("Source,", '"Source"s,', 1))  # quoting DuckDB refuses
+    database = tmp_path / "openimages.duckdb"
+    counts = update_database(database, store, LAYOUT, results, MainOutput("fit", "jpg"))
+    assert counts.images == 5 and query(database, "SELECT count(*) FROM labels") == [(1,)]
+    assert query(database, "SELECT count(*) FROM boxes") == [(0,)]
+    assert f"{boxes} is left out of the database until it can be read" in caplog.text
+    boxes.write_text(BOXES)  # mended: read at the next update
+    update_database(database, store, LAYOUT, results, MainOutput("fit", "jpg"))
+    assert query(database, "SELECT count(*) FROM boxes") == [(4,)]
+
+
+def test_rows_appended_below_a_header_of_several_lines_are_read(tmp_path: Path) -> None:
+    store, results = make_store(tmp_path)
+    success = tmp_path / "train" / "images-success.csv"
+    add_column(success, "two\nlines", "before")  # a quoted line break in a metadata column's name
+    database = tmp_path / "openimages.duckdb"
+    update_database(database, store, LAYOUT, results, MainOutput("fit", "jpg"))
+    # A record holding a line break first (the title), ended as the exporter ends it.
+    write_rows(success, [row("00000000000000a6", **{"two\nlines": "after"})], [*HEADER, "two\nlines"], append=True,
+               line_end="\r\n")
+    assert update_database(database, store, LAYOUT, results, MainOutput("fit", "jpg")).rows_added == 1
+    assert query(database, "SELECT ImageID, \"two\nlines\" FROM images WHERE status = 'stored' ORDER BY 1") == [
+        ("00000000000000a1", "before"), ("00000000000000a2", "before"), ("00000000000000a6", "after")]

@@ -79,6 +79,7 @@ from tests.conftest import (
     outcomes,
     project_settings,
     serve,
+    unlisted_root_names,
     wait_for,
 )
 
@@ -569,6 +570,7 @@ def test_a_node_that_dies_mid_fleet_costs_no_row_and_no_download_twice(
         assert fleet.returncode == 0, err[-4000:] + job_logs(daemons)
         assert outcomes(store) == {image_id: ["success"] for image_id in served.mirror.expected()}
         assert not leftover_parts(store)
+        assert not unlisted_root_names(os.listdir(store), {"train"})
         paths = {row.fields["ImageID"]: urlsplit(row.fields["OriginalURL"]).path for row in served.mirror.rows}
         assert succeeded
         for image_id in succeeded:

@@ -106,6 +106,11 @@ def test_sixteen_bit_grey_is_scaled() -> None:
     assert upright_rgb(image).getpixel((0, 0))[0] == pytest.approx(128, abs=1)
 
 
+def test_float_grey_is_scaled_as_fractions_or_as_levels() -> None:
+    assert upright_rgb(Image.new("F", (4, 4), 0.5)).getpixel((0, 0)) == (127, 127, 127)
+    assert upright_rgb(Image.new("F", (4, 4), 200.0)).getpixel((0, 0)) == (200, 200, 200)
+
+
 def test_cmyk_becomes_rgb() -> None:
     cmyk = Image.new("CMYK", (8, 8), (0, 255, 255, 0))  # red
     assert upright_rgb(cmyk).getpixel((1, 1)) == pytest.approx((255, 0, 0), abs=2)

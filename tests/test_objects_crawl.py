@@ -9,12 +9,14 @@ import hashlib
 import io
 import json
 import os
+import re
 import subprocess
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
+from openimages_crawler.redact import MASK
 from openimages_crawler.testing.objects import S3Server, start_s3_server
 from tests.conftest import (
     ROOT,
@@ -26,6 +28,7 @@ from tests.conftest import (
     kill,
     objects,
     serve,
+    unlisted_root_names,
     wait_for,
 )
 
@@ -187,6 +190,8 @@ def test_shards_of_a_bucket_crawled_at_once_record_every_row_once(
         assert record["exit"] == 0 and record["counts"]["done"] > 0
     folders = sorted(path.name for path in (tmp_path / "work").iterdir() if path.name.startswith("shard-"))
     assert folders == ["shard-1of2", "shard-2of2"]  # one work folder each
+    assert not unlisted_root_names({key.split("/")[0] for key in stored}, {"train"})
+    assert not unlisted_root_names(os.listdir(tmp_path / "work"), {"train"})
 
     before = image_requests(mirror)
     again = crawl_command(mirror.metadata, Path("unused"),
@@ -196,3 +201,38 @@ def test_shards_of_a_bucket_crawled_at_once_record_every_row_once(
     assert result.returncode == 0, result.stderr[-4000:]
     assert image_requests(mirror) == before
     assert bucket_outcomes(s3, prefix) == {image_id: [outcome] for image_id, outcome in expected.items()}
+
+
+SECRET_KEY = "Sekr1t-key-5f0c2a9e"  # literals searched for in every output
+SESSION_TOKEN = "Tok3n-session-77d1b4"
+UNREDACTED = re.compile(r"(?i)[?&](x-amz-signature|signature|x-amz-credential|x-amz-security-token)=(?!\*\*\*)")
+
+
+def test_no_secret_reaches_a_log_record_report_or_printed_command(
+    mirror: Served, s3: S3Server, tmp_path: Path
+) -> None:
+    """A bucket crawl given its secrets with -s, at DEBUG (Scrapy logs every
+    request and its settings), with transient failures (the Next: line repeats
+    the command), then a rerun that reads the stored originals back through
+    presigned URLs: the secrets and the URLs' signatures are nowhere."""
+    prefix = f"{tmp_path.name}/secrets/"
+    settings = {**bucket_settings(s3, tmp_path, OPENIMAGES_SAVE_ORIGINALS="True", LOG_LEVEL="DEBUG"),
+                "AWS_SECRET_ACCESS_KEY": SECRET_KEY, "AWS_SESSION_TOKEN": SESSION_TOKEN}
+    first = crawl(mirror, f"s3://data/{prefix}", settings)
+    assert first.returncode == 0, first.stderr[-4000:]
+    next_line = next(line for line in first.stderr.splitlines() if line.startswith("Next: "))
+    assert "-a retry_failed=transient" in next_line
+    assert f"AWS_SECRET_ACCESS_KEY={MASK}" in next_line and f"AWS_SESSION_TOKEN={MASK}" in next_line
+    again = crawl(mirror, f"s3://data/{prefix}", {**settings, "OPENIMAGES_OUTPUTS": TWO_OUTPUTS})
+    assert again.returncode == 0, again.stderr[-4000:]
+    assert re.search(r"X-Amz-Signature=\*\*\*|Signature=\*\*\*", again.stderr)  # presigned reads were logged
+
+    texts = {"first run": first.stdout + first.stderr, "rerun": again.stdout + again.stderr}
+    texts |= {f"s3://data/{key}": fetch(s3, prefix + key).decode("latin-1") for key in objects(s3, prefix)}
+    texts |= {str(path): path.read_bytes().decode("latin-1")
+              for path in (tmp_path / "work").rglob("*") if path.is_file()}
+    assert any(name.endswith("report.json") for name in texts) and any(".status/" in name for name in texts)
+    leaks = {name: sorted({*(literal for literal in (SECRET_KEY, SESSION_TOKEN) if literal in text),
+                           *UNREDACTED.findall(text)})
+             for name, text in texts.items()}
+    assert not {name: found for name, found in leaks.items() if found}

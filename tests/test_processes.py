@@ -30,6 +30,7 @@ from tests.conftest import (
     run_crawl,
     serve,
     summary_of,
+    unlisted_root_names,
     wait_for,
 )
 from tests.test_classes import SampleMirror, sample_mirror  # noqa: F401 - the fixture
@@ -77,6 +78,7 @@ def test_every_row_is_recorded_once_by_one_run_of_two_processes(mirror: Served, 
     store = tmp_path / "store"
     done = run_crawl(mirror.metadata, store, TWO)
     assert_exactly_once(mirror, store)
+    assert not unlisted_root_names(os.listdir(store), {"train"})
     assert "Crawling in 2 processes" in done.stderr
     report = json.loads((store / "report.json").read_text())
     assert report["run"]["processes"] == 2
@@ -207,6 +209,7 @@ def test_shards_crawled_at_once_share_the_store_and_its_metadata(
     assert metadata and all(n == 1 for n in metadata.values()), metadata
     wanted = {row["ImageID"]: ["success"] for row in sample_mirror.rows["validation"]}
     assert outcomes(store, "validation") == wanted
+    assert not unlisted_root_names(os.listdir(store), {"validation"})
 
 
 def test_a_crawl_whose_feeds_lost_the_results_files_refuses_to_run(mirror: Served, tmp_path: Path) -> None:

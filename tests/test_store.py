@@ -60,6 +60,17 @@ def test_the_local_store_reads_writes_lists_and_speaks_scrapys_protocol(tmp_path
     assert not (tmp_path / ".tmp").exists()
 
 
+@pytest.mark.parametrize("key", ["../../../../etc/passwd", "train/../../outside.txt", "..", "/etc/passwd"])
+def test_the_local_store_refuses_a_key_outside_its_folder(tmp_path: Path, key: str) -> None:
+    (tmp_path / "outside.txt").write_text("not the store's")
+    store = LocalStore(str(tmp_path / "store"))
+    for use in (store.path, store.read, store.stat, lambda key: store.write(key, b"x")):
+        with pytest.raises(ValueError, match="is not a key inside the store"):
+            use(key)
+    assert (tmp_path / "outside.txt").read_text() == "not the store's"
+    assert store.path("train/a..b/c.jpg") == tmp_path / "store" / "train" / "a..b" / "c.jpg"
+
+
 def row(image_id: str = "0123456789abcdef", url: str = "https://farm1.example/x.jpg") -> ImageRow:
     fields = {
         "ImageID": image_id, "Subset": "train", "OriginalURL": url, "OriginalSize": str(len(BODY)),

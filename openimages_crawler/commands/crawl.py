@@ -61,8 +61,9 @@ from openimages_crawler.monitor.logs import quiet_framework
 from openimages_crawler.monitor.progress import Counts
 from openimages_crawler.monitor.status import mark_exit
 from openimages_crawler.monitor.summary import RunEnd, closing_summary
+from openimages_crawler.redact import redacted_argv
+from openimages_crawler.store.layout import METADATA_DIR, STAGING_DIR
 from openimages_crawler.store.ledger import existing
-from openimages_crawler.store.local import STAGING_DIR
 from openimages_crawler.store.lock import LOCKS_DIR, exclusive
 from openimages_crawler.store.parts import part_label
 
@@ -124,7 +125,8 @@ class Command(ScrapyCrawlCommand):
         self.record_signals(received)
         self.crawler_process.start()
         ran = supervisor is None and not errors and isinstance(crawler.spider, OpenImagesSpider)
-        database_ok = run_database(self.settings) if ran else True  # before the closing summary
+        floor = self.settings.getint("OPENIMAGES_MIN_FREE_BYTES")
+        database_ok = run_database(self.settings, floor) if ran else True  # before the closing summary
         ending = self.exit_status(crawler, errors, received)
         if errors and not any(isinstance(error, ShardLocked) for error in errors):
             tidy_failed_start(records, existed)
@@ -152,7 +154,7 @@ class Command(ScrapyCrawlCommand):
         logger.info("%s", closing_summary(RunEnd(
             counts=final, finished=ending.status == EXIT_OK, store=store.uri,
             results=[str(path) for path in existing(files["success"] + files["failure"])],
-            command=" ".join(["scrapy", "crawl", *map(shlex.quote, sys.argv[1:])]),  # Scrapy took "crawl" out
+            command=" ".join(["scrapy", "crawl", *map(shlex.quote, redacted_argv(sys.argv[1:]))]),  # without "crawl"
             report=report,
             database=str(database) if database is not None else None, dashboard=dashboard)))
 
@@ -280,9 +282,9 @@ def tidy_failed_start(records: Path, existed: bool) -> None:
             shutil.rmtree(records / scaffolding, ignore_errors=True)
         _remove_empty_folders(records, keep_top=False)
         return
-    cache = records / "metadata"
+    cache = records / METADATA_DIR
     if cache.is_dir():
-        with exclusive(records, "metadata"):
+        with exclusive(records, METADATA_DIR):
             _remove_empty_folders(cache, keep_top=True)
 
 

@@ -18,6 +18,7 @@ from scrapy.utils.log import configure_logging
 from openimages_crawler.commands.export import default_output, folder_store
 from openimages_crawler.crawl.config import CrawlConfig, records_store
 from openimages_crawler.crawl.feeds import subset_feed_paths
+from openimages_crawler.store.base import has_room
 from openimages_crawler.store.database import (
     MainOutput,
     ResultsFile,
@@ -52,10 +53,12 @@ def results_of(settings: BaseSettings) -> list[ResultsFile]:
     return found + pending_files(records_store(settings).root)
 
 
-def run_database(settings: BaseSettings) -> bool:
-    """Update the database OPENIMAGES_DATABASE names (if any); False when it failed (logged)."""
+def run_database(settings: BaseSettings, min_free_bytes: int = 0) -> bool:
+    """Update the database OPENIMAGES_DATABASE names (if any); False when it
+    failed (logged). A crawl's update is skipped below its free-space floor
+    (``min_free_bytes`` on the store's disk): ``scrapy db`` does it later."""
     path = database_path(settings)
-    if path is None:
+    if path is None or not has_room(records_store(settings), min_free_bytes):
         return True
     config = CrawlConfig.from_settings(settings)
     folder = default_output(settings)

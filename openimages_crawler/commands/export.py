@@ -18,7 +18,7 @@ from openimages_crawler.crawl.feeds import subset_feed_paths
 from openimages_crawler.dataset.annotations import parse_class_list
 from openimages_crawler.dataset.arguments import ArgumentError, parse_export_formats
 from openimages_crawler.dataset.catalogue import ANNOTATION_FILES
-from openimages_crawler.dataset.rows import is_subset_name
+from openimages_crawler.store.layout import is_subset_name
 from openimages_crawler.dataset.selection import SelectionError
 from openimages_crawler.exports.run import ExportError, ExportRequest, export_subset
 from openimages_crawler.store.local import LocalStore

@@ -52,9 +52,11 @@ from openimages_crawler.fleet.watch import (
     job_settings,
     shard_arguments,
 )
+from openimages_crawler.redact import is_secret
 from openimages_crawler.store.base import Store
 from openimages_crawler.store.lease import store_exclusive
 from openimages_crawler.store.local import LocalStore
+from openimages_crawler.store.objects import StoreUnavailable
 
 if TYPE_CHECKING:
     from scrapy.settings import BaseSettings
@@ -63,7 +65,6 @@ logger = logging.getLogger(__name__)
 
 PATH_ARGUMENTS = ("metadata", "ids", "exclude")  # read by every job, on its node
 OBJECT_SCHEMES = ("s3", "gs")  # stores every node reaches by itself
-SECRET_SETTINGS = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
 
 
 def fleet_store(settings: BaseSettings) -> Store:
@@ -90,7 +91,7 @@ def fleet_store(settings: BaseSettings) -> Store:
 def check_secrets(given_settings: dict[str, str]) -> None:
     """A fleet records its settings in the store and gives them to every
     Scrapyd job (whose listing and log show them): no secret goes there."""
-    secret = sorted(name for name in given_settings if name in SECRET_SETTINGS)
+    secret = sorted(name for name in given_settings if is_secret(name))
     if secret:
         raise UsageError(f"-s {secret[0]}: a fleet writes its -s settings into the store and every job's "
                          "log; give each node its credentials in its own environment (AWS_ACCESS_KEY_ID, "
@@ -170,7 +171,7 @@ class Command(ScrapyCommand):
         configure_logging(self.settings)  # no crawler process does it for this command
         try:
             self.exitcode = self.dispatch(args, opts)
-        except UsageError as exc:
+        except (UsageError, StoreUnavailable) as exc:  # a bucket refused (its leases, say): one line
             self.exitcode = fail(str(exc), EXIT_USAGE)
 
     def dispatch(self, args: list[str], opts: argparse.Namespace) -> int:

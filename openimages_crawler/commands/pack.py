@@ -94,6 +94,7 @@ class Command(ScrapyCommand):
                 raise UsageError(f"--metadata {opts.metadata}: cannot be read as a CSV with an ImageID column "
                                  f"({exc})") from None
         options = PackOptions(max_pixels=settings.getint("OPENIMAGES_MAX_PIXELS"),
+                              max_decode_bytes=settings.getint("OPENIMAGES_MAX_DECODE_BYTES"),
                               max_bytes=settings.getint("DOWNLOAD_MAXSIZE") or 1 << 62)
         display = ProgressDisplay(str(settings["OPENIMAGES_PROGRESS"]).lower(),
                                   settings.getfloat("LOGSTATS_INTERVAL"), unit="files")

@@ -42,7 +42,8 @@ from openimages_crawler.imaging.tree import (
 )
 from openimages_crawler.monitor.progress import Counts, ProgressDisplay, ProgressMeter
 from openimages_crawler.reasons import CORRUPT, IO_ERROR
-from openimages_crawler.store.local import STAGING_DIR, remove_dead_staging
+from openimages_crawler.store.layout import STAGING_DIR
+from openimages_crawler.store.local import remove_dead_staging
 
 if TYPE_CHECKING:
     from _csv import _writer as CsvWriter
@@ -108,6 +109,7 @@ class Command(ScrapyCommand):
         options = ResizeOptions(
             spec=spec,
             max_pixels=settings.getint("OPENIMAGES_MAX_PIXELS"),
+            max_decode_bytes=settings.getint("OPENIMAGES_MAX_DECODE_BYTES"),
             max_bytes=settings.getint("DOWNLOAD_MAXSIZE") or 1 << 62,
             fast=settings.getbool("OPENIMAGES_FAST_RESIZE"),
         )

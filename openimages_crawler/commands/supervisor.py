@@ -127,7 +127,7 @@ class Supervisor:
             self.watch()
             self.final = final = self.sample(final=True)
             ending = self.merge()
-            self.database_ok = run_database(self.settings)  # before the closing summary
+            self.database_ok = run_database(self.settings, self.config.min_free_bytes)  # before the closing summary
             if ending is None:
                 if self.settings.getbool("OPENIMAGES_REPORT"):
                     self.report_page = self.write_report(final)
@@ -150,12 +150,13 @@ class Supervisor:
                 return Exit(EXIT_INCOMPLETE, f"the crawl stopped: it {self.lost_lock} (another crawl of this "
                             "shard may have started); the rows not recorded yet are still pending")
             try:
-                mirror.settle_in_bucket(self.store, self.local_store, self.files, *self.shard)
+                mirror.settle_in_bucket(self.store, self.local_store, self.files, *self.shard,
+                                        min_free_bytes=self.config.min_free_bytes)
             except (OSError, StoreLocked) as exc:
                 return results_unsent(exc)
             return None
         try:
-            settle(self.files, self.local_store, *self.shard)
+            settle(self.files, self.local_store, *self.shard, min_free_bytes=self.config.min_free_bytes)
         except (OSError, ValueError) as exc:  # a full disk; a results file damaged by hand
             logger.debug("Cannot merge the results parts", exc_info=exc)
             return Exit(EXIT_INCOMPLETE, "cannot merge the results parts into the results files "
@@ -249,7 +250,7 @@ class Supervisor:
                                 reason=self.record.state or "not started",
                                 arguments=self.given, processes=self.plan.count,
                                 settings=run_settings(self.settings, self.config))
-        return report.write(self.store, report.build(
+        return report.write(self.store, self.config.min_free_bytes, report.build(
             final=final, history=self.meter.history + [final], hosts=total_hosts(records),
             stages={**total_stages(records), "wall_s": final.time}, run=run,
             store_totals=recorded_rows(self.files)))

@@ -13,9 +13,10 @@ from scrapy.settings import BaseSettings
 
 from openimages_crawler.dataset.selection import Shard
 from openimages_crawler.imaging.pillow import ResizeSpec
+from openimages_crawler.redact import remember
 from openimages_crawler.store import STORE_SCHEMES, UnsupportedStore, open_store
 from openimages_crawler.store.base import Store, StoreOptions, store_scheme
-from openimages_crawler.store.layout import StoreLayout
+from openimages_crawler.store.layout import METADATA_DIR, StoreLayout
 from openimages_crawler.store.lease import shared_lock
 from openimages_crawler.store.local import LocalStore
 from openimages_crawler.store.objects import ObjectStore, StoreUnavailable, split_uri
@@ -33,8 +34,8 @@ _OPTIONAL_OUTPUT_KEYS = ("format", "quality", "resample", "container")
 # otherwise take None for each of them.
 _READ_SETTINGS = (
     "IMAGES_STORE", "OPENIMAGES_SAVE_ORIGINALS", "OPENIMAGES_ORIGINALS_DIR", "OPENIMAGES_SUBDIR_CHARS",
-    "OPENIMAGES_CVDF_URL", "OPENIMAGES_CHECK_MD5_IF_EXISTS", "OPENIMAGES_MAX_PIXELS", "OPENIMAGES_MIN_FREE_BYTES", "OPENIMAGES_MAX_ROW_BYTES",
-    "OPENIMAGES_WORKERS",
+    "OPENIMAGES_CVDF_URL", "OPENIMAGES_CHECK_MD5_IF_EXISTS", "OPENIMAGES_MAX_PIXELS", "OPENIMAGES_MAX_DECODE_BYTES",
+    "OPENIMAGES_MIN_FREE_BYTES", "OPENIMAGES_MAX_ROW_BYTES", "OPENIMAGES_WORKERS", "OPENIMAGES_STATUS_HOSTS",
     "OPENIMAGES_FAST_RESIZE", "OPENIMAGES_METADATA_URL", "OPENIMAGES_METADATA_VERIFY", "OPENIMAGES_SAVE_TARBALLS",
     "OPENIMAGES_DOWNLOAD_300K", "OPENIMAGES_RESIZE", "OPENIMAGES_RESIZED_DIR", "OPENIMAGES_RESIZE_MODE",
     "OPENIMAGES_RESIZE_SIZE", "OPENIMAGES_RESAMPLE", "OPENIMAGES_RESIZE_FORMAT", "OPENIMAGES_RESIZE_QUALITY",
@@ -64,6 +65,7 @@ class CrawlConfig:
     outputs: tuple[ResizedOutput, ...]
     check_md5_if_exists: bool
     max_pixels: int
+    max_decode_bytes: int
     min_free_bytes: int
     max_row_bytes: int
     workers: int
@@ -75,6 +77,7 @@ class CrawlConfig:
     cvdf_url: str
     originals_container: str = "files"
     shard_size: int = 10000
+    status_hosts: int = 100  # hosts a process's record names (OPENIMAGES_STATUS_HOSTS)
 
     @classmethod
     def from_settings(cls, settings: BaseSettings) -> CrawlConfig:
@@ -104,6 +107,10 @@ class CrawlConfig:
         shard_size = settings.getint("OPENIMAGES_SHARD_SIZE")
         if shard_size < 1:
             raise UsageError(f"OPENIMAGES_SHARD_SIZE must be 1 or more, not {shard_size}")
+        status_hosts = _count(settings["OPENIMAGES_STATUS_HOSTS"])
+        if status_hosts is None:
+            raise UsageError(f"OPENIMAGES_STATUS_HOSTS={settings['OPENIMAGES_STATUS_HOSTS']!r} is not a number of "
+                             "hosts (0 or more)")
         cvdf_url = str(settings["OPENIMAGES_CVDF_URL"])
         if urlsplit(cvdf_url).scheme not in ("http", "https"):
             raise UsageError(f"OPENIMAGES_CVDF_URL must be http(s), not {cvdf_url!r}")
@@ -114,6 +121,7 @@ class CrawlConfig:
             outputs=outputs,
             check_md5_if_exists=settings.getbool("OPENIMAGES_CHECK_MD5_IF_EXISTS"),
             max_pixels=settings.getint("OPENIMAGES_MAX_PIXELS"),
+            max_decode_bytes=settings.getint("OPENIMAGES_MAX_DECODE_BYTES"),
             min_free_bytes=settings.getint("OPENIMAGES_MIN_FREE_BYTES"),
             max_row_bytes=settings.getint("OPENIMAGES_MAX_ROW_BYTES"),
             workers=settings.getint("OPENIMAGES_WORKERS") or os.cpu_count() or 1,
@@ -125,6 +133,7 @@ class CrawlConfig:
             cvdf_url=cvdf_url,
             originals_container=originals_container,
             shard_size=shard_size,
+            status_hosts=status_hosts,
         )
 
     def described_outputs(self) -> list[str]:
@@ -198,6 +207,15 @@ def _container(value: object, name: str) -> str:
     if container not in CONTAINERS:
         raise UsageError(f"{name} must be one of {', '.join(CONTAINERS)}, not {value!r}")
     return container
+
+
+def _count(value: object) -> int | None:
+    """A whole number 0 or more, else ``None``."""
+    try:
+        number = int(str(value))
+    except ValueError:
+        return None
+    return number if number >= 0 else None
 
 
 def _folder_name(value: str, name: str) -> str:
@@ -277,12 +295,13 @@ def isolate_shard_records(settings: BaseSettings, shard: Shard | None) -> None:
     work = records_store(settings).root
     settings.set("OPENIMAGES_WORK_DIR", str(work / f"shard-{part_label(shard.index, shard.count)}"), "cmdline")
     if not settings.get("OPENIMAGES_METADATA_DIR"):
-        settings.set("OPENIMAGES_METADATA_DIR", str(work / "metadata"), "cmdline")
+        settings.set("OPENIMAGES_METADATA_DIR", str(work / METADATA_DIR), "cmdline")
 
 
 def store_options(settings: BaseSettings) -> StoreOptions:
     """How to reach an object store, from Scrapy's own AWS_* settings; an unset one
     is left to boto3's chain (environment, ~/.aws files, an instance role)."""
+    remember(settings.items())  # the secrets among them are masked in every log line
     verify = settings.get("AWS_VERIFY")
     if verify is not None and str(verify).lower() in {"true", "false", "1", "0"}:
         verify = settings.getbool("AWS_VERIFY")  # else the path of a CA bundle
@@ -296,4 +315,5 @@ def store_options(settings: BaseSettings) -> StoreOptions:
         verify=verify,
         acl=settings.get("IMAGES_STORE_S3_ACL") or settings.get("FILES_STORE_S3_ACL") or None,
         concurrency=max(1, settings.getint("OPENIMAGES_STORE_CONCURRENCY")),
+        unsafe_leases=settings.getbool("OPENIMAGES_UNSAFE_LEASES"),
     )

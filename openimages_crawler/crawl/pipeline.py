@@ -226,6 +226,7 @@ class OpenImagesPipeline(ImagesPipeline):
         )
         specs = [self.outputs[folder].spec for folder in plan.outputs]
         return process_image(body, expected, specs, max_pixels=config.max_pixels,
+                             max_decode_bytes=config.max_decode_bytes,
                              fast=config.fast_resize, rotation=row.rotation,
                              want_md5=plan.record_download)
 

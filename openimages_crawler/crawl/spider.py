@@ -61,6 +61,7 @@ from openimages_crawler.store import LocalStore, mirror
 from openimages_crawler.store.annotations import AnnotationOutput
 from openimages_crawler.store.base import Store
 from openimages_crawler.store.database import write_pending
+from openimages_crawler.store.layout import METADATA_DIR
 from openimages_crawler.store.lease import RunLock
 from openimages_crawler.store.ledger import ResultsLedger, settle
 from openimages_crawler.store.lock import StoreLocked, exclusive
@@ -144,7 +145,7 @@ class OpenImagesSpider(scrapy.Spider):
     def prepare(self, selection: Selection) -> None:
         """The dataset, what earlier runs recorded, and where annotations go."""
         config = self.config
-        cache = Path(str(self.crawler.settings.get("OPENIMAGES_METADATA_DIR") or self.local_store.root / "metadata"))
+        cache = Path(str(self.crawler.settings.get("OPENIMAGES_METADATA_DIR") or self.local_store.root / METADATA_DIR))
         options = MetadataOptions(
             cache=cache,
             url=config.metadata_url,
@@ -154,7 +155,7 @@ class OpenImagesSpider(scrapy.Spider):
             stop=STOP_REQUESTED,
         )
         try:
-            with exclusive(cache.parent, "metadata", STOP_REQUESTED):  # fetched once per cache
+            with exclusive(cache.parent, METADATA_DIR, STOP_REQUESTED):  # fetched once per cache
                 self.dataset = prepare(self.arguments, options, selection)
                 self.sample_annotations = self.index_annotations()
         except ArgumentError as exc:
@@ -357,7 +358,8 @@ class OpenImagesSpider(scrapy.Spider):
                 if not self.lost_lock:  # else another run may own this shard's parts now
                     self.settle_in_bucket(self.store, reconcile_failures)
             elif self.supervisor is None:
-                settle(self.results_files(), self.local_store, *self.shard, reconcile_failures=reconcile_failures)
+                settle(self.results_files(), self.local_store, *self.shard, reconcile_failures=reconcile_failures,
+                       min_free_bytes=self.config.min_free_bytes)
         finally:
             self.release()
 
@@ -365,7 +367,7 @@ class OpenImagesSpider(scrapy.Spider):
         """This run's parts merged into the bucket's results files (the exit status says when they could not be)."""
         try:
             mirror.settle_in_bucket(store, self.local_store, self.results_files(), *self.shard,
-                                    reconcile_failures=reconcile_failures)
+                                    reconcile_failures=reconcile_failures, min_free_bytes=self.config.min_free_bytes)
         except (OSError, StoreLocked) as exc:
             logger.error("Cannot upload the results to %s: %s", store.uri, exc)
             self.crawler.stats.set_value("openimages/results_error", str(exc))

@@ -15,10 +15,10 @@ from typing import Any
 from openimages_crawler.dataset.annotations import parse_class_list
 from openimages_crawler.dataset.catalogue import splits_for
 from openimages_crawler.dataset.retry import RetryFilter
-from openimages_crawler.dataset.rows import is_subset_name
 from openimages_crawler.dataset.selection import SelectionError, Shard, parse_licenses
 from openimages_crawler.dataset.source import SOURCES
 from openimages_crawler.exports import EXPORT_FORMATS
+from openimages_crawler.store.layout import is_subset_name
 
 # -a labels= -> the catalogue's annotation kind, and back.
 LABEL_KINDS = {"boxes": "boxes", "verified": "labels"}

@@ -21,12 +21,9 @@ from typing import IO
 from urllib.parse import urlsplit
 
 from openimages_crawler.dataset.catalogue import REQUIRED_COLUMNS, UNKNOWN_SUBSET
+from openimages_crawler.store.layout import is_subset_name
 
 SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
-SAFE_SUBSET = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
-# Names at the store's top level that a Subset folder must not take (a name
-# starting with "." is refused by SAFE_SUBSET already: .tmp, .lock).
-STORE_NAMES = frozenset({"metadata", "report.html", "report.json"})
 ALLOWED_SCHEMES = ("http", "https")
 
 # Rows may hold long titles; the csv module's 128 KiB default is too small
@@ -203,11 +200,6 @@ def subset_folder(fields: dict[str, str], default: str | None) -> str:
     """The folder a row's outputs go to: its Subset, else the default, else unknown."""
     value = fields.get("Subset", "") or default or UNKNOWN_SUBSET
     return value if is_subset_name(value) else (default or UNKNOWN_SUBSET)
-
-
-def is_subset_name(value: str) -> bool:
-    """A name usable as a subset folder: plain, and not one of the store's own."""
-    return bool(SAFE_SUBSET.fullmatch(value)) and value not in (".", "..") and value.lower() not in STORE_NAMES
 
 
 def validate_row(

@@ -16,12 +16,13 @@ from datetime import UTC, datetime
 from scrapy.exceptions import UsageError
 
 from openimages_crawler.store.base import Store, writing_text
+from openimages_crawler.store.layout import FLEET_DIR
 from openimages_crawler.store.lease import BucketLease
 from openimages_crawler.store.local import LocalStore
 from openimages_crawler.store.objects import ObjectStore
 from openimages_crawler.store.parts import part_label
 
-FLEET_KEY = ".fleet/fleet.json"
+FLEET_KEY = f"{FLEET_DIR}/fleet.json"
 WATCH_LOCK = ".fleet/watch.lock"  # in a folder
 WATCH_LEASE = "fleet-watch"  # in a bucket: .locks/fleet-watch
 

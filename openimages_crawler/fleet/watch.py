@@ -83,6 +83,7 @@ class Watch:
         self.store = store  # the fleet's record, the shards' records, the report
         self.local = records_store(settings)  # the results files (an object store's work folder)
         self.settings = settings
+        self.min_free_bytes = settings.getint("OPENIMAGES_MIN_FREE_BYTES")
         self.files = results_files(settings)
         self.display = ProgressDisplay(str(settings["OPENIMAGES_PROGRESS"]).lower(),
                                        settings.getfloat("LOGSTATS_INTERVAL"))
@@ -314,9 +315,10 @@ class Watch:
         """Every shard's parts into the results files (their jobs merge their own;
         these are the parts of jobs that could not)."""
         if isinstance(self.store, ObjectStore):
-            mirror.settle_in_bucket(self.store, self.local, self.files, 1, 1, whole=True)
+            mirror.settle_in_bucket(self.store, self.local, self.files, 1, 1, whole=True,
+                                    min_free_bytes=self.min_free_bytes)
         else:
-            settle(self.files, self.local, 1, 1)
+            settle(self.files, self.local, 1, 1, min_free_bytes=self.min_free_bytes)
 
     def write_report(self, final: Counts, totals: dict[str, int]) -> None:
         records = list(self.records.values())
@@ -324,7 +326,7 @@ class Watch:
         run = report.run_record(self.store.uri, started=self.fleet.started, seconds=seconds,
                                 reason="finished", arguments=self.fleet.arguments, processes=self.fleet.shards,
                                 settings=self.fleet.settings)
-        report.write(self.store, report.build(
+        report.write(self.store, self.min_free_bytes, report.build(
             final=final, history=self.meter.history + [final], hosts=total_hosts(records),
             stages={**total_stages(records), "wall_s": seconds}, run=run, store_totals=totals))
 

@@ -35,6 +35,7 @@ FORMAT_EXTS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP":
 @dataclass(frozen=True, slots=True)
 class PackOptions:
     max_pixels: int  # OPENIMAGES_MAX_PIXELS
+    max_decode_bytes: int  # OPENIMAGES_MAX_DECODE_BYTES
     max_bytes: int  # DOWNLOAD_MAXSIZE: larger files are not read
 
 
@@ -71,7 +72,7 @@ def check_image(path: Path, key: str, options: PackOptions) -> Checked:
     except OSError as exc:
         return Checked(path, key, IO_ERROR, f"cannot read: {exc}")
     try:
-        image = decode(data, options.max_pixels)
+        image = decode(data, options.max_pixels, max_decode_bytes=options.max_decode_bytes)
     except ImageRejected as exc:
         return Checked(path, key, exc.reason, exc.details)
     try:

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageMode, ImageOps, UnidentifiedImageError
 
 from openimages_crawler.reasons import CORRUPT, NOT_IMAGE, TOO_LARGE
 
@@ -76,6 +76,11 @@ _SWAPPING_TURNS: Final = frozenset({Image.Transpose.ROTATE_90, Image.Transpose.R
 # so the explicit pixel check below is the single rule.
 Image.MAX_IMAGE_PIXELS = None
 
+# Bytes a pixel that ``_rgb`` can hold besides the decoded image and its turned
+# copy, for any mode but plain RGB: flattening alpha holds RGBA, the white RGB and
+# the alpha channel (9); 16-bit grey its two 32-bit copies (8); others less.
+_TO_RGB_BYTES_PER_PIXEL: Final = 9
+
 
 class ImageRejected(Exception):
     """The bytes are not a usable image; ``reason`` is a FailureReason code."""
@@ -115,13 +120,16 @@ def decode(
     data: bytes,
     max_pixels: int,
     *,
+    max_decode_bytes: int | None = None,
     reduce_for: Sequence[ResizeSpec] = (),
     check_only: bool = False,
 ) -> Image.Image:
     """Decode ``data`` completely, refusing non-images, bombs and truncation.
 
-    The pixel count is checked from the header before any pixel is decoded,
-    so a small file that claims a huge canvas costs nothing. A JPEG may be
+    The pixel count, and the memory the decode and the conversion to upright
+    RGB would hold (``peak_decode_bytes``, against ``max_decode_bytes``;
+    ``None``: no bound), are checked from the header before any pixel is
+    decoded, so a small file that claims a huge canvas costs nothing. A JPEG may be
     decoded at a reduced DCT scale: just large enough for every output of ``reduce_for``, or
     the smallest scale when the pixels are only ``check_only``. Every
     entropy-coded block is still read, so truncation and corrupt data are
@@ -152,6 +160,12 @@ def decode(
             image.draft(None, request)
             if image.size != (width, height):
                 image.info[FULL_SIZE] = (width, height)
+    if max_decode_bytes is not None and (needed := peak_decode_bytes(image)) > max_decode_bytes:
+        raise ImageRejected(
+            TOO_LARGE,
+            f"{image.width}x{image.height} {image.mode}: {needed / 2**20:,.0f} MiB to decode and make "
+            f"upright RGB, over OPENIMAGES_MAX_DECODE_BYTES ({max_decode_bytes / 2**20:,.0f} MiB)",
+        )
     # Hand the decoder all the bytes at once: one GIL release for the whole
     # decode instead of one per 64 KiB block (which stalls worker threads
     # behind the event loop).
@@ -165,6 +179,21 @@ def decode(
     except (OSError, SyntaxError, ValueError, EOFError, IndexError) as exc:
         raise ImageRejected(CORRUPT, f"{image.format} does not decode: {exc}") from exc
     return image
+
+
+def peak_decode_bytes(image: Image.Image) -> int:
+    """The most memory decoding ``image`` (opened, not loaded: its mode and
+    decoded size are known) and ``upright_rgb`` hold at once: the decoded pixels
+    twice (a turn copies them) and, unless already RGB, ``_rgb``'s images.
+
+    Pillow keeps one band in its own size (1 byte for 1/L/P, 2 for 16-bit grey,
+    4 for I/F) and 2 to 4 bands of 8 bits in 4 bytes. A 16-bit grey PNG of a few
+    hundred KB can claim gigabytes: the pixel count alone does not bound memory.
+    """
+    layout = ImageMode.getmode(image.mode)
+    stored = 4 if len(layout.bands) > 1 else int(layout.typestr[-1])
+    converted = 0 if image.mode == "RGB" and not _has_alpha(image) else _TO_RGB_BYTES_PER_PIXEL
+    return image.width * image.height * (2 * stored + converted)
 
 
 def full_size(image: Image.Image) -> tuple[int, int]:
@@ -207,11 +236,15 @@ def upright_rgb(image: Image.Image, rotation: int = 0) -> Image.Image:
     return image
 
 
+def _has_alpha(image: Image.Image) -> bool:
+    return image.mode in ("RGBA", "LA", "La", "RGBa", "PA") or (
+        image.mode in ("P", "L", "RGB") and "transparency" in image.info
+    )
+
+
 def _rgb(image: Image.Image) -> Image.Image:
     mode = image.mode
-    has_alpha = mode in ("RGBA", "LA", "La", "RGBa", "PA") or (
-        mode in ("P", "L", "RGB") and "transparency" in image.info
-    )
+    has_alpha = _has_alpha(image)
     if mode == "RGB" and not has_alpha:
         return image
     if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
@@ -220,9 +253,9 @@ def _rgb(image: Image.Image) -> Image.Image:
         scale = 255.0 / 65535.0 if top > 255 else 1.0
         image = image.convert("I").point(lambda value: value * scale).convert("L")
         return image.convert("RGB")
-    if mode == "F":
-        image = image.point(lambda value: value * 255.0 if value <= 1.0 else value)
-        return image.convert("L").convert("RGB")
+    if mode == "F":  # Pillow maps F images by linear functions only: one scale for the image
+        scale = 255.0 if image.getextrema()[1] <= 1.0 else 1.0
+        return image.point(lambda value: value * scale).convert("L").convert("RGB")
     if has_alpha:
         rgba = image.convert("RGBA")
         background = Image.new("RGB", rgba.size, (255, 255, 255))

@@ -78,6 +78,7 @@ def process_image(
     specs: Sequence[ResizeSpec],
     *,
     max_pixels: int,
+    max_decode_bytes: int | None = None,
     fast: bool = True,
     rotation: int = 0,
     want_md5: bool = False,
@@ -85,6 +86,8 @@ def process_image(
     """Verify ``body`` against ``expected``, decode all of it once, and encode
     every output of ``specs`` (``Outcome.encoded``, in order).
 
+    ``max_pixels``, ``max_decode_bytes``: ``decode``'s bounds (OPENIMAGES_MAX_PIXELS,
+    OPENIMAGES_MAX_DECODE_BYTES).
     ``fast``: reduced JPEG decode and pre-reduction before the final filter
     (``REDUCING_GAP``); False is a full decode and a plain resize.
     ``rotation``: V4+ Rotation for files without an EXIF orientation.
@@ -96,7 +99,8 @@ def process_image(
     if failure is not None:
         return failure
     try:
-        image = decode(body, max_pixels, reduce_for=specs if fast else (), check_only=fast and not specs)
+        image = decode(body, max_pixels, max_decode_bytes=max_decode_bytes, reduce_for=specs if fast else (),
+                       check_only=fast and not specs)
     except ImageRejected as exc:
         return Outcome(exc.reason, exc.details)
     original_size = full_size(image)

@@ -95,6 +95,7 @@ def count_images(in_dir: Path, out_dir: Path) -> int:
 class ResizeOptions:
     spec: ResizeSpec
     max_pixels: int  # OPENIMAGES_MAX_PIXELS
+    max_decode_bytes: int  # OPENIMAGES_MAX_DECODE_BYTES
     max_bytes: int  # DOWNLOAD_MAXSIZE: larger files are not read
     fast: bool = True  # OPENIMAGES_FAST_RESIZE
 
@@ -131,7 +132,7 @@ class Resizer:
             return JobResult(source, IO_ERROR, f"cannot read: {exc}")
         # The crawl's own CPU stage: no size or MD5 to check, one output.
         outcome = process_image(data, Expected(), (options.spec,), max_pixels=options.max_pixels,
-                                fast=options.fast)
+                                max_decode_bytes=options.max_decode_bytes, fast=options.fast)
         if not outcome.ok:
             assert outcome.reason is not None
             return JobResult(source, outcome.reason, outcome.details, bytes_in=len(data))

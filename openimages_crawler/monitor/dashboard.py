@@ -25,6 +25,7 @@ from twisted.internet import threads
 from twisted.web import resource, server
 
 from openimages_crawler.crawl.config import CrawlConfig, open_crawl_store
+from openimages_crawler.dataset.rows import SAFE_ID
 from openimages_crawler.monitor.extensions import (
     RECENT_FAILURES,
     failure_entry,
@@ -33,8 +34,9 @@ from openimages_crawler.monitor.extensions import (
 )
 from openimages_crawler.monitor.progress import Counts, ProgressMeter, Rates, figures
 from openimages_crawler.monitor.report import throughput
-from openimages_crawler.monitor.status import PartStatus, latest_entries
+from openimages_crawler.monitor.status import ImageEntry, PartStatus, latest_entries
 from openimages_crawler.store.base import Store
+from openimages_crawler.store.layout import is_subset_name
 from openimages_crawler.store.results import FailureRow, SuccessRow
 
 if TYPE_CHECKING:
@@ -122,7 +124,7 @@ class DashboardServer:
     def add(self, item: object) -> None:
         """A results row: a success's image joins the latest images, a failure the latest failures."""
         if isinstance(item, SuccessRow):
-            key = thumbnail_key(self.config, item)
+            key = thumbnail_key(self.config, item.subset, item["ImageID"])
             if key is not None:
                 self.images.appendleft(RecentImage(next(self.serials), item.subset, item["ImageID"], key))
         elif isinstance(item, FailureRow):
@@ -143,15 +145,25 @@ class DashboardServer:
         self.failures.clear()
         self.failures.extend(entries)
 
-    def show_images(self, entries: Iterable[dict[str, str]]) -> None:
-        """The latest images, newest first (from the processes' records); an
-        image already shown keeps its serial, so its address stays valid."""
+    def show_images(self, entries: Iterable[ImageEntry]) -> None:
+        """The latest images, newest first (from the processes' records: only
+        those ``servable``); an image already shown keeps its serial, so its
+        address stays valid."""
         shown = {image.key: image for image in self.images}
         latest = [shown.get(entry["key"]) or RecentImage(next(self.serials), entry["subset"], entry["image_id"],
                                                          entry["key"])
-                  for entry in entries]
+                  for entry in entries if self.servable(entry)]
         self.images.clear()
         self.images.extend(latest[: self.images.maxlen])
+
+    def servable(self, entry: ImageEntry) -> bool:
+        """Whether a record's image is one this view may read: the file the
+        layout gives a plain subset and ImageID in the first resized output.
+        Anyone who writes to the store can write a record, naming any key
+        (``../../etc/passwd``, ``/etc/passwd``, ``train/images-success.csv``)."""
+        subset, image_id = entry["subset"], entry["image_id"]
+        return (is_subset_name(subset) and SAFE_ID.fullmatch(image_id) is not None
+                and entry["key"] == thumbnail_key(self.config, subset, image_id))
 
     def status(self) -> dict[str, Any]:
         counts, rates = self.counts, self.rates

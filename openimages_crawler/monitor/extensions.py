@@ -22,8 +22,7 @@ from openimages_crawler.monitor.progress import (
     ProgressMeter,
     figures,
 )
-from openimages_crawler.monitor.report import HostTally
-from openimages_crawler.monitor.status import PartStatus, RecordSender, set_counts
+from openimages_crawler.monitor.status import HostRanking, ImageEntry, PartStatus, RecordSender, set_counts
 from openimages_crawler.reasons import FAILURE_STAT_PREFIX
 from openimages_crawler.store.ledger import recorded_rows
 from openimages_crawler.store.results import FailureRow, SuccessRow
@@ -134,10 +133,10 @@ class RunReport:
         self.enabled = crawler.settings.getbool("OPENIMAGES_REPORT")
         self.store = open_crawl_store(crawler.settings)  # the report goes there
         self.sender: RecordSender | None = None  # to an object store, from a thread
-        self.hosts: dict[str, HostTally] = {}
-        self.failures: deque[dict[str, str]] = deque(maxlen=RECENT_FAILURES)
         self.config = CrawlConfig.from_settings(crawler.settings)
-        self.images: deque[dict[str, str]] = deque(
+        self.hosts = HostRanking(self.config.status_hosts)
+        self.failures: deque[dict[str, str]] = deque(maxlen=RECENT_FAILURES)
+        self.images: deque[ImageEntry] = deque(
             maxlen=max(crawler.settings.getint("OPENIMAGES_DASHBOARD_IMAGES"), 1))
         self.status: PartStatus | None = None
         self.written = 0.0
@@ -154,13 +153,12 @@ class RunReport:
         if not isinstance(item, SuccessRow | FailureRow):
             return
         host = result_host(item)
-        tally = self.hosts.setdefault(host, HostTally())
         if isinstance(item, FailureRow):
-            tally.failures[item.reason] += 1
+            self.hosts.add(host, item.reason)
             self.failures.appendleft(failure_entry(item))
         else:
-            tally.ok += 1
-            key = thumbnail_key(self.config, item)
+            self.hosts.add(host)
+            key = thumbnail_key(self.config, item.subset, item["ImageID"])
             if key is not None:
                 self.images.appendleft({"subset": item.subset, "image_id": item["ImageID"], "key": key})
 
@@ -215,8 +213,8 @@ class RunReport:
             self.store.uri, started=_iso(stats.get("start_time")), seconds=final.time, reason=reason,
             arguments=dict(getattr(spider, "given", {})), settings=run_settings(self.crawler.settings, self.config))
         files = spider.results_files()
-        self.page = report.write(self.store, report.build(
-            final=final, history=meter.history + [final], hosts=self.hosts,
+        self.page = report.write(self.store, self.config.min_free_bytes, report.build(
+            final=final, history=meter.history + [final], hosts=self.hosts.tallies,
             stages={**self.stages(), "wall_s": final.time}, run=run, store_totals=recorded_rows(files)))
 
 
@@ -233,13 +231,13 @@ def run_settings(settings: BaseSettings, config: CrawlConfig) -> dict[str, Any]:
     }
 
 
-def thumbnail_key(config: CrawlConfig, item: SuccessRow) -> str | None:
-    """The first resized output's key (no work: a name); none when only originals
-    are kept or every output is in a container (no file per image)."""
+def thumbnail_key(config: CrawlConfig, subset: str, image_id: str) -> str | None:
+    """The key of an image's first resized output (no work: a name); none when
+    only originals are kept or every output is in a container (no file per image)."""
     output = next((output for output in config.outputs if output.container == "files"), None)
     if output is None:
         return None
-    return config.layout.image_key(item.subset, output.dir, item["ImageID"], output.spec.format)
+    return config.layout.image_key(subset, output.dir, image_id, output.spec.format)
 
 
 def failure_entry(item: FailureRow) -> dict[str, str]:

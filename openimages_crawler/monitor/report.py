@@ -16,12 +16,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from openimages_crawler.monitor.progress import Counts, byte_size, duration
-from openimages_crawler.store.base import Store, writing_text
+from openimages_crawler.redact import redacted_settings
+from openimages_crawler.store.base import Store, has_room, writing_text
+from openimages_crawler.store.layout import REPORT_HTML, REPORT_JSON
 
 logger = logging.getLogger(__name__)
 
 _TOP_HOSTS = 30
-REPORT_JSON, REPORT_HTML = "report.json", "report.html"
 HISTORY_RUNS = 200  # runs kept in the report's history, latest last
 
 # The stages' times in words (report.json keeps the keys).
@@ -124,9 +125,9 @@ def run_record(store_uri: str, *, started: str, seconds: float, reason: str,
         "finished": datetime.now(UTC).isoformat(timespec="seconds"),
         "seconds": round(seconds, 1),
         "finish_reason": reason,
-        "arguments": arguments,
+        "arguments": redacted_settings(arguments),
         "processes": processes,
-        "settings": settings or {},
+        "settings": redacted_settings(settings or {}),
     }
 
 
@@ -166,10 +167,12 @@ def previous_report(store: Store) -> dict[str, Any] | None:
     return figures if isinstance(figures, dict) and "totals" in figures and "run" in figures else None
 
 
-def write(store: Store, figures: dict[str, Any]) -> str | None:
+def write(store: Store, min_free_bytes: int, figures: dict[str, Any]) -> str | None:
     """``report.json`` and ``report.html`` at the store's top (each atomically),
     the previous runs kept in their history; the page's address, ``None``
-    when it could not be written."""
+    when it could not be written (or not below ``min_free_bytes``)."""
+    if not has_room(store, min_free_bytes):
+        return None
     figures, kept = with_history(figures, previous_report(store))
     try:
         for name, text in ((REPORT_JSON, to_json(figures)), (REPORT_HTML, to_html(figures))):

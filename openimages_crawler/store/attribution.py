@@ -1,7 +1,11 @@
 """``{Subset}/ATTRIBUTION.csv`` and ``ATTRIBUTION.md``: who made each stored
 image and under which license, rewritten from the success file whenever the
 results are settled (the Flickr photos of Open Images are Creative Commons:
-most need their author credited)."""
+most need their author credited).
+
+Titles, names and URLs come from metadata anyone can write: a cell a
+spreadsheet would run as a formula is kept as text, and ``ATTRIBUTION.md`` is a
+fixed text that no row's value ever reaches (no Markdown or HTML to escape)."""
 
 from __future__ import annotations
 
@@ -15,6 +19,9 @@ ATTRIBUTION_CSV = "ATTRIBUTION.csv"
 ATTRIBUTION_MD = "ATTRIBUTION.md"
 ATTRIBUTION_COLUMNS = ("ImageID", "Title", "Author", "AuthorProfileURL", "License", "OriginalLandingURL")
 _UNESCAPED = ("Title", "Author")  # Flickr's HTML entities (O&#x27;Neil) as the characters they stand for
+# First characters that make a spreadsheet read a cell as a formula (OWASP's CSV
+# injection list, and the full-width forms some locales' spreadsheets take too).
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "\uff1d", "\uff0b", "\uff0d", "\uff20")
 
 ATTRIBUTION_TEXT = """\
 # Attribution
@@ -50,11 +57,13 @@ def write_attribution(success_csv: Path) -> Path:
     try:
         with open(success_csv, newline="", encoding="utf-8") as source, \
                 open(temp, "w", newline="", encoding="utf-8") as out:
-            writer = csv.writer(out, lineterminator="\n")
+            # RFC 4180's line end: a cell holding a bare CR is then quoted, not a row break
+            # (with "\n" the csv module leaves it bare, and the rest of the title a new row).
+            writer = csv.writer(out, lineterminator="\r\n")
             writer.writerow(ATTRIBUTION_COLUMNS)
             for row in csv.DictReader(source):
-                writer.writerow([html.unescape(row.get(name) or "") if name in _UNESCAPED else row.get(name) or ""
-                                 for name in ATTRIBUTION_COLUMNS])
+                writer.writerow([_as_text(html.unescape(row.get(name) or "") if name in _UNESCAPED
+                                          else row.get(name) or "") for name in ATTRIBUTION_COLUMNS])
         os.replace(temp, target)
     finally:
         temp.unlink(missing_ok=True)
@@ -64,3 +73,9 @@ def write_attribution(success_csv: Path) -> Path:
         temp.write_text(ATTRIBUTION_TEXT, encoding="utf-8")
         os.replace(temp, notes)
     return target
+
+
+def _as_text(cell: str) -> str:
+    """``cell`` as a spreadsheet shows it and never runs it: a leading apostrophe
+    on a would-be formula (after the entities are unescaped: ``&#61;`` is ``=``)."""
+    return "'" + cell if cell.startswith(_FORMULA_STARTS) else cell

@@ -9,12 +9,15 @@ before anything is downloaded.
 from __future__ import annotations
 
 import io
+import logging
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Protocol
 from urllib.parse import urlsplit
+
+logger = logging.getLogger(__name__)
 
 
 class UnsupportedStore(ValueError):
@@ -38,6 +41,7 @@ class StoreOptions:
     concurrency: int = 32  # simultaneous requests (the connection pool is sized to it)
     multipart_bytes: int = 64 * 1024 * 1024  # larger objects go up in parts
     attempts: int = 5  # per request, with backoff, on throttling, 5xx and connection errors
+    unsafe_leases: bool = False  # leases on a server that does not enforce conditional writes
 
 
 class Store(Protocol):
@@ -105,3 +109,22 @@ def writing_text(store: Store, key: str) -> Iterator[IO[str]]:
         finally:
             text.flush()
             text.detach()
+
+
+_FLOOR_SAID: list[bool] = []  # the warning below, once said in this process
+
+
+def has_room(store: Store, floor: int) -> bool:
+    """Whether an end-of-run extra (the database, the report, the attribution
+    files) may be written: not below OPENIMAGES_MIN_FREE_BYTES, which the crawl
+    itself stopped at. The first refusal is said once; the next run or
+    ``scrapy db`` brings the extras up to date."""
+    free = store.free_bytes() if floor > 0 else None
+    if free is None or free >= floor:
+        return True
+    if not _FLOOR_SAID:
+        _FLOOR_SAID.append(True)
+        logger.warning("%s has %s bytes free, under OPENIMAGES_MIN_FREE_BYTES (%s): the database, report and "
+                       "attribution files are not updated (the next run or scrapy db brings them up to date)",
+                       store.uri, f"{free:,}", f"{floor:,}")
+    return False

@@ -6,8 +6,10 @@ annotation files, class descriptions, shard indexes) and updated
 incrementally: a results file that only grew since the last update has just
 its new rows read; one that was rewritten (a merge that reconciled failures)
 is read again; unchanged files are not read at all. Written in a staging
-copy and renamed, so a kill leaves the previous database whole. No Scrapy
-import; ``duckdb`` is imported only here.
+copy and renamed, so a kill leaves the previous database whole. A name
+read from a file is always quoted (or mapped, ``_column_names``) and a value
+always a parameter: no file's text is ever read as SQL. No Scrapy import;
+``duckdb`` is imported only here.
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ import logging
 import os
 import shutil
 import tempfile
+import textwrap
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,16 +30,23 @@ from typing import Any
 from PIL import Image
 
 from openimages_crawler.dataset.annotations import ClassNames
-from openimages_crawler.dataset.catalogue import ANNOTATION_FILES, CLASS_NAMES_FILE
-from openimages_crawler.store.layout import StoreLayout
+from openimages_crawler.dataset.catalogue import ANNOTATION_FILES, CLASS_NAMES_FILE, FAILURE_COLUMNS
+from openimages_crawler.dataset.rows import MetadataError
+from openimages_crawler.store.layout import PENDING_DIR, StoreLayout
 from openimages_crawler.store.local import LocalStore
 from openimages_crawler.store.shards import MANIFEST, join, read_index, read_manifest
 
 logger = logging.getLogger(__name__)
 
-PENDING_DIR = ".pending"  # in the records folder: {part}.csv, the rows a stopped process left in flight
 _TAIL_CHECK = 4096  # bytes before the last read end that must be unchanged for an append-only read
 MEMORY_LIMIT = "2GB"  # DuckDB spills to disk beyond it: an update fits beside a running crawl
+# A file's column named like one the database fills itself is carried under this prefix (Status -> extra_Status).
+EXTRA_PREFIX = "extra_"
+# The images columns the database fills itself (FailureReason and FailureDetails only a failure file gives).
+IMAGES_OWN_COLUMNS = ("status", "output", "path", "shard", "offset", "width", "height", "bytes", "_source")
+ANNOTATIONS_OWN_COLUMNS = ("Subset",)  # labels and boxes: the file's subset folder
+# How the store's CSV files are written; fixed, so that no header steers how DuckDB splits them.
+CSV_DIALECT = "delim = ',', quote = '\"', escape = '\"'"
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,10 +89,11 @@ def update_database(database: Path, store: LocalStore, layout: StoreLayout, resu
             _schema(con)
             con.execute("CREATE TEMP TABLE _touched (ImageID VARCHAR, Subset VARCHAR)")
             for results_file in results:
-                counts.rows_added += _load_results(con, results_file, counts)
+                with _left_out_if_unreadable(results_file.path):
+                    counts.rows_added += _load_results(con, results_file, counts)
             _drop_superseded(con)
             _place(con, store, layout, main)
-            _load_annotations(con, store, sorted({r.subset for r in results}), counts)
+            _load_annotations(con, store, sorted({r.subset for r in results} - {""}), counts)  # "": pending lists
             counts.images = con.execute("SELECT count(*) FROM images").fetchone()[0]
             con.execute("CHECKPOINT")
         os.replace(staging, database)
@@ -157,42 +169,118 @@ def _load_results(con: Any, results_file: ResultsFile, counts: DatabaseCounts) -
     else:
         con.execute("DELETE FROM images WHERE _source = ?", [key])
     counts.files_read += 1
-    with tempfile.TemporaryDirectory() as folder:
-        chunk = Path(folder) / "rows.csv"
-        with open(path, "rb") as source, open(chunk, "wb") as out:
-            out.write(source.readline())  # the header
-            if start:
-                source.seek(start)
-            shutil.copyfileobj(source, out)
-        columns = _columns(chunk)
-        _add_columns(con, "images", columns)
-        con.execute(
-            f"CREATE OR REPLACE TEMP TABLE _new AS SELECT *, ? AS status, ? AS _source"
-            f"{'' if 'Subset' in columns else ', ? AS Subset'} "
-            "FROM read_csv(?, header = true, all_varchar = true, delim = ',', quote = '\"', escape = '\"')",
-            [results_file.status, key, *([] if "Subset" in columns else [results_file.subset]), str(chunk)])
-        # Rows without a Subset belong to their file's subset.
-        con.execute("UPDATE _new SET Subset = ? WHERE Subset IS NULL OR Subset = ''", [results_file.subset])
-        con.execute("INSERT INTO _touched SELECT DISTINCT ImageID, Subset FROM _new")
-        con.execute("INSERT INTO images BY NAME SELECT * FROM _new")
-        added = con.execute("SELECT count(*) FROM _new").fetchone()[0]
-        con.execute("DROP TABLE _new")
+    header = _header(path)
+    added = _read_results(con, results_file, header, start) if header.names else 0  # no names: an empty file
     con.execute("INSERT OR REPLACE INTO _loaded VALUES (?, ?, ?, ?)", [key, size, mtime_ns, _tail_digest(path, size)])
     return added
 
 
-def _columns(path: Path) -> list[str]:
-    with open(path, newline="", encoding="utf-8") as handle:
-        return [name.strip() for name in next(csv.reader(handle), [])]
+def _images_own_columns(status: str) -> tuple[str, ...]:
+    """The images columns a results file of ``status`` cannot set: its own
+    FailureReason and FailureDetails are metadata unless it lists failures."""
+    return IMAGES_OWN_COLUMNS if status == "failed" else (*IMAGES_OWN_COLUMNS, *FAILURE_COLUMNS)
 
 
-def _add_columns(con: Any, table: str, columns: Iterable[str]) -> None:
-    """Metadata columns differ between versions: a table grows the ones it lacks."""
-    present = {row[0] for row in con.execute(f"DESCRIBE {table}").fetchall()}
-    for name in columns:
-        if name and name not in present:
-            con.execute(f'ALTER TABLE {table} ADD COLUMN "{name.replace(chr(34), "")}" VARCHAR')
-            present.add(name)
+def _read_results(con: Any, results_file: ResultsFile, header: _Header, start: int) -> int:
+    """The rows of ``results_file`` from byte ``start`` on (all of them from 0)
+    added to ``images``; the number added."""
+    names = _column_names(header.names, _images_own_columns(results_file.status))
+    has_subset = "subset" in {name.casefold() for name in names}
+    with tempfile.TemporaryDirectory() as folder:
+        chunk = Path(folder) / "rows.csv"
+        with open(results_file.path, "rb") as source, open(chunk, "wb") as out:
+            out.write(source.read(header.size))
+            source.seek(max(start, header.size))
+            shutil.copyfileobj(source, out)
+        con.execute(
+            f"CREATE OR REPLACE TEMP TABLE _new AS SELECT {_select_list(names)}, ? AS status, ? AS _source"
+            f"{'' if has_subset else ', ? AS Subset'} "
+            f"FROM read_csv(?, header = true, names = ?, new_line = ?, all_varchar = true, {CSV_DIALECT})",
+            [results_file.status, str(results_file.path), *([] if has_subset else [results_file.subset]),
+             str(chunk), names, header.line_end])
+    # Rows without a Subset belong to their file's subset.
+    con.execute("UPDATE _new SET Subset = ? WHERE Subset IS NULL OR Subset = ''", [results_file.subset])
+    con.execute("INSERT INTO _touched SELECT DISTINCT ImageID, Subset FROM _new")
+    _add_columns(con, "images")
+    con.execute("INSERT INTO images BY NAME SELECT * FROM _new")
+    added: int = con.execute("SELECT count(*) FROM _new").fetchone()[0]
+    con.execute("DROP TABLE _new")
+    return added
+
+
+@dataclass(frozen=True, slots=True)
+class _Header:
+    """A CSV file's first record: its names as written (bytes that are not
+    UTF-8 replaced), its size in bytes, and its line ending, which DuckDB is
+    told (its sniffer fails on a first record that holds a line break)."""
+
+    names: list[str]
+    size: int
+    line_end: str  # as read_csv's new_line spells it
+
+
+def _header(path: Path) -> _Header:
+    with open(path, "rb") as handle:
+        names = next(csv.reader(line.decode("utf-8-sig", "replace") for line in handle), [])
+        size = handle.tell()  # the csv reader pulls no line beyond its first record
+        handle.seek(max(size - 2, 0))
+        crlf = handle.read(2) == b"\r\n"
+    return _Header(names, size, "\\r\\n" if crlf else "\\n")
+
+
+def _column_names(header: Iterable[str], own: Iterable[str]) -> list[str]:
+    """The names a file's columns take in the database: as written (stripped),
+    except that an empty one becomes ``column{N}`` (its position), one named
+    like a column the database fills itself (``own``) takes EXTRA_PREFIX, and
+    a repeat takes ``_2``, ``_3``... Compared case-insensitively, as DuckDB
+    does; never pasted into SQL unquoted (``_quoted``)."""
+    own_names = {name.casefold() for name in own}
+    taken = set(own_names)
+    names = []
+    for position, written in enumerate(header, 1):
+        name = written.strip() or f"column{position}"
+        if name.casefold() in own_names:
+            name = EXTRA_PREFIX + name
+        unique, copy = name, 1
+        while unique.casefold() in taken:
+            copy += 1
+            unique = f"{name}_{copy}"
+        taken.add(unique.casefold())
+        names.append(unique)
+    return names
+
+
+def _quoted(name: str) -> str:
+    """``name`` as a DuckDB identifier: in double quotes, its own doubled, so that it is never read as SQL."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _select_list(names: Iterable[str]) -> str:
+    return ", ".join(_quoted(name) for name in names)
+
+
+def _add_columns(con: Any, table: str) -> None:
+    """Metadata and annotation columns differ between versions: ``table`` grows
+    the columns of ``_new`` it lacks, with the types DuckDB gave them."""
+    present = {column.casefold() for column, *_ in con.execute(f"DESCRIBE {table}").fetchall()}
+    for column, kind, *_ in con.execute("DESCRIBE _new").fetchall():
+        if column.casefold() not in present:
+            con.execute(f"ALTER TABLE {table} ADD COLUMN {_quoted(column)} {kind}")
+
+
+@contextmanager
+def _left_out_if_unreadable(path: Path) -> Iterator[None]:
+    """A file that DuckDB cannot read (broken quoting, bytes that are not
+    UTF-8, a value not of its column's type, no ImageID) is left out with a
+    warning and tried again at the next update: no file fails the database."""
+    import duckdb  # noqa: PLC0415 (only the database needs it)
+
+    try:
+        yield
+    except (csv.Error, MetadataError, duckdb.InvalidInputException, duckdb.ConversionException,
+            duckdb.BinderException) as exc:
+        logger.warning("%s is left out of the database until it can be read: %s", path,
+                       textwrap.shorten(str(exc), 300))
 
 
 def _drop_superseded(con: Any) -> None:
@@ -285,21 +373,29 @@ def _load_annotations(con: Any, store: LocalStore, subsets: list[str], counts: D
             if known is not None and tuple(known) == (size, mtime_ns):
                 continue
             counts.files_read += 1
-            con.execute(f"DELETE FROM {table} WHERE Subset = ?", [subset])
-            if table == "classes":
-                _register(con, "_names", [(subset, mid, name, number) for number, (mid, name) in
-                                          enumerate(ClassNames.load(path).names.items(), 1)],
-                          [("Subset", "string"), ("LabelName", "string"), ("DisplayName", "string"),
-                           ("ClassIndex", "int32")])
-                con.execute("CREATE OR REPLACE TEMP TABLE _new AS SELECT * FROM _names")
-                con.unregister("_names")
-            else:
-                con.execute("CREATE OR REPLACE TEMP TABLE _new AS SELECT ? AS Subset, * FROM "
-                            "read_csv(?, header = true, auto_detect = true)", [subset, key])
-            present = {row[0] for row in con.execute(f"DESCRIBE {table}").fetchall()}
-            for column, kind, *_ in con.execute("DESCRIBE _new").fetchall():
-                if column not in present:
-                    con.execute(f'ALTER TABLE {table} ADD COLUMN "{column}" {kind}')
-            con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM _new")
-            con.execute("DROP TABLE _new")
-            con.execute("INSERT OR REPLACE INTO _loaded VALUES (?, ?, ?, NULL)", [key, size, mtime_ns])
+            with _left_out_if_unreadable(path):
+                con.execute(f"DELETE FROM {table} WHERE Subset = ?", [subset])
+                if _read_annotations(con, table, subset, path):
+                    _add_columns(con, table)
+                    con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM _new")
+                    con.execute("DROP TABLE _new")
+                con.execute("INSERT OR REPLACE INTO _loaded VALUES (?, ?, ?, NULL)", [key, size, mtime_ns])
+
+
+def _read_annotations(con: Any, table: str, subset: str, path: Path) -> bool:
+    """One subset's file of ``table`` as the temp table ``_new``; False when it
+    has no columns (an empty file)."""
+    if table == "classes":
+        _register(con, "_names", [(subset, mid, name, number) for number, (mid, name) in
+                                  enumerate(ClassNames.load(path).names.items(), 1)],
+                  [("Subset", "string"), ("LabelName", "string"), ("DisplayName", "string"), ("ClassIndex", "int32")])
+        con.execute("CREATE OR REPLACE TEMP TABLE _new AS SELECT * FROM _names")
+        con.unregister("_names")
+        return True
+    header = _header(path)
+    if header.names:
+        names = _column_names(header.names, ANNOTATIONS_OWN_COLUMNS)
+        con.execute(f"CREATE OR REPLACE TEMP TABLE _new AS SELECT ? AS Subset, {_select_list(names)} FROM "
+                    f"read_csv(?, header = true, names = ?, new_line = ?, auto_detect = true, {CSV_DIALECT})",
+                    [subset, str(path), names, header.line_end])
+    return bool(header.names)

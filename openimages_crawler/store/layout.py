@@ -2,8 +2,35 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from urllib.parse import urlsplit
+
+# The names the store itself uses at its root (and in a work folder), one list: a
+# subset folder never takes one of them (a row naming one is invalid_row).
+STAGING_DIR = ".tmp"  # atomic writes in the making
+LOCKS_DIR = ".locks"  # OS locks, or a bucket's leases
+STATUS_DIR = ".status"  # each process's record
+PENDING_DIR = ".pending"  # the rows a stopped process had in flight
+FLEET_DIR = ".fleet"  # fleet.json
+METADATA_DIR = "metadata"  # the metadata cache
+REPORT_JSON, REPORT_HTML = "report.json", "report.html"
+DATABASE_FILE = "openimages.duckdb"  # OPENIMAGES_DATABASE's default name
+ROOT_NAMES = frozenset({STAGING_DIR, LOCKS_DIR, STATUS_DIR, PENDING_DIR, FLEET_DIR, METADATA_DIR, REPORT_JSON,
+                        REPORT_HTML, DATABASE_FILE, f"{DATABASE_FILE}.wal"})
+# A work folder's shard folders (shard-KofN), and database files of any name.
+ROOT_PATTERN = re.compile(r"shard-\d+of\d+|.*\.duckdb(\.wal)?", re.IGNORECASE)
+SAFE_SUBSET = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+def is_root_name(name: str) -> bool:
+    """One of the store's own names at its root."""
+    return name.lower() in ROOT_NAMES or name.startswith(".") or bool(ROOT_PATTERN.fullmatch(name))
+
+
+def is_subset_name(value: str) -> bool:
+    """A name usable as a subset folder: plain, and not one of the store's own."""
+    return bool(SAFE_SUBSET.fullmatch(value)) and not is_root_name(value)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,8 +1,12 @@
 """Who may write what in a bucket: leases under ``{prefix}/.locks/``.
 
 A bucket has no ``flock``, so a lock there is an object written only if it is
-absent (``If-None-Match: *``) and renewed only if nobody replaced it
-(``If-Match`` its ETag), every RENEW_S by a thread of its holder. A holder
+absent and renewed only if nobody replaced it (the store's conditional writes:
+S3's ``If-None-Match: *`` and ``If-Match`` its ETag, GCS's generation
+preconditions), every RENEW_S by a thread of its holder. The store proves,
+before the first lease, that its server refuses a second create; a write whose
+first attempt committed unseen (botocore retried it, and the retry was refused)
+is told by the record's ``token``, which only its holder writes. A holder
 that stops renewing (killed, its machine gone) loses the lease LEASE_S after
 its last renewal, by the server's clock; on the holder's own host a dead
 process frees it at once. A holder that cannot renew in time (a partition)
@@ -70,7 +74,7 @@ class BucketLease:
         self.on_lost = on_lost
         self.lease_s, self.renew_s = lease_s, renew_s
         self.record = {**new_holder(), "token": secrets.token_hex(8)}
-        self.etag: str | None = None
+        self.version: str | None = None  # of the record last written (the store's ETag or generation)
         self.renewed = 0.0  # monotonic time of the last renewal
         self.stopping = threading.Event()
         self.renewer: threading.Thread | None = None
@@ -88,20 +92,33 @@ class BucketLease:
                 return Holder(record, found.age)
             logger.info("Taking over %s/%s (%s, silent for %.0f s)", self.store.uri, self.key,
                         describe(record), found.age)
-            if self._put(found.etag):
+            if self._put(found.version):
                 return None
         raise StoreLocked(f"{self.store.uri}/{self.key} keeps changing; try again")
 
-    def _put(self, etag: str | None) -> bool:
-        self.record["renewals"] = int(self.record.get("renewals", 0)) + (etag is not None)
-        written = self.store.put_if(self.key, json.dumps(self.record).encode(), etag)
+    def _put(self, version: str | None) -> bool:
+        self.record["renewals"] = int(self.record.get("renewals", 0)) + (version is not None)
+        written = self.store.put_if(self.key, json.dumps(self.record).encode(), version) or self._own_version()
         if written is None:
             return False
-        self.etag, self.renewed = written, time.monotonic()
+        self.version, self.renewed = written, time.monotonic()
         if self.renewer is None:
             self.renewer = threading.Thread(target=self._renew, name=f"lease-{self.name}", daemon=True)
             self.renewer.start()
         return True
+
+    def _own_version(self) -> str | None:
+        """The lease's version when it holds this holder's record after all: a
+        write botocore retried (a timeout) whose first attempt had committed is
+        refused, as the lease no longer has the version it named."""
+        found = self.store.look(self.key)
+        if found is None:
+            return None
+        try:
+            token = json.loads(found.body).get("token")
+        except (ValueError, AttributeError):  # not a record of this code's
+            return None
+        return found.version if token == self.record["token"] else None
 
     def wait(self, stop: threading.Event | None = None) -> None:
         """Take the lease, waiting for its holder to end (or ``stop``)."""
@@ -114,7 +131,7 @@ class BucketLease:
         """Every ``renew_s``: the lease again, on the condition nobody replaced it."""
         while not self.stopping.wait(self.renew_s):
             try:
-                if self._put(self.etag):
+                if self._put(self.version):
                     continue
                 why = "another process took it over"
             except OSError as exc:
@@ -122,7 +139,7 @@ class BucketLease:
                     logger.warning("Cannot renew %s/%s (tried again): %s", self.store.uri, self.key, exc)
                     continue
                 why = f"it could not be renewed for {self.lease_s:.0f} s ({exc})"
-            self.etag = None
+            self.version = None
             message = f"lost the lock {self.store.uri}/{self.key}: {why}"
             logger.error("%s", message)
             if self.on_lost is not None:
@@ -133,10 +150,10 @@ class BucketLease:
         self.stopping.set()
         if self.renewer is not None and self.renewer is not threading.current_thread():
             self.renewer.join()
-        etag, self.etag = self.etag, None
-        if etag is not None:
+        version, self.version = self.version, None
+        if version is not None:
             try:
-                self.store.delete_if(self.key, etag)
+                self.store.delete_if(self.key, version)
             except OSError as exc:  # it expires by itself
                 logger.warning("Cannot release %s/%s: %s", self.store.uri, self.key, exc)
 

@@ -21,6 +21,7 @@ from openimages_crawler.dataset.idset import CHUNK_ROWS, IdSet, read_id_column
 from openimages_crawler.dataset.retry import RetryFilter
 from openimages_crawler.dataset.rows import MetadataError
 from openimages_crawler.store.attribution import write_attribution
+from openimages_crawler.store.base import has_room
 from openimages_crawler.store.csvfiles import (
     iter_records,
     read_csv_header,
@@ -117,15 +118,17 @@ def recorded_rows(files: dict[str, list[str]]) -> dict[str, int]:
 
 
 def settle(files: dict[str, list[str]], store: LocalStore, index: int = 1, count: int = 1, *,
-           reconcile_failures: bool = True, locked: bool = False) -> None:
+           reconcile_failures: bool = True, locked: bool = False, min_free_bytes: int = 0) -> None:
     """End a run of shard ``index`` of ``count``: merge its results parts into
     the results files and, when asked, ``reconcile`` the failure files, then
     write each subset's attribution from its success file (under the store's
-    ``results`` lock, unless the caller holds it)."""
+    ``results`` lock, unless the caller holds it; not below ``min_free_bytes``)."""
     with nullcontext() if locked else exclusive(store.root, "results"):
         merge_owned(files["success"] + files["failure"], index, count)
         if reconcile_failures:
             reconcile(files, store)
+        if not has_room(store, min_free_bytes):
+            return
         for success in existing(files["success"]):
             write_attribution(success)
 

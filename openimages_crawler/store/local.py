@@ -17,8 +17,7 @@ from pathlib import Path
 from typing import IO
 
 from openimages_crawler.store.base import StoreOptions
-
-STAGING_DIR = ".tmp"
+from openimages_crawler.store.layout import STAGING_DIR
 
 
 class LocalStore:
@@ -36,8 +35,13 @@ class LocalStore:
         self._made_dirs: set[Path] = set()
 
     def path(self, key: str) -> Path:
-        """The local file of ``key``."""
-        return self.root.joinpath(*key.split("/"))
+        """The local file of ``key``. A key that is absolute or has a ``..``
+        part is refused (``ValueError``): keys can come from files that anyone
+        who writes to the store wrote, and none may name a file outside it."""
+        parts = key.split("/")
+        if key.startswith("/") or ".." in parts:
+            raise ValueError(f"{key!r} is not a key inside the store {self.uri}")
+        return self.root.joinpath(*parts)
 
     def open(self) -> None:
         remove_dead_staging(self.root)

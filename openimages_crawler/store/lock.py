@@ -22,9 +22,9 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
+from openimages_crawler.store.layout import LOCKS_DIR
 from openimages_crawler.store.local import pid_alive
 
-LOCKS_DIR = ".locks"
 _POLL_S = 0.2
 _PROBE_S = 1.0  # how long a probe of another sharding's lock may wait
 # How long to wait for the processes of a killed run to stop (they hold its lock a few seconds).

@@ -144,7 +144,8 @@ def refresh_finals(store: ObjectStore, local: LocalStore, final_patterns: list[s
 
 
 def settle_in_bucket(store: ObjectStore, local: LocalStore, files: dict[str, list[str]], index: int = 1,
-                     count: int = 1, *, reconcile_failures: bool = True, whole: bool = False) -> None:
+                     count: int = 1, *, reconcile_failures: bool = True, whole: bool = False,
+                     min_free_bytes: int = 0) -> None:
     """End a run of shard ``index`` of ``count`` on an object store, under the
     bucket's ``results`` lease: the bucket's results files as they are now
     (other shards may have merged since this run pulled them), this shard's
@@ -156,11 +157,13 @@ def settle_in_bucket(store: ObjectStore, local: LocalStore, files: dict[str, lis
             pull(store, local, patterns)
         else:
             refresh_finals(store, local, patterns)
-        settle(files, local, index, count, reconcile_failures=reconcile_failures, locked=True)
+        settle(files, local, index, count, reconcile_failures=reconcile_failures, locked=True,
+               min_free_bytes=min_free_bytes)
         push_results(store, local, patterns, index, count)
         for success in existing(files["success"]):
             for name in (ATTRIBUTION_CSV, ATTRIBUTION_MD):
-                store.upload(success.parent / name, relative(local, str(success.parent / name)))
+                if (success.parent / name).is_file():  # not written below the free-space floor
+                    store.upload(success.parent / name, relative(local, str(success.parent / name)))
 
 
 def push_parts(store: ObjectStore, local: LocalStore, parts: Iterable[Path]) -> None:

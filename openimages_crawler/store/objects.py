@@ -31,6 +31,7 @@ from typing import IO, Any, NamedTuple
 from urllib.parse import urlsplit
 
 from openimages_crawler.store.base import StoreOptions
+from openimages_crawler.store.lock import LOCKS_DIR
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +42,10 @@ CHECK_ATTEMPTS = 2
 # Folders whose listing is kept for ``stat``; rows arrive in ImageID order, so
 # a few folders at a time are enough.
 LISTED_FOLDERS = 64
+# Whether a server enforces create-if-absent, by (endpoint, store URI): probed once per
+# process, however many store objects a command makes of one IMAGES_STORE.
+_EXCLUSIVE_CREATES: dict[tuple[str, str], bool] = {}
+_EXCLUSIVE_CREATES_LOCK = threading.Lock()
 
 
 class ObjectEntry(NamedTuple):
@@ -50,12 +55,17 @@ class ObjectEntry(NamedTuple):
 
 class Looked(NamedTuple):
     body: bytes
-    etag: str
+    version: str  # what a conditional write names: the ETag (GCS: the generation)
     age: float  # seconds since it was last written, by the server's clock
 
 
 class StoreUnavailable(OSError):
-    """The bucket cannot be used: missing, refused credentials, unreachable endpoint."""
+    """The bucket cannot be used: missing, refused credentials, unreachable endpoint,
+    or a server whose conditional writes cannot keep the leases' holders apart."""
+
+
+class _NoConditions(OSError):
+    """The server refused a conditional write as not implemented."""
 
 
 def split_uri(uri: str) -> tuple[str, str]:
@@ -82,7 +92,6 @@ class ObjectStore:
         self._listed: OrderedDict[str, dict[str, int]] = OrderedDict()
         self._parents: dict[str, set[str]] = {}  # folder -> its sub-folders (a few per output)
         self._listed_lock = threading.Lock()
-        self._warned_unconditional = False
 
     # --- the connection ------------------------------------------------------
 
@@ -125,11 +134,17 @@ class ObjectStore:
     def check(self) -> None:
         """One request that proves the bucket exists and the credentials may list
         it, or ``StoreUnavailable`` saying which of the two failed. Tried twice, not
-        ``attempts`` times: a crawl that cannot start says so within seconds."""
+        ``attempts`` times: a crawl that cannot start says so within seconds. Then
+        the probe of the server's conditional writes, which every crawl's and
+        fleet's locks rely on (``prove_exclusive_creates``)."""
         try:
             self._new_client(CHECK_ATTEMPTS).list_objects_v2(Bucket=self.bucket, Prefix=self.prefix, MaxKeys=1)
         except Exception as exc:
             raise StoreUnavailable(f"{self.uri}: {describe_error(exc)}") from None
+        try:
+            self.prove_exclusive_creates()
+        except OSError as exc:  # also credentials that may list the bucket but not write to it
+            raise StoreUnavailable(str(exc)) from None
 
     def open(self) -> None:
         self.check()
@@ -285,42 +300,79 @@ class ObjectStore:
 
     # --- conditional writes (the leases of ``store.lease``) -------------------
 
-    def put_if(self, key: str, data: bytes, etag: str | None = None) -> str | None:
-        """Write ``key`` only if it does not exist (``etag`` None) or still has
-        ``etag``; its new ETag, or ``None`` when the condition failed (another
-        writer came first)."""
-        condition = {"IfMatch": etag} if etag else {"IfNoneMatch": "*"}
+    def put_if(self, key: str, data: bytes, version: str | None = None) -> str | None:
+        """Write ``key`` only if it does not exist (``version`` None) or still has
+        ``version``; its new version, or ``None`` when the condition failed (another
+        writer came first). The first call proves that the server enforces the
+        condition (``prove_exclusive_creates``)."""
+        if not self.prove_exclusive_creates():
+            return self._put_after_look(key, data, version)
+        return self._put_conditionally(key, data, version)
+
+    def prove_exclusive_creates(self) -> bool:
+        """Whether the server refuses a second create-if-absent of one object,
+        found once per process by a probe under ``.locks/`` (created twice, then
+        deleted). Only that refusal keeps two holders of a lease apart, and a
+        server may ignore the condition without an error: then
+        ``StoreUnavailable`` naming the server, unless ``unsafe_leases`` (then
+        ``False``, said once in a warning)."""
+        endpoint = self.client.meta.endpoint_url
+        with _EXCLUSIVE_CREATES_LOCK:
+            enforced = _EXCLUSIVE_CREATES.get((endpoint, self.uri))
+            if enforced is None:
+                enforced = _EXCLUSIVE_CREATES[endpoint, self.uri] = self._probe_exclusive_creates()
+                if not enforced and self.options.unsafe_leases:
+                    logger.warning("%s: the server at %s does not enforce conditional writes; with "
+                                   "OPENIMAGES_UNSAFE_LEASES the bucket's locks are taken with a look before each "
+                                   "write, which cannot keep runs on several machines apart", self.uri, endpoint)
+        if not enforced and not self.options.unsafe_leases:
+            raise StoreUnavailable(
+                f"{self.uri}: the server at {endpoint} does not enforce conditional writes (it accepted a second "
+                "create-if-absent of one object), so the bucket's locks cannot keep two runs apart; use a server "
+                "that enforces them, or set OPENIMAGES_UNSAFE_LEASES=True to take them anyway")
+        return enforced
+
+    def _probe_exclusive_creates(self) -> bool:
+        key = f"{LOCKS_DIR}/probe-{uuid.uuid4().hex}"
+        try:
+            created = self._put_conditionally(key, b"probe", None) is not None
+            return created and self._put_conditionally(key, b"probe again", None) is None
+        except _NoConditions:
+            return False
+        finally:
+            self.delete(key)
+
+    def _put_conditionally(self, key: str, data: bytes, version: str | None) -> str | None:
+        condition = {"IfMatch": version} if version else {"IfNoneMatch": "*"}
         try:
             written = self.client.put_object(Bucket=self.bucket, Key=self.key(key), Body=data, **condition)
         except Exception as exc:
             code = _error_code(exc)
             if code in _CONFLICTS:
                 return None
-            if code not in _UNSUPPORTED:
-                raise OSError(f"cannot write {self.uri}/{key}: {describe_error(exc)}") from None
-            return self._put_after_look(key, data, etag)
-        return str(written["ETag"])
+            error = _NoConditions if code in _UNSUPPORTED else OSError
+            raise error(f"cannot write {self.uri}/{key}: {describe_error(exc)}") from None
+        return self._version(written)
 
-    def _put_after_look(self, key: str, data: bytes, etag: str | None) -> str | None:
+    def _put_after_look(self, key: str, data: bytes, version: str | None) -> str | None:
         """``put_if`` on a server without conditional writes: a look, then a
-        plain PUT (two writers in between both win: runs on several machines
-        are then not kept apart, which the warning says once)."""
-        if not self._warned_unconditional:
-            self._warned_unconditional = True
-            logger.warning("%s has no conditional writes: the locks in the bucket cannot keep runs on several "
-                           "machines apart", self.uri)
+        plain PUT (two writers in between both win)."""
         found = self.look(key)
-        if (found.etag if found is not None else None) != etag:
+        if (found.version if found is not None else None) != version:
             return None
         try:
             written = self.client.put_object(Bucket=self.bucket, Key=self.key(key), Body=data)
         except Exception as exc:
             raise OSError(f"cannot write {self.uri}/{key}: {describe_error(exc)}") from None
-        return str(written["ETag"])
+        return self._version(written)
+
+    def _version(self, response: dict[str, Any]) -> str:
+        """What a conditional write names, from a PUT's or GET's response."""
+        return str(response["ETag"])
 
     def look(self, key: str) -> Looked | None:
-        """``key``'s body, ETag and age by the server's clock (the writers' clocks
-        may disagree); ``None`` when there is no such object."""
+        """``key``'s body, version and age by the server's clock (the writers'
+        clocks may disagree); ``None`` when there is no such object."""
         try:
             found = self.client.get_object(Bucket=self.bucket, Key=self.key(key))
         except Exception as exc:
@@ -329,14 +381,14 @@ class ObjectStore:
             raise OSError(f"cannot read {self.uri}/{key}: {describe_error(exc)}") from None
         served = found["ResponseMetadata"].get("HTTPHeaders", {}).get("date")
         now = parsedate_to_datetime(served) if served else datetime.now(UTC)
-        return Looked(found["Body"].read(), str(found["ETag"]),
+        return Looked(found["Body"].read(), self._version(found),
                       max((now - found["LastModified"]).total_seconds(), 0.0))
 
-    def delete_if(self, key: str, etag: str) -> bool:
-        """Delete ``key`` if it still has ``etag``; whether it did. A server
+    def delete_if(self, key: str, version: str) -> bool:
+        """Delete ``key`` if it still has ``version``; whether it did. A server
         without conditional deletes gets a look first (a small race)."""
         try:
-            self.client.delete_object(Bucket=self.bucket, Key=self.key(key), IfMatch=etag)
+            self.client.delete_object(Bucket=self.bucket, Key=self.key(key), IfMatch=version)
         except Exception as exc:
             code = _error_code(exc)
             if code in _CONFLICTS or code in _MISSING:
@@ -344,7 +396,7 @@ class ObjectStore:
             if code not in _UNSUPPORTED:
                 raise OSError(f"cannot delete {self.uri}/{key}: {describe_error(exc)}") from None
             found = self.look(key)
-            if found is None or found.etag != etag:
+            if found is None or found.version != version:
                 return False
             self.delete(key)
         return True
@@ -374,6 +426,33 @@ class GcsStore(ObjectStore):
     key pair in AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY."""
 
     default_endpoint = GCS_ENDPOINT
+
+    def _new_client(self, attempts: int) -> Any:
+        client = super()._new_client(attempts)
+        for operation in ("PutObject", "DeleteObject"):
+            client.meta.events.register(f"before-call.s3.{operation}", generation_preconditions)
+        return client
+
+    def _version(self, response: dict[str, Any]) -> str:
+        """The object's generation: GCS's write preconditions name it, not the ETag."""
+        generation = response["ResponseMetadata"]["HTTPHeaders"].get("x-goog-generation")
+        if generation is None:
+            raise OSError(f"{self.uri}: the server at {self.client.meta.endpoint_url} does not answer as Google "
+                          "Cloud Storage (no x-goog-generation); use s3:// for other S3-compatible servers")
+        return str(generation)
+
+
+def generation_preconditions(params: dict[str, Any], **_: Any) -> None:
+    """S3's conditional headers of a write as GCS's own preconditions (a
+    ``before-call`` handler): its XML API honours ``If-None-Match`` and
+    ``If-Match`` on reads only, and ``x-goog-if-generation-match`` on writes
+    (``0``: only if there is no live object)."""
+    headers = params["headers"]
+    if headers.pop("If-None-Match", None) is not None:  # always "*": create if absent
+        headers["x-goog-if-generation-match"] = "0"
+    generation = headers.pop("If-Match", None)
+    if generation is not None:
+        headers["x-goog-if-generation-match"] = generation
 
 
 _CONFLICTS = {"PreconditionFailed", "412", "ConditionalRequestConflict", "409"}

@@ -71,17 +71,18 @@ def la_png(seed: int) -> bytes:
     return encoded(image, "PNG")
 
 
-def bomb_png(side: int = 40000) -> bytes:
-    """A valid 1-bit PNG of ``side`` x ``side`` pixels that compresses to a few
-    hundred KB, built row by row so making it costs no memory."""
+def bomb_png(side: int = 40000, bit_depth: int = 1) -> bytes:
+    """A valid grey PNG of ``side`` x ``side`` black pixels of ``bit_depth`` bits
+    (1, 2, 4, 8 or 16) that compresses to a few hundred KB, built row by row so
+    making it costs no memory."""
 
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     packer = zlib.compressobj(9)
-    row = b"\0" * (1 + (side + 7) // 8)  # filter byte + packed pixels
+    row = b"\0" * (1 + (side * bit_depth + 7) // 8)  # filter byte + packed pixels
     idat = b"".join(packer.compress(row) for _ in range(side)) + packer.flush()
-    header = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)
+    header = struct.pack(">IIBBBBB", side, side, bit_depth, 0, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
 
 
