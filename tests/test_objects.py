@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from openimages_crawler.store import open_store
-from openimages_crawler.store.base import StoreOptions, writing_text
+from openimages_crawler.store.base import ObjectTooLarge, StoreOptions, writing_text
 from openimages_crawler.store.objects import (
     CHECK_ATTEMPTS,
     GcsStore,
@@ -68,6 +68,10 @@ def test_objects_keep_the_layout_under_the_prefix(server: S3Server) -> None:
     assert store.stat("train/224/abc/abc123.jpg") == 10
     assert store.stat("train/224/abc/missing.jpg") is None
     assert store.free_bytes() is None
+    # A bounded read: the object whole within its bound, else ObjectTooLarge after at most most + 1 bytes.
+    assert store.read("train/224/abc/abc123.jpg", 10) == b"jpeg bytes"
+    with pytest.raises(ObjectTooLarge, match="larger than 9 bytes"):
+        store.read("train/224/abc/abc123.jpg", 9)
 
 
 def test_threads_writing_at_once_share_one_client(server: S3Server, monkeypatch: pytest.MonkeyPatch) -> None:

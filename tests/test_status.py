@@ -20,6 +20,7 @@ from openimages_crawler.monitor.dashboard import DashboardServer
 from openimages_crawler.monitor.extensions import thumbnail_key
 from openimages_crawler.monitor.progress import Counts, ProgressMeter
 from openimages_crawler.monitor.status import (
+    MAX_RECORD_BYTES,
     OTHER_HOSTS,
     HostRanking,
     PartStatus,
@@ -131,6 +132,15 @@ def plant(store: Path, part: str, record: object) -> None:
 def test_a_record_that_is_not_one_of_its_part_is_skipped(tmp_path: Path, record: object) -> None:
     plant(tmp_path, "1of2", record)
     assert read_status(LocalStore(str(tmp_path)), "1of2") is None
+
+
+def test_a_record_over_its_size_is_not_read_whole(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    plant(tmp_path, "1of2", {"part": "1of2", "error": "x" * MAX_RECORD_BYTES})  # valid, but planted huge
+    with caplog.at_level(logging.DEBUG, logger="openimages_crawler.monitor.status"):
+        assert read_status(LocalStore(str(tmp_path)), "1of2") is None
+    assert f"is larger than {MAX_RECORD_BYTES:,} bytes" in caplog.text
+    plant(tmp_path, "1of2", {"part": "1of2", "error": "x" * 1000})
+    assert read_status(LocalStore(str(tmp_path)), "1of2") is not None
 
 
 def test_a_watch_skips_the_records_it_cannot_read(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

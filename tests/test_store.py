@@ -17,6 +17,7 @@ from openimages_crawler.store import (
     UnsupportedStore,
     open_store,
 )
+from openimages_crawler.store.base import ObjectTooLarge
 from openimages_crawler.store.layout import StoreLayout
 from openimages_crawler.store.ledger import ResultsLedger
 from openimages_crawler.store.objects import GcsStore, ObjectStore
@@ -46,7 +47,9 @@ def test_the_local_store_reads_writes_lists_and_speaks_scrapys_protocol(tmp_path
         out.write(b"ImageID\n")
         assert not (tmp_path / "train" / "annotations.csv").exists()  # only when complete
     store.write("validation/b/2.jpg", b"two")
-    assert store.read("train/a/1.jpg") == b"one"
+    assert store.read("train/a/1.jpg") == b"one" == store.read("train/a/1.jpg", 3)
+    with pytest.raises(ObjectTooLarge, match="larger than 2 bytes"):
+        store.read("train/a/1.jpg", 2)
     assert store.stat("train/annotations.csv") == 8 and store.stat("train/missing.jpg") is None
     assert sorted(store.list("train")) == ["train/a/1.jpg", "train/annotations.csv"]
     (tmp_path / "top.txt").write_text("x")

@@ -62,9 +62,9 @@ from openimages_crawler.monitor.progress import Counts
 from openimages_crawler.monitor.status import mark_exit
 from openimages_crawler.monitor.summary import RunEnd, closing_summary
 from openimages_crawler.redact import redacted_argv
-from openimages_crawler.store.layout import METADATA_DIR, STAGING_DIR
+from openimages_crawler.store.layout import LOCKS_DIR, METADATA_DIR, STAGING_DIR
 from openimages_crawler.store.ledger import existing
-from openimages_crawler.store.lock import LOCKS_DIR, exclusive
+from openimages_crawler.store.lock import exclusive
 from openimages_crawler.store.parts import part_label
 
 if TYPE_CHECKING:

@@ -28,7 +28,7 @@ from typing import Any, TypedDict, TypeVar, Union, get_args, get_origin, get_typ
 from openimages_crawler.monitor.progress import Counts
 from openimages_crawler.monitor.report import HostTally
 from openimages_crawler.redact import redact, redacted_settings
-from openimages_crawler.store.base import Store
+from openimages_crawler.store.base import ObjectTooLarge, Store
 from openimages_crawler.store.layout import STATUS_DIR
 
 logger = logging.getLogger(__name__)
@@ -242,12 +242,10 @@ def read_status(store: Store, part: str) -> PartStatus | None:
     a record, and none may crash a supervisor, a watch or their web view."""
     key = f"{STATUS_DIR}/{part}.json"
     try:
-        size = store.stat(key)
-        if size is None or size > MAX_RECORD_BYTES:  # missing, or planted to cost every reader its memory
-            if size is not None:
-                logger.debug("Skipping the record %s in %s: %d bytes", key, store.uri, size)
-            return None
-        found = json.loads(store.read(key))
+        found = json.loads(store.read(key, MAX_RECORD_BYTES))  # bounded: planted to cost every reader its memory?
+    except ObjectTooLarge as exc:
+        logger.debug("Skipping the record %s in %s: %s", key, store.uri, exc)
+        return None
     except OSError:
         return None
     except (ValueError, RecursionError) as exc:  # not UTF-8, not JSON, nested too deep

@@ -24,6 +24,10 @@ class UnsupportedStore(ValueError):
     """IMAGES_STORE names a scheme no store class serves."""
 
 
+class ObjectTooLarge(OSError):
+    """An object over the size its reader allows (``Store.read``'s ``most``)."""
+
+
 @dataclass(frozen=True)
 class StoreOptions:
     """How to reach an object store: Scrapy's AWS_* settings, all optional
@@ -60,8 +64,10 @@ class Store(Protocol):
     def stat(self, key: str) -> int | None:
         """Size in bytes of the object at ``key``, ``None`` when there is none."""
 
-    def read(self, key: str) -> bytes:
-        """The whole object at ``key`` (``OSError`` when it cannot be read)."""
+    def read(self, key: str, most: int | None = None) -> bytes:
+        """The whole object at ``key`` (``OSError`` when it cannot be read;
+        ``ObjectTooLarge``, having read no more than ``most`` + 1 bytes, when
+        it is larger than ``most``: a file anyone may write is read bounded)."""
 
     def write(self, key: str, data: bytes) -> None:
         """Store ``data`` at ``key`` so that it appears complete or not at all."""
@@ -97,6 +103,13 @@ def open_store(uri: str, schemes: dict[str, type[Store]], options: StoreOptions 
             f"(stores: a local folder, {served})"
         )
     return store_class(uri, options)  # type: ignore[call-arg]
+
+
+def within(key: str, data: bytes, most: int | None) -> bytes:
+    """``data`` read from ``key``, unless it is over ``most`` bytes."""
+    if most is not None and len(data) > most:
+        raise ObjectTooLarge(f"{key} is larger than {most:,} bytes")
+    return data
 
 
 @contextmanager

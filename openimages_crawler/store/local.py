@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
-from openimages_crawler.store.base import StoreOptions
+from openimages_crawler.store.base import StoreOptions, within
 from openimages_crawler.store.layout import STAGING_DIR
 
 
@@ -60,8 +60,9 @@ class LocalStore:
         except OSError:
             return None
 
-    def read(self, key: str) -> bytes:
-        return self.path(key).read_bytes()
+    def read(self, key: str, most: int | None = None) -> bytes:
+        with open(self.path(key), "rb") as handle:
+            return within(key, handle.read(-1 if most is None else most + 1), most)
 
     def write(self, key: str, data: bytes) -> None:
         path = self.path(key)

@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import IO, Any, NamedTuple
 from urllib.parse import urlsplit
 
-from openimages_crawler.store.base import StoreOptions
-from openimages_crawler.store.lock import LOCKS_DIR
+from openimages_crawler.store.base import StoreOptions, within
+from openimages_crawler.store.layout import LOCKS_DIR
 
 logger = logging.getLogger(__name__)
 
@@ -221,11 +221,13 @@ class ObjectStore:
                 else:
                     listing[name] = size
 
-    def read(self, key: str) -> bytes:
+    def read(self, key: str, most: int | None = None) -> bytes:
+        bounded = {} if most is None else {"Range": f"bytes=0-{most}"}
         try:
-            return self.client.get_object(Bucket=self.bucket, Key=self.key(key))["Body"].read()
+            body = self.client.get_object(Bucket=self.bucket, Key=self.key(key), **bounded)["Body"].read()
         except Exception as exc:
             raise OSError(f"cannot read {self.uri}/{key}: {describe_error(exc)}") from None
+        return within(key, body, most)
 
     def write(self, key: str, data: bytes) -> None:
         if len(data) > self.options.multipart_bytes:
