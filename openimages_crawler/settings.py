@@ -80,7 +80,8 @@ OPENIMAGES_MAX_PIXELS = 178_956_970
 OPENIMAGES_MAX_DECODE_BYTES = 512 * 1024**2
 # Metadata rows longer than this (bytes) are invalid rows, read in bounded memory.
 OPENIMAGES_MAX_ROW_BYTES = 1024**2
-# Below this many free bytes in the store the crawl stops (rows stay pending) before the disk is full.
+# Below this many free bytes in the store the crawl stops (rows stay pending) before the disk is full;
+# the end-of-run database, report and attribution files are skipped when they would cross it.
 OPENIMAGES_MIN_FREE_BYTES = 1024**3
 # Decode JPEGs at a reduced DCT scale and pre-reduce before the final filter (False: full decode, plain resize).
 OPENIMAGES_FAST_RESIZE = True

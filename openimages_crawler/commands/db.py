@@ -31,6 +31,7 @@ from openimages_crawler.store.results import FailureRow, SuccessRow
 logger = logging.getLogger(__name__)
 
 STORE_PLACEHOLDER = "{IMAGES_STORE}"
+DATABASE_GROWTH = 2 * 1024**2  # bytes an update may add beyond a copy of the database
 
 
 def database_path(settings: BaseSettings) -> Path | None:
@@ -53,12 +54,18 @@ def results_of(settings: BaseSettings) -> list[ResultsFile]:
     return found + pending_files(records_store(settings).root)
 
 
+def database_room(path: Path) -> int:
+    """About how much an update of the database at ``path`` writes: a staging
+    copy of it, grown (a new database takes about a megabyte even when tiny)."""
+    return (path.stat().st_size if path.is_file() else 0) + DATABASE_GROWTH
+
+
 def run_database(settings: BaseSettings, min_free_bytes: int = 0) -> bool:
     """Update the database OPENIMAGES_DATABASE names (if any); False when it
     failed (logged). A crawl's update is skipped below its free-space floor
     (``min_free_bytes`` on the store's disk): ``scrapy db`` does it later."""
     path = database_path(settings)
-    if path is None or not has_room(records_store(settings), min_free_bytes):
+    if path is None or not has_room(records_store(settings), min_free_bytes, database_room(path)):
         return True
     config = CrawlConfig.from_settings(settings)
     folder = default_output(settings)

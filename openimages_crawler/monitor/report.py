@@ -171,11 +171,12 @@ def write(store: Store, min_free_bytes: int, figures: dict[str, Any]) -> str | N
     """``report.json`` and ``report.html`` at the store's top (each atomically),
     the previous runs kept in their history; the page's address, ``None``
     when it could not be written (or not below ``min_free_bytes``)."""
-    if not has_room(store, min_free_bytes):
-        return None
     figures, kept = with_history(figures, previous_report(store))
+    pages = ((REPORT_JSON, to_json(figures)), (REPORT_HTML, to_html(figures)))
+    if not has_room(store, min_free_bytes, sum(len(text.encode()) for _, text in pages)):
+        return None
     try:
-        for name, text in ((REPORT_JSON, to_json(figures)), (REPORT_HTML, to_html(figures))):
+        for name, text in pages:
             with writing_text(store, name) as out:
                 out.write(text)
     except OSError as exc:

@@ -127,13 +127,13 @@ def writing_text(store: Store, key: str) -> Iterator[IO[str]]:
 _FLOOR_SAID: list[bool] = []  # the warning below, once said in this process
 
 
-def has_room(store: Store, floor: int) -> bool:
+def has_room(store: Store, floor: int, needed: int) -> bool:
     """Whether an end-of-run extra (the database, the report, the attribution
-    files) may be written: not below OPENIMAGES_MIN_FREE_BYTES, which the crawl
-    itself stopped at. The first refusal is said once; the next run or
-    ``scrapy db`` brings the extras up to date."""
+    files) of about ``needed`` bytes may be written without going below
+    OPENIMAGES_MIN_FREE_BYTES, which the crawl itself stopped at. The first
+    refusal is said once; the next run or ``scrapy db`` brings the extras up to date."""
     free = store.free_bytes() if floor > 0 else None
-    if free is None or free >= floor:
+    if free is None or free >= floor + needed:
         return True
     if not _FLOOR_SAID:
         _FLOOR_SAID.append(True)

@@ -127,9 +127,10 @@ def settle(files: dict[str, list[str]], store: LocalStore, index: int = 1, count
         merge_owned(files["success"] + files["failure"], index, count)
         if reconcile_failures:
             reconcile(files, store)
-        if not has_room(store, min_free_bytes):
+        successes = list(existing(files["success"]))
+        if not has_room(store, min_free_bytes, sum(path.stat().st_size for path in successes)):  # at most as large
             return
-        for success in existing(files["success"]):
+        for success in successes:
             write_attribution(success)
 
 
