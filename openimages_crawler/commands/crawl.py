@@ -21,20 +21,6 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from scrapy.commands.crawl import Command as ScrapyCrawlCommand
 from scrapy.exceptions import UsageError
 
-from openimages_crawler.commands.db import database_path, run_database
-from openimages_crawler.commands.exits import (
-    EXIT_AFTER_SIGNAL,
-    EXIT_INCOMPLETE,
-    EXIT_OK,
-    EXIT_USAGE,
-    Exit,
-    ShardLocked,
-    fail,
-    last_error,
-    results_unsent,
-)
-from openimages_crawler.commands.export import default_output, run_export
-from openimages_crawler.commands.supervisor import Supervisor
 from openimages_crawler.crawl.config import (
     CrawlConfig,
     check_store,
@@ -42,6 +28,7 @@ from openimages_crawler.crawl.config import (
     open_crawl_store,
     records_store,
 )
+from openimages_crawler.crawl.errors import ShardLocked
 from openimages_crawler.crawl.feeds import results_files
 from openimages_crawler.crawl.pipeline import STORE_UNWRITABLE
 from openimages_crawler.crawl.processes import (
@@ -55,6 +42,16 @@ from openimages_crawler.crawl.stop import STOP_REQUESTED
 from openimages_crawler.dataset.arguments import ArgumentError, CrawlArguments
 from openimages_crawler.dataset.prepare import selection_of
 from openimages_crawler.dataset.selection import SelectionError, Shard
+from openimages_crawler.exits import (
+    EXIT_AFTER_SIGNAL,
+    EXIT_INCOMPLETE,
+    EXIT_OK,
+    EXIT_USAGE,
+    Exit,
+    fail,
+    last_error,
+    results_unsent,
+)
 from openimages_crawler.monitor.dashboard import Dashboard
 from openimages_crawler.monitor.extensions import CrawlProgress, RunReport
 from openimages_crawler.monitor.logs import quiet_framework
@@ -62,6 +59,9 @@ from openimages_crawler.monitor.progress import Counts
 from openimages_crawler.monitor.status import mark_exit
 from openimages_crawler.monitor.summary import RunEnd, closing_summary
 from openimages_crawler.redact import redacted_argv
+from openimages_crawler.run.database import database_path, run_database
+from openimages_crawler.run.export import default_output, run_export
+from openimages_crawler.run.supervisor import Supervisor
 from openimages_crawler.store.layout import LOCKS_DIR, METADATA_DIR, STAGING_DIR
 from openimages_crawler.store.ledger import existing
 from openimages_crawler.store.lock import exclusive

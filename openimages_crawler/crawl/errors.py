@@ -7,6 +7,7 @@ from scrapy.exceptions import (
     DownloadTimeoutError,
     IgnoreRequest,
     ResponseDataLossError,
+    UsageError,
 )
 from scrapy.http import Response
 
@@ -26,6 +27,10 @@ from openimages_crawler.reasons import (
 )
 
 _TIMEOUTS = (DownloadTimeoutError, twisted_errors.TimeoutError, TimeoutError)
+
+
+class ShardLocked(UsageError):
+    """The store's shard is held by another crawl (not this crawl's own mistake)."""
 
 
 class TransferInterrupted(Exception):

@@ -27,7 +27,6 @@ from scrapy.utils.defer import _schedule_coro, maybe_deferred_to_future
 from twisted.internet import threads
 from twisted.python.failure import Failure
 
-from openimages_crawler.commands.exits import ShardLocked
 from openimages_crawler.crawl.config import (
     CrawlConfig,
     check_store,
@@ -36,6 +35,7 @@ from openimages_crawler.crawl.config import (
     output_sinks,
     records_store,
 )
+from openimages_crawler.crawl.errors import ShardLocked
 from openimages_crawler.crawl.feeds import results_files
 from openimages_crawler.crawl.items import (
     ALREADY_RECORDED,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from openimages_crawler.commands.exits import EXIT_INCOMPLETE, EXIT_OK, fail
+from openimages_crawler.exits import EXIT_INCOMPLETE, EXIT_OK, fail
 from openimages_crawler.fleet.scrapyd import (
     ABSENT,
     ALIVE,

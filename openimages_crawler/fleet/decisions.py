@@ -8,7 +8,7 @@ import math
 from dataclasses import dataclass
 from enum import Enum
 
-from openimages_crawler.commands.exits import EXIT_OK, EXIT_USAGE
+from openimages_crawler.exits import EXIT_OK, EXIT_USAGE
 from openimages_crawler.fleet.scrapyd import ABSENT, ALIVE
 from openimages_crawler.fleet.state import DONE, Fleet, ShardJob
 from openimages_crawler.monitor.status import PartStatus

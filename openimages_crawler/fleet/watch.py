@@ -13,15 +13,15 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from openimages_crawler.commands.exits import (
+from openimages_crawler.crawl.config import records_store
+from openimages_crawler.crawl.feeds import results_files
+from openimages_crawler.exits import (
     EXIT_AFTER_SIGNAL,
     EXIT_INCOMPLETE,
     EXIT_OK,
     EXIT_USAGE,
     fail,
 )
-from openimages_crawler.crawl.config import records_store
-from openimages_crawler.crawl.feeds import results_files
 from openimages_crawler.fleet.decisions import (
     Freshness,
     Observation,

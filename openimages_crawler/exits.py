@@ -1,5 +1,7 @@
 """Exit statuses of the project's commands (README "Exit status"), and the
-one-line error that goes with a failing one."""
+one-line error that goes with a failing one: beside the FailureReason codes
+(``reasons``), at the bottom of the layers, so that any run logic can end with
+one. No Scrapy import."""
 
 from __future__ import annotations
 
@@ -7,16 +9,10 @@ import signal
 import sys
 from dataclasses import dataclass
 
-from scrapy.exceptions import UsageError
-
 EXIT_OK = 0
 EXIT_INCOMPLETE = 1  # the crawl could not finish: rows are still pending
 EXIT_USAGE = 2  # a usage mistake or a start error: nothing was crawled
 EXIT_AFTER_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143}
-
-
-class ShardLocked(UsageError):
-    """The store's shard is held by another crawl (not this crawl's own mistake)."""
 
 
 _written: list[str] = []  # the lines fail() wrote in this process

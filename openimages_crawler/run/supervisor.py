@@ -17,15 +17,6 @@ from typing import Any
 from scrapy.exceptions import UsageError
 from scrapy.settings import BaseSettings
 
-from openimages_crawler.commands.db import run_database
-from openimages_crawler.commands.exits import (
-    EXIT_AFTER_SIGNAL,
-    EXIT_INCOMPLETE,
-    EXIT_OK,
-    EXIT_USAGE,
-    Exit,
-    results_unsent,
-)
 from openimages_crawler.crawl.config import CrawlConfig, open_crawl_store, records_store
 from openimages_crawler.crawl.feeds import results_files
 from openimages_crawler.crawl.processes import (
@@ -40,6 +31,14 @@ from openimages_crawler.crawl.processes import (
 from openimages_crawler.crawl.spider import scrapy_arguments
 from openimages_crawler.dataset.arguments import CrawlArguments
 from openimages_crawler.dataset.selection import Shard
+from openimages_crawler.exits import (
+    EXIT_AFTER_SIGNAL,
+    EXIT_INCOMPLETE,
+    EXIT_OK,
+    EXIT_USAGE,
+    Exit,
+    results_unsent,
+)
 from openimages_crawler.monitor import report
 from openimages_crawler.monitor.dashboard import DashboardServer
 from openimages_crawler.monitor.extensions import STATUS_INTERVAL_S, run_settings
@@ -53,6 +52,7 @@ from openimages_crawler.monitor.status import (
     total_hosts,
     total_stages,
 )
+from openimages_crawler.run.database import run_database
 from openimages_crawler.store import mirror
 from openimages_crawler.store.lease import RunLock
 from openimages_crawler.store.ledger import recorded_rows, settle
