@@ -346,11 +346,11 @@ def test_glob_keys_walks_folders_without_listing_the_images(server: S3Server) ->
 
 
 def test_the_store_endpoint_is_trusted_by_the_private_address_guard() -> None:
-    from openimages_crawler.crawl.hosts import is_trusted, store_hosts
+    from openimages_crawler.crawl.hosts import is_trusted
     from openimages_crawler.store.local import LocalStore
 
-    hosts = store_hosts(ObjectStore("s3://data/x", StoreOptions(endpoint_url="http://minio.lan:9000")))
+    hosts = ObjectStore("s3://data/x", StoreOptions(endpoint_url="http://minio.lan:9000")).trusted_hosts()
     assert hosts == {"minio.lan"}
     assert is_trusted("minio.lan", hosts) and is_trusted("data.minio.lan", hosts)
     assert not is_trusted("evil-minio.lan", hosts) and not is_trusted("10.0.0.1", hosts)
-    assert store_hosts(LocalStore("/tmp/x")) == frozenset()
+    assert LocalStore("/tmp/x").trusted_hosts() == frozenset()

@@ -21,7 +21,6 @@ from PIL import Image
 from openimages_crawler.crawl.pending import PendingRows
 from openimages_crawler.dataset.rows import ImageRow
 from openimages_crawler.store.base import Store, StoreOptions
-from openimages_crawler.store.lease import shared_lock
 from openimages_crawler.store.local import LocalStore
 from openimages_crawler.store.objects import ObjectStore
 from openimages_crawler.store.shards import (
@@ -52,7 +51,7 @@ def ids(count: int, start: int = 0) -> list[str]:
 
 def local_lock(root: Path) -> Callable[[str], AbstractContextManager[None]]:
     store = LocalStore(str(root))
-    return lambda name: shared_lock(store, root, name)
+    return lambda name: store.shared(root, name)
 
 
 @pytest.fixture
@@ -189,7 +188,7 @@ def test_shards_into_a_bucket_take_numbers_under_its_lease(s3: S3Server, tmp_pat
     records = tmp_path / "work"
 
     def lock(name: str) -> AbstractContextManager[None]:
-        return shared_lock(bucket, records, name)
+        return bucket.shared(records, name)
 
     sinks = [ShardSink(bucket, tmp_path / f"scratch{n}", "crop", "webdataset", 2, lock) for n in range(2)]
     for n, sink in enumerate(sinks):

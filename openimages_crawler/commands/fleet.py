@@ -54,7 +54,6 @@ from openimages_crawler.fleet.watch import (
 )
 from openimages_crawler.redact import is_secret
 from openimages_crawler.store.base import Store
-from openimages_crawler.store.lease import store_exclusive
 from openimages_crawler.store.local import LocalStore
 from openimages_crawler.store.objects import StoreUnavailable
 
@@ -187,7 +186,7 @@ class Command(ScrapyCommand):
             if opts.status:
                 return show_status(fleet, recorded_targets(fleet), store)
             if opts.cancel:
-                with store_exclusive(store, "fleet"):  # after a watch's current look
+                with store.exclusive("fleet"):  # after a watch's current look
                     fleet = read_fleet(store) or fleet
                     return cancel_fleet(fleet, recorded_targets(fleet), store)
             return self.reattach(fleet, store, arglist_to_dict(opts.set))
@@ -215,7 +214,7 @@ class Command(ScrapyCommand):
             store.root.mkdir(parents=True, exist_ok=True)
         else:
             check_store(store)  # the bucket answers, before any job exists
-        with store_exclusive(store, "fleet"):
+        with store.exclusive("fleet"):
             refuse_unfinished(read_fleet(store), store.uri)
             check_targets(targets, spider)
             run = new_run_id()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from urllib.parse import urlsplit
 
 from scrapy.exceptions import UsageError
@@ -15,11 +14,10 @@ from openimages_crawler.dataset.selection import Shard
 from openimages_crawler.imaging.pillow import ResizeSpec
 from openimages_crawler.redact import remember
 from openimages_crawler.store import STORE_SCHEMES, UnsupportedStore, open_store
-from openimages_crawler.store.base import Store, StoreOptions, store_scheme
+from openimages_crawler.store.base import Store, StoreOptions
 from openimages_crawler.store.layout import METADATA_DIR, StoreLayout
-from openimages_crawler.store.lease import shared_lock
 from openimages_crawler.store.local import LocalStore
-from openimages_crawler.store.objects import ObjectStore, StoreUnavailable, split_uri
+from openimages_crawler.store.objects import StoreUnavailable
 from openimages_crawler.store.parts import part_label
 from openimages_crawler.store.shards import CONTAINERS, ShardSink, scratch_folder
 from openimages_crawler.store.sinks import FilesSink, OutputSink
@@ -246,7 +244,7 @@ def container_sink(config: CrawlConfig, store: Store, records: LocalStore, folde
     if container == "files":
         return FilesSink(store, config.layout, folder)
     return ShardSink(store, scratch_folder(records.root), folder, container, config.shard_size,
-                     lambda name: shared_lock(store, records.root, name))
+                     lambda name: store.shared(records.root, name))
 
 
 def open_crawl_store(
@@ -264,21 +262,12 @@ def records_store(settings: BaseSettings) -> LocalStore:
     the processes' status, the metadata cache. The store itself when it is a folder;
     for an object store, OPENIMAGES_WORK_DIR (by default a folder per bucket and
     prefix under ~/.cache/openimages-crawler), mirrored to and from the bucket."""
-    store = open_crawl_store(settings)
-    if isinstance(store, LocalStore):
-        return store
-    work = str(settings.get("OPENIMAGES_WORK_DIR") or "")
-    if not work:
-        bucket, prefix = split_uri(store.uri)
-        work = str(Path.home() / ".cache" / "openimages-crawler" / store_scheme(store.uri) / bucket / prefix)
-    return LocalStore(work)
+    return open_crawl_store(settings).records(str(settings.get("OPENIMAGES_WORK_DIR") or ""))
 
 
 def check_store(store: Store) -> None:
     """Before anything is downloaded: an object store must answer (bucket,
     credentials, endpoint)."""
-    if not isinstance(store, ObjectStore):
-        return
     try:
         store.check()
     except StoreUnavailable as exc:

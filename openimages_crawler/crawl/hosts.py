@@ -33,8 +33,6 @@ from scrapy.utils.url import add_http_if_no_scheme
 from twisted.internet.error import DNSLookupError
 
 from openimages_crawler.crawl.config import open_crawl_store
-from openimages_crawler.store.base import Store
-from openimages_crawler.store.objects import ObjectStore
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -72,7 +70,7 @@ class PublicAddressResolver(CachingThreadedResolver):
         if not crawler.settings.getbool("OPENIMAGES_BLOCK_PRIVATE_HOSTS"):
             return CachingThreadedResolver.from_crawler(crawler, reactor)
         resolver = super().from_crawler(crawler, reactor)
-        resolver.trusted = store_hosts(open_crawl_store(crawler.settings))
+        resolver.trusted = open_crawl_store(crawler.settings).trusted_hosts()  # originals are read back from it
         resolver.proxies = environment_proxy_hosts()
         return resolver
 
@@ -86,15 +84,6 @@ class PublicAddressResolver(CachingThreadedResolver):
         is public or ``name`` is a store host. Proxies get no exemption here."""
         found = super().getHostByName(name, timeout)
         return found if is_trusted(name, self.trusted) else found.addCallback(_refuse_private, name)
-
-
-def store_hosts(store: Store) -> frozenset[str]:
-    """The host of an object store's endpoint (a private MinIO, say): the crawl
-    reads stored originals back from it, so it is not refused like a row's host."""
-    if not isinstance(store, ObjectStore):
-        return frozenset()
-    host = urlsplit(store.client.meta.endpoint_url).hostname
-    return frozenset({host}) if host else frozenset()
 
 
 def proxy_host(url: str) -> str | None:

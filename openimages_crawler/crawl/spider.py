@@ -62,7 +62,6 @@ from openimages_crawler.store.annotations import AnnotationOutput
 from openimages_crawler.store.base import Store
 from openimages_crawler.store.database import write_pending
 from openimages_crawler.store.layout import METADATA_DIR
-from openimages_crawler.store.lease import RunLock
 from openimages_crawler.store.ledger import ResultsLedger, settle
 from openimages_crawler.store.lock import StoreLocked, exclusive
 from openimages_crawler.store.objects import ObjectStore
@@ -124,7 +123,7 @@ class OpenImagesSpider(scrapy.Spider):
         spider.lock = None
         spider.lost_lock = ""  # why the run's bucket lease was lost, if it was
         if spider.supervisor is None:  # a supervised process shares its run's lock
-            spider.lock = RunLock(spider.store, spider.local_store.root, *spider.shard, on_lost=spider.lose_lock)
+            spider.lock = spider.store.run_lock(spider.local_store.root, *spider.shard, on_lost=spider.lose_lock)
             try:
                 spider.lock.acquire()
             except StoreLocked as exc:

@@ -4,12 +4,10 @@ stop it with ``--cancel``), and the lock that keeps one watch per fleet."""
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
 import secrets
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 
@@ -17,14 +15,11 @@ from scrapy.exceptions import UsageError
 
 from openimages_crawler.store.base import Store, writing_text
 from openimages_crawler.store.layout import FLEET_DIR
-from openimages_crawler.store.lease import BucketLease
-from openimages_crawler.store.local import LocalStore
-from openimages_crawler.store.objects import ObjectStore
+from openimages_crawler.store.lock import StoreLocked
 from openimages_crawler.store.parts import part_label
 
 FLEET_KEY = f"{FLEET_DIR}/fleet.json"
-WATCH_LOCK = ".fleet/watch.lock"  # in a folder
-WATCH_LEASE = "fleet-watch"  # in a bucket: .locks/fleet-watch
+WATCH_LOCK = "fleet-watch"  # the store's lock of the fleet's one watch: .locks/fleet-watch
 
 # A shard job's state in fleet.json.
 SCHEDULED, DONE, FAILED, CANCELLED = "scheduled", "done", "failed", "cancelled"
@@ -123,28 +118,13 @@ def write_fleet(store: Store, fleet: Fleet) -> None:
 @contextmanager
 def watching(store: Store, fleet: Fleet) -> Iterator[None]:
     """One watch per fleet: two would each schedule a dead node's shards again.
-    An OS lock, released however the watch ends; in a bucket, a lease its
-    watch renews (a killed watch's lapses after ``lease.LEASE_S``)."""
-    busy = UsageError(f"fleet {fleet.run} is watched already (from another shell or machine); "
-                      "`scrapy fleet --status` shows it")
-    if isinstance(store, ObjectStore):
-        lease = BucketLease(store, WATCH_LEASE)
-        if lease.try_take() is not None:
-            raise busy
+    The store's lock ``fleet-watch``, taken at once or not at all: an OS lock
+    released however the watch ends, or a bucket's lease its watch renews (a
+    killed watch's lapses after ``lease.LEASE_S``)."""
+    with ExitStack() as held:
         try:
-            yield
-        finally:
-            lease.release()
-        return
-    assert isinstance(store, LocalStore)
-    path = store.root / WATCH_LOCK
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise busy from None
+            held.enter_context(store.exclusive(WATCH_LOCK, wait=False))
+        except StoreLocked:
+            raise UsageError(f"fleet {fleet.run} is watched already (from another shell or machine); "
+                             "`scrapy fleet --status` shows it") from None
         yield
-    finally:
-        os.close(fd)

@@ -59,7 +59,6 @@ from openimages_crawler.monitor.status import (
 )
 from openimages_crawler.store import mirror
 from openimages_crawler.store.base import Store
-from openimages_crawler.store.lease import store_exclusive
 from openimages_crawler.store.ledger import recorded_rows, settle
 from openimages_crawler.store.objects import ObjectStore
 
@@ -165,7 +164,7 @@ class Watch:
         """One look at everything; an exit status once the fleet has ended.
         Holds the fleet's lock: a ``--cancel`` meanwhile waits, then this
         watch sees it and schedules nothing again."""
-        with store_exclusive(self.store, "fleet"):
+        with self.store.exclusive("fleet"):
             recorded = read_fleet(self.store)
             if recorded is None or recorded.run != self.fleet.run or recorded.state == CANCELLED:
                 return fail(f"fleet {self.fleet.run} was cancelled (scrapy fleet --cancel): its rows not "

@@ -54,7 +54,6 @@ from openimages_crawler.monitor.status import (
 )
 from openimages_crawler.run.database import run_database
 from openimages_crawler.store import mirror
-from openimages_crawler.store.lease import RunLock
 from openimages_crawler.store.ledger import recorded_rows, settle
 from openimages_crawler.store.lock import StoreLocked
 from openimages_crawler.store.objects import ObjectStore
@@ -105,7 +104,7 @@ class Supervisor:
     def run(self) -> Exit:
         if self.plan.note:
             logger.warning(self.plan.note)
-        lock = RunLock(self.store, self.local_store.root, *self.shard, on_lost=self.lose_lock)
+        lock = self.store.run_lock(self.local_store.root, *self.shard, on_lost=self.lose_lock)
         try:
             lock.acquire()
         except (StoreLocked, OSError) as exc:

@@ -15,7 +15,6 @@ from openimages_crawler.dataset.annotations import (
 from openimages_crawler.dataset.catalogue import ANNOTATION_FILES, CLASS_NAMES_FILE
 from openimages_crawler.dataset.rows import MetadataError
 from openimages_crawler.store.base import Store, writing_text
-from openimages_crawler.store.lease import shared_lock
 from openimages_crawler.store.local import LocalStore
 from openimages_crawler.store.lock import StoreLocked
 from openimages_crawler.store.objects import ObjectStore
@@ -67,7 +66,7 @@ class AnnotationOutput:
             if not image_ids and target.exists():
                 continue  # nothing to add
             try:
-                with shared_lock(self.remote or self.store, self.store.root, "annotations", self.stopping):
+                with (self.remote or self.store).shared(self.store.root, "annotations", self.stopping):
                     if self.remote is not None:
                         self.fetch(key, target)
                     with writing_text(self.store, key) as out:

@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import io
 import logging
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Protocol
+from typing import IO, TYPE_CHECKING, Protocol
 from urllib.parse import urlsplit
+
+if TYPE_CHECKING:
+    from openimages_crawler.store.local import LocalStore
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +87,50 @@ class Store(Protocol):
 
     def request_uri(self, key: str) -> str:
         """A URI a Scrapy request can read the object at ``key`` from."""
+
+    def check(self) -> None:
+        """Before a crawl: prove the store can be used (``OSError`` saying why not)."""
+
+    def exists(self, key: str) -> bool:
+        """Whether ``key`` is there now (asked of the store, not of a cache)."""
+
+    def delete(self, key: str) -> None:
+        """Remove ``key`` (gone already is fine)."""
+
+    def publish(self, path: Path, key: str) -> None:
+        """A finished local file becomes ``key``, whole or not at all (the file is gone after)."""
+
+    def exclusive(self, name: str, stop: threading.Event | None = None,
+                  wait: bool = True) -> AbstractContextManager[None]:
+        """The store's lock ``name`` held for the block, waiting for it (a set
+        ``stop`` gives up), or, not ``wait``, ``StoreLocked`` at once when held."""
+
+    def shared(self, records: Path, name: str, stop: threading.Event | None = None) -> AbstractContextManager[None]:
+        """``name`` held over the files runs share (results, annotations,
+        shard manifests), whose local copies are in the ``records`` folder."""
+
+    def run_lock(self, records: Path, index: int = 1, count: int = 1,
+                 on_lost: Callable[[str], None] | None = None) -> RunLock:
+        """The lock of one run of shard ``index`` of ``count`` (``on_lost``: it lapsed)."""
+
+    def records(self, work: str) -> LocalStore:
+        """The local folder of the crawl's records (``work``: OPENIMAGES_WORK_DIR)."""
+
+    def trusted_hosts(self) -> frozenset[str]:
+        """Hosts the crawl reads the store through: not refused as private addresses."""
+
+
+class RunLock(Protocol):
+    """What a run holds for its whole length (``Store.run_lock``)."""
+
+    def acquire(self) -> None:
+        """Take it, or ``StoreLocked`` naming its holder."""
+
+    def inheritable(self) -> list[int]:
+        """File descriptors a supervised process inherits to hold it too."""
+
+    def release(self) -> None:
+        """Give it up."""
 
 
 def store_scheme(uri: str) -> str:

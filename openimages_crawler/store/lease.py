@@ -30,9 +30,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from openimages_crawler.store.base import Store
-from openimages_crawler.store.local import LocalStore
 from openimages_crawler.store.lock import (
     LOCKS_DIR,
     StoreLock,
@@ -42,7 +41,9 @@ from openimages_crawler.store.lock import (
     holder_gone,
     new_holder,
 )
-from openimages_crawler.store.objects import ObjectStore
+
+if TYPE_CHECKING:
+    from openimages_crawler.store.objects import ObjectStore
 
 logger = logging.getLogger(__name__)
 
@@ -217,52 +218,33 @@ class BucketShardLock:
 
 
 class RunLock:
-    """The locks of a run of shard ``index`` of ``count``: its records folder's
-    (``StoreLock``) and, for an object store, the bucket's lease."""
+    """The locks of a run of shard ``index`` of ``count`` on an object store:
+    its records folder's (``StoreLock``) and the bucket's lease, taken in that
+    order and released in the other."""
 
-    def __init__(self, store: Store, records: Path, index: int = 1, count: int = 1,
-                 on_lost: Callable[[str], None] | None = None) -> None:
-        self.local = StoreLock(records, index, count)
-        self.bucket = BucketShardLock(store, index, count, on_lost) if isinstance(store, ObjectStore) else None
+    def __init__(self, local: StoreLock, bucket: BucketShardLock) -> None:
+        self.local, self.bucket = local, bucket
 
     def acquire(self) -> None:
         self.local.acquire()
-        if self.bucket is not None:
-            try:
-                self.bucket.acquire()
-            except BaseException:
-                self.local.release()
-                raise
+        try:
+            self.bucket.acquire()
+        except BaseException:
+            self.local.release()
+            raise
 
     def inheritable(self) -> list[int]:
         return self.local.inheritable()
 
     def release(self) -> None:
-        if self.bucket is not None:
-            self.bucket.release()
+        self.bucket.release()
         self.local.release()
 
 
 @contextmanager
-def shared_lock(store: Store, records: Path, name: str, stop: threading.Event | None = None) -> Iterator[None]:
-    """``name`` held on this machine (the records folder's lock) and, for an
-    object store, in the bucket: runs on other machines change the same
-    results and annotation files there."""
-    with exclusive(records, name, stop):
-        if isinstance(store, ObjectStore):
-            with bucket_exclusive(store, name, stop):
-                yield
-        else:
-            yield
-
-
-@contextmanager
-def store_exclusive(store: Store, name: str, stop: threading.Event | None = None) -> Iterator[None]:
-    """``name`` of the store held for the block: a folder's lock, a bucket's lease."""
-    if isinstance(store, LocalStore):
-        with exclusive(store.root, name, stop):
-            yield
-    else:
-        assert isinstance(store, ObjectStore)
-        with bucket_exclusive(store, name, stop):
-            yield
+def records_and_bucket(store: ObjectStore, records: Path, name: str,
+                       stop: threading.Event | None = None) -> Iterator[None]:
+    """``name`` held on this machine (the records folder's lock) and in the
+    bucket: runs on other machines change the same results and annotation files there."""
+    with exclusive(records, name, stop), bucket_exclusive(store, name, stop):
+        yield

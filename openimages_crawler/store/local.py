@@ -10,14 +10,16 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import threading
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import IO
 
 from openimages_crawler.store.base import StoreOptions, within
 from openimages_crawler.store.layout import STAGING_DIR
+from openimages_crawler.store.lock import StoreLock, exclusive, pid_alive
 
 
 class LocalStore:
@@ -119,6 +121,43 @@ class LocalStore:
     def request_uri(self, key: str) -> str:
         return self.path(key).resolve().as_uri()
 
+    def check(self) -> None:
+        """Nothing to prove before a crawl: a folder that cannot be written says so at the first write."""
+
+    def exists(self, key: str) -> bool:
+        return self.path(key).exists()
+
+    def delete(self, key: str) -> None:
+        self.path(key).unlink(missing_ok=True)
+
+    def publish(self, path: Path, key: str) -> None:
+        """A finished local file becomes ``key``: a rename (same filesystem)."""
+        target = self.path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(path, target)
+
+    def exclusive(self, name: str, stop: threading.Event | None = None,
+                  wait: bool = True) -> AbstractContextManager[None]:
+        """The folder's OS lock ``.locks/{name}``."""
+        return exclusive(self.root, name, stop, wait)
+
+    def shared(self, records: Path, name: str, stop: threading.Event | None = None) -> AbstractContextManager[None]:
+        """``name`` over the files runs share: they are the folder's own (``records`` is this folder)."""
+        return exclusive(records, name, stop)
+
+    def run_lock(self, records: Path, index: int = 1, count: int = 1,
+                 on_lost: Callable[[str], None] | None = None) -> StoreLock:
+        """One run of shard ``index`` of ``count`` at a time (an OS lock never lapses: ``on_lost`` is not called)."""
+        return StoreLock(records, index, count)
+
+    def records(self, work: str) -> LocalStore:
+        """The folder of the crawl's records: this one (``work`` is an object store's)."""
+        return self
+
+    def trusted_hosts(self) -> frozenset[str]:
+        """No host: a folder is not read over the network."""
+        return frozenset()
+
 
 def staging_folder(root: Path, purpose: str = "") -> Path:
     """A staging folder of this process in the store (``purpose`` keeps users
@@ -129,21 +168,6 @@ def staging_folder(root: Path, purpose: str = "") -> Path:
 
 def _host_tag() -> str:
     return "".join(c if c.isalnum() or c in "-_" else "_" for c in socket.gethostname())
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether process ``pid`` of this host runs (a zombie, killed but not yet
-    reaped by its parent, does not)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
 
 
 def remove_dead_staging(root: Path) -> list[Path]:

@@ -23,7 +23,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from openimages_crawler.store.layout import LOCKS_DIR
-from openimages_crawler.store.local import pid_alive
 
 _POLL_S = 0.2
 _PROBE_S = 1.0  # how long a probe of another sharding's lock may wait
@@ -106,14 +105,16 @@ class StoreLock:
 
 
 @contextmanager
-def exclusive(root: Path, name: str, stop: threading.Event | None = None) -> Iterator[None]:
-    """Hold ``{store}/.locks/{name}`` for the block, waiting for it; a set
-    ``stop`` gives up waiting with ``StoreLocked``."""
+def exclusive(root: Path, name: str, stop: threading.Event | None = None, wait: bool = True) -> Iterator[None]:
+    """Hold ``{store}/.locks/{name}`` for the block, waiting for it (unless
+    not ``wait``); a set ``stop`` gives up waiting with ``StoreLocked``."""
     folder = root / LOCKS_DIR
     folder.mkdir(parents=True, exist_ok=True)
     fd = _open(folder / name)
     try:
         while not _try_lock(fd, fcntl.LOCK_EX):
+            if not wait:
+                raise StoreLocked(f"{root} ({name}) is held by another process")
             if stop is not None and stop.is_set():
                 raise StoreLocked(f"stopped while waiting for {root} ({name})")
             time.sleep(_POLL_S)
@@ -141,6 +142,21 @@ def _wait_lock(fd: int, kind: int, seconds: float) -> bool:
             return False
         time.sleep(0.05)
     return True
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` of this host runs (a zombie, killed but not yet
+    reaped by its parent, does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 def holder_gone(holder: str) -> bool:

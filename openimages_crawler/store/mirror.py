@@ -31,7 +31,6 @@ from fnmatch import fnmatch
 from pathlib import Path, PurePosixPath
 
 from openimages_crawler.store.attribution import ATTRIBUTION_CSV, ATTRIBUTION_MD
-from openimages_crawler.store.lease import shared_lock
 from openimages_crawler.store.ledger import existing, settle
 from openimages_crawler.store.local import LocalStore
 from openimages_crawler.store.objects import ObjectEntry, ObjectStore
@@ -110,7 +109,7 @@ def recover(store: ObjectStore, final_key: str) -> None:
 
 def pull(store: ObjectStore, local: LocalStore, final_patterns: list[str]) -> int:
     """Make the work folder's results those of the bucket; the files fetched.
-    Callers hold ``lease.shared_lock`` ``results``."""
+    Callers hold the store's ``shared`` ``results`` lock."""
     for path in _local_copies(final_patterns):
         path.unlink(missing_ok=True)
     fetched = refresh_finals(store, local, final_patterns)
@@ -124,7 +123,7 @@ def pull_results(store: ObjectStore, local: LocalStore, final_patterns: list[str
                  stop: threading.Event | None = None) -> None:
     """``pull`` before a run, under the ``results`` lock (this machine's and the
     bucket's: another shard may be merging); ``OSError`` or ``StoreLocked`` when it cannot."""
-    with shared_lock(store, local.root, "results", stop):
+    with store.shared(local.root, "results", stop):
         fetched = pull(store, local, final_patterns)
     logger.info("Results read from %s: %d files", store.uri, fetched)
 
@@ -152,7 +151,7 @@ def settle_in_bucket(store: ObjectStore, local: LocalStore, files: dict[str, lis
     parts merged in (``ledger.settle``), and up again. ``whole``: every part
     is fetched first (a fleet's last merge, on the machine that watched it)."""
     patterns = files["success"] + files["failure"]
-    with shared_lock(store, local.root, "results"):
+    with store.shared(local.root, "results"):
         if whole:
             pull(store, local, patterns)
         else:

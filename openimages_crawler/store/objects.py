@@ -22,16 +22,19 @@ import tempfile
 import threading
 import uuid
 from collections import OrderedDict
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import IO, Any, NamedTuple
 from urllib.parse import urlsplit
 
-from openimages_crawler.store.base import StoreOptions, within
+from openimages_crawler.store.base import StoreOptions, store_scheme, within
 from openimages_crawler.store.layout import LOCKS_DIR
+from openimages_crawler.store.lease import BucketLease, BucketShardLock, RunLock, bucket_exclusive, records_and_bucket
+from openimages_crawler.store.local import LocalStore
+from openimages_crawler.store.lock import StoreLock, StoreLocked
 
 logger = logging.getLogger(__name__)
 
@@ -421,6 +424,60 @@ class ObjectStore:
 
     def _acl(self) -> dict[str, str]:
         return {"ACL": self.options.acl} if self.options.acl else {}
+
+    # --- the store's seam beyond objects: locks, records, hosts ---------------
+
+    def exists(self, key: str) -> bool:
+        """Asked of the bucket, not of the listing cache: another machine may have written it a moment ago."""
+        return self.metadata(key) is not None
+
+    def publish(self, path: Path, key: str) -> None:
+        """A finished local file becomes ``key``: one upload (multipart past
+        ``multipart_bytes``, which also appears only when complete)."""
+        self.upload(path, key)
+        path.unlink(missing_ok=True)
+
+    @contextmanager
+    def exclusive(self, name: str, stop: threading.Event | None = None, wait: bool = True) -> Iterator[None]:
+        """The bucket's lease ``.locks/{name}``, renewed while held."""
+        if wait:
+            with bucket_exclusive(self, name, stop):
+                yield
+            return
+        lease = BucketLease(self, name)
+        holder = lease.try_take()
+        if holder is not None:
+            raise StoreLocked(f"{self.uri}/{lease.key} is held ({holder})")
+        try:
+            yield
+        finally:
+            lease.release()
+
+    def shared(self, records: Path, name: str, stop: threading.Event | None = None) -> AbstractContextManager[None]:
+        """``name`` over the files runs share: their local copies in ``records`` and the bucket's."""
+        return records_and_bucket(self, records, name, stop)
+
+    def run_lock(self, records: Path, index: int = 1, count: int = 1,
+                 on_lost: Callable[[str], None] | None = None) -> RunLock:
+        """One run of shard ``index`` of ``count`` at a time: the records folder's
+        lock and the bucket's lease (``on_lost`` when it cannot be renewed)."""
+        return RunLock(StoreLock(records, index, count), BucketShardLock(self, index, count, on_lost))
+
+    def records(self, work: str) -> LocalStore:
+        """The local folder of the crawl's records (results, parts, locks, the
+        metadata cache), mirrored to and from the bucket: ``work``
+        (OPENIMAGES_WORK_DIR), by default one per bucket and prefix under
+        ~/.cache/openimages-crawler."""
+        if not work:
+            bucket, prefix = split_uri(self.uri)
+            work = str(Path.home() / ".cache" / "openimages-crawler" / store_scheme(self.uri) / bucket / prefix)
+        return LocalStore(work)
+
+    def trusted_hosts(self) -> frozenset[str]:
+        """The endpoint's host (a private MinIO, say): the crawl reads stored
+        originals back from it, so the private-address guard lets it through."""
+        host = urlsplit(self.client.meta.endpoint_url).hostname
+        return frozenset({host}) if host else frozenset()
 
 
 class GcsStore(ObjectStore):

@@ -28,7 +28,6 @@ import hashlib
 import io
 import json
 import logging
-import os
 import tarfile
 import threading
 import time
@@ -42,12 +41,7 @@ from typing import Any, Protocol
 from openimages_crawler.dataset.idset import IdSet
 from openimages_crawler.dataset.rows import ImageRow
 from openimages_crawler.store.base import Store
-from openimages_crawler.store.local import (
-    LocalStore,
-    remove_dead_staging,
-    staging_folder,
-)
-from openimages_crawler.store.objects import ObjectStore
+from openimages_crawler.store.local import remove_dead_staging, staging_folder
 
 logger = logging.getLogger(__name__)
 
@@ -310,7 +304,7 @@ class ShardSink:
             manifest = read_manifest(self.store, base)
             name = shard_name(len(manifest), self.container)
             write_index(self.store, base, name, ids)
-            publish_file(self.store, shard.path, join(base, name))
+            self.store.publish(shard.path, join(base, name))
             manifest.append({"shard": name, "count": str(len(ids)), "bytes": str(size),
                              "first_image_id": ids[0], "last_image_id": ids[-1], "sha256": digest})
             write_manifest(self.store, base, manifest)
@@ -349,7 +343,7 @@ def read_manifest(store: Store, base: str) -> list[dict[str, str]]:
     while True:
         suffix = Path(rows[0]["shard"]).suffix if rows else None
         candidates = [f"{len(rows):0{NUMBER_DIGITS}d}{s}" for s in ([suffix] if suffix else SUFFIXES.values())]
-        found = next((name for name in candidates if exists(store, join(base, name))), None)
+        found = next((name for name in candidates if store.exists(join(base, name))), None)
         if found is None:
             return rows
         ids = read_index(store, base, found)
@@ -398,29 +392,6 @@ def file_digest(path: Path) -> tuple[str, int]:
 def object_digest(store: Store, key: str) -> tuple[str, int]:
     data = store.read(key)
     return hashlib.sha256(data).hexdigest(), len(data)
-
-
-def publish_file(store: Store, path: Path, key: str) -> None:
-    """A finished local file into the store under ``key``, whole or not at all:
-    a rename into a folder store, one upload (a multipart past 64 MB, which
-    also appears only when complete) into a bucket."""
-    if isinstance(store, LocalStore):
-        target = store.path(key)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(path, target)
-        return
-    assert isinstance(store, ObjectStore)
-    store.upload(path, key)
-    path.unlink(missing_ok=True)
-
-
-def exists(store: Store, key: str) -> bool:
-    """Whether ``key`` is in the store now (a bucket is asked, not its listing cache:
-    another machine may have published it a moment ago)."""
-    if isinstance(store, LocalStore):
-        return store.path(key).exists()
-    assert isinstance(store, ObjectStore)
-    return store.metadata(key) is not None
 
 
 def scratch_folder(records: Path) -> Path:
