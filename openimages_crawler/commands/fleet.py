@@ -199,7 +199,7 @@ class Command(ScrapyCommand):
         if spider != OpenImagesSpider.name:
             raise UsageError(f"scrapy fleet runs the {OpenImagesSpider.name} spider, not {spider!r}")
         store = fleet_store(self.settings)
-        uri = str(store.root) if isinstance(store, LocalStore) else store.uri
+        uri = store.uri  # a bucket's, or the absolute folder every node mounts
         given_settings = arglist_to_dict(opts.set)
         check_secrets(given_settings)
         settings = self.settings.copy()
@@ -210,11 +210,8 @@ class Command(ScrapyCommand):
         shards = len(targets) if opts.shards is None else opts.shards
         if shards < 1:
             raise UsageError(f"--shards {shards}: give 1 or more")
-        if isinstance(store, LocalStore):
-            store.root.mkdir(parents=True, exist_ok=True)
-        else:
-            check_store(store)  # the bucket answers, before any job exists
-        with store.exclusive("fleet"):
+        check_store(store)  # a bucket answers, before any job exists
+        with store.exclusive("fleet"):  # (a folder store is made with its .locks folder)
             refuse_unfinished(read_fleet(store), store.uri)
             check_targets(targets, spider)
             run = new_run_id()
