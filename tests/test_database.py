@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import duckdb
@@ -19,8 +22,8 @@ from openimages_crawler.store.database import (
     update_database,
     write_pending,
 )
-from openimages_crawler.store.layout import StoreLayout
-from openimages_crawler.store.local import LocalStore
+from openimages_crawler.store.layout import ROOT_PATTERN, StoreLayout
+from openimages_crawler.store.local import LocalStore, host_tag
 from openimages_crawler.store.shards import write_index, write_manifest
 from tests.conftest import ROOT
 
@@ -266,3 +269,20 @@ def test_rows_appended_below_a_header_of_several_lines_are_read(tmp_path: Path) 
     assert update_database(database, store, LAYOUT, results, MainOutput("fit", "jpg")).rows_added == 1
     assert query(database, "SELECT ImageID, \"two\nlines\" FROM images WHERE status = 'stored' ORDER BY 1") == [
         ("00000000000000a1", "before"), ("00000000000000a2", "before"), ("00000000000000a6", "after")]
+
+
+def test_an_update_removes_the_copies_killed_updates_of_this_host_left(tmp_path: Path) -> None:
+    store, results = make_store(tmp_path)
+    database = tmp_path / "openimages.duckdb"
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True, check=True)
+    dead = [database.with_name(f".openimages.duckdb.{host_tag()}-{finished.stdout.strip()}.tmp{end}")
+            for end in ("", ".wal")]
+    alive = database.with_name(f".openimages.duckdb.{host_tag()}-{os.getppid()}.tmp")  # an update under way
+    elsewhere = database.with_name(f".openimages.duckdb.other_host-{finished.stdout.strip()}.tmp")
+    for path in (*dead, alive, elsewhere):
+        path.write_bytes(b"a copy")
+    update_database(database, store, LAYOUT, results, MainOutput("fit", "jpg"))
+    assert not [path for path in dead if path.exists()]
+    assert alive.exists() and elsewhere.exists()  # a running update's, another host's to clean
+    assert ROOT_PATTERN.fullmatch(alive.name) and ROOT_PATTERN.fullmatch(dead[1].name)  # the layout's own names

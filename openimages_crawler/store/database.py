@@ -15,6 +15,7 @@ always a parameter: no file's text is ever read as SQL. No Scrapy import;
 from __future__ import annotations
 
 import csv
+import glob
 import hashlib
 import logging
 import os
@@ -33,7 +34,8 @@ from openimages_crawler.dataset.annotations import ClassNames
 from openimages_crawler.dataset.catalogue import ANNOTATION_FILES, CLASS_NAMES_FILE, FAILURE_COLUMNS
 from openimages_crawler.dataset.rows import MetadataError
 from openimages_crawler.store.layout import PENDING_DIR, StoreLayout
-from openimages_crawler.store.local import LocalStore
+from openimages_crawler.store.local import LocalStore, host_tag
+from openimages_crawler.store.lock import pid_alive
 from openimages_crawler.store.shards import MANIFEST, join, read_index, read_manifest
 
 logger = logging.getLogger(__name__)
@@ -80,7 +82,8 @@ def update_database(database: Path, store: LocalStore, layout: StoreLayout, resu
 
     counts = DatabaseCounts()
     database.parent.mkdir(parents=True, exist_ok=True)
-    staging = database.with_name(f".{database.name}.{os.getpid()}.tmp")
+    remove_dead_copies(database)
+    staging = database.with_name(f".{database.name}.{host_tag()}-{os.getpid()}.tmp")
     staging.unlink(missing_ok=True)
     if database.is_file():
         shutil.copyfile(database, staging)
@@ -101,6 +104,19 @@ def update_database(database: Path, store: LocalStore, layout: StoreLayout, resu
         staging.unlink(missing_ok=True)
         staging.with_name(staging.name + ".wal").unlink(missing_ok=True)
     return counts
+
+
+def remove_dead_copies(database: Path) -> list[Path]:
+    """Delete the staging copies (and their WAL) that killed updates of this
+    host left beside ``database``; another host's are its own to clean."""
+    prefix = f".{database.name}.{host_tag()}-"
+    removed = []
+    for path in database.parent.glob(f"{glob.escape(prefix)}*.tmp*"):
+        pid = path.name[len(prefix):].split(".", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
 
 
 def write_pending(records: Path, part: str, header: list[str], rows: list[tuple[dict[str, str], str]]) -> None:

@@ -19,8 +19,8 @@ DATABASE_FILE = "openimages.duckdb"  # OPENIMAGES_DATABASE's default name
 ROOT_NAMES = frozenset({STAGING_DIR, LOCKS_DIR, STATUS_DIR, PENDING_DIR, FLEET_DIR, METADATA_DIR, REPORT_JSON,
                         REPORT_HTML, DATABASE_FILE, f"{DATABASE_FILE}.wal"})
 # A work folder's shard folders (shard-KofN), and database files of any name (a staging
-# copy, .{name}.{pid}.tmp, included).
-ROOT_PATTERN = re.compile(r"shard-\d+of\d+|.*\.duckdb(\.\d+\.tmp)?(\.wal)?", re.IGNORECASE)
+# copy, .{name}.{host}-{pid}.tmp, included).
+ROOT_PATTERN = re.compile(r"shard-\d+of\d+|.*\.duckdb(\.[\w.-]+\.tmp)?(\.wal)?", re.IGNORECASE)
 SAFE_SUBSET = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 

@@ -163,10 +163,10 @@ def staging_folder(root: Path, purpose: str = "") -> Path:
     """A staging folder of this process in the store (``purpose`` keeps users
     apart); the next run removes it if the process died."""
     suffix = f"-{purpose}" if purpose else ""
-    return root / STAGING_DIR / f"{_host_tag()}-{os.getpid()}{suffix}"
+    return root / STAGING_DIR / f"{host_tag()}-{os.getpid()}{suffix}"
 
 
-def _host_tag() -> str:
+def host_tag() -> str:
     return "".join(c if c.isalnum() or c in "-_" else "_" for c in socket.gethostname())
 
 
@@ -176,7 +176,7 @@ def remove_dead_staging(root: Path) -> list[Path]:
     staging_root = root / STAGING_DIR
     if not staging_root.is_dir():
         return removed
-    prefix = f"{_host_tag()}-"
+    prefix = f"{host_tag()}-"
     for entry in staging_root.iterdir():
         name = entry.name
         if not name.startswith(prefix):
