@@ -24,6 +24,7 @@ from openimages_crawler.monitor.status import (
     OTHER_HOSTS,
     HostRanking,
     PartStatus,
+    leading,
     mark_exit,
     rank,
     read_status,
@@ -91,6 +92,11 @@ def test_a_supervisors_sum_keeps_how_many_hosts_each_process_left_out() -> None:
                             "b.example.org": {"ok": 0, "failures": {"timeout": 1}},
                             OTHER_HOSTS: {"ok": 4, "failures": {}, "hosts": 4}}
     assert total_hosts([summed])[OTHER_HOSTS] == total_hosts(records)[OTHER_HOSTS]
+    # Bounded again to the limit: P processes' lists do not make a supervisor's record P times as long.
+    kept = PartStatus(part="1of1")
+    set_counts(kept, Counts(1.0), leading(total_hosts(records), 1))
+    assert kept.hosts == {"a.example.org": {"ok": 0, "failures": {"timeout": 1}},
+                          OTHER_HOSTS: {"ok": 4, "failures": {"timeout": 1}, "hosts": 5}}
 
 
 @pytest_twisted.inlineCallbacks

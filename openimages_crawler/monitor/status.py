@@ -351,6 +351,22 @@ def total_hosts(records: list[PartStatus]) -> dict[str, HostTally]:
     return hosts
 
 
+def leading(hosts: dict[str, HostTally], limit: int) -> dict[str, HostTally]:
+    """The ``limit`` hosts of a sum of records with most failures (then most
+    requests), the rest summed under OTHER_HOSTS with how many they are: a
+    supervisor's record is bounded like each of its processes'."""
+    named = {host: tally for host, tally in hosts.items() if host != OTHER_HOSTS}
+    kept = heapq.nlargest(limit, sorted(named), key=lambda host: rank(named[host]))  # ties: by name
+    found = hosts.get(OTHER_HOSTS)
+    others = OtherHosts(found.ok, Counter(found.failures), found.hosts) if isinstance(found, OtherHosts) \
+        else OtherHosts()
+    for host in named.keys() - set(kept):
+        others.ok += named[host].ok
+        others.failures.update(named[host].failures)
+        others.hosts += 1
+    return {**{host: named[host] for host in kept}, **({OTHER_HOSTS: others} if others.hosts else {})}
+
+
 Entry = TypeVar("Entry")
 
 

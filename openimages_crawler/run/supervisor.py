@@ -47,6 +47,7 @@ from openimages_crawler.monitor.status import (
     PartStatus,
     RecordSender,
     read_status,
+    leading,
     set_counts,
     total_counts,
     total_hosts,
@@ -216,7 +217,7 @@ class Supervisor:
             counts = replace(counts, total=counts.done)  # the estimate gives way to what was done
         self.meter.add(counts)
         self.display.show(self.meter, final=final)
-        set_counts(self.record, counts, total_hosts(records))
+        set_counts(self.record, counts, leading(total_hosts(records), self.config.status_hosts))
         self.record.stages = total_stages(records)
         self.record.state = ",".join(sorted({r.state for r in records})) if final else "running"
         if final or time.monotonic() - self.recorded >= STATUS_INTERVAL_S:
