@@ -40,9 +40,10 @@ class Exit:
 
 
 def results_unsent(cause: object) -> Exit:
-    """The exit of a run whose results could not be uploaded to its object store."""
-    return Exit(EXIT_INCOMPLETE, f"the results could not be uploaded ({cause}); the bucket keeps the earlier "
-                "copy and this run's parts: run the same command again to send them")
+    """The exit of a run whose results parts could not be merged into the store's results files."""
+    return Exit(EXIT_INCOMPLETE, f"the results could not be merged into the store ({cause}): it keeps the earlier "
+                "results and this run's parts, which count as recorded; fix the cause and run the same command "
+                "again to merge them")
 
 
 def last_error() -> str:

@@ -322,7 +322,7 @@ def test_shards_on_two_machines_settle_into_the_buckets_current_results(server: 
         store.upload(part, f"train/.parts/{part.name}")  # as the periodic upload does
         machines[index] = (work, files)
     for index, (work, files) in machines.items():
-        mirror.settle_in_bucket(store, work, files, index, 2)
+        mirror.settle_results(store, work, files, index, 2)
     assert sorted(store.read("train/images-success.csv").decode().splitlines()) == [
         "ImageID", "new1", "new2", "old"]
     # Parts merged and deleted, leases released; the attribution follows the merged results.

@@ -62,7 +62,7 @@ from openimages_crawler.store.annotations import AnnotationOutput
 from openimages_crawler.store.base import Store
 from openimages_crawler.store.database import write_pending
 from openimages_crawler.store.layout import METADATA_DIR
-from openimages_crawler.store.ledger import ResultsLedger, settle
+from openimages_crawler.store.ledger import ResultsLedger
 from openimages_crawler.store.lock import StoreLocked, exclusive
 from openimages_crawler.store.objects import ObjectStore
 from openimages_crawler.store.parts import part_label, recover_all
@@ -159,14 +159,13 @@ class OpenImagesSpider(scrapy.Spider):
                 self.sample_annotations = self.index_annotations()
         except ArgumentError as exc:
             raise UsageError(str(exc)) from exc
-        if self.store.remote and self.supervisor is None:  # a supervisor pulls for its processes
+        if self.supervisor is None:  # a supervisor pulls for its processes
             self.pull_results()
         self.planner = self.make_planner()
         self.annotations = self.annotation_output()
 
     def pull_results(self) -> None:
-        """An object store's results files and parts into the work folder (the ledger reads them there)."""
-        assert isinstance(self.store, ObjectStore)
+        """The store's results files and parts into the records folder (the ledger reads them there)."""
         try:
             mirror.pull_results(self.store, self.local_store, self.result_patterns(), STOP_REQUESTED)
         except (OSError, StoreLocked) as exc:
@@ -353,22 +352,18 @@ class OpenImagesSpider(scrapy.Spider):
         except OSError as exc:
             logger.warning("Cannot write the list of pending rows: %s", exc)
         try:
-            if self.supervisor is None and isinstance(self.store, ObjectStore):
-                if not self.lost_lock:  # else another run may own this shard's parts now
-                    self.settle_in_bucket(self.store, reconcile_failures)
-            elif self.supervisor is None:
-                settle(self.results_files(), self.local_store, *self.shard, reconcile_failures=reconcile_failures,
-                       min_free_bytes=self.config.min_free_bytes)
+            if self.supervisor is None and not self.lost_lock:  # a lost lock: another run may own the parts now
+                self.settle_results(reconcile_failures)
         finally:
             self.release()
 
-    def settle_in_bucket(self, store: ObjectStore, reconcile_failures: bool) -> None:
-        """This run's parts merged into the bucket's results files (the exit status says when they could not be)."""
+    def settle_results(self, reconcile_failures: bool) -> None:
+        """This run's parts merged into the store's results files (the exit status says when they could not be)."""
         try:
-            mirror.settle_in_bucket(store, self.local_store, self.results_files(), *self.shard,
-                                    reconcile_failures=reconcile_failures, min_free_bytes=self.config.min_free_bytes)
+            mirror.settle_results(self.store, self.local_store, self.results_files(), *self.shard,
+                                  reconcile_failures=reconcile_failures, min_free_bytes=self.config.min_free_bytes)
         except (OSError, StoreLocked) as exc:
-            logger.error("Cannot upload the results to %s: %s", store.uri, exc)
+            logger.error("Cannot settle the results in %s: %s", self.store.uri, exc)
             self.crawler.stats.set_value("openimages/results_error", str(exc))
 
     def lose_lock(self, message: str) -> None:

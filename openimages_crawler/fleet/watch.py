@@ -59,8 +59,7 @@ from openimages_crawler.monitor.status import (
 )
 from openimages_crawler.store import mirror
 from openimages_crawler.store.base import Store
-from openimages_crawler.store.ledger import recorded_rows, settle
-from openimages_crawler.store.objects import ObjectStore
+from openimages_crawler.store.ledger import recorded_rows
 
 if TYPE_CHECKING:
     from scrapy.settings import BaseSettings
@@ -313,11 +312,7 @@ class Watch:
     def settle(self) -> None:
         """Every shard's parts into the results files (their jobs merge their own;
         these are the parts of jobs that could not)."""
-        if isinstance(self.store, ObjectStore):
-            mirror.settle_in_bucket(self.store, self.local, self.files, 1, 1, whole=True,
-                                    min_free_bytes=self.min_free_bytes)
-        else:
-            settle(self.files, self.local, 1, 1, min_free_bytes=self.min_free_bytes)
+        mirror.settle_results(self.store, self.local, self.files, 1, 1, whole=True, min_free_bytes=self.min_free_bytes)
 
     def write_report(self, final: Counts, totals: dict[str, int]) -> None:
         records = list(self.records.values())

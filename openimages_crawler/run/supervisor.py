@@ -55,9 +55,8 @@ from openimages_crawler.monitor.status import (
 )
 from openimages_crawler.run.database import run_database
 from openimages_crawler.store import mirror
-from openimages_crawler.store.ledger import recorded_rows, settle
+from openimages_crawler.store.ledger import recorded_rows
 from openimages_crawler.store.lock import StoreLocked
-from openimages_crawler.store.objects import ObjectStore
 from openimages_crawler.store.parts import part_label
 
 logger = logging.getLogger(__name__)
@@ -118,10 +117,9 @@ class Supervisor:
                 return Exit(EXIT_USAGE, str(exc))
         previous = {signum: signal.signal(signum, self.on_signal) for signum in EXIT_AFTER_SIGNAL}
         try:
-            if self.store.remote:
-                unread = self.pull()
-                if unread is not None:
-                    return unread
+            unread = self.pull()
+            if unread is not None:
+                return unread
             logger.info("Crawling in %d processes", self.plan.count)
             self.children = start_children(self.commands(), lock.inheritable(), self.display.write)
             self.watch()
@@ -145,23 +143,15 @@ class Supervisor:
     def merge(self) -> Exit | None:
         """The processes' results parts into the results files; an exit status
         when that fails."""
-        if isinstance(self.store, ObjectStore):
-            if self.lost_lock:
-                return Exit(EXIT_INCOMPLETE, f"the crawl stopped: it {self.lost_lock} (another crawl of this "
-                            "shard may have started); the rows not recorded yet are still pending")
-            try:
-                mirror.settle_in_bucket(self.store, self.local_store, self.files, *self.shard,
-                                        min_free_bytes=self.config.min_free_bytes)
-            except (OSError, StoreLocked) as exc:
-                return results_unsent(exc)
-            return None
+        if self.lost_lock:  # another run may own this shard's parts now
+            return Exit(EXIT_INCOMPLETE, f"the crawl stopped: it {self.lost_lock} (another crawl of this "
+                        "shard may have started); the rows not recorded yet are still pending")
         try:
-            settle(self.files, self.local_store, *self.shard, min_free_bytes=self.config.min_free_bytes)
-        except (OSError, ValueError) as exc:  # a full disk; a results file damaged by hand
-            logger.debug("Cannot merge the results parts", exc_info=exc)
-            return Exit(EXIT_INCOMPLETE, "cannot merge the results parts into the results files "
-                        f"({type(exc).__name__}: {exc}); they stay under .parts/ and count as recorded: fix the "
-                        "cause and run again")
+            mirror.settle_results(self.store, self.local_store, self.files, *self.shard,
+                                  min_free_bytes=self.config.min_free_bytes)
+        except (OSError, ValueError, StoreLocked) as exc:  # a full disk, a file damaged by hand, a bucket gone
+            logger.debug("Cannot settle the results", exc_info=exc)
+            return results_unsent(f"{type(exc).__name__}: {exc}")
         return None
 
     def lose_lock(self, message: str) -> None:
@@ -170,8 +160,7 @@ class Supervisor:
         signal_children(self.children, signal.SIGTERM)
 
     def pull(self) -> Exit | None:
-        """An object store's results into the work folder, before the processes read them."""
-        assert isinstance(self.store, ObjectStore)
+        """The store's results into the records folder, before the processes read them."""
         try:
             mirror.pull_results(self.store, self.local_store, self.patterns)
         except (OSError, StoreLocked) as exc:

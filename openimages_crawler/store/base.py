@@ -119,6 +119,15 @@ class Store(Protocol):
     def trusted_hosts(self) -> frozenset[str]:
         """Hosts the crawl reads the store through: not refused as private addresses."""
 
+    def fetch_results(self, local: LocalStore, final_patterns: list[str], whole: bool = False) -> int | None:
+        """The store's copy of the results files (``whole``: and their parts)
+        into the records folder ``local``; the files fetched, ``None`` when the
+        records folder is the store's only copy."""
+
+    def send_results(self, local: LocalStore, files: dict[str, list[str]], index: int = 1, count: int = 1) -> None:
+        """The records folder's merged results back into the store's copy
+        (shard ``index`` of ``count``'s parts there deleted)."""
+
 
 class RunLock(Protocol):
     """What a run holds for its whole length (``Store.run_lock``)."""

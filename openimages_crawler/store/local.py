@@ -158,6 +158,13 @@ class LocalStore:
         """No host: a folder is not read over the network."""
         return frozenset()
 
+    def fetch_results(self, local: LocalStore, final_patterns: list[str], whole: bool = False) -> int | None:
+        """``None``: a folder's results are in its records folder, itself; there is no other copy."""
+        return None
+
+    def send_results(self, local: LocalStore, files: dict[str, list[str]], index: int = 1, count: int = 1) -> None:
+        """Nothing to send: the merge wrote the folder's own results files."""
+
 
 def staging_folder(root: Path, purpose: str = "") -> Path:
     """A staging folder of this process in the store (``purpose`` keeps users

@@ -32,6 +32,7 @@ from pathlib import Path, PurePosixPath
 
 from openimages_crawler.store.attribution import ATTRIBUTION_CSV, ATTRIBUTION_MD
 from openimages_crawler.store.ledger import existing, settle
+from openimages_crawler.store.base import Store
 from openimages_crawler.store.local import LocalStore
 from openimages_crawler.store.objects import ObjectEntry, ObjectStore
 from openimages_crawler.store.parts import (
@@ -119,13 +120,15 @@ def pull(store: ObjectStore, local: LocalStore, final_patterns: list[str]) -> in
     return fetched + len(parts)
 
 
-def pull_results(store: ObjectStore, local: LocalStore, final_patterns: list[str],
+def pull_results(store: Store, local: LocalStore, final_patterns: list[str],
                  stop: threading.Event | None = None) -> None:
-    """``pull`` before a run, under the ``results`` lock (this machine's and the
-    bucket's: another shard may be merging); ``OSError`` or ``StoreLocked`` when it cannot."""
+    """The store's copy of the results (files and parts) into the records folder
+    before a run, under the ``results`` lock (another shard may be merging);
+    ``OSError`` or ``StoreLocked`` when it cannot. A folder store has no other copy."""
     with store.shared(local.root, "results", stop):
-        fetched = pull(store, local, final_patterns)
-    logger.info("Results read from %s: %d files", store.uri, fetched)
+        fetched = store.fetch_results(local, final_patterns, whole=True)
+    if fetched is not None:
+        logger.info("Results read from %s: %d files", store.uri, fetched)
 
 
 def refresh_finals(store: ObjectStore, local: LocalStore, final_patterns: list[str]) -> int:
@@ -142,27 +145,28 @@ def refresh_finals(store: ObjectStore, local: LocalStore, final_patterns: list[s
     return len(finals)
 
 
-def settle_in_bucket(store: ObjectStore, local: LocalStore, files: dict[str, list[str]], index: int = 1,
-                     count: int = 1, *, reconcile_failures: bool = True, whole: bool = False,
-                     min_free_bytes: int = 0) -> None:
-    """End a run of shard ``index`` of ``count`` on an object store, under the
-    bucket's ``results`` lease: the bucket's results files as they are now
-    (other shards may have merged since this run pulled them), this shard's
-    parts merged in (``ledger.settle``), and up again. ``whole``: every part
-    is fetched first (a fleet's last merge, on the machine that watched it)."""
-    patterns = files["success"] + files["failure"]
+def settle_results(store: Store, local: LocalStore, files: dict[str, list[str]], index: int = 1, count: int = 1,
+                   *, reconcile_failures: bool = True, whole: bool = False, min_free_bytes: int = 0) -> None:
+    """End a run of shard ``index`` of ``count``, whatever the store, under its
+    ``results`` lock: the store's results as they are now (other shards may
+    have merged since this run began; ``whole``: every part too, a fleet's last
+    merge), this shard's parts merged in (``ledger.settle``), and the results
+    sent back (a folder store's records folder is the store: nothing moves)."""
     with store.shared(local.root, "results"):
-        if whole:
-            pull(store, local, patterns)
-        else:
-            refresh_finals(store, local, patterns)
+        store.fetch_results(local, files["success"] + files["failure"], whole)
         settle(files, local, index, count, reconcile_failures=reconcile_failures, locked=True,
                min_free_bytes=min_free_bytes)
-        push_results(store, local, patterns, index, count)
-        for success in existing(files["success"]):
-            for name in (ATTRIBUTION_CSV, ATTRIBUTION_MD):
-                if (success.parent / name).is_file():  # not written below the free-space floor
-                    store.upload(success.parent / name, relative(local, str(success.parent / name)))
+        store.send_results(local, files, index, count)
+
+
+def send_results(store: ObjectStore, local: LocalStore, files: dict[str, list[str]], index: int = 1,
+                 count: int = 1) -> None:
+    """The merged results files up (``push_results``), with each subset's attribution files."""
+    push_results(store, local, files["success"] + files["failure"], index, count)
+    for success in existing(files["success"]):
+        for name in (ATTRIBUTION_CSV, ATTRIBUTION_MD):
+            if (success.parent / name).is_file():  # not written below the free-space floor
+                store.upload(success.parent / name, relative(local, str(success.parent / name)))
 
 
 def push_parts(store: ObjectStore, local: LocalStore, parts: Iterable[Path]) -> None:
