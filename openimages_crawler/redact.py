@@ -22,6 +22,7 @@ MASK = "***"
 SECRET_WORDS = ("SECRET", "TOKEN", "PASSWORD", "KEY")
 SETTING_OPTIONS = ("-s", "--set")  # Scrapy's options taking NAME=VALUE
 ARGUMENT_OPTIONS = ("-a",)  # spider arguments, NAME=VALUE too
+OPTIONS = (*SETTING_OPTIONS, *ARGUMENT_OPTIONS)
 _SHORTEST_SECRET = 4  # shorter values ("1", "on") would mask ordinary words in logs
 
 # The query parameters that make a presigned URL a credential (AWS SigV2 and SigV4, GCS).
@@ -78,20 +79,24 @@ def redacted_argv(argv: Iterable[str]) -> list[str]:
     shown: list[str] = []
     pending = False  # the previous word was an option whose NAME=VALUE follows
     for word in argv:
-        prefix, assignment = "", word
-        if not pending:
-            for option in (*SETTING_OPTIONS, *ARGUMENT_OPTIONS):
-                if word.startswith(f"{option}=") and option.startswith("--"):
-                    prefix, assignment = f"{option}=", word[len(option) + 1:]
-                elif word.startswith(option) and word != option and not option.startswith("--"):
-                    prefix, assignment = option, word[len(option):]
+        prefix, assignment = ("", word) if pending else _option_split(word)
         if (pending or prefix) and "=" in assignment:
             name, value = assignment.split("=", 1)
             if is_secret(name) and value:
                 assignment = f"{name}={MASK}"
         shown.append(prefix + redact(assignment))
-        pending = word in (*SETTING_OPTIONS, *ARGUMENT_OPTIONS)
+        pending = word in OPTIONS
     return shown
+
+
+def _option_split(word: str) -> tuple[str, str]:
+    """``--set=NAME=VALUE`` or ``-sNAME=VALUE`` as (the option, ``NAME=VALUE``); else ("", word)."""
+    for option in OPTIONS:
+        if option.startswith("--") and word.startswith(f"{option}="):
+            return f"{option}=", word[len(option) + 1:]
+        if not option.startswith("--") and word.startswith(option) and word != option:
+            return option, word[len(option):]
+    return "", word
 
 
 class _Redacting:
@@ -130,11 +135,7 @@ def _assignments(argv: list[str]) -> list[tuple[str, str]]:
     """The NAME=VALUE words of a command line (``--set=`` and ``-sNAME=`` too)."""
     found: list[tuple[str, str]] = []
     for word in argv:
-        if word.startswith("--set="):
-            word = word[len("--set="):]
-        elif word[:2] in ("-s", "-a") and len(word) > 2:
-            word = word[2:]
-        name, equals, value = word.partition("=")
+        name, equals, value = _option_split(word)[1].partition("=")
         if equals:
             found.append((name, value))
     return found
