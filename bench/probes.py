@@ -32,9 +32,9 @@ from openimages_crawler.monitor.progress import Counts
 from openimages_crawler.monitor.report import HostTally
 from openimages_crawler.monitor.status import HostRanking, PartStatus, set_counts
 from openimages_crawler.store.layout import StoreLayout
-from openimages_crawler.store.ledger import settle
+from openimages_crawler.checkpoint.ledger import settle
 from openimages_crawler.store.local import LocalStore
-from openimages_crawler.store.parts import part_path
+from openimages_crawler.store.layout import part_path
 
 PROBE_PORT = 47_123  # fixed, so the generated CSVs stay valid between runs
 STATUS_HOSTS = 300_000  # distinct hosts met by the status probe's crawl
@@ -229,7 +229,7 @@ def database_probe(corpus: corpus_module.Corpus, work: Path, args: argparse.Name
     class descriptions; built from zero, then updated after 10,000 more rows."""
     import resource  # noqa: PLC0415 (this probe only)
 
-    from openimages_crawler.store.database import (  # noqa: PLC0415
+    from openimages_crawler.outputs.database import (  # noqa: PLC0415
         MainOutput,
         ResultsFile,
         update_database,

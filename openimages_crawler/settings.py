@@ -195,12 +195,12 @@ FEED_EXPORTERS = {"results_csv": "openimages_crawler.crawl.feeds.ResultsCsvItemE
 FEEDS = {
     "%(images_store)s/%(subset)s/images-success.csv": {
         "format": "results_csv",
-        "item_classes": ["openimages_crawler.store.results.SuccessRow"],
+        "item_classes": ["openimages_crawler.checkpoint.results.SuccessRow"],
         "encoding": "utf-8",
     },
     "%(images_store)s/%(subset)s/images-failure.csv": {
         "format": "results_csv",
-        "item_classes": ["openimages_crawler.store.results.FailureRow"],
+        "item_classes": ["openimages_crawler.checkpoint.results.FailureRow"],
         "encoding": "utf-8",
     },
 }

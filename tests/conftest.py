@@ -20,7 +20,7 @@ import pytest
 from scrapy.settings import Settings
 
 from openimages_crawler.store.layout import ROOT_NAMES, ROOT_PATTERN
-from openimages_crawler.store.parts import all_results
+from openimages_crawler.checkpoint.parts import all_results
 from openimages_crawler.testing.mirror import (
     Mirror,
     MirrorServer,

@@ -24,8 +24,8 @@ from openimages_crawler.dataset.catalogue import (
     IMAGES_CSV_COLUMNS,
 )
 from openimages_crawler.reasons import FAILURE_REASONS
-from openimages_crawler.store.csvfiles import iter_records
-from openimages_crawler.store.parts import all_results
+from openimages_crawler.checkpoint.csvfiles import iter_records
+from openimages_crawler.checkpoint.parts import all_results
 from openimages_crawler.testing.images import IMAGE_KINDS
 from openimages_crawler.testing.mirror import MirrorRow, Route
 from tests.conftest import (

@@ -1,4 +1,4 @@
-"""The store's DuckDB database (``store.database``): built from a store's
+"""The store's DuckDB database (``outputs.database``): built from a store's
 files, updated incrementally, and answering the README's queries."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import duckdb
 import pytest
 from PIL import Image
 
-from openimages_crawler.store.database import (
+from openimages_crawler.outputs.database import (
     MainOutput,
     ResultsFile,
     pending_files,
@@ -24,7 +24,7 @@ from openimages_crawler.store.database import (
 )
 from openimages_crawler.store.layout import ROOT_PATTERN, StoreLayout
 from openimages_crawler.store.local import LocalStore, host_tag
-from openimages_crawler.store.shards import write_index, write_manifest
+from openimages_crawler.outputs.containers import write_index, write_manifest
 from tests.conftest import ROOT
 
 LAYOUT = StoreLayout()

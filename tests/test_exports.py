@@ -1,4 +1,4 @@
-"""COCO, YOLO and Pascal VOC exports (``exports``): a store of real resized
+"""COCO, YOLO and Pascal VOC exports (``outputs``): a store of real resized
 images with dark rectangles where their boxes are; every exported box must
 land on its rectangle within a pixel, on each resize mode, with an EXIF turn
 and a metadata Rotation, with boxes FillCrop clips and drops."""
@@ -19,7 +19,7 @@ import pytest
 import yaml
 from PIL import Image, ImageDraw
 
-from openimages_crawler.exports.run import ExportError, ExportRequest, export_subset
+from openimages_crawler.outputs.export import ExportError, ExportRequest, export_subset
 from openimages_crawler.imaging.boxes import NormBox, placed_annotations
 from openimages_crawler.imaging.pillow import Geometry, ResizeSpec
 from openimages_crawler.imaging.process import Expected, process_image

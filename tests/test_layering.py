@@ -19,7 +19,9 @@ SCRAPY_FREE_PACKAGES = (
     "openimages_crawler.dataset",
     "openimages_crawler.imaging",
     "openimages_crawler.store",
-    "openimages_crawler.exports",
+    "openimages_crawler.checkpoint",
+    "openimages_crawler.outputs",
+    "openimages_crawler.job",
 )
 SCRAPY_FREE_MODULES = (
     "openimages_crawler.reasons",
@@ -74,11 +76,14 @@ def test_scrapy_free_modules_import_without_scrapy_or_twisted() -> None:
 
 
 # The layers, bottom first: a module imports from its own layer or those below, never above.
-# The pure stages share one layer for now (the store's checkpoint reads dataset rows, and rows
-# take the store layout's folder names).
 LAYERS = (
     ("reasons", "exits", "redact"),
-    ("dataset", "imaging", "store", "exports"),
+    ("store",),
+    ("dataset",),
+    ("imaging",),
+    ("outputs",),
+    ("checkpoint",),
+    ("job",),
     ("testing",),
     ("crawl",),
     ("monitor",),

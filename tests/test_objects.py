@@ -255,7 +255,7 @@ def test_an_acl_is_sent_only_when_set(server: S3Server) -> None:
 
 
 def test_pull_then_push_keep_every_row_once_across_an_interrupted_merge(server: S3Server, tmp_path: Path) -> None:
-    from openimages_crawler.store import mirror
+    from openimages_crawler.store import sync
     from openimages_crawler.store.local import LocalStore
 
     store = ObjectStore("s3://data/mirror", options_for(server))
@@ -270,7 +270,7 @@ def test_pull_then_push_keep_every_row_once_across_an_interrupted_merge(server: 
     (work.root / "train" / ".parts" / "images-success.3of3.csv").write_text(header + "stale\n")
     (work.root / "train" / ".parts" / "images-success.csv.merge").write_text("{}")
 
-    assert mirror.pull(store, work, patterns) == 3
+    assert sync.pull(store, work, patterns) == 3
     assert sorted(p.relative_to(work.root).as_posix() for p in work.root.rglob("*") if p.is_file()) == [
         "train/.parts/images-success.1of2.csv", "train/.parts/images-success.2of2.csv", "train/images-success.csv"]
 
@@ -278,25 +278,25 @@ def test_pull_then_push_keep_every_row_once_across_an_interrupted_merge(server: 
     (work.root / "train" / "images-success.csv").write_text(header + "a\nb\nc\nd\n")
     for part in (work.root / "train" / ".parts").iterdir():
         part.unlink()
-    assert mirror.push_results(store, work, patterns, 1, 2) == 1
+    assert sync.push_results(store, work, patterns, 1, 2) == 1
     keys = set(store.list("train"))
     assert keys == {"train/images-success.csv", "train/.parts/images-success.2of2.csv"}  # 2of2 is not shard 1's
-    assert store.metadata("train/images-success.csv")[mirror.MERGE_ID]
+    assert store.metadata("train/images-success.csv")[sync.MERGE_ID]
 
     # A kill after the results file went up but before its parts were deleted: the next
     # pull finishes the merge (the journal names the file's merge id) instead of counting
     # the parts' rows twice.
-    merged_id = store.metadata("train/images-success.csv")[mirror.MERGE_ID]
+    merged_id = store.metadata("train/images-success.csv")[sync.MERGE_ID]
     etag = store.entries("train/.parts")[0]["images-success.2of2.csv"].etag
     store.write("train/.parts/images-success.csv.merge.json",
                 json.dumps({"id": merged_id, "parts": {"train/.parts/images-success.2of2.csv": etag}}).encode())
-    mirror.pull(store, work, patterns)
+    sync.pull(store, work, patterns)
     assert set(store.list("train")) == {"train/images-success.csv"}
     # A journal whose results file never went up is dropped and its parts are kept.
     store.write("train/.parts/images-success.1of2.csv", (header + "e\n").encode())
     store.write("train/.parts/images-success.csv.merge.json",
                 json.dumps({"id": "never-uploaded", "parts": {"train/.parts/images-success.1of2.csv": "x"}}).encode())
-    mirror.pull(store, work, patterns)
+    sync.pull(store, work, patterns)
     assert set(store.list("train")) == {"train/images-success.csv", "train/.parts/images-success.1of2.csv"}
     assert (work.root / "train" / ".parts" / "images-success.1of2.csv").read_text() == header + "e\n"
 
@@ -304,7 +304,8 @@ def test_pull_then_push_keep_every_row_once_across_an_interrupted_merge(server: 
 def test_shards_on_two_machines_settle_into_the_buckets_current_results(server: S3Server, tmp_path: Path) -> None:
     """Each machine pulled before the other settled: each settle merges into
     the results file as the bucket has it then, so neither loses the other's rows."""
-    from openimages_crawler.store import mirror
+    from openimages_crawler.checkpoint.settle import settle_results
+    from openimages_crawler.store import sync
     from openimages_crawler.store.local import LocalStore
 
     store = ObjectStore("s3://data/two-machines", options_for(server))
@@ -315,14 +316,14 @@ def test_shards_on_two_machines_settle_into_the_buckets_current_results(server: 
         work = LocalStore(str(tmp_path / f"machine{index}"))
         files = {"success": [str(work.root / "*" / "images-success.csv")],
                  "failure": [str(work.root / "*" / "images-failure.csv")]}
-        mirror.pull(store, work, files["success"] + files["failure"])
+        sync.pull(store, work, files["success"] + files["failure"])
         part = work.root / "train" / ".parts" / f"images-success.{index}of2.csv"
         part.parent.mkdir(parents=True, exist_ok=True)
         part.write_text(header + f"new{index}\n")
         store.upload(part, f"train/.parts/{part.name}")  # as the periodic upload does
         machines[index] = (work, files)
     for index, (work, files) in machines.items():
-        mirror.settle_results(store, work, files, index, 2)
+        settle_results(store, work, files, index, 2)
     assert sorted(store.read("train/images-success.csv").decode().splitlines()) == [
         "ImageID", "new1", "new2", "old"]
     # Parts merged and deleted, leases released; the attribution follows the merged results.
@@ -332,16 +333,16 @@ def test_shards_on_two_machines_settle_into_the_buckets_current_results(server: 
 
 
 def test_glob_keys_walks_folders_without_listing_the_images(server: S3Server) -> None:
-    from openimages_crawler.store import mirror
+    from openimages_crawler.store import sync
 
     store = ObjectStore("s3://data/globbed", options_for(server))
     for key in ("train/images-success.csv", "validation/images-success.csv", "train/224/abc/abc.jpg",
                 "train/.parts/images-success.1of1.csv", "report.json"):
         store.write(key, b"x")
     calls = counted(store)
-    assert sorted(mirror.glob_keys(store, "*/images-success.csv")) == [
+    assert sorted(sync.glob_keys(store, "*/images-success.csv")) == [
         "train/images-success.csv", "validation/images-success.csv"]
-    assert sorted(mirror.glob_keys(store, "*/.parts/images-success.*.csv")) == ["train/.parts/images-success.1of1.csv"]
+    assert sorted(sync.glob_keys(store, "*/.parts/images-success.*.csv")) == ["train/.parts/images-success.1of1.csv"]
     assert calls["ListObjectsV2"] == 6  # the top, then each subset folder (and its .parts): never 224/
 
 

@@ -133,7 +133,7 @@ def test_a_subset_named_like_the_stores_own_files_is_an_invalid_row(subset: str)
 
 
 def test_the_subset_argument_cannot_name_the_stores_own_files(tmp_path: Path) -> None:
-    from openimages_crawler.dataset.arguments import ArgumentError, CrawlArguments
+    from openimages_crawler.job.arguments import ArgumentError, CrawlArguments
 
     metadata = tmp_path / "images.csv"
     metadata.write_text(",".join(IMAGES_CSV_COLUMNS) + "\n")

@@ -21,7 +21,7 @@ from openimages_crawler.dataset.selection import (
     read_exclusions,
     read_id_list,
 )
-from openimages_crawler.store.attribution import (
+from openimages_crawler.outputs.attribution import (
     ATTRIBUTION_COLUMNS,
     ATTRIBUTION_CSV,
     ATTRIBUTION_TEXT,

@@ -1,4 +1,4 @@
-"""Container outputs (``store.shards``) without a crawler: shards written,
+"""Container outputs (``outputs.containers``) without a crawler: shards written,
 numbered and published, read back by the real reader libraries (webdataset,
 pyarrow, the tfrecord package), and mended after a kill between the steps of
 a publication."""
@@ -18,12 +18,12 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from openimages_crawler.crawl.pending import PendingRows
+from openimages_crawler.checkpoint.pending import PendingRows
 from openimages_crawler.dataset.rows import ImageRow
 from openimages_crawler.store.base import Store, StoreOptions
 from openimages_crawler.store.local import LocalStore
 from openimages_crawler.store.objects import ObjectStore
-from openimages_crawler.store.shards import (
+from openimages_crawler.outputs.containers import (
     MANIFEST,
     ShardSink,
     read_manifest,

@@ -19,11 +19,11 @@ from openimages_crawler.store import (
 )
 from openimages_crawler.store.base import ObjectTooLarge
 from openimages_crawler.store.layout import StoreLayout
-from openimages_crawler.store.ledger import ResultsLedger
+from openimages_crawler.checkpoint.ledger import ResultsLedger
 from openimages_crawler.store.objects import GcsStore, ObjectStore
-from openimages_crawler.store.planner import PlannedOutput, RowPlan, RowPlanner
-from openimages_crawler.store.results import FailureRow, SuccessRow
-from openimages_crawler.store.sinks import FilesSink
+from openimages_crawler.checkpoint.planner import PlannedOutput, RowPlan, RowPlanner
+from openimages_crawler.checkpoint.results import FailureRow, SuccessRow
+from openimages_crawler.outputs.sinks import FilesSink
 
 BODY = b"\xff\xd8 not really a jpeg"
 
@@ -163,7 +163,7 @@ def test_the_store_lock_is_exclusive_and_names_its_holder(tmp_path: Path) -> Non
 
 def test_reconcile_drops_failures_of_stored_images_and_keeps_the_last_of_a_repeated_one(tmp_path: Path) -> None:
     from openimages_crawler.dataset.retry import RetryFilter
-    from openimages_crawler.store.ledger import ResultsLedger, reconcile
+    from openimages_crawler.checkpoint.ledger import ResultsLedger, reconcile
 
     train = tmp_path / "train"
     train.mkdir()

@@ -39,8 +39,8 @@ from openimages_crawler.crawl.processes import (
 )
 from openimages_crawler.crawl.spider import OpenImagesSpider, scrapy_arguments
 from openimages_crawler.crawl.stop import STOP_REQUESTED
-from openimages_crawler.dataset.arguments import ArgumentError, CrawlArguments
-from openimages_crawler.dataset.prepare import selection_of
+from openimages_crawler.job.arguments import ArgumentError, CrawlArguments
+from openimages_crawler.job.prepare import selection_of
 from openimages_crawler.dataset.selection import SelectionError, Shard
 from openimages_crawler.exits import (
     EXIT_AFTER_SIGNAL,
@@ -63,9 +63,9 @@ from openimages_crawler.run.database import database_path, run_database
 from openimages_crawler.run.export import default_output, run_export
 from openimages_crawler.run.supervisor import Supervisor
 from openimages_crawler.store.layout import LOCKS_DIR, METADATA_DIR, STAGING_DIR
-from openimages_crawler.store.ledger import existing
+from openimages_crawler.checkpoint.ledger import existing
 from openimages_crawler.store.lock import exclusive
-from openimages_crawler.store.parts import part_label
+from openimages_crawler.store.layout import part_label
 
 if TYPE_CHECKING:
     import argparse

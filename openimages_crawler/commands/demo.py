@@ -15,7 +15,7 @@ from scrapy.settings import SETTINGS_PRIORITIES
 from openimages_crawler.crawl.feeds import subset_feed_paths
 from openimages_crawler.monitor.logs import quiet_framework
 from openimages_crawler.run.database import database_path, run_database
-from openimages_crawler.store.results import FailureRow, SuccessRow
+from openimages_crawler.checkpoint.results import FailureRow, SuccessRow
 from openimages_crawler.testing.mirror import MirrorServer, build_mirror, refused_base
 
 # The demo's hanging host must time out quickly.

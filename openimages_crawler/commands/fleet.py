@@ -18,7 +18,7 @@ from scrapy.utils.log import configure_logging
 from openimages_crawler.crawl.config import CrawlConfig, check_store, open_crawl_store
 from openimages_crawler.crawl.processes import process_count
 from openimages_crawler.crawl.spider import OpenImagesSpider, scrapy_arguments
-from openimages_crawler.dataset.arguments import ArgumentError, CrawlArguments
+from openimages_crawler.job.arguments import ArgumentError, CrawlArguments
 from openimages_crawler.exits import EXIT_OK, EXIT_USAGE, fail
 from openimages_crawler.fleet.control import cancel_fleet, show_status
 from openimages_crawler.fleet.scrapyd import (

@@ -1,6 +1,6 @@
 """``scrapy pack``: a store's output, or any tree of images, into WebDataset,
 Parquet or TFRecord shards, with the crawl's manifest, numbering and resume
-(``imaging.pack``, ``store.shards``). No network."""
+(``imaging.pack``, ``outputs.containers``). No network."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ from openimages_crawler.imaging.pack import (
 from openimages_crawler.monitor.progress import Counts, ProgressDisplay, ProgressMeter
 from openimages_crawler.store.local import LocalStore
 from openimages_crawler.store.lock import exclusive
-from openimages_crawler.store.shards import CONTAINERS, ShardSink, scratch_folder
+from openimages_crawler.outputs.containers import CONTAINERS, ShardSink, scratch_folder
 
 logger = logging.getLogger(__name__)
 

@@ -18,9 +18,9 @@ from openimages_crawler.store.base import Store, StoreOptions
 from openimages_crawler.store.layout import METADATA_DIR, StoreLayout
 from openimages_crawler.store.local import LocalStore
 from openimages_crawler.store.objects import StoreUnavailable
-from openimages_crawler.store.parts import part_label
-from openimages_crawler.store.shards import CONTAINERS, ShardSink, scratch_folder
-from openimages_crawler.store.sinks import FilesSink, OutputSink
+from openimages_crawler.store.layout import part_label
+from openimages_crawler.outputs.containers import CONTAINERS, ShardSink, scratch_folder
+from openimages_crawler.outputs.sinks import FilesSink, OutputSink
 
 # Keys of one OPENIMAGES_OUTPUTS entry: required, then optional (defaults from
 # the single-output settings).
@@ -45,7 +45,7 @@ _READ_SETTINGS = (
 @dataclass(frozen=True, slots=True)
 class ResizedOutput:
     """One resized copy of every image, under ``{Subset}/{dir}/``: files, or
-    shards of a container (``store.shards``)."""
+    shards of a container (``outputs.containers``)."""
 
     dir: str
     spec: ResizeSpec

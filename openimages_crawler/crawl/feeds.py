@@ -26,10 +26,10 @@ from twisted.internet import threads
 from twisted.internet.defer import Deferred
 
 from openimages_crawler.crawl.config import open_crawl_store, records_store
-from openimages_crawler.store import mirror
-from openimages_crawler.store.csvfiles import read_csv_header, repair_tail
-from openimages_crawler.store.parts import part_path
-from openimages_crawler.store.results import FailureRow, SuccessRow
+from openimages_crawler.store import sync
+from openimages_crawler.checkpoint.csvfiles import read_csv_header, repair_tail
+from openimages_crawler.store.layout import part_path
+from openimages_crawler.checkpoint.results import FailureRow, SuccessRow
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ class SubsetFeedExporter(FeedExporter):
     """FeedExporter that opens one file per subset for URIs with ``%(subset)s``.
 
     With a spider's ``results_part`` (a label), rows go to that part of each
-    file (``store.parts``), merged into the file when the run ends. Items say their subset with a ``subset`` attribute; other FEEDS entries
+    file (``checkpoint.parts``), merged into the file when the run ends. Items say their subset with a ``subset`` attribute; other FEEDS entries
     keep the stock behaviour.
     """
 
@@ -133,7 +133,7 @@ class SubsetFeedExporter(FeedExporter):
             return self.uploading
         if getattr(self.spider, "lost_lock", ""):
             return None  # another run may own this shard's parts in the bucket now
-        self.uploading = threads.deferToThread(mirror.push_parts, self.store, self.records, sorted(self.part_files))
+        self.uploading = threads.deferToThread(sync.push_parts, self.store, self.records, sorted(self.part_files))
         self.uploading.addErrback(lambda failure: logger.warning(
             "Cannot upload the results parts to %s (tried again later): %s", self.store.uri, failure.value))
         self.uploading.addBoth(self._uploaded)

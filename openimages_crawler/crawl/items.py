@@ -8,7 +8,7 @@ from typing import Any
 from scrapy.http import Response
 from twisted.python.failure import Failure
 
-from openimages_crawler.store.planner import RowPlan
+from openimages_crawler.checkpoint.planner import RowPlan
 
 # The request meta key that carries a row's plan to the pipeline.
 PLAN_KEY = "openimages_plan"

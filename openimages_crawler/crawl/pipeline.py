@@ -13,7 +13,7 @@ and writing in a worker pool sized to the CPUs, off the event loop) and
 ``item_completed``, which turns the outcome into a results row. The store
 comes from ``STORE_SCHEMES`` by the scheme of IMAGES_STORE (``self.store``),
 the originals' place from ``file_path``; the resized files go to their
-output sinks (``store/sinks.py``: files in the layout today).
+output sinks (``outputs/sinks.py``: files in the layout today).
 """
 
 from __future__ import annotations
@@ -45,15 +45,15 @@ from openimages_crawler.crawl.items import (
     Unrecorded,
     request_meta,
 )
-from openimages_crawler.crawl.pending import PendingRows
+from openimages_crawler.checkpoint.pending import PendingRows
 from openimages_crawler.dataset.annotation_index import SampleAnnotations
 from openimages_crawler.imaging.boxes import placed_annotations
 from openimages_crawler.imaging.pillow import ResizeSpec
 from openimages_crawler.imaging.process import Expected, Outcome, process_image
 from openimages_crawler.store import STORE_SCHEMES, Store
-from openimages_crawler.store.results import FailureRow, SuccessRow, with_download
-from openimages_crawler.store.shards import Annotations, ShardSink
-from openimages_crawler.store.sinks import OutputSink
+from openimages_crawler.checkpoint.results import FailureRow, SuccessRow, with_download
+from openimages_crawler.outputs.containers import Annotations, ShardSink
+from openimages_crawler.outputs.sinks import OutputSink
 
 if TYPE_CHECKING:
     from scrapy import Request, Spider

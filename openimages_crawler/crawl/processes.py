@@ -29,7 +29,7 @@ from scrapy.exceptions import UsageError
 from scrapy.settings import SETTINGS_PRIORITIES, BaseSettings
 
 from openimages_crawler.dataset.selection import Shard
-from openimages_crawler.store.parts import part_label
+from openimages_crawler.store.layout import part_label
 
 logger = logging.getLogger(__name__)
 

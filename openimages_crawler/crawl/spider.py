@@ -1,7 +1,7 @@
 """The ``openimages`` spider: metadata rows in, image requests and results out.
 
 Thin Scrapy glue over Scrapy-free steps: the ``-a`` arguments become a
-``CrawlArguments``, ``dataset.prepare`` fetches the metadata and builds the
+``CrawlArguments``, ``job.prepare`` fetches the metadata and builds the
 selection, and a ``RowPlanner`` decides what each row needs from the results
 ledger and the store. Rows are streamed and turned into work lazily (the
 documented back-out pattern), so memory does not grow with the row count.
@@ -51,23 +51,25 @@ from openimages_crawler.dataset.annotation_index import (
     SampleAnnotations,
 )
 from openimages_crawler.dataset.annotations import ClassNames, CopyStopped
-from openimages_crawler.dataset.arguments import ArgumentError, CrawlArguments
+from openimages_crawler.job.arguments import ArgumentError, CrawlArguments
 from openimages_crawler.dataset.catalogue import ANNOTATION_FILES, DOWNLOAD_COLUMNS
-from openimages_crawler.dataset.prepare import MetadataOptions, prepare, selection_of
+from openimages_crawler.job.prepare import MetadataOptions, prepare, selection_of
 from openimages_crawler.dataset.rows import MetadataError, validate_row
 from openimages_crawler.dataset.selection import MetadataRecord, Selection
 from openimages_crawler.dataset.source import ImageSource
-from openimages_crawler.store import LocalStore, mirror
-from openimages_crawler.store.annotations import AnnotationOutput
+from openimages_crawler.store import LocalStore
+from openimages_crawler.outputs.annotations import AnnotationOutput
 from openimages_crawler.store.base import Store
-from openimages_crawler.store.database import write_pending
+from openimages_crawler.outputs.database import write_pending
 from openimages_crawler.store.layout import METADATA_DIR
-from openimages_crawler.store.ledger import ResultsLedger
+from openimages_crawler.checkpoint.ledger import ResultsLedger
 from openimages_crawler.store.lock import StoreLocked, exclusive
 from openimages_crawler.store.objects import ObjectStore
-from openimages_crawler.store.parts import part_label, recover_all
-from openimages_crawler.store.planner import PlannedOutput, RowPlan, RowPlanner
-from openimages_crawler.store.results import ResultRow
+from openimages_crawler.checkpoint import settle
+from openimages_crawler.checkpoint.parts import recover_all
+from openimages_crawler.store.layout import part_label
+from openimages_crawler.checkpoint.planner import PlannedOutput, RowPlan, RowPlanner
+from openimages_crawler.checkpoint.results import ResultRow
 
 logger = logging.getLogger(__name__)
 
@@ -167,7 +169,7 @@ class OpenImagesSpider(scrapy.Spider):
     def pull_results(self) -> None:
         """The store's results files and parts into the records folder (the ledger reads them there)."""
         try:
-            mirror.pull_results(self.store, self.local_store, self.result_patterns(), STOP_REQUESTED)
+            settle.pull_results(self.store, self.local_store, self.result_patterns(), STOP_REQUESTED)
         except (OSError, StoreLocked) as exc:
             raise UsageError(f"cannot read the results from {self.store.uri}: {exc}") from None
 
@@ -360,7 +362,7 @@ class OpenImagesSpider(scrapy.Spider):
     def settle_results(self, reconcile_failures: bool) -> None:
         """This run's parts merged into the store's results files (the exit status says when they could not be)."""
         try:
-            mirror.settle_results(self.store, self.local_store, self.results_files(), *self.shard,
+            settle.settle_results(self.store, self.local_store, self.results_files(), *self.shard,
                                   reconcile_failures=reconcile_failures, min_free_bytes=self.config.min_free_bytes)
         except (OSError, StoreLocked) as exc:
             logger.error("Cannot settle the results in %s: %s", self.store.uri, exc)

@@ -57,9 +57,9 @@ from openimages_crawler.monitor.status import (
     total_hosts,
     total_stages,
 )
-from openimages_crawler.store import mirror
+from openimages_crawler.checkpoint import settle
 from openimages_crawler.store.base import Store
-from openimages_crawler.store.ledger import recorded_rows
+from openimages_crawler.checkpoint.ledger import recorded_rows
 
 if TYPE_CHECKING:
     from scrapy.settings import BaseSettings
@@ -312,7 +312,7 @@ class Watch:
     def settle(self) -> None:
         """Every shard's parts into the results files (their jobs merge their own;
         these are the parts of jobs that could not)."""
-        mirror.settle_results(self.store, self.local, self.files, 1, 1, whole=True, min_free_bytes=self.min_free_bytes)
+        settle.settle_results(self.store, self.local, self.files, 1, 1, whole=True, min_free_bytes=self.min_free_bytes)
 
     def write_report(self, final: Counts, totals: dict[str, int]) -> None:
         records = list(self.records.values())

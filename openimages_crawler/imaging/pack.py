@@ -1,7 +1,7 @@
 """Packing a tree of images into shards (``scrapy pack``): a store's output, or
 any folder of images (an extracted CVDF tarball), as WebDataset, Parquet or
 TFRecord shards with the crawl's manifest, numbering and resume
-(``store.shards``). No network, no Scrapy import.
+(``outputs.containers``). No network, no Scrapy import.
 
 The sample key is the file's stem (an ImageID in a store's output). Every
 file is read and decoded whole before it is packed (a truncated file or a

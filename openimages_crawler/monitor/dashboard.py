@@ -37,7 +37,7 @@ from openimages_crawler.monitor.report import throughput
 from openimages_crawler.monitor.status import ImageEntry, PartStatus, latest_entries
 from openimages_crawler.store.base import Store
 from openimages_crawler.store.layout import is_subset_name
-from openimages_crawler.store.results import FailureRow, SuccessRow
+from openimages_crawler.checkpoint.results import FailureRow, SuccessRow
 
 if TYPE_CHECKING:
     from typing import Self

@@ -24,8 +24,8 @@ from openimages_crawler.monitor.progress import (
 )
 from openimages_crawler.monitor.status import HostRanking, ImageEntry, PartStatus, RecordSender, set_counts
 from openimages_crawler.reasons import FAILURE_STAT_PREFIX
-from openimages_crawler.store.ledger import recorded_rows
-from openimages_crawler.store.results import FailureRow, SuccessRow
+from openimages_crawler.checkpoint.ledger import recorded_rows
+from openimages_crawler.checkpoint.results import FailureRow, SuccessRow
 
 if TYPE_CHECKING:
     from typing import Self

@@ -1,5 +1,5 @@
 """The store's DuckDB database brought up to date from the crawl's settings
-(``store.database`` does the work): at the end of every crawl
+(``outputs.database`` does the work): at the end of every crawl
 (OPENIMAGES_DATABASE) and by ``scrapy db``."""
 
 from __future__ import annotations
@@ -16,14 +16,14 @@ from openimages_crawler.crawl.config import CrawlConfig, records_store
 from openimages_crawler.crawl.feeds import subset_feed_paths
 from openimages_crawler.run.export import default_output
 from openimages_crawler.store.base import has_room
-from openimages_crawler.store.database import (
+from openimages_crawler.outputs.database import (
     MainOutput,
     ResultsFile,
     pending_files,
     update_database,
 )
 from openimages_crawler.store.local import LocalStore
-from openimages_crawler.store.results import FailureRow, SuccessRow
+from openimages_crawler.checkpoint.results import FailureRow, SuccessRow
 
 logger = logging.getLogger(__name__)
 

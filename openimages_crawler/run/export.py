@@ -1,4 +1,4 @@
-"""Labels for trainers (``exports``) from the crawl's settings: at the end of
+"""Labels for trainers (``outputs``) from the crawl's settings: at the end of
 a crawl with ``-a export`` and by ``scrapy export``; and the folder store both
 ``scrapy export`` and ``scrapy db`` work on."""
 
@@ -14,9 +14,9 @@ from scrapy.settings import BaseSettings
 from openimages_crawler.crawl.config import CrawlConfig
 from openimages_crawler.crawl.feeds import subset_feed_paths
 from openimages_crawler.dataset.catalogue import ANNOTATION_FILES
-from openimages_crawler.exports.run import ExportError, ExportRequest, export_subset
+from openimages_crawler.outputs.export import ExportError, ExportRequest, export_subset
 from openimages_crawler.store.local import LocalStore
-from openimages_crawler.store.results import SuccessRow
+from openimages_crawler.checkpoint.results import SuccessRow
 
 logger = logging.getLogger(__name__)
 

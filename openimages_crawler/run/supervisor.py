@@ -29,7 +29,7 @@ from openimages_crawler.crawl.processes import (
     start_children,
 )
 from openimages_crawler.crawl.spider import scrapy_arguments
-from openimages_crawler.dataset.arguments import CrawlArguments
+from openimages_crawler.job.arguments import CrawlArguments
 from openimages_crawler.dataset.selection import Shard
 from openimages_crawler.exits import (
     EXIT_AFTER_SIGNAL,
@@ -54,10 +54,10 @@ from openimages_crawler.monitor.status import (
     total_stages,
 )
 from openimages_crawler.run.database import run_database
-from openimages_crawler.store import mirror
-from openimages_crawler.store.ledger import recorded_rows
+from openimages_crawler.checkpoint import settle
+from openimages_crawler.checkpoint.ledger import recorded_rows
 from openimages_crawler.store.lock import StoreLocked
-from openimages_crawler.store.parts import part_label
+from openimages_crawler.store.layout import part_label
 
 logger = logging.getLogger(__name__)
 
@@ -147,7 +147,7 @@ class Supervisor:
             return Exit(EXIT_INCOMPLETE, f"the crawl stopped: it {self.lost_lock} (another crawl of this "
                         "shard may have started); the rows not recorded yet are still pending")
         try:
-            mirror.settle_results(self.store, self.local_store, self.files, *self.shard,
+            settle.settle_results(self.store, self.local_store, self.files, *self.shard,
                                   min_free_bytes=self.config.min_free_bytes)
         except (OSError, ValueError, StoreLocked) as exc:  # a full disk, a file damaged by hand, a bucket gone
             logger.debug("Cannot settle the results", exc_info=exc)
@@ -162,7 +162,7 @@ class Supervisor:
     def pull(self) -> Exit | None:
         """The store's results into the records folder, before the processes read them."""
         try:
-            mirror.pull_results(self.store, self.local_store, self.patterns)
+            settle.pull_results(self.store, self.local_store, self.patterns)
         except (OSError, StoreLocked) as exc:
             return Exit(EXIT_USAGE, f"cannot read the results from {self.store.uri}: {exc}")
         return None

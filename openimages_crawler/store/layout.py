@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import glob
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import urlsplit
 
 # The names the store itself uses at its root (and in a work folder), one list: a
@@ -22,6 +24,8 @@ ROOT_NAMES = frozenset({STAGING_DIR, LOCKS_DIR, STATUS_DIR, PENDING_DIR, FLEET_D
 # copy, .{name}.{host}-{pid}.tmp, included).
 ROOT_PATTERN = re.compile(r"shard-\d+of\d+|.*\.duckdb(\.[\w.-]+\.tmp)?(\.wal)?", re.IGNORECASE)
 SAFE_SUBSET = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+# Each subset's attribution files, beside its results files.
+ATTRIBUTION_CSV, ATTRIBUTION_MD = "ATTRIBUTION.csv", "ATTRIBUTION.md"
 
 
 def is_root_name(name: str) -> bool:
@@ -56,3 +60,41 @@ class StoreLayout:
 def original_extension(url: str) -> str:
     """``png`` when the URL's path names a PNG, else ``jpg`` (Flickr originals)."""
     return "png" if urlsplit(url).path.lower().endswith(".png") else "jpg"
+
+
+# Results parts (``checkpoint.parts``): {Subset}/.parts/images-success.{K}of{M}.csv and its merge journal.
+PARTS_DIR = ".parts"
+JOURNAL_SUFFIX = ".merge"
+PART_LABEL = re.compile(r"(\d+)of(\d+)")
+
+
+def part_label(index: int, count: int) -> str:
+    """The name of shard ``index`` of ``count`` in part file names."""
+    return f"{index}of{count}"
+
+
+def owned_by(label: str, index: int, count: int) -> bool:
+    """Whether the rows of part ``label`` all fall in shard ``index`` of
+    ``count`` (shard K of M lies inside K' of N when N divides M and K-1 ≡ K'-1 mod N)."""
+    match = PART_LABEL.fullmatch(label)
+    if match is None:
+        return False
+    part_index, part_count = int(match[1]), int(match[2])
+    return part_count % count == 0 and (part_index - 1) % count == index - 1
+
+
+def part_path(final: Path, label: str) -> Path:
+    return final.parent / PARTS_DIR / f"{final.stem}.{label}{final.suffix}"
+
+
+def part_pattern(final_pattern: str) -> str:
+    """The glob of the parts of the results files ``final_pattern`` matches."""
+    final = Path(final_pattern)
+    return str(final.parent / PARTS_DIR / f"{glob.escape(final.stem)}.*{final.suffix}")
+
+
+def final_of(part: Path) -> tuple[Path, str]:
+    """The results file a part belongs to, and the part's label."""
+    stem, _, suffix = part.name.rpartition(".")
+    stem, _, label = stem.rpartition(".")
+    return part.parent.parent / f"{stem}.{suffix}", label

@@ -35,6 +35,7 @@ from openimages_crawler.store.layout import LOCKS_DIR
 from openimages_crawler.store.lease import BucketLease, BucketShardLock, RunLock, bucket_exclusive, records_and_bucket
 from openimages_crawler.store.local import LocalStore
 from openimages_crawler.store.lock import StoreLock, StoreLocked
+from openimages_crawler.store import sync
 
 logger = logging.getLogger(__name__)
 
@@ -476,15 +477,13 @@ class ObjectStore:
     def fetch_results(self, local: LocalStore, final_patterns: list[str], whole: bool = False) -> int | None:
         """The bucket's results files (``whole``: and every part) into the records
         folder ``local``, an interrupted merge finished or undone first; the files fetched."""
-        from openimages_crawler.store import mirror  # noqa: PLC0415 (the bucket's results, built on this class)
 
-        return mirror.pull(self, local, final_patterns) if whole else mirror.refresh_finals(self, local, final_patterns)
+        return sync.pull(self, local, final_patterns) if whole else sync.refresh_finals(self, local, final_patterns)
 
     def send_results(self, local: LocalStore, files: dict[str, list[str]], index: int = 1, count: int = 1) -> None:
         """The records folder's merged results (and attribution) up, shard ``index`` of ``count``'s parts deleted."""
-        from openimages_crawler.store import mirror  # noqa: PLC0415 (the bucket's results, built on this class)
 
-        mirror.send_results(self, local, files, index, count)
+        sync.send_results(self, local, files, index, count)
 
     def trusted_hosts(self) -> frozenset[str]:
         """The endpoint's host (a private MinIO, say): the crawl reads stored

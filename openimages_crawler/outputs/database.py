@@ -36,7 +36,7 @@ from openimages_crawler.dataset.rows import MetadataError
 from openimages_crawler.store.layout import PENDING_DIR, StoreLayout
 from openimages_crawler.store.local import LocalStore, host_tag
 from openimages_crawler.store.lock import pid_alive
-from openimages_crawler.store.shards import MANIFEST, join, read_index, read_manifest
+from openimages_crawler.outputs.containers import MANIFEST, join, read_index, read_manifest
 
 logger = logging.getLogger(__name__)
 

@@ -1,7 +1,8 @@
-"""An object store's results, kept in a local work folder while runs write them.
+"""An object store's copy of the results, synced with the local work folder
+where runs write them (``ObjectStore.fetch_results`` and ``send_results``).
 
 The ledger, the results parts and their merge work on local files
-(``store/ledger.py``, ``store/parts.py``). With an object store those files
+(``checkpoint/ledger.py``, ``checkpoint/parts.py``). With an object store those files
 live in the work folder (OPENIMAGES_WORK_DIR) and the bucket holds the copies
 that count:
 
@@ -24,24 +25,26 @@ import glob
 import json
 import logging
 import os
-import threading
 import uuid
 from collections.abc import Iterable
 from fnmatch import fnmatch
 from pathlib import Path, PurePosixPath
 
-from openimages_crawler.store.attribution import ATTRIBUTION_CSV, ATTRIBUTION_MD
-from openimages_crawler.store.ledger import existing, settle
-from openimages_crawler.store.base import Store
-from openimages_crawler.store.local import LocalStore
-from openimages_crawler.store.objects import ObjectEntry, ObjectStore
-from openimages_crawler.store.parts import (
+from typing import TYPE_CHECKING
+
+from openimages_crawler.store.layout import (
+    ATTRIBUTION_CSV,
+    ATTRIBUTION_MD,
     JOURNAL_SUFFIX,
     PARTS_DIR,
     final_of,
     owned_by,
     part_pattern,
 )
+from openimages_crawler.store.local import LocalStore
+
+if TYPE_CHECKING:
+    from openimages_crawler.store.objects import ObjectEntry, ObjectStore
 
 logger = logging.getLogger(__name__)
 
@@ -120,17 +123,6 @@ def pull(store: ObjectStore, local: LocalStore, final_patterns: list[str]) -> in
     return fetched + len(parts)
 
 
-def pull_results(store: Store, local: LocalStore, final_patterns: list[str],
-                 stop: threading.Event | None = None) -> None:
-    """The store's copy of the results (files and parts) into the records folder
-    before a run, under the ``results`` lock (another shard may be merging);
-    ``OSError`` or ``StoreLocked`` when it cannot. A folder store has no other copy."""
-    with store.shared(local.root, "results", stop):
-        fetched = store.fetch_results(local, final_patterns, whole=True)
-    if fetched is not None:
-        logger.info("Results read from %s: %d files", store.uri, fetched)
-
-
 def refresh_finals(store: ObjectStore, local: LocalStore, final_patterns: list[str]) -> int:
     """The bucket's results files (not its parts) into the work folder, once a
     merge that a kill interrupted is finished or undone; the files fetched."""
@@ -145,25 +137,11 @@ def refresh_finals(store: ObjectStore, local: LocalStore, final_patterns: list[s
     return len(finals)
 
 
-def settle_results(store: Store, local: LocalStore, files: dict[str, list[str]], index: int = 1, count: int = 1,
-                   *, reconcile_failures: bool = True, whole: bool = False, min_free_bytes: int = 0) -> None:
-    """End a run of shard ``index`` of ``count``, whatever the store, under its
-    ``results`` lock: the store's results as they are now (other shards may
-    have merged since this run began; ``whole``: every part too, a fleet's last
-    merge), this shard's parts merged in (``ledger.settle``), and the results
-    sent back (a folder store's records folder is the store: nothing moves)."""
-    with store.shared(local.root, "results"):
-        store.fetch_results(local, files["success"] + files["failure"], whole)
-        settle(files, local, index, count, reconcile_failures=reconcile_failures, locked=True,
-               min_free_bytes=min_free_bytes)
-        store.send_results(local, files, index, count)
-
-
 def send_results(store: ObjectStore, local: LocalStore, files: dict[str, list[str]], index: int = 1,
                  count: int = 1) -> None:
     """The merged results files up (``push_results``), with each subset's attribution files."""
     push_results(store, local, files["success"] + files["failure"], index, count)
-    for success in existing(files["success"]):
+    for success in (Path(name) for pattern in files["success"] for name in sorted(glob.glob(pattern))):
         for name in (ATTRIBUTION_CSV, ATTRIBUTION_MD):
             if (success.parent / name).is_file():  # not written below the free-space floor
                 store.upload(success.parent / name, relative(local, str(success.parent / name)))

@@ -1,5 +1,5 @@
 """Rows whose images wait in open shards: recorded only once every shard that
-holds them is published (``store.shards``), so the results never name an
+holds them is published (``outputs.containers``), so the results never name an
 image a kill -9 could still take away. Scrapy-free and thread-safe: shards
 are published from worker threads, rows are added and released on the
 event loop."""

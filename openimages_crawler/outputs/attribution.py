@@ -15,8 +15,8 @@ import os
 import uuid
 from pathlib import Path
 
-ATTRIBUTION_CSV = "ATTRIBUTION.csv"
-ATTRIBUTION_MD = "ATTRIBUTION.md"
+from openimages_crawler.store.layout import ATTRIBUTION_CSV, ATTRIBUTION_MD
+
 ATTRIBUTION_COLUMNS = ("ImageID", "Title", "Author", "AuthorProfileURL", "License", "OriginalLandingURL")
 _UNESCAPED = ("Title", "Author")  # Flickr's HTML entities (O&#x27;Neil) as the characters they stand for
 # First characters that make a spreadsheet read a cell as a formula (OWASP's CSV

@@ -17,51 +17,14 @@ import glob
 import json
 import logging
 import os
-import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
-from openimages_crawler.store.csvfiles import iter_records, read_csv_header, repair_tail
+from openimages_crawler.checkpoint.csvfiles import iter_records, read_csv_header, repair_tail
+from openimages_crawler.store.layout import JOURNAL_SUFFIX, PARTS_DIR, PART_LABEL, final_of, owned_by, part_pattern
 
 logger = logging.getLogger(__name__)
-
-PARTS_DIR = ".parts"
-JOURNAL_SUFFIX = ".merge"
-_LABEL = re.compile(r"(\d+)of(\d+)")
-
-
-def part_label(index: int, count: int) -> str:
-    """The name of shard ``index`` of ``count`` in part file names."""
-    return f"{index}of{count}"
-
-
-def owned_by(label: str, index: int, count: int) -> bool:
-    """Whether the rows of part ``label`` all fall in shard ``index`` of
-    ``count`` (shard K of M lies inside K' of N when N divides M and K-1 ≡ K'-1 mod N)."""
-    match = _LABEL.fullmatch(label)
-    if match is None:
-        return False
-    part_index, part_count = int(match[1]), int(match[2])
-    return part_count % count == 0 and (part_index - 1) % count == index - 1
-
-
-def part_path(final: Path, label: str) -> Path:
-    return final.parent / PARTS_DIR / f"{final.stem}.{label}{final.suffix}"
-
-
-def part_pattern(final_pattern: str) -> str:
-    """The glob of the parts of the results files ``final_pattern`` matches."""
-    final = Path(final_pattern)
-    return str(final.parent / PARTS_DIR / f"{glob.escape(final.stem)}.*{final.suffix}")
-
-
-def final_of(part: Path) -> tuple[Path, str]:
-    """The results file a part belongs to, and the part's label."""
-    stem, _, suffix = part.name.rpartition(".")
-    stem, _, label = stem.rpartition(".")
-    return part.parent.parent / f"{stem}.{suffix}", label
-
 
 def parts_by_final(final_patterns: list[str]) -> dict[Path, dict[str, Path]]:
     """Existing parts, by the results file they belong to, by label."""
@@ -69,7 +32,7 @@ def parts_by_final(final_patterns: list[str]) -> dict[Path, dict[str, Path]]:
     for pattern in final_patterns:
         for name in sorted(glob.glob(part_pattern(pattern))):
             final, label = final_of(Path(name))
-            if _LABEL.fullmatch(label):
+            if PART_LABEL.fullmatch(label):
                 found.setdefault(final, {})[label] = Path(name)
     return found
 

@@ -17,7 +17,7 @@ from openimages_crawler.dataset.catalogue import splits_for
 from openimages_crawler.dataset.retry import RetryFilter
 from openimages_crawler.dataset.selection import SelectionError, Shard, parse_licenses
 from openimages_crawler.dataset.source import SOURCES
-from openimages_crawler.exports import EXPORT_FORMATS
+from openimages_crawler.outputs import EXPORT_FORMATS
 from openimages_crawler.store.layout import is_subset_name
 
 # -a labels= -> the catalogue's annotation kind, and back.

@@ -16,7 +16,7 @@ from openimages_crawler.store.base import Store
 from openimages_crawler.store.layout import StoreLayout
 
 if TYPE_CHECKING:
-    from openimages_crawler.store.shards import Annotations
+    from openimages_crawler.outputs.containers import Annotations
 
 
 class OutputSink(Protocol):

@@ -14,7 +14,7 @@ from PIL import Image, UnidentifiedImageError
 from openimages_crawler.imaging.pillow import Geometry, ResizeSpec, read_provenance
 from openimages_crawler.store.layout import StoreLayout
 from openimages_crawler.store.local import LocalStore
-from openimages_crawler.store.shards import MANIFEST, SUFFIXES, join, read_manifest
+from openimages_crawler.outputs.containers import MANIFEST, SUFFIXES, join, read_manifest
 
 IMAGE_EXTENSIONS = ("jpg", "png", "webp")
 

@@ -15,9 +15,9 @@ from openimages_crawler.dataset.source import ImageSource
 from openimages_crawler.reasons import INVALID_ROW
 from openimages_crawler.store.base import Store
 from openimages_crawler.store.layout import StoreLayout
-from openimages_crawler.store.ledger import ResultsLedger
-from openimages_crawler.store.results import FailureRow, SuccessRow, with_download
-from openimages_crawler.store.sinks import OutputSink
+from openimages_crawler.checkpoint.ledger import ResultsLedger
+from openimages_crawler.checkpoint.results import FailureRow, SuccessRow, with_download
+from openimages_crawler.outputs.sinks import OutputSink
 
 
 @dataclass(frozen=True, slots=True)

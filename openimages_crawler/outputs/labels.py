@@ -1,5 +1,5 @@
 """COCO, YOLO and Pascal VOC writers: each fills a staging folder that
-``exports.run`` puts in place whole. Boxes arrive as fractions of the stored
+``outputs.export`` puts in place whole. Boxes arrive as fractions of the stored
 image (``imaging.boxes.placed_annotations``)."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from openimages_crawler.exports.stored import StoredImage
+from openimages_crawler.outputs.stored import StoredImage
 from openimages_crawler.imaging.boxes import NormBox
 
 

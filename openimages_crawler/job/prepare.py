@@ -16,7 +16,7 @@ from functools import cached_property
 from pathlib import Path
 
 from openimages_crawler.dataset.annotations import ClassFilter, ClassNames
-from openimages_crawler.dataset.arguments import (
+from openimages_crawler.job.arguments import (
     LABEL_KINDS,
     ArgumentError,
     CrawlArguments,
