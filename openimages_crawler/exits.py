@@ -46,6 +46,18 @@ def results_unsent(cause: object) -> Exit:
                 "again to merge them")
 
 
+def lock_lost(why: str) -> Exit:
+    """The exit of a run whose bucket lease of its shard lapsed (``why``: "lost its lease …")."""
+    return Exit(EXIT_INCOMPLETE, f"the crawl stopped: it {why} (another crawl of this shard may have started); the "
+                "rows not recorded yet are still pending: run the same command again once that one ends")
+
+
+def metadata_unreadable(error: str) -> Exit:
+    """The exit of a crawl whose metadata file broke off (a truncated ``.gz``)."""
+    return Exit(EXIT_INCOMPLETE, f"the metadata could not be read to its end ({error}): the rows after that point "
+                "are still pending; fetch or fix the file and run the same command again")
+
+
 def last_error() -> str:
     """The last line ``fail`` wrote (for a job's record in the store), or ``""``."""
     return _written[-1] if _written else ""

@@ -124,9 +124,9 @@ class SampleMirror:
         archives: dict[RemoteFile, dict[str, bytes]] = {}
         for source, body in files.items():
             if source.member:
-                archives.setdefault(source.remote, {})[source.member] = body
+                archives.setdefault(source.file, {})[source.member] = body
             else:
-                self.publish(source.remote.path, body)
+                self.publish(source.file.path, body)
         for remote, members in archives.items():
             self.publish(remote.path, tarball(members))
 
@@ -321,7 +321,7 @@ def test_catalogue_paths_of_annotations() -> None:
         return VERSIONS[number].annotations.of_kind(kind)[split].local_path
 
     assert path(3, "boxes", "train") == "2017_11/train/annotations-human-bbox.csv"
-    assert VERSIONS[3].annotations.boxes["train"].remote.path == "2017_11/annotations_human_bbox_2017_11.tar.gz"
+    assert VERSIONS[3].annotations.boxes["train"].file.path == "2017_11/annotations_human_bbox_2017_11.tar.gz"
     assert path(2, "labels", "test") == "2017_07/test/annotations-human.csv"
     assert path(4, "boxes", "validation") == "2018_04/validation/validation-annotations-bbox.csv"
     assert path(4, "labels", "train") == "2018_04/train/train-annotations-human-imagelabels.csv"
@@ -331,7 +331,7 @@ def test_catalogue_paths_of_annotations() -> None:
     assert VERSIONS[7].annotations.class_names.local_path == "v7/oidv7-class-descriptions.csv"
     assert VERSIONS[1].annotations.boxes == {}
     assert path(1, "labels", "validation") == "human_ann_2016_08/validation/labels.csv"
-    assert VERSIONS[1].annotations.labels["validation"].remote.path == "2016_08/human_ann_2016_08_v3.tar.gz"
+    assert VERSIONS[1].annotations.labels["validation"].file.path == "2016_08/human_ann_2016_08_v3.tar.gz"
     assert VERSIONS[2].annotations.class_names.local_path == "2017_07/class-descriptions.csv"
     assert path(5, "boxes", "train") == "2018_04/train/train-annotations-bbox.csv"
     assert path(5, "labels", "test") == "v5/test-annotations-human-imagelabels.csv"

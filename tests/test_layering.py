@@ -87,8 +87,8 @@ LAYERS = (
     ("testing",),
     ("crawl",),
     ("monitor",),
-    ("fleet",),
     ("run",),
+    ("fleet",),
     ("commands", "settings"),
 )
 

@@ -242,6 +242,25 @@ def test_the_crawl_reaches_an_object_store_with_scrapys_aws_settings() -> None:
     assert store_options(project_settings({"AWS_VERIFY": "/etc/ssl/ca.pem"})).verify == "/etc/ssl/ca.pem"
 
 
+def test_a_bucket_fetches_and_sends_its_copies_of_records_files(server: S3Server, tmp_path: Path) -> None:
+    store = ObjectStore("s3://data/copies", options_for(server, concurrency=8))
+    assert store.write_threads == 8  # its uploads' own threads
+    records = store.records(str(tmp_path / "work"))
+    key = "train/annotations.csv"
+    local = records.path(key)
+    local.parent.mkdir(parents=True)
+    local.write_bytes(b"stale")
+    assert not store.fetch_copy(records, key) and not local.exists()  # the bucket has none: none kept
+    assert store.stat(key) is None  # the folder's listing, now cached
+    ObjectStore("s3://data/copies", options_for(server)).write(key, b"another run's rows")
+    assert store.fetch_copy(records, key)  # asked of the bucket, not of the cached listing
+    assert local.read_bytes() == b"another run's rows"
+    local.write_bytes(b"another run's rows, and ours")
+    store.send_copy(records, local)
+    assert keys_in(server, "copies/") == {"copies/train/annotations.csv": 28}
+    assert store.read(key) == b"another run's rows, and ours"
+
+
 def test_an_acl_is_sent_only_when_set(server: S3Server) -> None:
     plain = ObjectStore("s3://data/acl", options_for(server))
     public = ObjectStore("s3://data/acl", options_for(server, acl="public-read"))

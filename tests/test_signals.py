@@ -9,17 +9,16 @@ import threading
 from types import SimpleNamespace
 from typing import Any
 
-from openimages_crawler.commands.crawl import Command
+from openimages_crawler.run.crawl import note_signals
 from openimages_crawler.crawl.stop import STOP_REQUESTED
 
 
 def test_a_second_signal_inside_the_first_ones_event_set_does_not_deadlock() -> None:
     stopped: list[int] = []
-    command = Command()
-    command.crawler_process = SimpleNamespace(_signal_shutdown=lambda signum, frame: stopped.append(signum))  # type: ignore[assignment]
+    process: Any = SimpleNamespace(_signal_shutdown=lambda signum, frame: stopped.append(signum))
     received: list[int] = []
-    command.record_signals(received)
-    handler: Any = command.crawler_process._signal_shutdown
+    note_signals(process, received)
+    handler: Any = process._signal_shutdown
     try:
         handler(signal.SIGTERM, None)
         assert STOP_REQUESTED.is_set()

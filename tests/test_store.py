@@ -63,6 +63,22 @@ def test_the_local_store_reads_writes_lists_and_speaks_scrapys_protocol(tmp_path
     assert not (tmp_path / ".tmp").exists()
 
 
+def test_a_folder_store_is_its_own_records_copy(tmp_path: Path) -> None:
+    """Nothing moves between a folder store and its records folder (itself),
+    and its writes need no threads of their own."""
+    store = LocalStore(str(tmp_path))
+    records = store.records(str(tmp_path / "ignored-work-folder"))
+    assert records is store and store.write_threads == 0
+    assert not store.fetch_copy(records, "train/annotations.csv")
+    store.open()
+    store.write("train/annotations.csv", b"rows")
+    assert store.fetch_copy(records, "train/annotations.csv")
+    store.send_copy(records, records.path("train/annotations.csv"))
+    assert store.read("train/annotations.csv") == b"rows"
+    store.close()
+    assert sorted(store.list("")) == ["train/annotations.csv"]
+
+
 @pytest.mark.parametrize("key", ["../../../../etc/passwd", "train/../../outside.txt", "..", "/etc/passwd"])
 def test_the_local_store_refuses_a_key_outside_its_folder(tmp_path: Path, key: str) -> None:
     (tmp_path / "outside.txt").write_text("not the store's")

@@ -12,7 +12,7 @@ from pathlib import Path
 from scrapy.commands import ScrapyCommand
 from scrapy.settings import SETTINGS_PRIORITIES
 
-from openimages_crawler.crawl.feeds import subset_feed_paths
+from openimages_crawler.crawl.config import subset_feed_paths
 from openimages_crawler.monitor.logs import quiet_framework
 from openimages_crawler.run.database import database_path, run_database
 from openimages_crawler.checkpoint.results import FailureRow, SuccessRow

@@ -11,9 +11,12 @@ from scrapy.utils.log import configure_logging
 
 from openimages_crawler.dataset.annotations import parse_class_list
 from openimages_crawler.job.arguments import ArgumentError, parse_export_formats
+from openimages_crawler.outputs.formats import LABEL_FORMATS
 from openimages_crawler.dataset.selection import SelectionError
 from openimages_crawler.run.export import default_output, folder_store, run_export
 from openimages_crawler.store.layout import is_subset_name
+
+FORMAT_LIST = f"{'|'.join(LABEL_FORMATS)}[,…]"  # how the command line names the formats
 
 
 def parse_formats(text: str) -> tuple[str, ...]:
@@ -30,7 +33,7 @@ class Command(ScrapyCommand):
     default_settings = {"LOG_LEVEL": "INFO"}
 
     def syntax(self) -> str:
-        return "coco|yolo|voc[,…] --store STORE [--subset NAME|all] [--output DIR_NAME] [--classes NAMES]"
+        return f"{FORMAT_LIST} --store STORE [--subset NAME|all] [--output DIR_NAME] [--classes NAMES]"
 
     def short_desc(self) -> str:
         return "Write COCO, YOLO or Pascal VOC labels for the images a store holds"
@@ -57,7 +60,7 @@ class Command(ScrapyCommand):
         settings = self.settings
         configure_logging(settings)  # no crawler process does it for this command
         if len(args) != 1:
-            raise UsageError("give one format list: scrapy export coco|yolo|voc[,…] --store STORE")
+            raise UsageError(f"give one format list: scrapy export {FORMAT_LIST} --store STORE")
         formats = parse_formats(args[0])
         store_dir = folder_store(opts.store, settings, "exports are written into a folder store, not an object store")
         if opts.subset != "all" and not is_subset_name(opts.subset):

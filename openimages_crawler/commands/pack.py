@@ -31,7 +31,8 @@ from openimages_crawler.imaging.pack import (
 from openimages_crawler.monitor.progress import Counts, ProgressDisplay, ProgressMeter
 from openimages_crawler.store.local import LocalStore
 from openimages_crawler.store.lock import exclusive
-from openimages_crawler.outputs.containers import CONTAINERS, ShardSink, scratch_folder
+from openimages_crawler.outputs.containers import ShardSink, scratch_folder
+from openimages_crawler.outputs.formats import SHARD_CONTAINERS
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ class Command(ScrapyCommand):
     default_settings = {"LOG_LEVEL": "INFO"}
 
     def syntax(self) -> str:
-        return "-i STORE_OR_TREE -o OUT --container webdataset|parquet|tfrecord [--shard-size N] [options]"
+        return f"-i STORE_OR_TREE -o OUT --container {'|'.join(SHARD_CONTAINERS)} [--shard-size N] [options]"
 
     def short_desc(self) -> str:
         return "Pack a store's output or a tree of images into WebDataset, Parquet or TFRecord shards"
@@ -60,7 +61,7 @@ class Command(ScrapyCommand):
         super().add_options(parser)
         parser.add_argument("-i", "--input", dest="in_dir", required=True, help="folder of images (required)")
         parser.add_argument("-o", "--output", dest="out_dir", required=True, help="folder for the shards (required)")
-        parser.add_argument("--container", required=True, choices=[c for c in CONTAINERS if c != "files"],
+        parser.add_argument("--container", required=True, choices=SHARD_CONTAINERS,
                             help="the shards' format (required)")
         parser.add_argument("--shard-size", type=int, default=None,
                             help="images per shard (default: OPENIMAGES_SHARD_SIZE, 10000)")
@@ -132,7 +133,7 @@ class TreePack:
         self.writer: Any = None  # the failure log's csv writer, if asked for
 
     def run(self, options: PackOptions, threads: int, failure_log: Path | None) -> None:
-        logger.info("Packing %s into %s as %s shards of %d", self.in_dir, self.store.root, self.sink.container,
+        logger.info("Packing %s into %s as %s shards of %d", self.in_dir, self.store.root, self.sink.format.name,
                     self.sink.shard_size)
         with ExitStack() as stack:
             if failure_log is not None:

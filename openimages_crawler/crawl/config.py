@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from scrapy.exceptions import UsageError
 from scrapy.settings import BaseSettings
+from scrapy.utils.misc import load_object
 
+from openimages_crawler.checkpoint.results import FailureRow, SuccessRow
 from openimages_crawler.dataset.selection import Shard
 from openimages_crawler.imaging.pillow import ResizeSpec
 from openimages_crawler.redact import remember
@@ -19,7 +21,8 @@ from openimages_crawler.store.layout import METADATA_DIR, StoreLayout
 from openimages_crawler.store.local import LocalStore
 from openimages_crawler.store.objects import StoreUnavailable
 from openimages_crawler.store.layout import part_label
-from openimages_crawler.outputs.containers import CONTAINERS, ShardSink, scratch_folder
+from openimages_crawler.outputs.containers import ShardSink, scratch_folder
+from openimages_crawler.outputs.formats import CONTAINERS
 from openimages_crawler.outputs.sinks import FilesSink, OutputSink
 
 # Keys of one OPENIMAGES_OUTPUTS entry: required, then optional (defaults from
@@ -278,8 +281,10 @@ def isolate_shard_records(settings: BaseSettings, shard: Shard | None) -> None:
     """Shard K of N (N > 1) of an object store keeps its records in a work
     folder of its own, ``{work}/shard-KofN``: two shards on one machine (a
     fleet's jobs on one node) each replace their folder's results with the
-    bucket's. They share the metadata cache, ``{work}/metadata``."""
-    if shard is None or shard.count == 1 or not open_crawl_store(settings).remote:
+    bucket's. They share the metadata cache, ``{work}/metadata``. A folder
+    store is its own records folder (``Store.records`` ignores the work folder)
+    and ``{store}/metadata`` is already its cache: the settings change nothing."""
+    if shard is None or shard.count == 1:
         return
     work = records_store(settings).root
     settings.set("OPENIMAGES_WORK_DIR", str(work / f"shard-{part_label(shard.index, shard.count)}"), "cmdline")
@@ -306,3 +311,36 @@ def store_options(settings: BaseSettings) -> StoreOptions:
         concurrency=max(1, settings.getint("OPENIMAGES_STORE_CONCURRENCY")),
         unsafe_leases=settings.getbool("OPENIMAGES_UNSAFE_LEASES"),
     )
+
+
+# The results feeds (FEEDS entries whose URI has %(subset)s): where the records are.
+SUBSET_PARAM = "%(subset)s"
+
+
+def subset_uri(uri_template: str, images_store: str, subset: str) -> str:
+    return uri_template % {"images_store": images_store, "subset": subset}
+
+
+def local_path(uri: str) -> str:
+    """The local path of a feed URI (``file://`` or a plain path)."""
+    return unquote(urlsplit(uri).path) if uri.startswith("file://") else uri
+
+
+def subset_feed_paths(settings: BaseSettings, item_class: type, subset: str = "*") -> list[str]:
+    """Paths (glob patterns with the default ``*``) of the per-subset FEEDS
+    that accept ``item_class``."""
+    images_store = str(records_store(settings).root)
+    paths = []
+    for uri_template, options in settings.getdict("FEEDS").items():
+        if SUBSET_PARAM not in str(uri_template):
+            continue
+        classes = [load_object(c) for c in (options or {}).get("item_classes", ())]
+        if not classes or any(issubclass(item_class, c) for c in classes):
+            paths.append(local_path(subset_uri(str(uri_template), images_store, subset)))
+    return paths
+
+
+def results_files(settings: BaseSettings) -> dict[str, list[str]]:
+    """Glob patterns of the success and failure CSVs, from FEEDS (what the
+    ledger reads and a run's end merges)."""
+    return {"success": subset_feed_paths(settings, SuccessRow), "failure": subset_feed_paths(settings, FailureRow)}

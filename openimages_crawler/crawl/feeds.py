@@ -13,57 +13,21 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 from typing import IO, Any
-from urllib.parse import unquote, urlsplit
 
 from scrapy import Spider
 from scrapy.exporters import CsvItemExporter
 from scrapy.extensions.feedexport import FeedExporter, FeedSlot, FileFeedStorage
-from scrapy.settings import BaseSettings
 from scrapy.utils.asyncio import create_looping_call
 from scrapy.utils.defer import maybe_deferred_to_future
-from scrapy.utils.misc import load_object
 from twisted.internet import threads
 from twisted.internet.defer import Deferred
 
-from openimages_crawler.crawl.config import open_crawl_store, records_store
-from openimages_crawler.store import sync
+from openimages_crawler.crawl.config import SUBSET_PARAM, local_path, subset_uri
+from openimages_crawler.crawl.run import CrawlRun
 from openimages_crawler.checkpoint.csvfiles import read_csv_header, repair_tail
 from openimages_crawler.store.layout import part_path
-from openimages_crawler.checkpoint.results import FailureRow, SuccessRow
 
 logger = logging.getLogger(__name__)
-
-SUBSET_PARAM = "%(subset)s"
-
-
-def subset_uri(uri_template: str, images_store: str, subset: str) -> str:
-    return uri_template % {"images_store": images_store, "subset": subset}
-
-
-def local_path(uri: str) -> str:
-    """The local path of a feed URI (``file://`` or a plain path)."""
-    return unquote(urlsplit(uri).path) if uri.startswith("file://") else uri
-
-
-def subset_feed_paths(settings: BaseSettings, item_class: type, subset: str = "*") -> list[str]:
-    """Paths (glob patterns with the default ``*``) of the per-subset FEEDS
-    that accept ``item_class``."""
-    images_store = str(records_store(settings).root)
-    paths = []
-    for uri_template, options in settings.getdict("FEEDS").items():
-        if SUBSET_PARAM not in str(uri_template):
-            continue
-        classes = [load_object(c) for c in (options or {}).get("item_classes", ())]
-        if not classes or any(issubclass(item_class, c) for c in classes):
-            paths.append(local_path(subset_uri(str(uri_template), images_store, subset)))
-    return paths
-
-
-def results_files(settings: BaseSettings) -> dict[str, list[str]]:
-    """Glob patterns of the success and failure CSVs, from FEEDS (what the
-    ledger reads and a run's end merges)."""
-    return {"success": subset_feed_paths(settings, SuccessRow), "failure": subset_feed_paths(settings, FailureRow)}
-
 
 class ResumableFileFeedStorage(FileFeedStorage):
     """A local feed file that is repaired and appended to, never truncated."""
@@ -95,53 +59,55 @@ class ResultsCsvItemExporter(CsvItemExporter):
 class SubsetFeedExporter(FeedExporter):
     """FeedExporter that opens one file per subset for URIs with ``%(subset)s``.
 
-    With a spider's ``results_part`` (a label), rows go to that part of each
-    file (``checkpoint.parts``), merged into the file when the run ends. Items say their subset with a ``subset`` attribute; other FEEDS entries
-    keep the stock behaviour.
+    Rows go to this process's part of each file (``checkpoint.parts``; the
+    run's ``part`` label), merged into the file when the run ends, and the
+    parts are sent to the store's copy every OPENIMAGES_RESULTS_FLUSH_SECONDS
+    (``Store.send_copy``: nothing moves for a folder). Items say their subset
+    with a ``subset`` attribute; other FEEDS entries keep the stock behaviour.
     """
 
     def __init__(self, crawler: Any) -> None:
         super().__init__(crawler)
         self.subset_uris = [uri for uri in self.feeds if SUBSET_PARAM in uri]
         self.subset_slots: dict[tuple[str, str], FeedSlot] = {}
-        self.records = records_store(crawler.settings)
-        self.images_store = str(self.records.root)
-        # An object store gets this process's parts every OPENIMAGES_RESULTS_FLUSH_SECONDS.
-        self.store = open_crawl_store(crawler.settings)
         self.flush_seconds = crawler.settings.getfloat("OPENIMAGES_RESULTS_FLUSH_SECONDS")
         self.part_files: set[Path] = set()
         self.uploading: Deferred[None] | None = None
         self.uploads = create_looping_call(self.tick)
 
     def open_spider(self, spider: Spider) -> None:
-        self.spider = spider
-        self.part = getattr(spider, "results_part", None)
+        self.run = CrawlRun.of(self.crawler)
+        self.store, self.records = self.run.store, self.run.records
         subset_feeds = {uri: self.feeds.pop(uri) for uri in self.subset_uris}
         try:
             super().open_spider(spider)
         finally:
             self.feeds.update(subset_feeds)
-        if self.store.remote and self.flush_seconds > 0:
+        if self.flush_seconds > 0:
             self.uploads.start(self.flush_seconds, now=False)
 
     def tick(self) -> None:
         self.upload_parts()
 
     def upload_parts(self) -> Deferred[None] | None:
-        """This process's parts up to the object store, in a thread, one upload at a time."""
+        """This process's parts to the store's copy, in a thread, one upload at a time."""
         if self.uploading is not None or not self.part_files:
             return self.uploading
-        if getattr(self.spider, "lost_lock", ""):
+        if self.run.lost_lock:
             return None  # another run may own this shard's parts in the bucket now
-        self.uploading = threads.deferToThread(sync.push_parts, self.store, self.records, sorted(self.part_files))
+        self.uploading = threads.deferToThread(self.send_parts, sorted(self.part_files))
         self.uploading.addErrback(lambda failure: logger.warning(
             "Cannot upload the results parts to %s (tried again later): %s", self.store.uri, failure.value))
         self.uploading.addBoth(self._uploaded)
         return self.uploading
 
+    def send_parts(self, parts: list[Path]) -> None:
+        for path in parts:
+            if path.is_file():
+                self.store.send_copy(self.records, path)
+
     def _uploaded(self, _: object) -> None:
         self.uploading = None
-
 
     def item_scraped(self, item: Any, spider: Spider) -> None:
         subset = getattr(item, "subset", None)
@@ -153,7 +119,7 @@ class SubsetFeedExporter(FeedExporter):
                 if slot is None:
                     slot = self._start_new_batch(
                         batch_id=1,
-                        uri=self.file_uri(subset_uri(uri_template, self.images_store, subset)),
+                        uri=self.file_uri(subset_uri(uri_template, str(self.records.root), subset)),
                         feed_options=self.feeds[uri_template],
                         spider=spider,
                         uri_template=uri_template,
@@ -167,9 +133,7 @@ class SubsetFeedExporter(FeedExporter):
 
     def file_uri(self, uri: str) -> str:
         """Where this process appends: its own part of the results file."""
-        if self.part is None:
-            return uri
-        path = part_path(Path(local_path(uri)), self.part)
+        path = part_path(Path(local_path(uri)), self.run.part)
         self.part_files.add(path)
         return str(path)
 
@@ -177,11 +141,10 @@ class SubsetFeedExporter(FeedExporter):
         self.slots.extend(self.subset_slots.values())
         self.subset_slots.clear()
         await super().close_spider(spider)
-        if self.store.remote:
-            if self.uploads.running:
-                self.uploads.stop()
-            if self.uploading is not None:  # started before the files closed
-                await maybe_deferred_to_future(self.uploading)
-            last = self.upload_parts()
-            if last is not None:
-                await maybe_deferred_to_future(last)
+        if self.uploads.running:
+            self.uploads.stop()
+        if self.uploading is not None:  # started before the files closed
+            await maybe_deferred_to_future(self.uploading)
+        last = self.upload_parts()
+        if last is not None:
+            await maybe_deferred_to_future(last)

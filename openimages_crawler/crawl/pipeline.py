@@ -1,27 +1,21 @@
 """The ImagesPipeline subclass that proves each image is the original and
 stores it, resized, in the layout the README documents.
 
-Downloads do not start here: the spider yields the image requests itself, so
-they go through Scrapy's scheduler, where CONCURRENT_REQUESTS, back-pressure
-(SCRAPER_SLOT_MAX_ACTIVE_SIZE) and a graceful stop apply; the stock media
-pipeline's ``engine.download_async`` route bypasses all three (see
-../shared notes), so ``get_media_requests`` is not used. Each finished
-request reaches ``process_item`` as a ``FetchedImage`` carrying the row's
-plan, and the MediaPipeline hooks run on it with Scrapy's signatures:
-``media_failed``, ``media_downloaded`` (verification, decoding, resizing
-and writing in a worker pool sized to the CPUs, off the event loop) and
-``item_completed``, which turns the outcome into a results row. The store
-comes from ``STORE_SCHEMES`` by the scheme of IMAGES_STORE (``self.store``),
-the originals' place from ``file_path``; the resized files go to their
-output sinks (``outputs/sinks.py``: files in the layout today).
+The spider yields the image requests itself, so they go through Scrapy's
+scheduler, where CONCURRENT_REQUESTS, back-pressure and a graceful stop apply
+(the stock ``engine.download_async`` route bypasses all three: ../shared
+notes). Each finished request reaches ``process_item`` as a ``FetchedImage``
+carrying the row's plan, and the MediaPipeline hooks run on it with Scrapy's
+signatures: ``media_failed``, ``media_downloaded`` (``crawl.saving`` in a
+worker pool sized to the CPUs) and ``item_completed``, which turns the outcome
+into a results row. The store is the run's, from ``STORE_SCHEMES`` by the
+scheme of IMAGES_STORE; the originals' key comes from ``file_path``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -32,13 +26,6 @@ from scrapy.utils.defer import _schedule_coro
 
 from openimages_crawler import reasons
 from openimages_crawler.crawl import errors
-from openimages_crawler.crawl.config import (
-    CrawlConfig,
-    open_crawl_store,
-    originals_sink,
-    output_sinks,
-    records_store,
-)
 from openimages_crawler.crawl.items import (
     ALREADY_RECORDED,
     FetchedImage,
@@ -46,14 +33,12 @@ from openimages_crawler.crawl.items import (
     request_meta,
 )
 from openimages_crawler.checkpoint.pending import PendingRows
-from openimages_crawler.dataset.annotation_index import SampleAnnotations
-from openimages_crawler.imaging.boxes import placed_annotations
-from openimages_crawler.imaging.pillow import ResizeSpec
-from openimages_crawler.imaging.process import Expected, Outcome, process_image
-from openimages_crawler.store import STORE_SCHEMES, Store
 from openimages_crawler.checkpoint.results import FailureRow, SuccessRow, with_download
-from openimages_crawler.outputs.containers import Annotations, ShardSink
-from openimages_crawler.outputs.sinks import OutputSink
+from openimages_crawler.crawl.run import CrawlRun
+from openimages_crawler.crawl.saving import process, save, timed
+from openimages_crawler.imaging.process import Outcome
+from openimages_crawler.outputs.containers import ShardSink
+from openimages_crawler.store import STORE_SCHEMES, Store
 
 if TYPE_CHECKING:
     from scrapy import Request, Spider
@@ -78,20 +63,15 @@ class OpenImagesPipeline(ImagesPipeline):
     STORE_SCHEMES = STORE_SCHEMES  # type: ignore[assignment]  # the project's stores, not Scrapy's
 
     def __init__(self, store_uri: str, download_func: None = None, *, crawler: Crawler):
-        self.store_settings = crawler.settings  # for _get_store, which FilesPipeline calls first
+        self.run = CrawlRun.of(crawler)  # for _get_store, which FilesPipeline calls first
         super().__init__(store_uri, crawler=crawler)
-        self.store: Store  # set by FilesPipeline through _get_store
-        self.config = CrawlConfig.from_settings(crawler.settings)
-        records = records_store(crawler.settings)
-        self.sinks = output_sinks(self.config, self.store, records)
-        self.originals = originals_sink(self.config, self.store, records)  # None: files
-        self.shard_sinks = [sink for sink in [*self.sinks.values(), self.originals] if isinstance(sink, ShardSink)]
-        self.pending: PendingRows[SuccessRow] = PendingRows()  # successes whose shards are still open
-        self.outputs = {output.dir: output for output in self.config.outputs}
-        self.labelled: SampleAnnotations | None = None  # what shard samples carry (the spider's)
+        self.store: Store  # the run's, set by FilesPipeline through _get_store
+        self.config = self.run.config
+        self.containers = [sink for sink in [*self.run.sinks.values(), self.run.originals]
+                           if isinstance(sink, ShardSink)]
+        self.pending: PendingRows[SuccessRow] = PendingRows()  # successes whose containers are still open
         self.executor: ThreadPoolExecutor | None = None
-        self.uploads: ThreadPoolExecutor | None = None  # a remote store's writes
-        self.upload_threads = crawler.settings.getint("OPENIMAGES_STORE_CONCURRENCY")
+        self.uploads: ThreadPoolExecutor | None = None  # the store's own write threads
         self.stats = crawler.stats
 
     @classmethod
@@ -99,18 +79,15 @@ class OpenImagesPipeline(ImagesPipeline):
         """Scrapy's S3/GCS/FTP classes are not in STORE_SCHEMES: nothing to configure."""
 
     def _get_store(self, uri: str) -> Store:  # type: ignore[override]
-        return open_crawl_store(self.store_settings, self.STORE_SCHEMES, uri)
+        """The run's store (opened from IMAGES_STORE by its scheme, ``STORE_SCHEMES``)."""
+        return self.run.store
 
     def open_spider(self, spider: Spider | None = None) -> None:
         super().open_spider()
         self.store.open()
-        if self.shard_sinks:
-            self.labelled = getattr(self.crawler.spider, "sample_annotations", None)
-        self.executor = ThreadPoolExecutor(
-            max_workers=self.config.workers, thread_name_prefix="openimages-worker"
-        )
-        if self.store.remote:
-            self.uploads = ThreadPoolExecutor(max_workers=max(1, self.upload_threads),
+        self.executor = ThreadPoolExecutor(max_workers=self.config.workers, thread_name_prefix="openimages-worker")
+        if self.store.write_threads:
+            self.uploads = ThreadPoolExecutor(max_workers=self.store.write_threads,
                                               thread_name_prefix="openimages-upload")
 
     def close_spider(self, spider: Spider | None = None) -> None:
@@ -119,14 +96,14 @@ class OpenImagesPipeline(ImagesPipeline):
         for pool in (self.executor, self.uploads):
             if pool is not None:
                 pool.shutdown(wait=True)
-        for sink in [*self.sinks.values(), self.originals]:
+        for sink in [*self.run.sinks.values(), self.run.originals]:
             if sink is None:
                 continue
             try:
                 sink.close()
             except OSError as exc:
                 logger.error("Cannot publish the last shards of %s: %s; their rows stay pending", sink, exc)
-                self.stats.set_value("openimages/store_error", str(exc))
+                self.run.store_error = str(exc)
         self.record_published()
         if len(self.pending):
             logger.error("%d rows are in shards that could not be published: they stay pending", len(self.pending))
@@ -135,7 +112,7 @@ class OpenImagesPipeline(ImagesPipeline):
     def record_published(self) -> None:
         """The rows whose shards have all been published since the last call, recorded
         now (sent as Scrapy sends a scraped item: the results feeds and the report take it)."""
-        for sink in self.shard_sinks:
+        for sink in self.containers:
             self.pending.publish(sink.released())
         for row in self.pending.take_ready():
             self.stats.inc_value("openimages/success")
@@ -197,7 +174,7 @@ class OpenImagesPipeline(ImagesPipeline):
         self.stats.inc_value("openimages/time/download_s", response.meta.get("download_latency", 0.0))
         self.stats.inc_value("openimages/in_workers")  # a gauge for the progress display
         try:
-            outcome, seconds, cpu = await loop.run_in_executor(self.executor, _timed, task)
+            outcome, seconds, cpu = await loop.run_in_executor(self.executor, timed, task)
         finally:
             self.stats.inc_value("openimages/in_workers", -1)
         self.stats.inc_value("openimages/time/worker_s", seconds)
@@ -207,66 +184,16 @@ class OpenImagesPipeline(ImagesPipeline):
         return outcome
 
     def store_image(self, body: bytes, item: FetchedImage) -> Outcome:
-        """In a worker: verify and encode, then save, unless the store is remote
-        (its uploads then wait in threads of their own, not on the CPU workers)."""
-        outcome = self.process(body, item)
+        """In a worker: verify and encode, then save, unless the store has write
+        threads of its own (its uploads then wait there, not on the CPU workers)."""
+        outcome = process(self.config, body, item.plan)
         if outcome.ok and self.uploads is None:
             outcome = self.save(body, item, outcome)
         return outcome
 
-    def process(self, body: bytes, item: FetchedImage) -> Outcome:
-        """Verify and decode ``body``, and encode every output the plan says is missing."""
-        plan, config = item.plan, self.config
-        row = plan.row
-        check_md5 = config.check_md5_if_exists or not plan.from_store
-        expected = (
-            Expected(size=row.size, md5=row.md5 if check_md5 else None)
-            if plan.verified
-            else Expected()  # not the original: only the decode check applies
-        )
-        specs = [self.outputs[folder].spec for folder in plan.outputs]
-        return process_image(body, expected, specs, max_pixels=config.max_pixels,
-                             max_decode_bytes=config.max_decode_bytes,
-                             fast=config.fast_resize, rotation=row.rotation,
-                             want_md5=plan.record_download)
-
     def save(self, body: bytes, item: FetchedImage, outcome: Outcome) -> Outcome:
-        """Write the original (before the resized files, so an interrupted image
-        can later be resized from it without a download), then every encoded output."""
-        plan, config = item.plan, self.config
-        encoded, outcome.encoded = outcome.encoded, []
         request = item.response.request if item.response is not None else None
-        free = self.store.free_bytes()
-        if free is not None and free < config.min_free_bytes + len(body) + sum(map(len, encoded)):
-            return Outcome(reasons.IO_ERROR, f"{free:,} bytes free in the store, under "
-                                             f"OPENIMAGES_MIN_FREE_BYTES ({config.min_free_bytes:,})")
-        tickets: list[str | None] = []
-        labelled: Annotations | None = None
-
-        def placed(sink: OutputSink, spec: ResizeSpec | None) -> Annotations | None:
-            if labelled is None or not isinstance(sink, ShardSink):
-                return None
-            return placed_annotations(labelled, outcome.geometry, spec)
-
-        try:
-            if self.labelled is not None:
-                labelled = self.labelled.of(plan.row.subset, plan.row.image_id)
-            if plan.keep_original and not plan.from_store:
-                key = self.file_path(request, item=item)
-                if self.originals is None:
-                    self.store.write(key, body)
-                else:
-                    tickets.append(self.originals.write(plan.row, key.rpartition(".")[2], body,
-                                                        outcome.original_size, placed(self.originals, None)))
-                outcome.bytes_written += len(body)
-            for folder, data, size in zip(plan.outputs, encoded, outcome.sizes, strict=True):
-                sink, spec = self.sinks[folder], self.outputs[folder].spec
-                tickets.append(sink.write(plan.row, spec.format, data, size, placed(sink, spec)))
-                outcome.bytes_written += len(data)
-            outcome.tickets = [ticket for ticket in tickets if ticket is not None]
-        except OSError as exc:
-            return Outcome(reasons.IO_ERROR, f"cannot write to the store: {exc}")
-        return outcome
+        return save(self.run, body, item.plan, outcome, self.file_path(request, item=item))
 
     def item_completed(
         self, results: Results, item: Any, info: MediaPipeline.SpiderInfo
@@ -282,12 +209,8 @@ class OpenImagesPipeline(ImagesPipeline):
             self.stop_for_the_store(outcome.details)
             return Unrecorded(row.image_id, "the store cannot be written")
         if not ok and plan.from_store:
-            logger.info(
-                "Stored original of %s failed verification (%s: %s); downloading it again",
-                row.image_id,
-                outcome.reason,
-                outcome.details,
-            )
+            logger.info("Stored original of %s failed verification (%s: %s); downloading it again",
+                        row.image_id, outcome.reason, outcome.details)
             self.stats.inc_value("openimages/store_fallback")
             request = item.response.request if item.response is not None else item.failure.request
             fetch = plan.fetch_instead()
@@ -296,12 +219,8 @@ class OpenImagesPipeline(ImagesPipeline):
         self.stats.inc_value("openimages/bytes_written", outcome.bytes_written)
         if plan.recorded:
             if not ok:
-                logger.warning(
-                    "%s is recorded as a success but could not be rebuilt: %s: %s",
-                    row.image_id,
-                    outcome.reason,
-                    outcome.details,
-                )
+                logger.warning("%s is recorded as a success but could not be rebuilt: %s: %s",
+                               row.image_id, outcome.reason, outcome.details)
             self.stats.inc_value(f"openimages/repaired/{'ok' if ok else 'failed'}")
             return Unrecorded(row.image_id, ALREADY_RECORDED)
         fields = row.fields
@@ -316,20 +235,11 @@ class OpenImagesPipeline(ImagesPipeline):
         logger.debug("%s failed: %s: %s", row.image_id, outcome.reason, outcome.details)
         return FailureRow(fields, row.subset, outcome.reason, outcome.details)
 
-
     def stop_for_the_store(self, details: str) -> None:
         """Stop the crawl (once) the way a CLOSESPIDER limit does: no new rows,
         the ones in flight finish, results and report are written."""
         self.stats.inc_value("openimages/unwritable")
-        if self.stats.get_value("openimages/store_error") is None:
-            self.stats.set_value("openimages/store_error", details)
+        if not self.run.store_error:
+            self.run.store_error = details
             logger.error("Cannot write to the store: %s. Stopping; the rows not written stay pending", details)
             _schedule_coro(self.crawler.engine.close_spider_async(reason=STORE_UNWRITABLE))
-
-
-def _timed(task: Callable[[], Outcome]) -> tuple[Outcome, float, float]:
-    """Run ``task`` in a worker and say how long it took, in wall and CPU time
-    (the report's stage times; the CPU the event loop spends is the rest)."""
-    started, cpu = time.perf_counter(), time.thread_time()
-    outcome = task()
-    return outcome, time.perf_counter() - started, time.thread_time() - cpu

@@ -65,13 +65,13 @@ class RemoteFile:
 class MetadataSource:
     """Where one split's image metadata comes from: a file, or a member of an archive."""
 
-    remote: RemoteFile
+    file: RemoteFile  # the catalogue file (an archive, or the CSV itself) this source is read from
     member: str | None = None  # path inside the .tar.gz, also the local path
 
     @property
     def local_path(self) -> str:
         """Where the CSV lives under ``{IMAGES_STORE}/metadata/``."""
-        return self.member or self.remote.path
+        return self.member or self.file.path
 
 
 @dataclass(frozen=True, slots=True)

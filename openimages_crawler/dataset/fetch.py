@@ -73,7 +73,7 @@ class MetadataFetcher:
         by_remote: dict[RemoteFile, list[MetadataSource]] = {}
         for source in sources:
             if not (self.root / source.local_path).is_file():
-                by_remote.setdefault(source.remote, []).append(source)
+                by_remote.setdefault(source.file, []).append(source)
         for remote, missing in by_remote.items():
             if not self.download:
                 names = ", ".join(str(self.root / source.local_path) for source in missing)

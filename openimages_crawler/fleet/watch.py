@@ -14,13 +14,15 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from openimages_crawler.crawl.config import records_store
-from openimages_crawler.crawl.feeds import results_files
+from openimages_crawler.crawl.config import results_files
 from openimages_crawler.exits import (
     EXIT_AFTER_SIGNAL,
     EXIT_INCOMPLETE,
     EXIT_OK,
     EXIT_USAGE,
+    Exit,
     fail,
+    results_unsent,
 )
 from openimages_crawler.fleet.decisions import (
     Freshness,
@@ -60,6 +62,8 @@ from openimages_crawler.monitor.status import (
 from openimages_crawler.checkpoint import settle
 from openimages_crawler.store.base import Store
 from openimages_crawler.checkpoint.ledger import recorded_rows
+from openimages_crawler.run.finish import finish
+from openimages_crawler.store.lock import StoreLocked
 
 if TYPE_CHECKING:
     from scrapy.settings import BaseSettings
@@ -95,6 +99,9 @@ class Watch:
         self.dashboard = DashboardServer.from_settings(settings, store=store)
         self.stop = threading.Event()
         self.received: list[int] = []
+        self.final = Counts(0.0)  # the fleet's figures at its end
+        self.gave_up = False  # shards failed too often
+        self.totals: dict[str, int] = {}  # the store's rows once settled
         for job in fleet.jobs:  # a watch re-attached to an incomplete fleet tries its failed shards again
             if job.state == FAILED:
                 job.state = SCHEDULED
@@ -284,43 +291,65 @@ class Watch:
 
     def finish(self) -> int:
         """Every shard done: one set of results files, one report, exit 0."""
-        final = self.show(final=True)
-        self.settle()
-        totals = recorded_rows(self.files)
-        if self.settings.getbool("OPENIMAGES_REPORT"):
-            self.write_report(final, totals)
-        self.fleet.state, self.fleet.ended = FINISHED, timestamp()
-        write_fleet(self.store, self.fleet)
-        print(f"Fleet {self.fleet.run} finished: {self.fleet.shards} shards on {len(self.targets)} targets, "
-              f"{final.done:,} rows done ({final.ok:,} stored, {final.failed:,} failed) in "
-              f"{elapsed(self.fleet.started):.0f} s; the store holds "
-              f"{', '.join(f'{count:,} {kind}' for kind, count in totals.items())}: {self.store.uri}")
-        return EXIT_OK
+        self.final, self.gave_up = self.show(final=True), False
+        return finish(self, self.settings).said()
 
     def give_up(self) -> int:
         """Shards failed too often, the others are done: their rows are merged,
         the failed shards' unrecorded rows stay pending for the next watch."""
-        self.show(final=False)
-        self.settle()
-        self.fleet.state = INCOMPLETE
-        write_fleet(self.store, self.fleet)
-        failed = [self.fleet.shard(job) for job in self.fleet.jobs if job.state == FAILED]
-        return fail(f"shard{'s' if len(failed) > 1 else ''} {', '.join(failed)} of fleet {self.fleet.run} did not "
-                    f"finish in {RESCHEDULES + 1} jobs; their rows not recorded yet are still pending: see the "
-                    "jobs' logs, fix the cause and run `scrapy fleet --watch` to try again", EXIT_INCOMPLETE)
+        self.final, self.gave_up = self.show(final=False), True
+        return finish(self, self.settings).said()
 
-    def settle(self) -> None:
+    def settle(self) -> Exit | None:
         """Every shard's parts into the results files (their jobs merge their own;
         these are the parts of jobs that could not)."""
-        settle.settle_results(self.store, self.local, self.files, 1, 1, whole=True, min_free_bytes=self.min_free_bytes)
+        try:
+            settle.settle_results(self.store, self.local, self.files, 1, 1, whole=True,
+                                  min_free_bytes=self.min_free_bytes)
+        except (OSError, ValueError, StoreLocked) as exc:
+            return results_unsent(f"{type(exc).__name__}: {exc}")
+        self.totals = recorded_rows(self.files)
+        return None
 
-    def write_report(self, final: Counts, totals: dict[str, int]) -> None:
+    def status(self) -> Exit:
+        if not self.gave_up:
+            return Exit(EXIT_OK)
+        failed = [self.fleet.shard(job) for job in self.fleet.jobs if job.state == FAILED]
+        return Exit(EXIT_INCOMPLETE, f"shard{'s' if len(failed) > 1 else ''} {', '.join(failed)} of fleet "
+                    f"{self.fleet.run} did not finish in {RESCHEDULES + 1} jobs; their rows not recorded yet are "
+                    "still pending: see the jobs' logs, fix the cause and run `scrapy fleet --watch` to try again")
+
+    def report(self, ending: Exit) -> str | None:
+        if ending.status != EXIT_OK or not self.settings.getbool("OPENIMAGES_REPORT"):
+            return None
+        return self.write_report(self.final, self.totals)
+
+    def summarize(self, ending: Exit, page: str | None) -> None:
+        if ending.status == EXIT_OK:
+            final = self.final
+            print(f"Fleet {self.fleet.run} finished: {self.fleet.shards} shards on {len(self.targets)} targets, "
+                  f"{final.done:,} rows done ({final.ok:,} stored, {final.failed:,} failed) in "
+                  f"{elapsed(self.fleet.started):.0f} s; the store holds "
+                  f"{', '.join(f'{count:,} {kind}' for kind, count in self.totals.items())}: {self.store.uri}")
+
+    def record(self, ending: Exit) -> None:
+        """The fleet's state in its record, fleet.json."""
+        if ending.status == EXIT_OK:
+            self.fleet.state, self.fleet.ended = FINISHED, timestamp()
+        else:
+            self.fleet.state = INCOMPLETE
+        write_fleet(self.store, self.fleet)
+
+    def release(self) -> None:
+        """Nothing: the watch's lock is held by ``watching`` around it."""
+
+    def write_report(self, final: Counts, totals: dict[str, int]) -> str | None:
         records = list(self.records.values())
         seconds = elapsed(self.fleet.started)
         run = report.run_record(self.store.uri, started=self.fleet.started, seconds=seconds,
                                 reason="finished", arguments=self.fleet.arguments, processes=self.fleet.shards,
                                 settings=self.fleet.settings)
-        report.write(self.store, self.min_free_bytes, report.build(
+        return report.write(self.store, self.min_free_bytes, report.build(
             final=final, history=self.meter.history + [final], hosts=total_hosts(records),
             stages={**total_stages(records), "wall_s": seconds}, run=run, store_totals=totals))
 

@@ -135,14 +135,7 @@ def decode(
     entropy-coded block is still read, so truncation and corrupt data are
     found as in a full decode.
     """
-    try:
-        image = Image.open(io.BytesIO(data))
-    except UnidentifiedImageError as exc:
-        raise ImageRejected(NOT_IMAGE, "the bytes are not a known image format") from exc
-    except Image.DecompressionBombError as exc:
-        raise ImageRejected(TOO_LARGE, str(exc)) from exc
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise ImageRejected(CORRUPT, f"unreadable image header: {exc}") from exc
+    image = _open_header(data)
     width, height = image.size
     if width < 1 or height < 1:
         raise ImageRejected(CORRUPT, f"image has no pixels ({width}x{height})")
@@ -152,24 +145,50 @@ def decode(
             f"{width}x{height} = {width * height} pixels exceeds the limit of {max_pixels}",
         )
     if image.format == "JPEG" and (reduce_for or check_only):
-        request = (1, 1)
-        for spec in reduce_for:  # large enough for every output, in both directions
-            wanted = draft_request(width, height, spec)
-            request = (max(request[0], wanted[0]), max(request[1], wanted[1]))
-        if request[0] < width and request[1] < height:
-            image.draft(None, request)
-            if image.size != (width, height):
-                image.info[FULL_SIZE] = (width, height)
+        _draft_reduced(image, reduce_for)
     if max_decode_bytes is not None and (needed := peak_decode_bytes(image)) > max_decode_bytes:
         raise ImageRejected(
             TOO_LARGE,
             f"{image.width}x{image.height} {image.mode}: {needed / 2**20:,.0f} MiB to decode and make "
             f"upright RGB, over OPENIMAGES_MAX_DECODE_BYTES ({max_decode_bytes / 2**20:,.0f} MiB)",
         )
+    _load_pixels(image, len(data))
+    return image
+
+
+def _open_header(data: bytes) -> Image.Image:
+    """Open ``data`` reading the header only; a failure is rejected with its reason."""
+    try:
+        return Image.open(io.BytesIO(data))
+    except UnidentifiedImageError as exc:
+        raise ImageRejected(NOT_IMAGE, "the bytes are not a known image format") from exc
+    except Image.DecompressionBombError as exc:
+        raise ImageRejected(TOO_LARGE, str(exc)) from exc
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageRejected(CORRUPT, f"unreadable image header: {exc}") from exc
+
+
+def _draft_reduced(image: Image.Image, reduce_for: Sequence[ResizeSpec]) -> None:
+    """Set an opened JPEG to decode at the smallest DCT scale still large
+    enough for every output of ``reduce_for`` (the smallest of all when there
+    are none), recording the full-resolution size when the scale is reduced."""
+    width, height = image.size
+    request = (1, 1)
+    for spec in reduce_for:  # large enough for every output, in both directions
+        wanted = draft_request(width, height, spec)
+        request = (max(request[0], wanted[0]), max(request[1], wanted[1]))
+    if request[0] < width and request[1] < height:
+        image.draft(None, request)
+        if image.size != (width, height):
+            image.info[FULL_SIZE] = (width, height)
+
+
+def _load_pixels(image: Image.Image, data_size: int) -> None:
+    """Decode every pixel; a bomb or a truncated or corrupt file is rejected."""
     # Hand the decoder all the bytes at once: one GIL release for the whole
     # decode instead of one per 64 KiB block (which stalls worker threads
     # behind the event loop).
-    image.decodermaxblock = max(len(data), image.decodermaxblock)
+    image.decodermaxblock = max(data_size, image.decodermaxblock)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -178,7 +197,6 @@ def decode(
         raise ImageRejected(TOO_LARGE, str(exc)) from exc
     except (OSError, SyntaxError, ValueError, EOFError, IndexError) as exc:
         raise ImageRejected(CORRUPT, f"{image.format} does not decode: {exc}") from exc
-    return image
 
 
 def peak_decode_bytes(image: Image.Image) -> int:

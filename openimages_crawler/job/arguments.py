@@ -17,7 +17,7 @@ from openimages_crawler.dataset.catalogue import splits_for
 from openimages_crawler.dataset.retry import RetryFilter
 from openimages_crawler.dataset.selection import SelectionError, Shard, parse_licenses
 from openimages_crawler.dataset.source import SOURCES
-from openimages_crawler.outputs import EXPORT_FORMATS
+from openimages_crawler.outputs.formats import LABEL_FORMATS
 from openimages_crawler.store.layout import is_subset_name
 
 # -a labels= -> the catalogue's annotation kind, and back.
@@ -93,62 +93,18 @@ class CrawlArguments:
         export: str | None = None,
         licenses: str | None = None,
     ) -> CrawlArguments:
+        """Checked in a fixed order: the same mistakes always report the same one."""
         if subset is not None and not is_subset_name(subset):
             raise ArgumentError(f"-a subset={subset!r} is not a plain subset name")
-        try:
-            parsed_shard = Shard.parse(shard) if shard else None
-            license_names = parse_licenses(licenses) if licenses is not None else None
-            class_list = parse_class_list(classes) if classes is not None else []
-        except SelectionError as exc:
-            raise ArgumentError(str(exc)) from None
-        given = [f"-a {name}" for name, value in
-                 (("match", match), ("labels", labels), ("all_labels", all_labels)) if value is not None]
-        if given and not class_list:
-            raise ArgumentError(f"{', '.join(given)} only apply with -a classes")
-        if match not in (None, "any", "all"):
-            raise ArgumentError(f"-a match={match!r} is not any or all")
-        if labels not in (None, *LABEL_KINDS):
-            raise ArgumentError(f"-a labels={labels!r} is not boxes or verified")
-        # Annotations are written by default when classes select the images (an
-        # id list or a shard would otherwise fetch gigabytes nobody asked for).
-        exports = parse_export_formats(export) if export is not None else ()
-        # An export needs the annotations: asking for one writes them unless told not to.
-        write_annotations = (bool(class_list or exports) if annotations is None
-                             else _parse_bool("annotations", annotations))
-        if exports and not write_annotations:
-            raise ArgumentError("-a export needs the annotations: drop -a annotations=false")
-        if exports and not version:
-            raise ArgumentError("-a export needs -a version=N (the catalogue knows its annotations)")
-        try:
-            retry = RetryFilter.parse(retry_failed) if retry_failed is not None else None
-        except ValueError as exc:
-            raise ArgumentError(str(exc)) from None
+        parsed_shard, license_names, class_list = _parse_selection(shard, licenses, classes)
+        _check_class_options(class_list, match=match, labels=labels, all_labels=all_labels)
+        exports, write_annotations = _parse_exports(export, annotations, class_list, version)
+        retry = _parse_retry(retry_failed)
         if source not in SOURCES:
             raise ArgumentError(f"-a source={source!r} is not original or cvdf")
-        if metadata and version:
-            raise ArgumentError("give -a metadata=PATH or -a version=N, not both")
-        if class_list and not version:
-            raise ArgumentError("-a classes needs -a version=N (the catalogue knows its annotations)")
-        if annotations is not None and write_annotations and not version:
-            raise ArgumentError("-a annotations=true needs -a version=N (the catalogue knows its annotations)")
-        number, splits = None, ()
-        if version:
-            if not subset:
-                raise ArgumentError("-a version=N needs -a subset=train|validation|test|all")
-            number = _parse_version(version)
-            try:
-                splits = splits_for(number, subset)
-            except ValueError as exc:
-                raise ArgumentError(str(exc)) from None
-            subset = None if subset == "all" else subset
-        elif metadata:
-            if not Path(metadata).is_file():
-                raise ArgumentError(f"metadata file {metadata} does not exist")
-        else:
-            raise ArgumentError(
-                "give the metadata: scrapy crawl openimages -a version=N -a subset=NAME, "
-                "or -a metadata=PATH"
-            )
+        number, splits, subset = _parse_metadata_source(
+            metadata, version, subset, class_list,
+            annotations_asked=annotations is not None and write_annotations)
         return cls(
             metadata=Path(metadata) if metadata and not version else None,
             version=number,
@@ -176,10 +132,102 @@ class CrawlArguments:
 def parse_export_formats(text: str) -> tuple[str, ...]:
     """``coco,yolo``: the label formats, each once (``-a export``, ``scrapy export``)."""
     formats = tuple(dict.fromkeys(name.strip().lower() for name in text.split(",") if name.strip()))
-    unknown = [name for name in formats if name not in EXPORT_FORMATS]
+    unknown = [name for name in formats if name not in LABEL_FORMATS]
     if unknown or not formats:
-        raise ArgumentError(f"-a export={text!r}: give {', '.join(EXPORT_FORMATS)} (comma-separated)")
+        raise ArgumentError(f"-a export={text!r}: give {', '.join(LABEL_FORMATS)} (comma-separated)")
     return formats
+
+
+def _parse_selection(
+    shard: str | None, licenses: str | None, classes: str | None
+) -> tuple[Shard | None, frozenset[str] | None, list[str]]:
+    """The shard, the licenses kept and the classes, each parsed by its own
+    module; their SelectionError is the user's usage mistake."""
+    try:
+        parsed_shard = Shard.parse(shard) if shard else None
+        license_names = parse_licenses(licenses) if licenses is not None else None
+        class_list = parse_class_list(classes) if classes is not None else []
+    except SelectionError as exc:
+        raise ArgumentError(str(exc)) from None
+    return parsed_shard, license_names, class_list
+
+
+def _check_class_options(
+    class_list: list[str], *, match: str | None, labels: str | None, all_labels: str | bool | None
+) -> None:
+    """``match``, ``labels`` and ``all_labels`` refine a class selection: without
+    ``-a classes`` they would be silently ignored."""
+    given = [f"-a {name}" for name, value in
+             (("match", match), ("labels", labels), ("all_labels", all_labels)) if value is not None]
+    if given and not class_list:
+        raise ArgumentError(f"{', '.join(given)} only apply with -a classes")
+    if match not in (None, "any", "all"):
+        raise ArgumentError(f"-a match={match!r} is not any or all")
+    if labels not in (None, *LABEL_KINDS):
+        raise ArgumentError(f"-a labels={labels!r} is not boxes or verified")
+
+
+def _parse_exports(
+    export: str | None, annotations: str | bool | None, class_list: list[str],
+    version: str | int | None,
+) -> tuple[tuple[str, ...], bool]:
+    """The export formats, and whether annotations are written.
+
+    Annotations are written by default when classes select the images (an id
+    list or a shard would otherwise fetch gigabytes nobody asked for). An
+    export needs the annotations: asking for one writes them unless told not to.
+    """
+    exports = parse_export_formats(export) if export is not None else ()
+    write_annotations = (bool(class_list or exports) if annotations is None
+                         else _parse_bool("annotations", annotations))
+    if exports and not write_annotations:
+        raise ArgumentError("-a export needs the annotations: drop -a annotations=false")
+    if exports and not version:
+        raise ArgumentError("-a export needs -a version=N (the catalogue knows its annotations)")
+    return exports, write_annotations
+
+
+def _parse_retry(retry_failed: str | None) -> RetryFilter | None:
+    """The recorded failures to try again; a bad filter is a usage mistake."""
+    try:
+        return RetryFilter.parse(retry_failed) if retry_failed is not None else None
+    except ValueError as exc:
+        raise ArgumentError(str(exc)) from None
+
+
+def _parse_metadata_source(
+    metadata: str | None, version: str | int | None, subset: str | None, class_list: list[str], *,
+    annotations_asked: bool,
+) -> tuple[int | None, tuple[str, ...], str | None]:
+    """The catalogue's version number, the splits ``subset`` covers and the
+    subset rows are given (``None`` for ``all``), or a metadata file that exists.
+
+    Only the catalogue knows the annotations, so classes and an explicit
+    ``-a annotations=true`` need a version.
+    """
+    if metadata and version:
+        raise ArgumentError("give -a metadata=PATH or -a version=N, not both")
+    if class_list and not version:
+        raise ArgumentError("-a classes needs -a version=N (the catalogue knows its annotations)")
+    if annotations_asked and not version:
+        raise ArgumentError("-a annotations=true needs -a version=N (the catalogue knows its annotations)")
+    if version:
+        if not subset:
+            raise ArgumentError("-a version=N needs -a subset=train|validation|test|all")
+        number = _parse_version(version)
+        try:
+            splits = splits_for(number, subset)
+        except ValueError as exc:
+            raise ArgumentError(str(exc)) from None
+        return number, splits, None if subset == "all" else subset
+    if metadata:
+        if not Path(metadata).is_file():
+            raise ArgumentError(f"metadata file {metadata} does not exist")
+        return None, (), subset
+    raise ArgumentError(
+        "give the metadata: scrapy crawl openimages -a version=N -a subset=NAME, "
+        "or -a metadata=PATH"
+    )
 
 
 def _parse_version(version: str | int) -> int:

@@ -25,6 +25,7 @@ from twisted.internet import threads
 from twisted.web import resource, server
 
 from openimages_crawler.crawl.config import CrawlConfig, open_crawl_store
+from openimages_crawler.crawl.run import CrawlRun
 from openimages_crawler.dataset.rows import SAFE_ID
 from openimages_crawler.monitor.extensions import (
     RECENT_FAILURES,
@@ -193,7 +194,8 @@ class Dashboard(DashboardServer):
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> Self:
-        extension = cls.from_settings(crawler.settings)
+        run = CrawlRun.of(crawler)
+        extension = cls.from_settings(crawler.settings, run.config, run.store)
         if extension is None:
             raise NotConfigured
         extension.listen()  # now: a busy port stops the crawl before any download

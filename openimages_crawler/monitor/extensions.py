@@ -13,7 +13,8 @@ from urllib.parse import urlsplit
 from scrapy import signals
 from scrapy.exceptions import UsageError
 
-from openimages_crawler.crawl.config import CrawlConfig, open_crawl_store
+from openimages_crawler.crawl.config import CrawlConfig
+from openimages_crawler.crawl.run import CrawlRun
 from openimages_crawler.crawl.ticking import Ticking
 from openimages_crawler.monitor import report
 from openimages_crawler.monitor.progress import (
@@ -91,7 +92,7 @@ class CrawlProgress(Ticking):
         )
         engine = self.crawler.engine
         downloader = engine.downloader if engine is not None else None
-        total = getattr(self.crawler.spider, "rows_total", None)
+        total = CrawlRun.of(self.crawler).rows_total
         if finished or (total is not None and total < done):
             total = done  # an estimate can run low (a shard holding more than 1/N)
         return Counts(
@@ -131,9 +132,10 @@ class RunReport:
     def __init__(self, crawler: Crawler) -> None:
         self.crawler = crawler
         self.enabled = crawler.settings.getbool("OPENIMAGES_REPORT")
-        self.store = open_crawl_store(crawler.settings)  # the report goes there
-        self.sender: RecordSender | None = None  # to an object store, from a thread
-        self.config = CrawlConfig.from_settings(crawler.settings)
+        self.run = CrawlRun.of(crawler)
+        self.store = self.run.store  # the report goes there
+        self.sender: RecordSender | None = None  # the records, from a thread (a bucket may be slow)
+        self.config = self.run.config
         self.hosts = HostRanking(self.config.status_hosts)
         self.failures: deque[dict[str, str]] = deque(maxlen=RECENT_FAILURES)
         self.images: deque[ImageEntry] = deque(
@@ -163,18 +165,16 @@ class RunReport:
                 self.images.appendleft({"subset": item.subset, "image_id": item["ImageID"], "key": key})
 
     def progress_sampled(self, counts: Counts, meter: ProgressMeter, final: bool, reason: str) -> None:
-        spider = self.crawler.spider
-        part = getattr(spider, "results_part", None)
-        if part is None:
+        run = self.run
+        if not run.part:
             return  # not started
         if self.status is None:
-            self.status = PartStatus(part=part, job=str(getattr(spider, "_job", "") or ""),
-                                     arguments=dict(getattr(spider, "given", {})))
+            self.status = PartStatus(part=run.part, job=run.job, arguments=dict(run.given))
         now = time.monotonic()
         if final or now - self.written >= STATUS_INTERVAL_S:
             self.written = now
             self.write_status(counts, reason if final else "running", final)
-        if final and self.enabled and getattr(spider, "supervisor", None) is None:
+        if final and self.enabled and run.supervisor is None:
             self.write_report(counts, meter, reason)
 
     def write_status(self, counts: Counts, state: str, final: bool) -> None:
@@ -185,17 +185,10 @@ class RunReport:
         status.stages = self.stages()
         status.recent_failures = list(self.failures)
         status.recent_images = list(self.images)
-        store = self.crawler.spider.record_store
-        if store.remote:
-            self.sender = self.sender or RecordSender(store)
-            self.sender.send(status)
-            if final:
-                self.sender.flush()  # before the command adds its exit status
-            return
-        try:
-            status.write(store)
-        except OSError as exc:
-            logger.warning("Cannot write the crawl's status in %s: %s", store.uri, exc)
+        self.sender = self.sender or RecordSender(self.run.record_store)
+        self.sender.send(status)
+        if final:
+            self.sender.flush()  # before the command adds its exit status
 
     def stages(self) -> dict[str, float]:
         """Time per stage; ``process_cpu_s`` is all this process's CPU, so the
@@ -208,11 +201,10 @@ class RunReport:
 
     def write_report(self, final: Counts, meter: ProgressMeter, reason: str) -> None:
         stats = self.crawler.stats.get_stats()
-        spider = self.crawler.spider
         run = report.run_record(
             self.store.uri, started=_iso(stats.get("start_time")), seconds=final.time, reason=reason,
-            arguments=dict(getattr(spider, "given", {})), settings=run_settings(self.crawler.settings, self.config))
-        files = spider.results_files()
+            arguments=dict(self.run.given), settings=run_settings(self.crawler.settings, self.config))
+        files = self.run.files
         self.page = report.write(self.store, self.config.min_free_bytes, report.build(
             final=final, history=meter.history + [final], hosts=self.hosts.tallies,
             stages={**self.stages(), "wall_s": final.time}, run=run, store_totals=recorded_rows(files)))

@@ -134,7 +134,8 @@ class RecordSender:
                 key, data = self.pending.popitem()
                 self.busy = True
             try:
-                self.store.write(key, data)
+                with self.store.writing(key) as out:  # its own staging: the crawl's goes at close
+                    out.write(data)
             except OSError as exc:
                 logger.warning("Cannot write the crawl's status in %s: %s", self.store.uri, exc)
             with self.changed:

@@ -1,8 +1,5 @@
-"""Labels for detection trainers: COCO, YOLO and Pascal VOC files for the
-images a store holds, with the store's boxes moved into each stored image.
-
-Reads the store (results, annotation files, class descriptions, the images'
-own provenance EXIF), never the network; no Scrapy import.
+"""What a crawl writes beside its results, and what is made from a store
+afterwards: output sinks (files or shards), annotation and attribution files,
+the DuckDB database, labels for detection trainers. ``formats`` names every
+output format once. No Scrapy import.
 """
-
-EXPORT_FORMATS = ("coco", "yolo", "voc")

@@ -17,7 +17,6 @@ from openimages_crawler.dataset.rows import MetadataError
 from openimages_crawler.store.base import Store, writing_text
 from openimages_crawler.store.local import LocalStore
 from openimages_crawler.store.lock import StoreLocked
-from openimages_crawler.store.objects import ObjectStore
 
 logger = logging.getLogger(__name__)
 
@@ -28,15 +27,15 @@ class AnnotationOutput:
 
     def __init__(
         self,
-        store: LocalStore,
+        store: Store,
+        records: LocalStore,
         sources: dict[tuple[str, str], Path],
         label_names: frozenset[str] | None,
-        remote: ObjectStore | None = None,
         class_names: Path | None = None,
     ) -> None:
-        self.store = store
+        self.store = store  # its copies are fetched into ``records``, added to there and sent back
+        self.records = records
         self.class_names = class_names  # the version's class descriptions, copied beside the annotations
-        self.remote = remote  # an object store: its copies are fetched, added to and sent back
         self.sources = sources  # (kind, split) -> the version's annotation CSV
         self.label_names = label_names
         self.selected: dict[str, set[str]] = {}  # split -> ImageIDs
@@ -44,14 +43,6 @@ class AnnotationOutput:
 
     def add(self, split: str, image_id: str) -> None:
         self.selected.setdefault(split, set()).add(image_id)
-
-    def fetch(self, key: str, target: Path) -> None:
-        """The object store's copy of ``key`` (the one that counts) into ``target``."""
-        assert self.remote is not None
-        if self.remote.stat(key):
-            self.remote.download(key, target)
-        else:
-            target.unlink(missing_ok=True)
 
     def write(self) -> int:
         """Write every file (blocking: run it in a thread); the number of files
@@ -61,23 +52,21 @@ class AnnotationOutput:
         errors = 0
         for (kind, split), source in self.sources.items():
             key = f"{split}/{ANNOTATION_FILES[kind]}"
-            target = self.store.path(key)
+            target = self.records.path(key)
             image_ids = self.selected.get(split, set())
             if not image_ids and target.exists():
                 continue  # nothing to add
             try:
-                with (self.remote or self.store).shared(self.store.root, "annotations", self.stopping):
-                    if self.remote is not None:
-                        self.fetch(key, target)
-                    with writing_text(self.store, key) as out:
+                with self.store.shared(self.records.root, "annotations", self.stopping):
+                    self.store.fetch_copy(self.records, key)  # the store's copy is the one that counts
+                    with writing_text(self.records, key) as out:
                         if image_ids:
                             added = merge_selected_rows(source, target, out, image_ids, self.label_names,
                                                         self.stopping)
                         else:
                             added = 0
                             header_only(source, out)
-                    if self.remote is not None:
-                        self.remote.upload(target, key)
+                    self.store.send_copy(self.records, target)
             except (CopyStopped, StoreLocked):
                 logger.info("Stopping: %s is left for the next run", target)
                 return errors
@@ -102,9 +91,9 @@ class AnnotationOutput:
         for split in sorted({split for _, split in self.sources}):
             key = f"{split}/{CLASS_NAMES_FILE}"
             try:
-                for store in (self.store, self.remote):
-                    if store is not None and not _holds(store, key, data):
-                        store.write(key, data)
+                for copy in (self.records, self.store):  # one file in a folder store: written once
+                    if not _holds(copy, key, data):
+                        copy.write(key, data)
             except OSError as exc:
                 logger.error("Cannot write %s: %s", key, exc)
                 errors += 1

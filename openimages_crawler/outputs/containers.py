@@ -26,196 +26,32 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
-import json
 import logging
-import tarfile
 import threading
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
 
 from openimages_crawler.dataset.idset import IdSet
 from openimages_crawler.dataset.rows import ImageRow
 from openimages_crawler.store.base import Store
-from openimages_crawler.store.local import remove_dead_staging, staging_folder
+from openimages_crawler.store.local import LocalStore, remove_dead_staging, staging_folder
+from openimages_crawler.outputs.formats import SHARD_FORMATS, shard_format
+from openimages_crawler.outputs.shard_files import Annotations, Sample, ShardWriter
 
 logger = logging.getLogger(__name__)
 
-CONTAINERS = ("files", "webdataset", "parquet", "tfrecord")
 MANIFEST = "shards.csv"
 MANIFEST_COLUMNS = ("shard", "count", "bytes", "first_image_id", "last_image_id", "sha256")
 INDEX_DIR = ".index"
 NUMBER_DIGITS = 6
 INDEX_READERS = 16  # shard indexes read at once when an output is first met
-PARQUET_ROW_GROUP = 1000  # images per row group: ~1000 rows stream well and keep the footer small
-ANNOTATION_KEYS = ("labels", "boxes")
-BOX_COORDINATES = ("XMin", "XMax", "YMin", "YMax")
-BOX_FLAGS = ("IsOccluded", "IsTruncated", "IsGroupOf", "IsDepiction", "IsInside")
-_TF_FLAGS = {"IsOccluded": "occluded", "IsTruncated": "truncated", "IsGroupOf": "group_of",
-             "IsDepiction": "depiction"}  # the TF Object Detection API's names
 
 
-# Labels and boxes of a sample, when annotations are written (see
-# dataset.annotation_index.SampleAnnotations; boxes in the stored image's fractions).
-Annotations = dict[str, list[dict[str, Any]]]
-
-
-@dataclass(frozen=True, slots=True)
-class Sample:
-    """One image as a shard stores it."""
-
-    image_id: str
-    data: bytes
-    ext: str  # jpg, png, webp (the stored bytes' format)
-    width: int
-    height: int
-    fields: dict[str, str]  # the metadata row
-    annotations: Annotations | None = None  # None: the crawl writes no annotations
-
-    def metadata(self) -> dict[str, Any]:
-        """What a sample carries beside its bytes (WebDataset's ``.json``)."""
-        return {**self.fields, "width": self.width, "height": self.height, **(self.annotations or {})}
-
-
-class ShardWriter(Protocol):
-    """One open shard file."""
-
-    def add(self, sample: Sample) -> None: ...
-
-    def close(self) -> None: ...
-
-
-class TarShard:
-    """WebDataset: ``{ImageID}.{ext}`` and ``{ImageID}.json`` per sample, in order."""
-
-    suffix = ".tar"
-
-    def __init__(self, path: Path, first: Sample) -> None:
-        self.tar = tarfile.open(path, "w", format=tarfile.USTAR_FORMAT)
-        self.mtime = int(time.time())
-
-    def _member(self, name: str, data: bytes) -> None:
-        info = tarfile.TarInfo(name)
-        info.size, info.mtime, info.mode = len(data), self.mtime, 0o444
-        self.tar.addfile(info, io.BytesIO(data))
-
-    def add(self, sample: Sample) -> None:
-        self._member(f"{sample.image_id}.{sample.ext}", sample.data)
-        self._member(f"{sample.image_id}.json", json.dumps(sample.metadata(), ensure_ascii=False).encode())
-
-    def close(self) -> None:
-        self.tar.close()
-
-
-class ParquetShard:
-    """One row per image: ImageID, the bytes, format, width, height, the
-    metadata columns (as strings) and, when annotations are written, ``labels``
-    and ``boxes`` as list-of-struct columns; in row groups of PARQUET_ROW_GROUP."""
-
-    suffix = ".parquet"
-
-    def __init__(self, path: Path, first: Sample) -> None:
-        import pyarrow as pa  # noqa: PLC0415 (only parquet outputs need it)
-        import pyarrow.parquet as pq  # noqa: PLC0415
-
-        self.pa = pa
-        names = ["ImageID", "image", "format", "width", "height", *ANNOTATION_KEYS]
-        self.columns = [name for name in first.fields if name not in names]
-        self.annotated = first.annotations is not None
-        label = [("LabelName", pa.string()), ("DisplayName", pa.string()), ("ClassIndex", pa.int32()),
-                 ("Source", pa.string()), ("Confidence", pa.float64())]
-        box = label + [(name, pa.float64()) for name in BOX_COORDINATES] + [(name, pa.int8()) for name in BOX_FLAGS]
-        self.schema = pa.schema(
-            [("ImageID", pa.string()), ("image", pa.binary()), ("format", pa.string()),
-             ("width", pa.int32()), ("height", pa.int32())]
-            + [(name, pa.string()) for name in self.columns]
-            + ([("labels", pa.list_(pa.struct(label))), ("boxes", pa.list_(pa.struct(box)))]
-               if self.annotated else []))
-        self.writer = pq.ParquetWriter(path, self.schema, compression="zstd")
-        self.rows: list[Sample] = []
-
-    def add(self, sample: Sample) -> None:
-        self.rows.append(sample)
-        if len(self.rows) >= PARQUET_ROW_GROUP:
-            self._flush()
-
-    def _flush(self) -> None:
-        if not self.rows:
-            return
-        rows, self.rows = self.rows, []
-        arrays = {
-            "ImageID": [s.image_id for s in rows], "image": [s.data for s in rows],
-            "format": [s.ext for s in rows], "width": [s.width for s in rows], "height": [s.height for s in rows],
-            **{name: [s.fields.get(name, "") for s in rows] for name in self.columns},
-        }
-        if self.annotated:
-            for key in ANNOTATION_KEYS:
-                arrays[key] = [(s.annotations or {}).get(key, []) for s in rows]
-        self.writer.write_table(self.pa.table(arrays, schema=self.schema))
-
-    def close(self) -> None:
-        self._flush()
-        self.writer.close()
-
-
-class TfRecordShard:
-    """One ``tf.train.Example`` per image with the conventional keys
-    (``image/encoded``, ``image/format``, ``image/height``, ``image/width``,
-    ``image/source_id``), the metadata as ``openimages/{column}`` and, when
-    annotations are written, the TF Object Detection API's keys:
-    ``image/object/bbox/{xmin,xmax,ymin,ymax}`` (fractions),
-    ``image/object/class/{label,text}``, ``image/object/{occluded,truncated,
-    group_of,depiction}`` and the image labels as ``image/class/{label,text,
-    confidence}``; written by the ``tfrecord`` package (its own protobuf
-    definitions, no TensorFlow)."""
-
-    suffix = ".tfrecord"
-
-    def __init__(self, path: Path, first: Sample) -> None:
-        from tfrecord.writer import TFRecordWriter  # noqa: PLC0415 (only tfrecord outputs need it)
-
-        self.writer = TFRecordWriter(str(path))
-
-    def add(self, sample: Sample) -> None:
-        self.writer.write({
-            "image/encoded": (sample.data, "byte"),
-            "image/format": (sample.ext.encode(), "byte"),
-            "image/height": (sample.height, "int"),
-            "image/width": (sample.width, "int"),
-            "image/source_id": (sample.image_id.encode(), "byte"),
-            **{f"openimages/{name}": (value.encode(), "byte") for name, value in sample.fields.items()},
-            **(_tf_annotations(sample.annotations) if sample.annotations is not None else {}),
-        })
-
-    def close(self) -> None:
-        self.writer.close()
-
-
-def _tf_annotations(annotations: Annotations) -> dict[str, tuple[list[Any], str]]:
-    boxes, labels = annotations["boxes"], annotations["labels"]
-    return {
-        **{f"image/object/bbox/{name.lower()}": ([box[name] for box in boxes], "float") for name in BOX_COORDINATES},
-        "image/object/class/label": ([box["ClassIndex"] for box in boxes], "int"),
-        "image/object/class/text": ([box["DisplayName"].encode() for box in boxes], "byte"),
-        **{f"image/object/{key}": ([box[flag] for box in boxes], "int") for flag, key in _TF_FLAGS.items()},
-        "image/class/label": ([label["ClassIndex"] for label in labels], "int"),
-        "image/class/text": ([label["DisplayName"].encode() for label in labels], "byte"),
-        "image/class/confidence": ([label["Confidence"] for label in labels], "float"),
-    }
-
-
-WRITERS: dict[str, Callable[[Path, Sample], ShardWriter]] = {
-    "webdataset": TarShard, "parquet": ParquetShard, "tfrecord": TfRecordShard,
-}
-SUFFIXES = {"webdataset": TarShard.suffix, "parquet": ParquetShard.suffix, "tfrecord": TfRecordShard.suffix}
-
-
-def shard_name(number: int, container: str) -> str:
-    return f"{number:0{NUMBER_DIGITS}d}{SUFFIXES[container]}"
+def shard_name(number: int, suffix: str) -> str:
+    return f"{number:0{NUMBER_DIGITS}d}{suffix}"
 
 
 @dataclass
@@ -238,7 +74,7 @@ class ShardSink:
         self.store = store
         self.scratch = scratch  # a local folder of the records, for the open shards
         self.folder = folder
-        self.container = container
+        self.format = shard_format(container)
         self.shard_size = shard_size
         self.lock = lock  # the store's lock of a name, held around a publication
         self.open_shards: dict[str, OpenShard] = {}  # by subset
@@ -292,8 +128,8 @@ class ShardSink:
         """A new shard in staging; ``first`` sets its columns (a Parquet schema's)."""
         self.scratch.mkdir(parents=True, exist_ok=True)
         self.serial += 1
-        path = self.scratch / f"{self.folder}-{self.serial}{SUFFIXES[self.container]}"
-        return OpenShard(path, WRITERS[self.container](path, first))
+        path = self.scratch / f"{self.folder}-{self.serial}{self.format.suffix}"
+        return OpenShard(path, self.format.writer(path, first))
 
     def _publish(self, subset: str, shard: OpenShard) -> None:
         shard.writer.close()
@@ -302,7 +138,7 @@ class ShardSink:
         digest, size = file_digest(shard.path)
         with self.lock(f"shards-{subset}-{self.folder}"):
             manifest = read_manifest(self.store, base)
-            name = shard_name(len(manifest), self.container)
+            name = shard_name(len(manifest), self.format.suffix)
             write_index(self.store, base, name, ids)
             self.store.publish(shard.path, join(base, name))
             manifest.append({"shard": name, "count": str(len(ids)), "bytes": str(size),
@@ -342,7 +178,8 @@ def read_manifest(store: Store, base: str) -> list[dict[str, str]]:
     rows = list(csv.DictReader(io.StringIO(text, newline=""))) if text else []
     while True:
         suffix = Path(rows[0]["shard"]).suffix if rows else None
-        candidates = [f"{len(rows):0{NUMBER_DIGITS}d}{s}" for s in ([suffix] if suffix else SUFFIXES.values())]
+        suffixes = [suffix] if suffix else [shards.suffix for shards in SHARD_FORMATS]
+        candidates = [shard_name(len(rows), one) for one in suffixes]
         found = next((name for name in candidates if store.exists(join(base, name))), None)
         if found is None:
             return rows
@@ -351,6 +188,11 @@ def read_manifest(store: Store, base: str) -> list[dict[str, str]]:
         rows.append({"shard": found, "count": str(len(ids)), "bytes": str(size),
                      "first_image_id": ids[0] if ids else "", "last_image_id": ids[-1] if ids else "",
                      "sha256": digest})
+
+
+def is_container(store: LocalStore, subset: str, folder: str) -> bool:
+    """Whether a subset's output is stored in shards (its manifest is there), not as files."""
+    return store.path(join(subset, folder, MANIFEST)).is_file()
 
 
 def write_manifest(store: Store, base: str, rows: list[dict[str, str]]) -> None:

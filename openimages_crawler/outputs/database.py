@@ -36,7 +36,7 @@ from openimages_crawler.dataset.rows import MetadataError
 from openimages_crawler.store.layout import PENDING_DIR, StoreLayout
 from openimages_crawler.store.local import LocalStore, host_tag
 from openimages_crawler.store.lock import pid_alive
-from openimages_crawler.outputs.containers import MANIFEST, join, read_index, read_manifest
+from openimages_crawler.outputs.containers import is_container, join, read_index, read_manifest
 
 logger = logging.getLogger(__name__)
 
@@ -323,7 +323,7 @@ def _place(con: Any, store: LocalStore, layout: StoreLayout, main: MainOutput) -
             continue  # nothing stored in that output (yet)
         image_ids = [image_id for (image_id,) in con.execute(f"SELECT ImageID {unplaced} AND Subset = ?",
                                                              [subset]).fetchall()]
-        if store.path(join(subset, main.folder, MANIFEST)).is_file():
+        if is_container(store, subset, main.folder):
             placed += _in_shards(store, subset, main.folder, set(image_ids))
         else:
             # One thread: measured faster than a pool here (the header parse holds the GIL).

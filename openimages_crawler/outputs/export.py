@@ -27,13 +27,8 @@ from openimages_crawler.dataset.catalogue import (
 )
 from openimages_crawler.dataset.rows import MetadataError
 from openimages_crawler.dataset.selection import SelectionError
-from openimages_crawler.outputs.labels import (
-    CocoWriter,
-    ExportClass,
-    LabelWriter,
-    VocWriter,
-    YoloWriter,
-)
+from openimages_crawler.outputs.formats import labels
+from openimages_crawler.outputs.labels import ExportClass, LabelTarget
 from openimages_crawler.outputs.stored import stored_images
 from openimages_crawler.imaging.boxes import placed_annotations
 from openimages_crawler.store.layout import StoreLayout
@@ -89,12 +84,8 @@ def export_subset(store: LocalStore, layout: StoreLayout, subset: str, success_c
     lookup = SampleAnnotations({subset: index}, {}, classes, wanted)
     staging = staging_folder(store.root, "export") / subset
     shutil.rmtree(staging, ignore_errors=True)
-    writers: dict[str, LabelWriter] = {}
-    for name in request.formats:
-        target = staging / name
-        writers[name] = (CocoWriter(target, chosen, subset) if name == "coco"
-                         else YoloWriter(target, chosen, store.path(f"{subset}/{name}")) if name == "yolo"
-                         else VocWriter(target, chosen))
+    targets = [LabelTarget(staging / name, store.path(f"{subset}/{name}"), chosen, subset) for name in request.formats]
+    writers = [labels(name).writer(target) for name, target in zip(request.formats, targets, strict=True)]
     counts = ExportCounts(formats=list(request.formats))
     wanted_ids = list(success_ids(success_csv))
     for image in stored_images(store, layout, subset, request.folder, wanted_ids):
@@ -109,12 +100,12 @@ def export_subset(store: LocalStore, layout: StoreLayout, subset: str, success_c
         counts.images += 1
         counts.boxes += len(placed)
         counts.boxes_left_out += len(found["boxes"]) - len(placed)
-        for writer in writers.values():
+        for writer in writers:
             writer.add(image, placed)
     counts.not_found = len(wanted_ids) - counts.images - counts.no_geometry
-    for name, writer in writers.items():
+    for target, writer in zip(targets, writers, strict=True):
         writer.close()
-        _put_in_place(staging / name, store.path(f"{subset}/{name}"))
+        _put_in_place(target.folder, target.final)
     shutil.rmtree(staging.parent, ignore_errors=True)
     return counts
 

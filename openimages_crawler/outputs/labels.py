@@ -1,6 +1,7 @@
 """COCO, YOLO and Pascal VOC writers: each fills a staging folder that
 ``outputs.export`` puts in place whole. Boxes arrive as fractions of the stored
-image (``imaging.boxes.placed_annotations``)."""
+image (``imaging.boxes.placed_annotations``). Which name stands for which
+writer is ``outputs.formats``."""
 
 from __future__ import annotations
 
@@ -10,10 +11,12 @@ import shutil
 import xml.etree.ElementTree as ElementTree
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from openimages_crawler.outputs.stored import StoredImage
 from openimages_crawler.imaging.boxes import NormBox
+
+if TYPE_CHECKING:  # hints only: stored.py reads shards through outputs.formats, which imports this module
+    from openimages_crawler.outputs.stored import StoredImage
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,6 +27,16 @@ class ExportClass:
     mid: str
     name: str
     index: int
+
+
+@dataclass(frozen=True, slots=True)
+class LabelTarget:
+    """What a writer of one format of a subset's export is given."""
+
+    folder: Path  # the staging folder it fills
+    final: Path  # where ``outputs.export`` puts that folder once it is closed
+    classes: list[ExportClass]
+    subset: str
 
 
 class LabelWriter(Protocol):
@@ -42,14 +55,14 @@ class CocoWriter:
     pixels, area, iscrowd from IsGroupOf, the Open Images flags as extra
     fields. Streamed through two temporary files, so memory stays flat."""
 
-    def __init__(self, folder: Path, classes: list[ExportClass], subset: str) -> None:
-        self.folder = folder
-        self.classes = classes
-        self.category = {cls.mid: cls.index for cls in classes}
-        self.subset = subset
-        folder.mkdir(parents=True, exist_ok=True)
-        self.images = open(folder / ".images.part", "w", encoding="utf-8")
-        self.annotations = open(folder / ".annotations.part", "w", encoding="utf-8")
+    def __init__(self, target: LabelTarget) -> None:
+        self.folder = target.folder
+        self.classes = target.classes
+        self.category = {cls.mid: cls.index for cls in target.classes}
+        self.subset = target.subset
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.images = open(self.folder / ".images.part", "w", encoding="utf-8")
+        self.annotations = open(self.folder / ".annotations.part", "w", encoding="utf-8")
         self.image_count = self.box_count = 0
 
     def add(self, image: StoredImage, boxes: list[dict[str, Any]]) -> None:
@@ -97,12 +110,12 @@ class YoloWriter:
     width height, fractions), ``images/{ImageID}.{ext}`` linking to the stored
     file (files outputs), ``classes.txt`` and ``data.yaml``."""
 
-    def __init__(self, folder: Path, classes: list[ExportClass], final: Path) -> None:
-        self.folder = folder
-        self.final = final  # where the folder will be: data.yaml names it, links are relative to it
-        self.number = {cls.mid: number for number, cls in enumerate(classes)}
-        self.classes = classes
-        (folder / "labels").mkdir(parents=True, exist_ok=True)
+    def __init__(self, target: LabelTarget) -> None:
+        self.folder = target.folder
+        self.final = target.final  # data.yaml names it, links are relative to it
+        self.number = {cls.mid: number for number, cls in enumerate(target.classes)}
+        self.classes = target.classes
+        (self.folder / "labels").mkdir(parents=True, exist_ok=True)
         self.linked = 0
 
     def add(self, image: StoredImage, boxes: list[dict[str, Any]]) -> None:
@@ -137,10 +150,10 @@ class YoloWriter:
 class VocWriter:
     """Pascal VOC: ``Annotations/{ImageID}.xml``, pixel boxes (1-based, inclusive)."""
 
-    def __init__(self, folder: Path, classes: list[ExportClass]) -> None:
-        self.folder = folder / "Annotations"
+    def __init__(self, target: LabelTarget) -> None:
+        self.folder = target.folder / "Annotations"
         self.folder.mkdir(parents=True, exist_ok=True)
-        self.names = {cls.mid: cls.name for cls in classes}
+        self.names = {cls.mid: cls.name for cls in target.classes}
 
     def add(self, image: StoredImage, boxes: list[dict[str, Any]]) -> None:
         root = ElementTree.Element("annotation")

@@ -4,7 +4,6 @@ made: files in the layout, or samples in WebDataset, Parquet or TFRecord shards.
 from __future__ import annotations
 
 import io
-import tarfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,9 +13,9 @@ from PIL import Image, UnidentifiedImageError
 from openimages_crawler.imaging.pillow import Geometry, ResizeSpec, read_provenance
 from openimages_crawler.store.layout import StoreLayout
 from openimages_crawler.store.local import LocalStore
-from openimages_crawler.outputs.containers import MANIFEST, SUFFIXES, join, read_manifest
-
-IMAGE_EXTENSIONS = ("jpg", "png", "webp")
+from openimages_crawler.outputs.containers import is_container, join, read_manifest
+from openimages_crawler.outputs.formats import shard_format_of
+from openimages_crawler.outputs.shard_files import IMAGE_EXTENSIONS
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,10 +33,6 @@ class StoredImage:
     @property
     def in_shard(self) -> bool:
         return bool(self.shard)
-
-
-def is_container(store: LocalStore, subset: str, folder: str) -> bool:
-    return store.path(join(subset, folder, MANIFEST)).is_file()
 
 
 def stored_images(store: LocalStore, layout: StoreLayout, subset: str, folder: str,
@@ -79,35 +74,7 @@ def _shard_images(store: LocalStore, subset: str, folder: str) -> Iterator[Store
     for row in read_manifest(store, base):
         name = row["shard"]
         path = store.path(join(base, name))
-        for image_id, ext, data in _samples(path):
+        for image_id, ext, data in shard_format_of(name).reader(path):
             found = _described(image_id, data, f"{folder}/{name}#{image_id}.{ext}", name)
             if found is not None:
                 yield found
-
-
-def _samples(path: Path) -> Iterator[tuple[str, str, bytes]]:
-    """(ImageID, extension, image bytes) of each sample of a shard."""
-    if path.suffix == SUFFIXES["webdataset"]:
-        with tarfile.open(path) as tar:
-            for member in tar:
-                stem, _, ext = member.name.rpartition(".")
-                if member.isfile() and ext in IMAGE_EXTENSIONS:
-                    handle = tar.extractfile(member)
-                    if handle is not None:
-                        yield stem, ext, handle.read()
-    elif path.suffix == SUFFIXES["parquet"]:
-        import pyarrow.parquet as pq  # noqa: PLC0415 (only parquet outputs need it)
-
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=256, columns=["ImageID", "format", "image"]):
-            yield from zip(*(batch.column(name).to_pylist() for name in ("ImageID", "format", "image")), strict=True)
-    else:
-        from tfrecord import example_pb2  # noqa: PLC0415 (only tfrecord outputs need it)
-        from tfrecord.reader import tfrecord_iterator  # noqa: PLC0415
-
-        for raw in tfrecord_iterator(str(path)):
-            example = example_pb2.Example()
-            example.ParseFromString(raw)
-            feature = example.features.feature
-            yield (feature["image/source_id"].bytes_list.value[0].decode(),
-                   feature["image/format"].bytes_list.value[0].decode(),
-                   feature["image/encoded"].bytes_list.value[0])

@@ -13,7 +13,7 @@ from pathlib import Path
 from scrapy.settings import BaseSettings
 
 from openimages_crawler.crawl.config import CrawlConfig, records_store
-from openimages_crawler.crawl.feeds import subset_feed_paths
+from openimages_crawler.crawl.config import subset_feed_paths
 from openimages_crawler.run.export import default_output
 from openimages_crawler.store.base import has_room
 from openimages_crawler.outputs.database import (

@@ -12,7 +12,7 @@ from scrapy.exceptions import UsageError
 from scrapy.settings import BaseSettings
 
 from openimages_crawler.crawl.config import CrawlConfig
-from openimages_crawler.crawl.feeds import subset_feed_paths
+from openimages_crawler.crawl.config import subset_feed_paths
 from openimages_crawler.dataset.catalogue import ANNOTATION_FILES
 from openimages_crawler.outputs.export import ExportError, ExportRequest, export_subset
 from openimages_crawler.store.local import LocalStore

@@ -18,7 +18,7 @@ from scrapy.exceptions import UsageError
 from scrapy.settings import BaseSettings
 
 from openimages_crawler.crawl.config import CrawlConfig, open_crawl_store, records_store
-from openimages_crawler.crawl.feeds import results_files
+from openimages_crawler.crawl.config import results_files
 from openimages_crawler.crawl.processes import (
     Child,
     ProcessPlan,
@@ -37,6 +37,7 @@ from openimages_crawler.exits import (
     EXIT_OK,
     EXIT_USAGE,
     Exit,
+    lock_lost,
     results_unsent,
 )
 from openimages_crawler.monitor import report
@@ -53,7 +54,7 @@ from openimages_crawler.monitor.status import (
     total_hosts,
     total_stages,
 )
-from openimages_crawler.run.database import run_database
+from openimages_crawler.run.finish import Extras, finish, summarize_crawl
 from openimages_crawler.checkpoint import settle
 from openimages_crawler.checkpoint.ledger import recorded_rows
 from openimages_crawler.store.lock import StoreLocked
@@ -68,7 +69,6 @@ class Supervisor:
         self.spider = spider
         self.given = dict(given)
         self.plan = plan
-        self.database_ok = True  # the run's database update (OPENIMAGES_DATABASE) went well
         self.config = config = CrawlConfig.from_settings(settings)
         self.store = store = open_crawl_store(settings)  # the images, the report
         self.local_store = records_store(settings)  # results, parts, locks, the processes' records
@@ -84,11 +84,14 @@ class Supervisor:
         self.started = self.recorded = time.monotonic()
         self.dashboard = DashboardServer.from_settings(settings, config, store)
         # The run's own record, as a single process of this shard keeps it (for a fleet's view).
-        self.record = PartStatus(part=part_label(*self.shard), job=str(given.get("_job", "")), arguments=self.given)
-        self.sender = RecordSender(store) if store.remote else None  # an object store's, from a thread
+        self.part_status = PartStatus(part=part_label(*self.shard), job=str(given.get("_job", "")),
+                                      arguments=self.given)
+        self.sender = RecordSender(store)  # the run's record, from a thread (a bucket may be slow)
         self.lost_lock = ""  # why the bucket's lease of the shard was lost, if it was
         self.final: Counts | None = None  # the run's figures, once its processes have ended
-        self.report_page: str | None = None  # report.html, once written
+        self.unread: Exit | None = None  # the store's results could not be read: no process started
+        self.settled = False  # the processes' parts are merged into the results
+        self.previous: dict[int, Any] = {}  # the signal handlers the run replaced
 
     def commands(self) -> list[tuple[Shard, list[str]]]:
         """Each process's share and command line: shard K of N becomes shards
@@ -101,58 +104,74 @@ class Supervisor:
                  child_command(self.spider, self.given, {**base, **extra}))
                 for number, extra in enumerate(self.plan.settings)]
 
-    def run(self) -> Exit:
+    def run(self, extras: Extras) -> Exit:
+        """Start the processes, follow them to their end, and end the run (``run.finish``)."""
         if self.plan.note:
             logger.warning(self.plan.note)
-        lock = self.store.run_lock(self.local_store.root, *self.shard, on_lost=self.lose_lock)
+        self.lock = self.store.run_lock(self.local_store.root, *self.shard, on_lost=self.lose_lock)
         try:
-            lock.acquire()
+            self.lock.acquire()
         except (StoreLocked, OSError) as exc:
             return Exit(EXIT_USAGE, str(exc))
         if self.dashboard is not None:
             try:
                 self.dashboard.listen()
             except UsageError as exc:  # a busy port: before any process starts
-                lock.release()
+                self.lock.release()
                 return Exit(EXIT_USAGE, str(exc))
-        previous = {signum: signal.signal(signum, self.on_signal) for signum in EXIT_AFTER_SIGNAL}
+        self.previous = {signum: signal.signal(signum, self.on_signal) for signum in EXIT_AFTER_SIGNAL}
+        self.unread = self.pull()
+        if self.unread is not None:
+            return finish(self, self.settings)
+        logger.info("Crawling in %d processes", self.plan.count)
         try:
-            unread = self.pull()
-            if unread is not None:
-                return unread
-            logger.info("Crawling in %d processes", self.plan.count)
-            self.children = start_children(self.commands(), lock.inheritable(), self.display.write)
+            self.children = start_children(self.commands(), self.lock.inheritable(), self.display.write)
             self.watch()
-            self.final = final = self.sample(final=True)
-            ending = self.merge()
-            self.database_ok = run_database(self.settings, self.config.min_free_bytes)  # before the closing summary
-            if ending is None:
-                if self.settings.getbool("OPENIMAGES_REPORT"):
-                    self.report_page = self.write_report(final)
-                ending = self.exit_status(final)
-            self.record.exit, self.record.error = ending.status, ending.message
-            self.write_record(final=True)
-            return ending
-        finally:
-            for signum, handler in previous.items():
-                signal.signal(signum, handler)
-            if self.dashboard is not None:
-                self.dashboard.stop()
-            lock.release()
+            self.final = self.sample(final=True)
+        except BaseException:
+            self.release()
+            raise
+        return finish(self, self.settings, Extras(True, extras.formats, extras.subsets))
 
-    def merge(self) -> Exit | None:
+    def settle(self) -> Exit | None:
         """The processes' results parts into the results files; an exit status
-        when that fails."""
+        when the run could not start or that fails."""
+        if self.unread is not None:
+            return self.unread
         if self.lost_lock:  # another run may own this shard's parts now
-            return Exit(EXIT_INCOMPLETE, f"the crawl stopped: it {self.lost_lock} (another crawl of this "
-                        "shard may have started); the rows not recorded yet are still pending")
+            return lock_lost(self.lost_lock)
         try:
             settle.settle_results(self.store, self.local_store, self.files, *self.shard,
                                   min_free_bytes=self.config.min_free_bytes)
         except (OSError, ValueError, StoreLocked) as exc:  # a full disk, a file damaged by hand, a bucket gone
             logger.debug("Cannot settle the results", exc_info=exc)
             return results_unsent(f"{type(exc).__name__}: {exc}")
+        self.settled = True
         return None
+
+    def report(self, ending: Exit) -> str | None:
+        if not (self.settled and self.settings.getbool("OPENIMAGES_REPORT")):
+            return None
+        assert self.final is not None
+        return self.write_report(self.final)
+
+    def summarize(self, ending: Exit, page: str | None) -> None:
+        if self.final is not None:
+            summarize_crawl(self.settings, self.final, ending, page,
+                            self.dashboard.address if self.dashboard else None)
+
+    def record(self, ending: Exit) -> None:
+        """The run's exit in its record (where a fleet reads it)."""
+        if self.final is not None:
+            self.part_status.exit, self.part_status.error = ending.status, ending.message
+            self.write_record(final=True)
+
+    def release(self) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+        if self.dashboard is not None:
+            self.dashboard.stop()
+        self.lock.release()
 
     def lose_lock(self, message: str) -> None:
         """The bucket's lease of this shard was lost (from its renewing thread): the processes stop."""
@@ -206,9 +225,9 @@ class Supervisor:
             counts = replace(counts, total=counts.done)  # the estimate gives way to what was done
         self.meter.add(counts)
         self.display.show(self.meter, final=final)
-        set_counts(self.record, counts, leading(total_hosts(records), self.config.status_hosts))
-        self.record.stages = total_stages(records)
-        self.record.state = ",".join(sorted({r.state for r in records})) if final else "running"
+        set_counts(self.part_status, counts, leading(total_hosts(records), self.config.status_hosts))
+        self.part_status.stages = total_stages(records)
+        self.part_status.state = ",".join(sorted({r.state for r in records})) if final else "running"
         if final or time.monotonic() - self.recorded >= STATUS_INTERVAL_S:
             self.write_record()
         if self.dashboard is not None:
@@ -218,15 +237,9 @@ class Supervisor:
     def write_record(self, final: bool = False) -> None:
         """The run's record, in the store (where a fleet reads it)."""
         self.recorded = time.monotonic()
-        if self.sender is not None:
-            self.sender.send(self.record)
-            if final:
-                self.sender.flush()
-            return
-        try:
-            self.record.write(self.store)
-        except OSError as exc:
-            logger.warning("Cannot write the crawl's status in %s: %s", self.store.uri, exc)
+        self.sender.send(self.part_status)
+        if final:
+            self.sender.flush()
 
     def tick(self) -> None:
         self.sample()
@@ -235,8 +248,8 @@ class Supervisor:
 
     def write_report(self, final: Counts) -> str | None:
         records = self.records()
-        run = report.run_record(self.store.uri, started=self.record.started, seconds=final.time,
-                                reason=self.record.state or "not started",
+        run = report.run_record(self.store.uri, started=self.part_status.started, seconds=final.time,
+                                reason=self.part_status.state or "not started",
                                 arguments=self.given, processes=self.plan.count,
                                 settings=run_settings(self.settings, self.config))
         return report.write(self.store, self.config.min_free_bytes, report.build(
@@ -244,7 +257,9 @@ class Supervisor:
             stages={**total_stages(records), "wall_s": final.time}, run=run,
             store_totals=recorded_rows(self.files)))
 
-    def exit_status(self, final: Counts) -> Exit:
+    def status(self) -> Exit:
+        final = self.final
+        assert final is not None
         pending = ""
         if final.total is not None and final.total > final.done:
             pending = f" (about {final.total - final.done:,} rows)"

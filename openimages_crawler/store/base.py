@@ -57,7 +57,9 @@ class Store(Protocol):
     A store class is made with ``(uri, options: StoreOptions | None)``."""
 
     uri: str
-    remote: bool  # writes cross a network: the crawl gives them threads of their own
+    # Threads the crawl gives the store's writes beyond the CPU workers: 0 when a write is a
+    # local file operation (done in the worker itself); an object store's StoreOptions.concurrency.
+    write_threads: int
 
     def open(self) -> None:
         """Before the first write: make it writable, clean up after a dead run."""
@@ -127,6 +129,16 @@ class Store(Protocol):
     def send_results(self, local: LocalStore, files: dict[str, list[str]], index: int = 1, count: int = 1) -> None:
         """The records folder's merged results back into the store's copy
         (shard ``index`` of ``count``'s parts there deleted)."""
+
+    def fetch_copy(self, records: LocalStore, key: str) -> bool:
+        """The store's copy of ``key`` into the records folder (``records.path(key)``),
+        replacing what is there; False (and no local file left) when the store has
+        none. A folder store's records folder is the store: nothing moves, the
+        answer is whether the file exists."""
+
+    def send_copy(self, records: LocalStore, path: Path) -> None:
+        """The records folder's file ``path`` up to its key (its path relative to
+        ``records.root``); nothing for a folder store."""
 
 
 class RunLock(Protocol):

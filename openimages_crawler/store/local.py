@@ -27,7 +27,7 @@ class LocalStore:
     ``file://DIR``). Writes go through a staging folder of this process and
     ``os.replace``."""
 
-    remote = False
+    write_threads = 0  # a write is a local file operation, done in the worker itself
 
     def __init__(self, uri: str, options: StoreOptions | None = None) -> None:
         """``options`` are an object store's; a folder needs none."""
@@ -164,6 +164,13 @@ class LocalStore:
 
     def send_results(self, local: LocalStore, files: dict[str, list[str]], index: int = 1, count: int = 1) -> None:
         """Nothing to send: the merge wrote the folder's own results files."""
+
+    def fetch_copy(self, records: LocalStore, key: str) -> bool:
+        """Nothing moves (``records`` is this folder): whether ``key`` is there."""
+        return records.path(key).is_file()
+
+    def send_copy(self, records: LocalStore, path: Path) -> None:
+        """Nothing to send: the file in the records folder is the folder's own."""
 
 
 def staging_folder(root: Path, purpose: str = "") -> Path:

@@ -85,11 +85,11 @@ class ObjectStore:
     """``s3://bucket/prefix`` (or ``gs://``) with the local store's relative layout."""
 
     default_endpoint: str | None = None
-    remote = True
 
     def __init__(self, uri: str, options: StoreOptions | None = None) -> None:
         self.uri = uri
         self.options = options or StoreOptions()
+        self.write_threads = self.options.concurrency  # the crawl's upload threads
         self.bucket, self.prefix = split_uri(uri)
         self._client: Any = None
         self._client_lock = threading.Lock()  # the upload threads' first writes would each make one
@@ -484,6 +484,20 @@ class ObjectStore:
         """The records folder's merged results (and attribution) up, shard ``index`` of ``count``'s parts deleted."""
 
         sync.send_results(self, local, files, index, count)
+
+    def fetch_copy(self, records: LocalStore, key: str) -> bool:
+        """The bucket's object ``key`` downloaded into the records folder; asked of
+        the bucket, not of the listing cache (another run may have just written it)."""
+        target = records.path(key)
+        if not self.exists(key):
+            target.unlink(missing_ok=True)
+            return False
+        self.download(key, target)
+        return True
+
+    def send_copy(self, records: LocalStore, path: Path) -> None:
+        """The records folder's file ``path`` uploaded to the same key in the bucket."""
+        self.upload(path, sync.relative(records, str(path)))
 
     def trusted_hosts(self) -> frozenset[str]:
         """The endpoint's host (a private MinIO, say): the crawl reads stored

@@ -44,6 +44,7 @@ from openimages_crawler.store.layout import (
 from openimages_crawler.store.local import LocalStore
 
 if TYPE_CHECKING:
+    from openimages_crawler.store.base import Store
     from openimages_crawler.store.objects import ObjectEntry, ObjectStore
 
 logger = logging.getLogger(__name__)
@@ -144,14 +145,14 @@ def send_results(store: ObjectStore, local: LocalStore, files: dict[str, list[st
     for success in (Path(name) for pattern in files["success"] for name in sorted(glob.glob(pattern))):
         for name in (ATTRIBUTION_CSV, ATTRIBUTION_MD):
             if (success.parent / name).is_file():  # not written below the free-space floor
-                store.upload(success.parent / name, relative(local, str(success.parent / name)))
+                store.send_copy(local, success.parent / name)
 
 
-def push_parts(store: ObjectStore, local: LocalStore, parts: Iterable[Path]) -> None:
-    """Upload whole each of a process's parts that exists."""
+def push_parts(store: Store, local: LocalStore, parts: Iterable[Path]) -> None:
+    """Send whole each of a process's parts that exists (a folder store has nothing to send)."""
     for path in parts:
         if path.is_file():
-            store.upload(path, relative(local, str(path)))
+            store.send_copy(local, path)
 
 
 def push_results(store: ObjectStore, local: LocalStore, final_patterns: list[str],

@@ -122,6 +122,30 @@ def metadata_row(
     }
 
 
+@dataclass
+class _MirrorBuilder:
+    """Adds rows to ``mirror``, spread over ``hosts`` in turn, each with the
+    route that serves its image."""
+
+    mirror: Mirror
+    hosts: list[str]
+    subset: str
+    index: int = 0  # the next row's: its ImageID, host and path follow from it
+
+    def add(self, kind: str, expected: str, ext: str, body: bytes, route: Route | None = None,
+            **row_overrides: str) -> None:
+        host = self.hosts[self.index % len(self.hosts)]
+        image_id = _image_id(self.index)
+        path = f"/{self.index % 8}/{image_id}_{kind}.{ext}"
+        fields = metadata_row(image_id, self.subset, host + path, body, self.index)
+        fields.update(row_overrides)
+        self.mirror.rows.append(MirrorRow(fields, expected, kind))
+        self.mirror.routes[(host, path)] = route or Route(
+            body=body, content_type="image/png" if ext == "png" else "image/jpeg"
+        )
+        self.index += 1
+
+
 def build_mirror(
     hosts: list[str],
     *,
@@ -133,33 +157,23 @@ def build_mirror(
 ) -> Mirror:
     """The dataset: ``copies`` images of every kind spread over ``hosts``
     (``http://ip:port`` bases), plus one row per fault when ``faults``."""
-    mirror = Mirror()
-    index = 0
-
-    def add(kind: str, expected: str, ext: str, body: bytes, route: Route | None = None,
-            **row_overrides: str) -> None:
-        nonlocal index
-        host = hosts[index % len(hosts)]
-        image_id = _image_id(index)
-        path = f"/{index % 8}/{image_id}_{kind}.{ext}"
-        fields = metadata_row(image_id, subset, host + path, body, index)
-        fields.update(row_overrides)
-        mirror.rows.append(MirrorRow(fields, expected, kind))
-        mirror.routes[(host, path)] = route or Route(
-            body=body, content_type="image/png" if ext == "png" else "image/jpeg"
-        )
-        index += 1
-
+    builder = _MirrorBuilder(Mirror(), hosts, subset)
     for copy in range(copies):
         for kind, (ext, maker) in IMAGE_KINDS.items():
-            add(kind, "success", ext, maker(index * 7 + copy))  # type: ignore[operator]
-    if not faults:
-        return mirror
+            builder.add(kind, "success", ext, maker(builder.index * 7 + copy))  # type: ignore[operator]
+    if faults:
+        _add_faults(builder, hang_seconds=hang_seconds, refused_url=refused_url)
+    return builder.mirror
 
+
+def _add_faults(builder: _MirrorBuilder, *, hang_seconds: float, refused_url: str) -> None:
+    """One row per fault real hosts and metadata files show, each expecting
+    the FailureReason the crawl must give it."""
     good = encoded(photo(400, 300, 99), "JPEG", quality=85)
     unavailable = encoded(Image.new("RGB", (500, 374), (230, 230, 230)), "PNG")
-    for host in hosts:
-        mirror.routes[(host, UNAVAILABLE_PATH)] = Route(body=unavailable, content_type="image/png")
+    for host in builder.hosts:
+        builder.mirror.routes[(host, UNAVAILABLE_PATH)] = Route(body=unavailable, content_type="image/png")
+    add = builder.add
     add("unavailable", "unavailable", "jpg", good,
         Route(status=302, location="https://s.yimg.com/pw/images/en-us/photo_unavailable.png"))
     add("not_found", "http_error", "jpg", good, Route(status=404, body=b"Not Found",
@@ -185,7 +199,6 @@ def build_mirror(
     add("bad_scheme", "invalid_row", "jpg", good, OriginalURL="ftp://127.0.0.1/a.jpg")
     add("bad_size", "invalid_row", "jpg", good, OriginalSize="12kb")
     add("bad_md5", "invalid_row", "jpg", good, OriginalMD5="not-an-md5")
-    return mirror
 
 
 # --- the server -------------------------------------------------------------

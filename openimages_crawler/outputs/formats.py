@@ -1,0 +1,106 @@
+"""Every output format, named once with the code that writes and reads it:
+the containers an output's images are stored in (``"container"`` of an
+output, ``OPENIMAGES_*_CONTAINER``, ``scrapy pack --container``) and the
+label formats of an export (``-a export=…``, ``scrapy export``). Whatever
+checks or dispatches on a format name asks this table. No Scrapy import.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar, TypeVar
+
+from openimages_crawler.outputs.labels import CocoWriter, LabelTarget, LabelWriter, VocWriter, YoloWriter
+from openimages_crawler.outputs.shard_files import (
+    ParquetShard,
+    Sample,
+    ShardWriter,
+    StoredSample,
+    TarShard,
+    TfRecordShard,
+    parquet_samples,
+    tar_samples,
+    tfrecord_samples,
+)
+
+
+class UnknownFormat(ValueError):
+    """A name that is not a format of the kind asked for (the known ones are in the message)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerFormat:
+    """How an output's images are stored: ``files`` is one file per image in
+    the store's layout (``outputs.sinks.FilesSink``)."""
+
+    kind: ClassVar[str] = "container"  # what an unknown name is not, in its error
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class ShardFormat(ContainerFormat):
+    """A container that packs the images into shard files (``outputs.containers``)."""
+
+    kind: ClassVar[str] = "shard container"
+    suffix: str  # a shard file's, which tells a stored shard's format
+    writer: Callable[[Path, Sample], ShardWriter]  # opens a shard; its first sample sets a Parquet schema
+    reader: Callable[[Path], Iterator[StoredSample]]
+
+
+@dataclass(frozen=True, slots=True)
+class LabelFormat:
+    """Labels for detection trainers: a folder ``{Subset}/{name}/`` that ``outputs.export`` fills."""
+
+    kind: ClassVar[str] = "label format"
+    name: str
+    writer: Callable[[LabelTarget], LabelWriter]
+
+
+FORMATS: tuple[ContainerFormat | LabelFormat, ...] = (
+    ContainerFormat("files"),
+    ShardFormat("webdataset", ".tar", TarShard, tar_samples),
+    ShardFormat("parquet", ".parquet", ParquetShard, parquet_samples),
+    ShardFormat("tfrecord", ".tfrecord", TfRecordShard, tfrecord_samples),
+    LabelFormat("coco", CocoWriter),
+    LabelFormat("yolo", YoloWriter),
+    LabelFormat("voc", VocWriter),
+)
+SHARD_FORMATS = tuple(one for one in FORMATS if isinstance(one, ShardFormat))
+CONTAINERS = tuple(one.name for one in FORMATS if isinstance(one, ContainerFormat))
+SHARD_CONTAINERS = tuple(one.name for one in SHARD_FORMATS)
+LABEL_FORMATS = tuple(one.name for one in FORMATS if isinstance(one, LabelFormat))
+
+_Format = TypeVar("_Format", ContainerFormat, ShardFormat, LabelFormat)
+
+
+def _lookup(kind: type[_Format], name: str) -> _Format:
+    found = next((one for one in FORMATS if one.name == name), None)
+    if not isinstance(found, kind):
+        known = ", ".join(one.name for one in FORMATS if isinstance(one, kind))
+        raise UnknownFormat(f"{name!r} is not a {kind.kind}: give {known}")
+    return found
+
+
+def container(name: str) -> ContainerFormat:
+    return _lookup(ContainerFormat, name)
+
+
+def shard_format(name: str) -> ShardFormat:
+    """A container that writes shards (not ``files``)."""
+    return _lookup(ShardFormat, name)
+
+
+def shard_format_of(shard: str) -> ShardFormat:
+    """The format of a stored shard, by its file name's suffix."""
+    suffix = Path(shard).suffix
+    found = next((one for one in SHARD_FORMATS if one.suffix == suffix), None)
+    if found is None:
+        known = ", ".join(one.suffix for one in SHARD_FORMATS)
+        raise UnknownFormat(f"{shard!r} is not a shard of a known format: its suffix is not {known}")
+    return found
+
+
+def labels(name: str) -> LabelFormat:
+    return _lookup(LabelFormat, name)

@@ -1,0 +1,206 @@
+"""Shard files: the writer and the reader of each container's file format
+(WebDataset tar, Parquet, TFRecord), one ``Sample`` per image. Which name
+stands for which is ``outputs.formats``; numbering and publishing shards is
+``outputs.containers``. pyarrow and tfrecord are imported only by the formats
+that need them; no Scrapy import.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+IMAGE_EXTENSIONS = ("jpg", "png", "webp")  # the formats an image is stored in
+PARQUET_ROW_GROUP = 1000  # images per row group: ~1000 rows stream well and keep the footer small
+PARQUET_READ_BATCH = 256  # rows read at once
+ANNOTATION_KEYS = ("labels", "boxes")
+BOX_COORDINATES = ("XMin", "XMax", "YMin", "YMax")
+BOX_FLAGS = ("IsOccluded", "IsTruncated", "IsGroupOf", "IsDepiction", "IsInside")
+_TF_FLAGS = {"IsOccluded": "occluded", "IsTruncated": "truncated", "IsGroupOf": "group_of",
+             "IsDepiction": "depiction"}  # the TF Object Detection API's names
+
+# (ImageID, extension, image bytes) of one sample, as a shard's reader gives it.
+StoredSample = tuple[str, str, bytes]
+
+
+# Labels and boxes of a sample, when annotations are written (see
+# dataset.annotation_index.SampleAnnotations; boxes in the stored image's fractions).
+Annotations = dict[str, list[dict[str, Any]]]
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """One image as a shard stores it."""
+
+    image_id: str
+    data: bytes
+    ext: str  # jpg, png, webp (the stored bytes' format)
+    width: int
+    height: int
+    fields: dict[str, str]  # the metadata row
+    annotations: Annotations | None = None  # None: the crawl writes no annotations
+
+    def metadata(self) -> dict[str, Any]:
+        """What a sample carries beside its bytes (WebDataset's ``.json``)."""
+        return {**self.fields, "width": self.width, "height": self.height, **(self.annotations or {})}
+
+
+class ShardWriter(Protocol):
+    """One open shard file."""
+
+    def add(self, sample: Sample) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class TarShard:
+    """WebDataset: ``{ImageID}.{ext}`` and ``{ImageID}.json`` per sample, in order."""
+
+    def __init__(self, path: Path, first: Sample) -> None:
+        self.tar = tarfile.open(path, "w", format=tarfile.USTAR_FORMAT)
+        self.mtime = int(time.time())
+
+    def _member(self, name: str, data: bytes) -> None:
+        info = tarfile.TarInfo(name)
+        info.size, info.mtime, info.mode = len(data), self.mtime, 0o444
+        self.tar.addfile(info, io.BytesIO(data))
+
+    def add(self, sample: Sample) -> None:
+        self._member(f"{sample.image_id}.{sample.ext}", sample.data)
+        self._member(f"{sample.image_id}.json", json.dumps(sample.metadata(), ensure_ascii=False).encode())
+
+    def close(self) -> None:
+        self.tar.close()
+
+
+class ParquetShard:
+    """One row per image: ImageID, the bytes, format, width, height, the
+    metadata columns (as strings) and, when annotations are written, ``labels``
+    and ``boxes`` as list-of-struct columns; in row groups of PARQUET_ROW_GROUP."""
+
+    def __init__(self, path: Path, first: Sample) -> None:
+        import pyarrow as pa  # noqa: PLC0415 (only parquet outputs need it)
+        import pyarrow.parquet as pq  # noqa: PLC0415
+
+        self.pa = pa
+        names = ["ImageID", "image", "format", "width", "height", *ANNOTATION_KEYS]
+        self.columns = [name for name in first.fields if name not in names]
+        self.annotated = first.annotations is not None
+        label = [("LabelName", pa.string()), ("DisplayName", pa.string()), ("ClassIndex", pa.int32()),
+                 ("Source", pa.string()), ("Confidence", pa.float64())]
+        box = label + [(name, pa.float64()) for name in BOX_COORDINATES] + [(name, pa.int8()) for name in BOX_FLAGS]
+        self.schema = pa.schema(
+            [("ImageID", pa.string()), ("image", pa.binary()), ("format", pa.string()),
+             ("width", pa.int32()), ("height", pa.int32())]
+            + [(name, pa.string()) for name in self.columns]
+            + ([("labels", pa.list_(pa.struct(label))), ("boxes", pa.list_(pa.struct(box)))]
+               if self.annotated else []))
+        self.writer = pq.ParquetWriter(path, self.schema, compression="zstd")
+        self.rows: list[Sample] = []
+
+    def add(self, sample: Sample) -> None:
+        self.rows.append(sample)
+        if len(self.rows) >= PARQUET_ROW_GROUP:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self.rows:
+            return
+        rows, self.rows = self.rows, []
+        arrays = {
+            "ImageID": [s.image_id for s in rows], "image": [s.data for s in rows],
+            "format": [s.ext for s in rows], "width": [s.width for s in rows], "height": [s.height for s in rows],
+            **{name: [s.fields.get(name, "") for s in rows] for name in self.columns},
+        }
+        if self.annotated:
+            for key in ANNOTATION_KEYS:
+                arrays[key] = [(s.annotations or {}).get(key, []) for s in rows]
+        self.writer.write_table(self.pa.table(arrays, schema=self.schema))
+
+    def close(self) -> None:
+        self._flush()
+        self.writer.close()
+
+
+class TfRecordShard:
+    """One ``tf.train.Example`` per image with the conventional keys
+    (``image/encoded``, ``image/format``, ``image/height``, ``image/width``,
+    ``image/source_id``), the metadata as ``openimages/{column}`` and, when
+    annotations are written, the TF Object Detection API's keys:
+    ``image/object/bbox/{xmin,xmax,ymin,ymax}`` (fractions),
+    ``image/object/class/{label,text}``, ``image/object/{occluded,truncated,
+    group_of,depiction}`` and the image labels as ``image/class/{label,text,
+    confidence}``; written by the ``tfrecord`` package (its own protobuf
+    definitions, no TensorFlow)."""
+
+    def __init__(self, path: Path, first: Sample) -> None:
+        from tfrecord.writer import TFRecordWriter  # noqa: PLC0415 (only tfrecord outputs need it)
+
+        self.writer = TFRecordWriter(str(path))
+
+    def add(self, sample: Sample) -> None:
+        self.writer.write({
+            "image/encoded": (sample.data, "byte"),
+            "image/format": (sample.ext.encode(), "byte"),
+            "image/height": (sample.height, "int"),
+            "image/width": (sample.width, "int"),
+            "image/source_id": (sample.image_id.encode(), "byte"),
+            **{f"openimages/{name}": (value.encode(), "byte") for name, value in sample.fields.items()},
+            **(_tf_annotations(sample.annotations) if sample.annotations is not None else {}),
+        })
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def _tf_annotations(annotations: Annotations) -> dict[str, tuple[list[Any], str]]:
+    boxes, labels = annotations["boxes"], annotations["labels"]
+    return {
+        **{f"image/object/bbox/{name.lower()}": ([box[name] for box in boxes], "float") for name in BOX_COORDINATES},
+        "image/object/class/label": ([box["ClassIndex"] for box in boxes], "int"),
+        "image/object/class/text": ([box["DisplayName"].encode() for box in boxes], "byte"),
+        **{f"image/object/{key}": ([box[flag] for box in boxes], "int") for flag, key in _TF_FLAGS.items()},
+        "image/class/label": ([label["ClassIndex"] for label in labels], "int"),
+        "image/class/text": ([label["DisplayName"].encode() for label in labels], "byte"),
+        "image/class/confidence": ([label["Confidence"] for label in labels], "float"),
+    }
+
+
+def tar_samples(path: Path) -> Iterator[StoredSample]:
+    """A WebDataset shard's samples: its image members (the ``.json`` ones carry the metadata)."""
+    with tarfile.open(path) as tar:
+        for member in tar:
+            stem, _, ext = member.name.rpartition(".")
+            if member.isfile() and ext in IMAGE_EXTENSIONS:
+                handle = tar.extractfile(member)
+                if handle is not None:
+                    yield stem, ext, handle.read()
+
+
+def parquet_samples(path: Path) -> Iterator[StoredSample]:
+    """A Parquet shard's samples, PARQUET_READ_BATCH rows at a time (only the columns they need)."""
+    import pyarrow.parquet as pq  # noqa: PLC0415 (only parquet outputs need it)
+
+    columns = ["ImageID", "format", "image"]
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=PARQUET_READ_BATCH, columns=columns):
+        yield from zip(*(batch.column(name).to_pylist() for name in columns), strict=True)
+
+
+def tfrecord_samples(path: Path) -> Iterator[StoredSample]:
+    """A TFRecord shard's samples, from each Example's ``image/*`` features."""
+    from tfrecord import example_pb2  # noqa: PLC0415 (only tfrecord outputs need it)
+    from tfrecord.reader import tfrecord_iterator  # noqa: PLC0415
+
+    for raw in tfrecord_iterator(str(path)):
+        example = example_pb2.Example()
+        example.ParseFromString(raw)
+        feature = example.features.feature
+        yield (feature["image/source_id"].bytes_list.value[0].decode(),
+               feature["image/format"].bytes_list.value[0].decode(),
+               feature["image/encoded"].bytes_list.value[0])
