@@ -199,7 +199,7 @@ def probe(work: Path, cache: Path, args: argparse.Namespace) -> dict:
 
 
 def index_probe(work: Path, cache: Path, args: argparse.Namespace) -> dict:
-    """The annotation index that shard samples read their labels and boxes from:
+    """The annotation index that pack samples read their labels and boxes from:
     build time, size and lookups per second over the V6-sized box file."""
     import resource  # noqa: PLC0415 (this probe only)
 

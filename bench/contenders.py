@@ -77,14 +77,15 @@ def ours(key: str, label: str, *settings: str, prefix: tuple[str, ...] = ()) -> 
 
 def img2dataset(key: str, label: str, resize_mode: str, threads: int, one_core: bool = False,
                 output_format: str = "files") -> Contender:
-    """Tuned fairly: a process per core (one, pinned, with ``one_core``), shards
-    small enough to use them all, MD5 verified like ours, no extra hash or
-    EXIF extraction, same JPEG quality."""
+    """Tuned fairly: a process per core (one, pinned, with ``one_core``),
+    img2dataset's shards (its units of work, one output file each) small enough
+    to use them all, MD5 verified like ours, no extra hash or EXIF extraction,
+    same JPEG quality."""
 
     def command(inputs: Inputs, out: Path) -> list[str]:
         assert inputs.img2dataset_python is not None
         processes = 1 if one_core else inputs.cores
-        shard = max(50, inputs.images // (processes * 4))
+        samples_per_shard = max(50, inputs.images // (processes * 4))
         args = {
             "url_list": str(inputs.url_list),
             "input_format": "csv",
@@ -97,7 +98,7 @@ def img2dataset(key: str, label: str, resize_mode: str, threads: int, one_core: 
             "resize_mode": resize_mode,
             "resize_only_if_bigger": resize_mode == "keep_ratio_largest",
             "encode_quality": 90,
-            "number_sample_per_shard": shard,
+            "number_sample_per_shard": samples_per_shard,
             "compute_hash": "md5",  # it insists on computing the hash it verifies
             "verify_hash": ["md5", "md5"],
             "extract_exif": False,
@@ -139,7 +140,7 @@ def limit(path: str) -> Contender:
 
 
 SHRINK_224 = ("OPENIMAGES_RESIZE_MODE=ShrinkToFit", "OPENIMAGES_RESIZE_SIZE=224")
-SHARD_SIZE = 1000  # images per shard of the container contenders
+PACK_SIZE = 1000  # images per pack of the container contenders
 
 
 def ours_shrink() -> Contender:
@@ -156,8 +157,8 @@ def all_contenders(img2dataset_threads: int, baseline_processes: int, with_img2d
             "OPENIMAGES_RESIZE_MODE=FillCrop", "OPENIMAGES_RESIZE_SIZE=224",
         ),
         ours(
-            "ours_shrink_wds", "ours: ShrinkToFit 224 as WebDataset shards of 1,000, all cores",
-            *SHRINK_224, "OPENIMAGES_RESIZE_CONTAINER=webdataset", f"OPENIMAGES_SHARD_SIZE={SHARD_SIZE}",
+            "ours_shrink_wds", "ours: ShrinkToFit 224 as WebDataset packs of 1,000, all cores",
+            *SHRINK_224, "OPENIMAGES_RESIZE_CONTAINER=webdataset", f"OPENIMAGES_SHARD_SIZE={PACK_SIZE}",
         ),
         ours(
             "ours_originals", "ours: originals only (verify + save, no resize)",

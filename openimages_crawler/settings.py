@@ -59,11 +59,11 @@ OPENIMAGES_RESIZE_QUALITY = 90
 # Several resized outputs from one download: [{"dir", "mode", "size"[, "format", "quality", "resample"]}, ...]
 # (JSON on the command line); replaces the single output above when not empty.
 OPENIMAGES_OUTPUTS: list[dict[str, object]] = []
-# How the single output is stored: files, webdataset, parquet or tfrecord (shards of OPENIMAGES_SHARD_SIZE).
+# How the single output is stored: files, webdataset, parquet or tfrecord (packs of OPENIMAGES_SHARD_SIZE images).
 OPENIMAGES_RESIZE_CONTAINER = "files"
 # How originals are stored: files, webdataset, parquet or tfrecord.
 OPENIMAGES_ORIGINALS_CONTAINER = "files"
-# Images per shard of a container output (webdataset, parquet, tfrecord).
+# Images per pack (one file of a packed container: webdataset, parquet, tfrecord).
 OPENIMAGES_SHARD_SIZE = 10000
 
 # --- Verification and resume --------------------------------------------------

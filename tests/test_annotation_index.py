@@ -1,5 +1,5 @@
 """Annotation files indexed by image (``dataset.annotation_index``): what a
-shard sample carries, checked against the real V3 sample files."""
+pack sample carries, checked against the real V3 sample files."""
 
 from __future__ import annotations
 

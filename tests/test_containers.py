@@ -1,6 +1,6 @@
-"""Container outputs in a crawl (WebDataset, Parquet, TFRecord shards) against
+"""Container outputs in a crawl (WebDataset, Parquet, TFRecord packs) against
 the local mirror: read back with the real reader libraries and compared with
-a files output of the same crawl; resumed after a kill -9 mid-shard."""
+a files output of the same crawl; resumed after a kill -9 mid-pack."""
 
 from __future__ import annotations
 
@@ -58,10 +58,10 @@ def manifest(store: Path, folder: str, split: str = "train") -> list[dict[str, s
 def webdataset_samples(store: Path, folder: str, split: str = "train") -> dict[str, dict[str, bytes]]:
     import webdataset as wds
 
-    shards = [str(store / split / folder / row["shard"]) for row in manifest(store, folder, split)]
+    packs = [str(store / split / folder / row["shard"]) for row in manifest(store, folder, split)]
     found: dict[str, dict[str, bytes]] = {}
-    for sample in wds.WebDataset(shards, shardshuffle=False) if shards else []:
-        assert sample["__key__"] not in found  # a row is in one shard, once
+    for sample in wds.WebDataset(packs, shardshuffle=False) if packs else []:
+        assert sample["__key__"] not in found  # a row is in one pack, once
         found[sample["__key__"]] = sample
     return found
 
@@ -154,7 +154,7 @@ def test_mixed_outputs_match_the_files_output_and_a_rerun_adds_nothing(mirror: S
         assert sum(int(row["count"]) for row in manifest(store, folder)) == len(succeeded)
     assert not list(store.glob(".tmp/*/*"))  # nothing left in staging
 
-    # A rerun: nothing fetched, no shard added or rewritten.
+    # A rerun: nothing fetched, no pack added or rewritten.
     before = {path: path.stat().st_mtime_ns for path in (store / "train").rglob("*") if path.is_file()
               and path.suffix in (".tar", ".parquet", ".tfrecord")}
     requests = sum(mirror.server.counter.requests.values())
@@ -165,7 +165,7 @@ def test_mixed_outputs_match_the_files_output_and_a_rerun_adds_nothing(mirror: S
     assert after == before
 
 
-def test_kill_9_mid_shard_then_resume_leaves_every_row_in_one_whole_shard(tmp_path: Path) -> None:
+def test_kill_9_mid_pack_then_resume_leaves_every_row_in_one_whole_pack(tmp_path: Path) -> None:
     served = serve(tmp_path, faults=False, copies=6)
     for route in served.mirror.routes.values():
         route.delay = 0.15
@@ -176,7 +176,7 @@ def test_kill_9_mid_shard_then_resume_leaves_every_row_in_one_whole_shard(tmp_pa
         process = subprocess.Popen(crawl_command(served.metadata, store, settings), cwd=ROOT,
                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                                    start_new_session=True)
-        # Killed with shards published and one being filled in staging (not under a final name).
+        # Killed with packs published and one being filled in staging (not under a final name).
         wait_for(lambda: len(manifest(store, "images-resized")) >= 2 and any(store.glob(".tmp/*/*.tar")),
                  timeout=90, interval=0.05)
         kill(process)
@@ -187,13 +187,13 @@ def test_kill_9_mid_shard_then_resume_leaves_every_row_in_one_whole_shard(tmp_pa
         run_crawl(served.metadata, store, settings, timeout=180)
         expected = served.mirror.expected()
         assert outcomes(store) == {image_id: ["success"] for image_id in expected}
-        samples = webdataset_samples(store, "images-resized")  # asserts one shard per row
+        samples = webdataset_samples(store, "images-resized")  # asserts one pack per row
         assert set(samples) == set(expected)
         check_manifest(store, "images-resized", ".tar")
         assert not list((store / ".tmp").rglob("*.tar"))  # the dead process's staging is gone
         paths = {row.fields["ImageID"]: "/" + row.fields["OriginalURL"].split("/", 3)[3]
                  for row in served.mirror.rows}
-        for image_id in published:  # in a published shard before the kill: not fetched again
+        for image_id in published:  # in a published pack before the kill: not fetched again
             assert served.server.counter.requests[paths[image_id]] == requests[paths[image_id]], image_id
     finally:
         served.server.close()
@@ -206,9 +206,9 @@ def test_a_container_output_added_to_a_finished_files_store_comes_from_the_origi
     files = {"OPENIMAGES_SAVE_ORIGINALS": "True", "OPENIMAGES_OUTPUTS": json.dumps([{"dir": "crop", **CROP}])}
     run_crawl(clean_mirror.metadata, store, files)
     requests = sum(clean_mirror.server.counter.requests.values())
-    with_shards = {**files, "OPENIMAGES_SHARD_SIZE": "5", "OPENIMAGES_OUTPUTS": json.dumps(
+    with_packs = {**files, "OPENIMAGES_SHARD_SIZE": "5", "OPENIMAGES_OUTPUTS": json.dumps(
         [{"dir": "crop", **CROP}, {"dir": "crop-pq", **CROP, "container": "parquet"}])}
-    run_crawl(clean_mirror.metadata, store, with_shards)
+    run_crawl(clean_mirror.metadata, store, with_packs)
     assert sum(clean_mirror.server.counter.requests.values()) == requests  # no download
     crops = {path.stem: path.read_bytes() for path in (store / "train" / "crop").rglob("*.jpg")}
     assert {key: record["image"] for key, record in parquet_rows(store, "crop-pq").items()} == crops

@@ -146,7 +146,7 @@ def test_updates_read_only_what_changed(tmp_path: Path) -> None:
     assert sorted(path.name for path in tmp_path.iterdir() if "duckdb" in path.name) == ["openimages.duckdb"]
 
 
-def test_images_in_shards_have_their_shard_and_offset(tmp_path: Path) -> None:
+def test_images_in_packs_have_their_shard_and_offset(tmp_path: Path) -> None:
     store, results = make_store(tmp_path)
     store.open()
     base = "train/crop"

@@ -287,7 +287,7 @@ def test_a_crawl_exports_coco_and_yolo_and_the_command_exports_a_container(
     assert {name: count for name, count, _ in per_class} == dict(boxes)
     assert (store / "validation" / "class-descriptions.csv").read_bytes() == CLASS_NAMES.read_bytes()
 
-    # The container output, by the command: the image files are inside the shards.
+    # The container output, by the command: the image files are inside the packs.
     voc = run_export_command("voc", "--store", str(store), "--subset", "validation", "--output", "fit-pq",
                              "--classes", "car")
     assert voc.returncode == 0, voc.stderr[-3000:]

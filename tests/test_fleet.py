@@ -20,7 +20,7 @@ import pytest
 from scrapy.exceptions import UsageError
 from scrapy.settings import Settings
 
-from openimages_crawler.commands.fleet import (
+from openimages_crawler.fleet.launch import (
     check_arguments,
     check_secrets,
     fleet_store,

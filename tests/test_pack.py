@@ -1,5 +1,5 @@
 """``scrapy pack``: a tree of images (every kind, broken files, clashing and
-unusable names) into shards, read back with the real readers, then resumed."""
+unusable names) into packs, read back with the real readers, then resumed."""
 
 from __future__ import annotations
 
@@ -23,11 +23,11 @@ def run_pack(in_dir: Path, out_dir: Path, *options: str) -> subprocess.Completed
                           cwd=ROOT, capture_output=True, text=True, timeout=180)
 
 
-def shards_of(out: Path) -> dict[str, int]:
+def packs_of(out: Path) -> dict[str, int]:
     return {path.name: path.stat().st_mtime_ns for path in out.iterdir() if path.suffix in (".tar", ".parquet")}
 
 
-def test_a_tree_packed_into_shards_then_resumed(tmp_path: Path) -> None:
+def test_a_tree_packed_then_resumed(tmp_path: Path) -> None:
     tree = tmp_path / "in"
     good, broken = odd_tree(tree)
     out, log = tmp_path / "out" / "train" / "crop", tmp_path / "left-out.csv"
@@ -50,18 +50,18 @@ def test_a_tree_packed_into_shards_then_resumed(tmp_path: Path) -> None:
     check_manifest(out.parent.parent, "crop", ".tar")
     assert not (out / ".tmp").exists()  # no staging left
 
-    before = shards_of(out)
+    before = packs_of(out)
     again = run_pack(tree, out, "--container", "webdataset", "--shard-size", "4")
     assert again.returncode == 0, again.stderr[-3000:]
-    # Every key in a shard is skipped (the two duplicates' too); the broken files are left out again.
-    assert shards_of(out) == before and f"Packed 0, skipped {len(packed) + 2} " in again.stderr
+    # Every key in a pack is skipped (the two duplicates' too); the broken files are left out again.
+    assert packs_of(out) == before and f"Packed 0, skipped {len(packed) + 2} " in again.stderr
     (tree / "new").mkdir()
     (tree / "new" / "latecomer.jpg").write_bytes(encoded(photo(64, 48, 9), "JPEG"))
     more = run_pack(tree, out, "--container", "webdataset", "--shard-size", "4")
     assert more.returncode == 0, more.stderr[-3000:]
     rows = manifest(out.parent.parent, "crop")
     assert rows[-1]["count"] == "1" and rows[-1]["first_image_id"] == "latecomer"
-    assert {name: stamp for name, stamp in shards_of(out).items() if name in before} == before
+    assert {name: stamp for name, stamp in packs_of(out).items() if name in before} == before
 
     as_parquet = run_pack(tree, tmp_path / "pq", "--container", "parquet", "--shard-size", "100", "-j", "2")
     assert as_parquet.returncode == 0, as_parquet.stderr[-3000:]

@@ -113,3 +113,18 @@ def test_every_option_of_our_commands_says_its_default() -> None:
             assert text and ("default" in text or "required" in text), (info.name, option, text)
             checked += 1
     assert checked >= 20
+
+
+def test_readme_names_the_registrys_formats() -> None:
+    """README's tables list the formats outputs/formats.py registers, each once, in its order."""
+    from openimages_crawler.outputs.formats import CONTAINERS, LABEL_FORMATS, PACKED_CONTAINERS
+
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    for setting in ("OPENIMAGES_RESIZE_CONTAINER", "OPENIMAGES_ORIGINALS_CONTAINER"):
+        row = next(line for line in text.splitlines() if line.startswith(f"| `{setting}`"))
+        described = row.split("|")[3].split("(see")[0]
+        assert tuple(re.findall(r"`(\w+)`", described)) == CONTAINERS, row
+    export = re.search(r"\| `-a export=([\w,]+)`", text)
+    assert export is not None and tuple(export[1].split(",")) == LABEL_FORMATS
+    pack = re.search(r"scrapy pack -i STORE_OR_TREE -o OUT --container ([\w|]+)", text)
+    assert pack is not None and tuple(pack[1].split("|")) == PACKED_CONTAINERS

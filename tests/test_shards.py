@@ -1,4 +1,4 @@
-"""Container outputs (``outputs.containers``) without a crawler: shards written,
+"""Container outputs (``outputs.containers``) without a crawler: packs written,
 numbered and published, read back by the real reader libraries (webdataset,
 pyarrow, the tfrecord package), and mended after a kill between the steps of
 a publication."""
@@ -25,7 +25,7 @@ from openimages_crawler.store.local import LocalStore
 from openimages_crawler.store.objects import ObjectStore
 from openimages_crawler.outputs.containers import (
     MANIFEST,
-    ShardSink,
+    PackSink,
     read_manifest,
     write_index,
 )
@@ -62,11 +62,11 @@ def store(tmp_path: Path) -> Iterator[LocalStore]:
     found.close()
 
 
-def sink_for(store: LocalStore, tmp_path: Path, container: str, size: int = 3, name: str = "a") -> ShardSink:
-    return ShardSink(store, tmp_path / f"scratch-{name}", "crop", container, size, local_lock(store.root))
+def sink_for(store: LocalStore, tmp_path: Path, container: str, size: int = 3, name: str = "a") -> PackSink:
+    return PackSink(store, tmp_path / f"scratch-{name}", "crop", container, size, local_lock(store.root))
 
 
-def fill(sink: ShardSink, image_ids: list[str]) -> dict[str, str]:
+def fill(sink: PackSink, image_ids: list[str]) -> dict[str, str]:
     return {image_id: sink.write(image_row(image_id), "jpg", jpeg(n), (8, 6)) for n, image_id in enumerate(image_ids)}
 
 
@@ -74,13 +74,13 @@ def manifest(store: Store, base: str = "train/crop") -> list[dict[str, str]]:
     return list(csv.DictReader(io.StringIO(store.read(f"{base}/{MANIFEST}").decode(), newline="")))
 
 
-def test_webdataset_shards_read_back_with_the_webdataset_package(store: LocalStore, tmp_path: Path) -> None:
+def test_webdataset_packs_read_back_with_the_webdataset_package(store: LocalStore, tmp_path: Path) -> None:
     import webdataset as wds
 
     sink = sink_for(store, tmp_path, "webdataset")
     written = ids(7)
     tickets = fill(sink, written)
-    assert len(sink.released()) == 2  # two full shards published while writing
+    assert len(sink.released()) == 2  # two full packs published while writing
     sink.close()
     assert len(sink.released()) == 1  # the last, smaller one, at close
     folder = store.root / "train" / "crop"
@@ -103,7 +103,7 @@ def test_webdataset_shards_read_back_with_the_webdataset_package(store: LocalSto
     assert not list((tmp_path / "scratch-a").glob("*"))  # published by renames
 
 
-def test_parquet_shards_read_back_with_pyarrow_and_pandas(store: LocalStore, tmp_path: Path) -> None:
+def test_parquet_packs_read_back_with_pyarrow_and_pandas(store: LocalStore, tmp_path: Path) -> None:
     import pandas as pd
     import pyarrow.parquet as pq
 
@@ -123,7 +123,7 @@ def test_parquet_shards_read_back_with_pyarrow_and_pandas(store: LocalStore, tmp
         assert image.size == (8, 6)
 
 
-def test_tfrecord_shards_read_back_without_tensorflow(store: LocalStore, tmp_path: Path) -> None:
+def test_tfrecord_packs_read_back_without_tensorflow(store: LocalStore, tmp_path: Path) -> None:
     from tfrecord.reader import tfrecord_loader
 
     sink = sink_for(store, tmp_path, "tfrecord", size=4)
@@ -139,7 +139,7 @@ def test_tfrecord_shards_read_back_without_tensorflow(store: LocalStore, tmp_pat
         assert bytes(record["openimages/Title"]).decode() == f"photo, \"{written[number]}\""
 
 
-def test_processes_writing_one_output_number_their_shards_without_gaps(store: LocalStore, tmp_path: Path) -> None:
+def test_processes_writing_one_output_number_their_packs_without_gaps(store: LocalStore, tmp_path: Path) -> None:
     sinks = [sink_for(store, tmp_path, "webdataset", size=2, name=str(n)) for n in range(4)]
     threads = [threading.Thread(target=fill, args=(sink, ids(5, start=100 * n))) for n, sink in enumerate(sinks)]
     for thread in threads:
@@ -163,13 +163,13 @@ def test_a_kill_between_the_steps_of_a_publication_is_mended(store: LocalStore, 
     sink = sink_for(store, tmp_path, "webdataset", size=2)
     fill(sink, ids(2))
     base = "train/crop"
-    # Killed after the shard went in, before its manifest row: the next look adds the row.
+    # Killed after the pack went in, before its manifest row: the next look adds the row.
     fill(sink, ids(2, start=10))
     text = store.read(f"{base}/{MANIFEST}").decode()
     store.write(f"{base}/{MANIFEST}", text.rsplit("\n", 2)[0].encode() + b"\n")
     assert [row["shard"] for row in read_manifest(store, base)] == ["000000.tar", "000001.tar"]
     assert read_manifest(store, base)[1]["first_image_id"] == ids(1, start=10)[0]
-    # Killed after the index, before the shard: the index is overwritten by the next shard.
+    # Killed after the index, before the pack: the index is overwritten by the next pack.
     write_index(store, base, "000002.tar", tuple(ids(2, start=50)))
     fill(sink, ids(2, start=20))
     rows = manifest(store)
@@ -179,10 +179,10 @@ def test_a_kill_between_the_steps_of_a_publication_is_mended(store: LocalStore, 
     assert not reader.holds(image_row(ids(1, start=50)[0]), "jpg")
 
 
-def test_shards_into_a_bucket_take_numbers_under_its_lease(s3: S3Server, tmp_path: Path) -> None:
+def test_packs_into_a_bucket_take_numbers_under_its_lease(s3: S3Server, tmp_path: Path) -> None:
     import webdataset as wds
 
-    bucket = ObjectStore(f"s3://data/shards-{uuid.uuid4().hex[:8]}", StoreOptions(
+    bucket = ObjectStore(f"s3://data/packs-{uuid.uuid4().hex[:8]}", StoreOptions(
         access_key_id=s3.access_key, secret_access_key=s3.secret_key, endpoint_url=s3.endpoint,
         region_name="us-east-1"))
     records = tmp_path / "work"
@@ -190,7 +190,7 @@ def test_shards_into_a_bucket_take_numbers_under_its_lease(s3: S3Server, tmp_pat
     def lock(name: str) -> AbstractContextManager[None]:
         return bucket.shared(records, name)
 
-    sinks = [ShardSink(bucket, tmp_path / f"scratch{n}", "crop", "webdataset", 2, lock) for n in range(2)]
+    sinks = [PackSink(bucket, tmp_path / f"scratch{n}", "crop", "webdataset", 2, lock) for n in range(2)]
     for n, sink in enumerate(sinks):
         fill(sink, ids(3, start=10 * n))
     for sink in sinks:
@@ -206,7 +206,7 @@ def test_shards_into_a_bucket_take_numbers_under_its_lease(s3: S3Server, tmp_pat
     assert sorted(keys) == sorted(ids(3) + ids(3, start=10))
 
 
-def test_pending_rows_are_ready_once_all_their_shards_are_published() -> None:
+def test_pending_rows_are_ready_once_all_their_packs_are_published() -> None:
     pending: PendingRows[str] = PendingRows()
     assert pending.add("a", ["crop#1", "fit#1"])
     assert pending.add("b", ["crop#1"])
@@ -231,7 +231,7 @@ def test_containers_are_chosen_per_output_and_checked_before_the_crawl() -> None
         "OPENIMAGES_OUTPUTS": [{"dir": "a", "mode": "FillCrop", "size": 8},
                                {"dir": "b", "mode": "FillCrop", "size": 8, "container": "files"}]}))
     assert [output.container for output in config.outputs] == ["parquet", "files"]  # the setting is the default
-    assert (config.originals_container, config.shard_size) == ("tfrecord", 50)
+    assert (config.originals_container, config.pack_size) == ("tfrecord", 50)
     for values, message in (
         ({"OPENIMAGES_RESIZE_CONTAINER": "zip"}, "OPENIMAGES_RESIZE_CONTAINER must be one of files, webdataset, "
                                                  "parquet, tfrecord, not 'zip'"),
@@ -263,26 +263,26 @@ def test_samples_carry_their_labels_and_boxes(store: LocalStore, tmp_path: Path,
     for number, image_id in enumerate(written):
         sink.write(image_row(image_id), "jpg", jpeg(number), (8, 6), annotations_of(number))
     sink.close()
-    shard = store.root / "train" / "crop" / read_manifest(store, "train/crop")[0]["shard"]
+    pack = store.root / "train" / "crop" / read_manifest(store, "train/crop")[0]["shard"]
     if container == "webdataset":
         import webdataset as wds
 
-        for number, sample in enumerate(wds.WebDataset(str(shard), shardshuffle=False)):
+        for number, sample in enumerate(wds.WebDataset(str(pack), shardshuffle=False)):
             meta = json.loads(sample["json"])
             assert {"labels": meta["labels"], "boxes": meta["boxes"]} == annotations_of(number)
     elif container == "parquet":
         import pandas as pd
         import pyarrow.parquet as pq
 
-        rows = pq.read_table(shard).to_pylist()
+        rows = pq.read_table(pack).to_pylist()
         for number, row in enumerate(rows):
             assert {"labels": row["labels"], "boxes": row["boxes"]} == annotations_of(number)
-        frame = pd.read_parquet(shard)
+        frame = pd.read_parquet(pack)
         assert [len(boxes) for boxes in frame["boxes"]] == [3, 0, 3, 0]
     else:
         from tfrecord.reader import tfrecord_loader
 
-        for number, record in enumerate(tfrecord_loader(str(shard), None)):
+        for number, record in enumerate(tfrecord_loader(str(pack), None)):
             expected = annotations_of(number)
             boxes = expected["boxes"]
             for key in ("XMin", "XMax", "YMin", "YMax"):
@@ -296,7 +296,7 @@ def test_samples_carry_their_labels_and_boxes(store: LocalStore, tmp_path: Path,
         from tfrecord import example_pb2
         from tfrecord.reader import tfrecord_iterator
 
-        for number, raw in enumerate(tfrecord_iterator(str(shard))):
+        for number, raw in enumerate(tfrecord_iterator(str(pack))):
             example = example_pb2.Example()
             example.ParseFromString(raw)
             feature = example.features.feature

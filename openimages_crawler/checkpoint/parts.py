@@ -1,10 +1,11 @@
 """Results parts: each crawl process appends to files of its own, merged
 into the subset's results files when its run ends.
 
-A process of shard K of M writes ``{Subset}/.parts/images-success.{K}of{M}.csv``
-(and the failure twin), so no two processes ever append to one file. The
-merge rewrites ``images-success.csv`` with the parts' rows added (a temporary
-file, then a rename) and deletes the parts. A journal written just before the
+A process crawling K of M (its run's shard, or its share of a multi-process
+run) writes ``{Subset}/.parts/images-success.{K}of{M}.csv`` (and the failure
+twin), so no two processes ever append to one file. The merge rewrites
+``images-success.csv`` with the parts' rows added (a temporary file, then a
+rename) and deletes the parts. A journal written just before the
 rename names the parts and the merged size, so after a kill -9 at any moment
 the next merge knows whether the parts' rows are already in the file: the
 union of the file and the parts holds every finished row exactly once.

@@ -1,6 +1,6 @@
-"""Rows whose images wait in open shards: recorded only once every shard that
+"""Rows whose images wait in open packs: recorded only once every pack that
 holds them is published (``outputs.containers``), so the results never name an
-image a kill -9 could still take away. Scrapy-free and thread-safe: shards
+image a kill -9 could still take away. Scrapy-free and thread-safe: packs
 are published from worker threads, rows are added and released on the
 event loop."""
 
@@ -17,11 +17,11 @@ Row = TypeVar("Row")
 @dataclass(eq=False, slots=True)
 class _Waiting(Generic[Row]):
     row: Row
-    shards_left: int
+    packs_left: int
 
 
 class PendingRows(Generic[Row]):
-    """Results held until the shards named by their tickets are published."""
+    """Results held until the packs named by their tickets are published."""
 
     def __init__(self) -> None:
         self.mutex = threading.Lock()
@@ -30,7 +30,7 @@ class PendingRows(Generic[Row]):
         self.ready: list[Row] = []
 
     def add(self, row: Row, tickets: Iterable[str]) -> bool:
-        """Hold ``row`` until its shards are published; ``False`` when they all are already."""
+        """Hold ``row`` until its packs are published; ``False`` when they all are already."""
         with self.mutex:
             open_tickets = [ticket for ticket in set(tickets) if ticket not in self.published]
             if not open_tickets:
@@ -41,13 +41,13 @@ class PendingRows(Generic[Row]):
             return True
 
     def publish(self, tickets: Iterable[str]) -> None:
-        """These shards are in the store: their rows whose shards all are become ready."""
+        """These packs are in the store: their rows whose packs all are become ready."""
         with self.mutex:
             for ticket in tickets:
                 self.published.add(ticket)
                 for entry in self.waiting.pop(ticket, []):
-                    entry.shards_left -= 1
-                    if not entry.shards_left:
+                    entry.packs_left -= 1
+                    if not entry.packs_left:
                         self.ready.append(entry.row)
 
     def take_ready(self) -> list[Row]:

@@ -99,7 +99,7 @@ class RowPlanner:
         if self.originals is None:
             size = self.store.stat(original)
             stored = readable = size == row.size if verified else bool(size)
-        else:  # in a shard: done, but not read back (fetched again for a missing output)
+        else:  # in a pack: done, but not read back (fetched again for a missing output)
             stored, readable = self.originals.holds(row, ""), False
         original_done = not self.save_originals or (
             stored and (recorded or not self.check_md5_if_exists)

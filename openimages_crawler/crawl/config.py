@@ -21,7 +21,7 @@ from openimages_crawler.store.layout import METADATA_DIR, StoreLayout
 from openimages_crawler.store.local import LocalStore
 from openimages_crawler.store.objects import StoreUnavailable
 from openimages_crawler.store.layout import part_label
-from openimages_crawler.outputs.containers import ShardSink, scratch_folder
+from openimages_crawler.outputs.containers import PackSink, scratch_folder
 from openimages_crawler.outputs.formats import CONTAINERS
 from openimages_crawler.outputs.sinks import FilesSink, OutputSink
 
@@ -48,7 +48,7 @@ _READ_SETTINGS = (
 @dataclass(frozen=True, slots=True)
 class ResizedOutput:
     """One resized copy of every image, under ``{Subset}/{dir}/``: files, or
-    shards of a container (``outputs.containers``)."""
+    packs of a container (``outputs.containers``)."""
 
     dir: str
     spec: ResizeSpec
@@ -77,7 +77,7 @@ class CrawlConfig:
     thumbnails_300k: bool
     cvdf_url: str
     originals_container: str = "files"
-    shard_size: int = 10000
+    pack_size: int = 10000  # images per pack (OPENIMAGES_SHARD_SIZE)
     status_hosts: int = 100  # hosts a process's record names (OPENIMAGES_STATUS_HOSTS)
 
     @classmethod
@@ -105,9 +105,9 @@ class CrawlConfig:
         if subdir_chars < 0:
             raise UsageError("OPENIMAGES_SUBDIR_CHARS must be 0 or more")
         originals_container = _container(settings["OPENIMAGES_ORIGINALS_CONTAINER"], "OPENIMAGES_ORIGINALS_CONTAINER")
-        shard_size = settings.getint("OPENIMAGES_SHARD_SIZE")
-        if shard_size < 1:
-            raise UsageError(f"OPENIMAGES_SHARD_SIZE must be 1 or more, not {shard_size}")
+        pack_size = settings.getint("OPENIMAGES_SHARD_SIZE")
+        if pack_size < 1:
+            raise UsageError(f"OPENIMAGES_SHARD_SIZE must be 1 or more, not {pack_size}")
         status_hosts = _count(settings["OPENIMAGES_STATUS_HOSTS"])
         if status_hosts is None:
             raise UsageError(f"OPENIMAGES_STATUS_HOSTS={settings['OPENIMAGES_STATUS_HOSTS']!r} is not a number of "
@@ -133,7 +133,7 @@ class CrawlConfig:
             thumbnails_300k=settings.getbool("OPENIMAGES_DOWNLOAD_300K"),
             cvdf_url=cvdf_url,
             originals_container=originals_container,
-            shard_size=shard_size,
+            pack_size=pack_size,
             status_hosts=status_hosts,
         )
 
@@ -227,18 +227,18 @@ def _folder_name(value: str, name: str) -> str:
 
 def output_sinks(config: CrawlConfig, store: Store, records: LocalStore) -> dict[str, OutputSink]:
     """The sink of each resized output, by its folder: files in the layout, or
-    shards of a container (filled in ``records``' staging, numbered under the
+    packs of a container (filled in ``records``' staging, numbered under the
     store's lock)."""
     return {output.dir: container_sink(config, store, records, output.dir, output.container)
             for output in config.outputs}
 
 
-def originals_sink(config: CrawlConfig, store: Store, records: LocalStore) -> ShardSink | None:
-    """The originals' shards, or ``None`` when they are files (written by the pipeline itself)."""
+def originals_sink(config: CrawlConfig, store: Store, records: LocalStore) -> PackSink | None:
+    """The originals' packs, or ``None`` when they are files (written by the pipeline itself)."""
     if config.originals_container == "files":
         return None
     sink = container_sink(config, store, records, config.layout.originals_dir, config.originals_container)
-    assert isinstance(sink, ShardSink)
+    assert isinstance(sink, PackSink)
     return sink
 
 
@@ -246,8 +246,8 @@ def container_sink(config: CrawlConfig, store: Store, records: LocalStore, folde
                    container: str) -> OutputSink:
     if container == "files":
         return FilesSink(store, config.layout, folder)
-    return ShardSink(store, scratch_folder(records.root), folder, container, config.shard_size,
-                     lambda name: store.shared(records.root, name))
+    return PackSink(store, scratch_folder(records.root), folder, container, config.pack_size,
+                    lambda name: store.shared(records.root, name))
 
 
 def open_crawl_store(
@@ -264,7 +264,7 @@ def records_store(settings: BaseSettings) -> LocalStore:
     """The local folder of the crawl's records: results CSVs and their parts, locks,
     the processes' status, the metadata cache. The store itself when it is a folder;
     for an object store, OPENIMAGES_WORK_DIR (by default a folder per bucket and
-    prefix under ~/.cache/openimages-crawler), mirrored to and from the bucket."""
+    prefix under ~/.cache/openimages-crawler), synced with the bucket (``store.sync``)."""
     return open_crawl_store(settings).records(str(settings.get("OPENIMAGES_WORK_DIR") or ""))
 
 

@@ -37,7 +37,7 @@ from openimages_crawler.checkpoint.results import FailureRow, SuccessRow, with_d
 from openimages_crawler.crawl.run import CrawlRun
 from openimages_crawler.crawl.saving import process, save, timed
 from openimages_crawler.imaging.process import Outcome
-from openimages_crawler.outputs.containers import ShardSink
+from openimages_crawler.outputs.containers import PackSink
 from openimages_crawler.store import STORE_SCHEMES, Store
 
 if TYPE_CHECKING:
@@ -68,7 +68,7 @@ class OpenImagesPipeline(ImagesPipeline):
         self.store: Store  # the run's, set by FilesPipeline through _get_store
         self.config = self.run.config
         self.containers = [sink for sink in [*self.run.sinks.values(), self.run.originals]
-                           if isinstance(sink, ShardSink)]
+                           if isinstance(sink, PackSink)]
         self.pending: PendingRows[SuccessRow] = PendingRows()  # successes whose containers are still open
         self.executor: ThreadPoolExecutor | None = None
         self.uploads: ThreadPoolExecutor | None = None  # the store's own write threads
@@ -91,7 +91,7 @@ class OpenImagesPipeline(ImagesPipeline):
                                               thread_name_prefix="openimages-upload")
 
     def close_spider(self, spider: Spider | None = None) -> None:
-        """After the last image: the open shards published (a stop's are smaller)
+        """After the last image: the open packs published (a stop's are smaller)
         and their rows recorded, before the feeds close."""
         for pool in (self.executor, self.uploads):
             if pool is not None:
@@ -102,15 +102,15 @@ class OpenImagesPipeline(ImagesPipeline):
             try:
                 sink.close()
             except OSError as exc:
-                logger.error("Cannot publish the last shards of %s: %s; their rows stay pending", sink, exc)
+                logger.error("Cannot publish the last packs of %s: %s; their rows stay pending", sink, exc)
                 self.run.store_error = str(exc)
         self.record_published()
         if len(self.pending):
-            logger.error("%d rows are in shards that could not be published: they stay pending", len(self.pending))
+            logger.error("%d rows are in packs that could not be published: they stay pending", len(self.pending))
         self.store.close()
 
     def record_published(self) -> None:
-        """The rows whose shards have all been published since the last call, recorded
+        """The rows whose packs have all been published since the last call, recorded
         now (sent as Scrapy sends a scraped item: the results feeds and the report take it)."""
         for sink in self.containers:
             self.pending.publish(sink.released())
@@ -229,7 +229,7 @@ class OpenImagesPipeline(ImagesPipeline):
         if ok:
             success = SuccessRow(fields, row.subset)
             if self.pending.add(success, outcome.tickets):
-                return Unrecorded(row.image_id, "in a shard not published yet")
+                return Unrecorded(row.image_id, "in a pack not published yet")
             return success
         assert outcome.reason is not None
         logger.debug("%s failed: %s: %s", row.image_id, outcome.reason, outcome.details)

@@ -1,15 +1,16 @@
 """One crawl as several processes on one machine (``OPENIMAGES_PROCESSES``).
 
 One crawl process tops out at one event loop and one GIL, so ``scrapy crawl``
-starts N processes, each a hash shard of the selection (shard K of N of a
-user's ``-a shard=K/N`` becomes shards K, K+N, ... of N×P), and watches them:
-the user sees one run, with one progress display, one report, one exit
-status and one store lock (the children inherit its file descriptors, so
-the lock lasts while any of them runs). The machine's connection limits are
-shared out, so they keep meaning the whole machine; each child writes its
-own results parts and its record in the store, and the supervisor sums the
-records and merges the parts when the children have ended. A child dies
-with its supervisor (``PR_SET_PDEATHSIG``): no orphans after a kill -9.
+starts N processes, each with its share of the selection (a finer hash: shard
+K of N of a user's ``-a shard=K/N`` becomes shares K, K+N, ... of N×P), and
+watches them: the user sees one run, with one progress display, one report,
+one exit status and one store lock (the children inherit its file
+descriptors, so the lock lasts while any of them runs). The machine's
+connection limits are shared out, so they keep meaning the whole machine;
+each child writes its own results parts and its record in the store, and the
+supervisor sums the records and merges the parts when the children have
+ended. A child dies with its supervisor (``PR_SET_PDEATHSIG``): no orphans
+after a kill -9.
 """
 
 from __future__ import annotations
@@ -34,9 +35,9 @@ from openimages_crawler.store.layout import part_label
 logger = logging.getLogger(__name__)
 
 # In a child's environment: the pid of the crawl command that supervises it, and the
-# child's share of the run's rows (K/M: a hash shard finer than the run's own -a shard).
+# child's share of the run's rows (K/M: a hash finer than the run's own -a shard).
 SUPERVISOR_ENV = "OPENIMAGES_SUPERVISOR"
-PROCESS_SHARD_ENV = "OPENIMAGES_PROCESS_SHARD"
+PROCESS_SHARE_ENV = "OPENIMAGES_PROCESS_SHARE"
 # Limits shared out among the processes (each then holds its share).
 LIMIT_SETTINGS = ("CONCURRENT_REQUESTS", "CONCURRENT_REQUESTS_PER_DOMAIN", "CONCURRENT_REQUESTS_PER_IP")
 # What a child does not do itself: the supervisor shows progress, serves the web view, reports.
@@ -49,9 +50,9 @@ def supervisor_pid() -> int | None:
     return int(value) if value.isdigit() else None
 
 
-def process_shard() -> Shard | None:
+def process_share() -> Shard | None:
     """A supervised child's share of the run's rows."""
-    value = os.environ.get(PROCESS_SHARD_ENV)
+    value = os.environ.get(PROCESS_SHARE_ENV)
     return Shard.parse(value) if value else None
 
 
@@ -167,9 +168,9 @@ def start_children(commands: list[tuple[Shard, list[str]]], pass_fds: list[int],
     Ctrl-C reaches the supervisor, which passes it on once); ``write`` shows
     their log lines."""
     children = []
-    for number, (shard, command) in enumerate(commands, start=1):
-        env = {**os.environ, SUPERVISOR_ENV: str(os.getpid()), PROCESS_SHARD_ENV: f"{shard.index}/{shard.count}"}
-        part = part_label(shard.index, shard.count)
+    for number, (share, command) in enumerate(commands, start=1):
+        env = {**os.environ, SUPERVISOR_ENV: str(os.getpid()), PROCESS_SHARE_ENV: f"{share.index}/{share.count}"}
+        part = part_label(share.index, share.count)
         process = subprocess.Popen(command, stderr=subprocess.PIPE, pass_fds=pass_fds, env=env,
                                    start_new_session=True)
         child = Child(number, part, process)

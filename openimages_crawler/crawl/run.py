@@ -34,7 +34,7 @@ from openimages_crawler.crawl.config import (
 )
 from openimages_crawler.crawl.errors import ShardLocked
 from openimages_crawler.crawl.config import results_files
-from openimages_crawler.crawl.processes import process_shard, supervisor_pid
+from openimages_crawler.crawl.processes import process_share, supervisor_pid
 from openimages_crawler.crawl.stop import STOP_REQUESTED
 from openimages_crawler.dataset.annotation_index import AnnotationIndex, SampleAnnotations
 from openimages_crawler.dataset.annotations import ClassNames, CopyStopped
@@ -145,7 +145,7 @@ class CrawlRun:
                 "FEEDS has no per-subset results feeds (URIs with %(subset)s for SuccessRow and FailureRow): "
                 "they are the crawl's record and checkpoint (under Scrapyd, leave items_dir empty)")
         check_store(self.store)
-        selection.within = share = process_shard()  # a supervised process's share of the run
+        selection.share = share = process_share()  # a supervised process's share of the run
         self.part = part_label(share.index, share.count) if share else part_label(*self.shard)
         if self.supervisor is None:  # a supervised process shares its run's lock
             self.take_lock(on_lost)
@@ -195,9 +195,9 @@ class CrawlRun:
                 self.ledger = ResultsLedger.load(self.files, self.result_header, self.arguments.retry)
         except MetadataError as exc:
             raise UsageError(str(exc)) from exc
-        within = self.dataset.selection.within
+        share = self.dataset.selection.share
         recorded = self.ledger.described(self.arguments.retry is not None)
-        if recorded and (within is None or within.index == 1):  # the run's processes all read the same files
+        if recorded and (share is None or share.index == 1):  # the run's processes all read the same files
             logger.info("%s", recorded)
         config = self.config
         outputs = tuple(PlannedOutput(output.dir, self.sinks[output.dir], output.spec.format)
@@ -238,8 +238,8 @@ class CrawlRun:
         dataset = self.dataset
         if not (dataset.annotation_files and self.arguments.write_annotations):
             return None
-        within = dataset.selection.within
-        if within is not None and within.index > self.shard[1]:
+        share = dataset.selection.share
+        if share is not None and share.index > self.shard[1]:
             return None
         return AnnotationOutput(self.store, self.records, dataset.annotation_files, self.label_names(),
                                 dataset.class_names)

@@ -12,7 +12,7 @@ from openimages_crawler import reasons
 from openimages_crawler.imaging.boxes import placed_annotations
 from openimages_crawler.imaging.pillow import ResizeSpec
 from openimages_crawler.imaging.process import Expected, Outcome, process_image
-from openimages_crawler.outputs.containers import Annotations, ShardSink
+from openimages_crawler.outputs.containers import Annotations, PackSink
 from openimages_crawler.outputs.sinks import OutputSink
 
 if TYPE_CHECKING:
@@ -50,7 +50,7 @@ def save(run: CrawlRun, body: bytes, plan: RowPlan, outcome: Outcome, original_k
     labelled: Annotations | None = None
 
     def placed(sink: OutputSink, spec: ResizeSpec | None) -> Annotations | None:
-        if labelled is None or not isinstance(sink, ShardSink):
+        if labelled is None or not isinstance(sink, PackSink):
             return None
         return placed_annotations(labelled, outcome.geometry, spec)
 

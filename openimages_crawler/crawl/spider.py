@@ -91,11 +91,11 @@ class OpenImagesSpider(scrapy.Spider):
                   else str(arguments.metadata))
         given = {name: value for name, value in self.given.items()
                  if name not in ("version", "subset", "metadata") and not name.startswith("_")}
-        within = run.dataset.selection.within
-        share = f"; process {within.index} of {within.count}" if within is not None else "; 1 process"
+        share = run.dataset.selection.share
+        process = f"; process {share.index} of {share.count}" if share is not None else "; 1 process"
         selection = ", ".join(f"{name}={value}" for name, value in sorted(given.items())) or "every row"
         return (f"Crawling {source} ({selection}) from {arguments.source} URLs into {run.store.uri}: "
-                f"{', '.join(run.config.described_outputs())}{share}")
+                f"{', '.join(run.config.described_outputs())}{process}")
 
     async def start(self) -> AsyncIterator[Any]:
         stats, run = self.crawler.stats, self.run

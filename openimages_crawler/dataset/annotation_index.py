@@ -1,6 +1,6 @@
-"""Each image's labels and boxes, looked up while the crawl writes its shards.
+"""Each image's labels and boxes, looked up while the crawl writes its packs.
 
-A shard sample carries its image's annotations, but the annotation files are
+A pack sample carries its image's annotations, but the annotation files are
 big (V6 train boxes: 14.6M rows) and a crawl meets its images in metadata
 order. So each annotation CSV the crawl uses is indexed once, by ImageID,
 into an SQLite file next to it in the metadata cache (built in staging and
@@ -128,7 +128,7 @@ def _build(source: Path, path: Path, stop: threading.Event | None) -> None:
 
 @dataclass
 class SampleAnnotations:
-    """The labels and boxes a shard sample carries, from the annotation files of
+    """The labels and boxes a pack sample carries, from the annotation files of
     its split, restricted to ``label_names`` (the requested classes) if given.
 
     Each label: LabelName, DisplayName, ClassIndex (1-based, in the version's

@@ -134,8 +134,8 @@ class Shard:
 @dataclass
 class Selection:
     """The filters, applied in this order: subset, classes, licenses, ids,
-    exclude, shard, offset, limit; ``within`` is a process's share of the rows a
-    multi-process run selects (a finer hash shard, ``in_share``). ``classes``
+    exclude, shard, offset, limit; ``share`` is a process's share of the rows a
+    multi-process run selects (a finer hash than ``shard``, ``in_share``). ``classes``
     holds the images that carry the requested classes, by split."""
 
     subset: str | None = None
@@ -146,7 +146,7 @@ class Selection:
     shard: Shard | None = None
     offset: int = 0
     limit: int | None = None
-    within: Shard | None = None
+    share: Shard | None = None
 
     def estimate(self, rows: int) -> int:
         """How many of ``rows`` metadata rows the selection will take, roughly
@@ -159,8 +159,8 @@ class Selection:
             rows = math.ceil(rows / self.shard.count)
         rows = max(rows - self.offset, 0)
         rows = rows if self.limit is None else min(rows, self.limit)
-        if self.within is not None:
-            rows = math.ceil(rows * (self.shard.count if self.shard else 1) / self.within.count)
+        if self.share is not None:
+            rows = math.ceil(rows * (self.shard.count if self.shard else 1) / self.share.count)
         return rows
 
     def takes(self, fields: dict[str, str], file_subset: str = "") -> bool:
@@ -196,5 +196,5 @@ class Selection:
             yield record
 
     def in_share(self, image_id: str) -> bool:
-        """Whether a selected row is this process's to crawl (``within``)."""
-        return self.within is None or self.within.holds(image_id)
+        """Whether a selected row is this process's to crawl (``share``)."""
+        return self.share is None or self.share.holds(image_id)

@@ -1,13 +1,13 @@
-"""Packing a tree of images into shards (``scrapy pack``): a store's output, or
+"""Packing a tree of images into packs (``scrapy pack``): a store's output, or
 any folder of images (an extracted CVDF tarball), as WebDataset, Parquet or
-TFRecord shards with the crawl's manifest, numbering and resume
+TFRecord packs with the crawl's manifest, numbering and resume
 (``outputs.containers``). No network, no Scrapy import.
 
 The sample key is the file's stem (an ImageID in a store's output). Every
 file is read and decoded whole before it is packed (a truncated file or a
 pixel bomb is refused, as in a crawl); a name that cannot be a key (two
 files with one stem, characters a WebDataset reader would split on) is
-refused too. Images already in a published shard are skipped, so a rerun
+refused too. Images already in a published pack are skipped, so a rerun
 after a kill packs only what is missing.
 """
 
@@ -26,7 +26,7 @@ from openimages_crawler.imaging.tree import ResizeJob, find_jobs
 from openimages_crawler.reasons import IO_ERROR, TOO_LARGE
 
 # What a key may be: a WebDataset reader splits a name at its first dot, and
-# the shards' indexes hold one key a line.
+# the packs' indexes hold one key a line.
 KEY = re.compile(r"[A-Za-z0-9_\-]+")
 BAD_NAME = "bad_name"  # pack's own failure (the FailureReasons are a crawl's)
 FORMAT_EXTS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp", "TIFF": "tif"}
@@ -89,7 +89,7 @@ def read_metadata(path: Path) -> dict[str, dict[str, str]]:
 
 
 def sample_row(checked: Checked, in_dir: Path, metadata: dict[str, dict[str, str]] | None) -> ImageRow:
-    """The row a shard stores for a file: its metadata row if given, else its key and path."""
+    """The row a pack stores for a file: its metadata row if given, else its key and path."""
     fields = (metadata or {}).get(checked.key) or {
         "ImageID": checked.key, "Path": checked.path.relative_to(in_dir).as_posix()}
     return ImageRow(fields=dict(fields), image_id=checked.key, url="", size=0, md5=b"", subset="")

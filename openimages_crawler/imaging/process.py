@@ -45,7 +45,7 @@ class Outcome:
     sizes: list[tuple[int, int]] = field(default_factory=list)  # each encoded output's width, height
     original_size: tuple[int, int] = (0, 0)  # the decoded image's, as stored (before any turn)
     geometry: Geometry | None = None  # how the outputs were made from it (their boxes follow)
-    tickets: list[str] = field(default_factory=list)  # the open shards that hold the outputs (store.shards)
+    tickets: list[str] = field(default_factory=list)  # the open packs that hold the outputs (outputs.containers)
 
     @property
     def ok(self) -> bool:

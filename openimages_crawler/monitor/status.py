@@ -67,7 +67,7 @@ class OtherHosts(HostTally):
 class PartStatus:
     """One process's record."""
 
-    part: str  # the results part label (its shard)
+    part: str  # the results part label (its shard, or a process's share of it)
     job: str = ""  # the scheduler's job id (Scrapyd's _job), if any
     host: str = field(default_factory=socket.gethostname)
     pid: int = field(default_factory=os.getpid)

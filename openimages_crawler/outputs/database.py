@@ -2,7 +2,7 @@
 with its status and where it is stored), ``classes``, ``labels``, ``boxes``.
 
 Built from the files the crawl already keeps (results CSVs, pending lists,
-annotation files, class descriptions, shard indexes) and updated
+annotation files, class descriptions, pack indexes) and updated
 incrementally: a results file that only grew since the last update has just
 its new rows read; one that was rewritten (a merge that reconciled failures)
 is read again; unchanged files are not read at all. Written in a staging
@@ -313,9 +313,9 @@ def _drop_superseded(con: Any) -> None:
 
 
 def _place(con: Any, store: LocalStore, layout: StoreLayout, main: MainOutput) -> None:
-    """Where each stored image is (path, or shard and offset) in the main
-    output, its bytes and, for files, its width and height (read from the
-    headers of the images not placed yet)."""
+    """Where each stored image is in the main output (its path, or its pack
+    and offset: columns ``shard`` and ``offset``), its bytes and, for files,
+    its width and height (read from the headers of the images not placed yet)."""
     unplaced = "FROM images WHERE status = 'stored' AND output IS NULL"
     placed: list[tuple[Any, ...]] = []
     for (subset,) in con.execute(f"SELECT DISTINCT Subset {unplaced}").fetchall():
@@ -324,7 +324,7 @@ def _place(con: Any, store: LocalStore, layout: StoreLayout, main: MainOutput) -
         image_ids = [image_id for (image_id,) in con.execute(f"SELECT ImageID {unplaced} AND Subset = ?",
                                                              [subset]).fetchall()]
         if is_container(store, subset, main.folder):
-            placed += _in_shards(store, subset, main.folder, set(image_ids))
+            placed += _in_packs(store, subset, main.folder, set(image_ids))
         else:
             # One thread: measured faster than a pool here (the header parse holds the GIL).
             found = (_in_files(store, layout, subset, main, image_id) for image_id in image_ids)
@@ -366,7 +366,7 @@ def _in_files(store: LocalStore, layout: StoreLayout, subset: str, main: MainOut
     return None
 
 
-def _in_shards(store: LocalStore, subset: str, folder: str, wanted: set[str]) -> Iterator[tuple[Any, ...]]:
+def _in_packs(store: LocalStore, subset: str, folder: str, wanted: set[str]) -> Iterator[tuple[Any, ...]]:
     base = join(subset, folder)
     for row in read_manifest(store, base):
         for offset, image_id in enumerate(read_index(store, base, row["shard"])):

@@ -13,13 +13,13 @@ from pathlib import Path
 from typing import ClassVar, TypeVar
 
 from openimages_crawler.outputs.labels import CocoWriter, LabelTarget, LabelWriter, VocWriter, YoloWriter
-from openimages_crawler.outputs.shard_files import (
-    ParquetShard,
+from openimages_crawler.outputs.packs import (
+    PackWriter,
+    ParquetPack,
     Sample,
-    ShardWriter,
     StoredSample,
-    TarShard,
-    TfRecordShard,
+    TarPack,
+    TfRecordPack,
     parquet_samples,
     tar_samples,
     tfrecord_samples,
@@ -40,12 +40,12 @@ class ContainerFormat:
 
 
 @dataclass(frozen=True, slots=True)
-class ShardFormat(ContainerFormat):
-    """A container that packs the images into shard files (``outputs.containers``)."""
+class PackFormat(ContainerFormat):
+    """A container that stores the images in packs, files of many images each (``outputs.containers``)."""
 
-    kind: ClassVar[str] = "shard container"
-    suffix: str  # a shard file's, which tells a stored shard's format
-    writer: Callable[[Path, Sample], ShardWriter]  # opens a shard; its first sample sets a Parquet schema
+    kind: ClassVar[str] = "packed container"
+    suffix: str  # a pack's, which tells a stored pack's format
+    writer: Callable[[Path, Sample], PackWriter]  # opens a pack; its first sample sets a Parquet schema
     reader: Callable[[Path], Iterator[StoredSample]]
 
 
@@ -60,19 +60,19 @@ class LabelFormat:
 
 FORMATS: tuple[ContainerFormat | LabelFormat, ...] = (
     ContainerFormat("files"),
-    ShardFormat("webdataset", ".tar", TarShard, tar_samples),
-    ShardFormat("parquet", ".parquet", ParquetShard, parquet_samples),
-    ShardFormat("tfrecord", ".tfrecord", TfRecordShard, tfrecord_samples),
+    PackFormat("webdataset", ".tar", TarPack, tar_samples),
+    PackFormat("parquet", ".parquet", ParquetPack, parquet_samples),
+    PackFormat("tfrecord", ".tfrecord", TfRecordPack, tfrecord_samples),
     LabelFormat("coco", CocoWriter),
     LabelFormat("yolo", YoloWriter),
     LabelFormat("voc", VocWriter),
 )
-SHARD_FORMATS = tuple(one for one in FORMATS if isinstance(one, ShardFormat))
+PACK_FORMATS = tuple(one for one in FORMATS if isinstance(one, PackFormat))
 CONTAINERS = tuple(one.name for one in FORMATS if isinstance(one, ContainerFormat))
-SHARD_CONTAINERS = tuple(one.name for one in SHARD_FORMATS)
+PACKED_CONTAINERS = tuple(one.name for one in PACK_FORMATS)
 LABEL_FORMATS = tuple(one.name for one in FORMATS if isinstance(one, LabelFormat))
 
-_Format = TypeVar("_Format", ContainerFormat, ShardFormat, LabelFormat)
+_Format = TypeVar("_Format", ContainerFormat, PackFormat, LabelFormat)
 
 
 def _lookup(kind: type[_Format], name: str) -> _Format:
@@ -87,18 +87,18 @@ def container(name: str) -> ContainerFormat:
     return _lookup(ContainerFormat, name)
 
 
-def shard_format(name: str) -> ShardFormat:
-    """A container that writes shards (not ``files``)."""
-    return _lookup(ShardFormat, name)
+def pack_format(name: str) -> PackFormat:
+    """A container that writes packs (not ``files``)."""
+    return _lookup(PackFormat, name)
 
 
-def shard_format_of(shard: str) -> ShardFormat:
-    """The format of a stored shard, by its file name's suffix."""
-    suffix = Path(shard).suffix
-    found = next((one for one in SHARD_FORMATS if one.suffix == suffix), None)
+def pack_format_of(pack: str) -> PackFormat:
+    """The format of a stored pack, by its file name's suffix."""
+    suffix = Path(pack).suffix
+    found = next((one for one in PACK_FORMATS if one.suffix == suffix), None)
     if found is None:
-        known = ", ".join(one.suffix for one in SHARD_FORMATS)
-        raise UnknownFormat(f"{shard!r} is not a shard of a known format: its suffix is not {known}")
+        known = ", ".join(one.suffix for one in PACK_FORMATS)
+        raise UnknownFormat(f"{pack!r} is not a pack of a known format: its suffix is not {known}")
     return found
 
 

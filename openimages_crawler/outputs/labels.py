@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from openimages_crawler.imaging.boxes import NormBox
 
-if TYPE_CHECKING:  # hints only: stored.py reads shards through outputs.formats, which imports this module
+if TYPE_CHECKING:  # hints only: stored.py reads packs through outputs.formats, which imports this module
     from openimages_crawler.outputs.stored import StoredImage
 
 
@@ -70,8 +70,8 @@ class CocoWriter:
         image_id = self.image_count
         entry: dict[str, Any] = {"id": image_id, "file_name": f"../{image.path}", "width": image.width,
                                  "height": image.height, "open_images_id": image.image_id}
-        if image.in_shard:
-            entry["shard"] = image.shard
+        if image.in_pack:
+            entry["shard"] = image.pack
         self.images.write(("," if image_id > 1 else "") + json.dumps(entry, ensure_ascii=False) + "\n")
         for box in boxes:
             category = self.category.get(box["LabelName"])
@@ -128,7 +128,7 @@ class YoloWriter:
             lines.append(f"{number} {(norm.xmin + norm.xmax) / 2:.6f} {(norm.ymin + norm.ymax) / 2:.6f} "
                          f"{norm.xmax - norm.xmin:.6f} {norm.ymax - norm.ymin:.6f}\n")
         (self.folder / "labels" / f"{image.image_id}.txt").write_text("".join(lines), encoding="utf-8")
-        if not image.in_shard:
+        if not image.in_pack:
             images = self.folder / "images"
             images.mkdir(exist_ok=True)
             ext = image.path.rpartition(".")[2]
@@ -138,7 +138,7 @@ class YoloWriter:
     def close(self) -> None:
         (self.folder / "classes.txt").write_text("".join(f"{cls.name}\n" for cls in self.classes), encoding="utf-8")
         if not self.linked:
-            return  # images in shards: Ultralytics cannot read them, so no data.yaml points at them
+            return  # images in packs: Ultralytics cannot read them, so no data.yaml points at them
         names = "".join(f"  {number}: {json.dumps(cls.name, ensure_ascii=False)}\n"
                         for number, cls in enumerate(self.classes))
         (self.folder / "data.yaml").write_text(

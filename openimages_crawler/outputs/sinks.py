@@ -3,7 +3,7 @@
 What img2dataset's writer classes are: the crawl hands each sink the bytes of
 a row's image and asks it, on a rerun, whether it already holds a row. Files
 in the store's layout are here; container formats (WebDataset, Parquet,
-TFRecord shards) are ``store.shards.ShardSink``. Whatever the sink, the
+TFRecord packs) are ``outputs.containers.PackSink``. Whatever the sink, the
 results ledger stays the crawl's checkpoint.
 """
 
@@ -30,7 +30,7 @@ class OutputSink(Protocol):
               annotations: Annotations | None = None) -> str | None:
         """Store the row's encoded image (``size``: its width and height;
         ``annotations``: its labels and boxes in that image, which containers
-        carry); the open shard it waits in, if any; ``OSError`` when the store cannot."""
+        carry); the open pack it waits in, if any; ``OSError`` when the store cannot."""
 
     def close(self) -> None:
         """After the last write of the crawl."""

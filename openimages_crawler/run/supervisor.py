@@ -75,7 +75,7 @@ class Supervisor:
         shard = CrawlArguments.from_given(scrapy_arguments(dict(given))[1]).shard
         self.shard = (shard.index, shard.count) if shard else (1, 1)
         self.files = results_files(settings)
-        self.patterns = self.files["success"] + self.files["failure"]  # what an object store mirrors
+        self.patterns = self.files["success"] + self.files["failure"]  # what is synced with an object store (store.sync)
         self.display = ProgressDisplay(str(settings["OPENIMAGES_PROGRESS"]).lower(),
                                        settings.getfloat("LOGSTATS_INTERVAL"))
         self.meter = ProgressMeter()
@@ -94,7 +94,7 @@ class Supervisor:
         self.previous: dict[int, Any] = {}  # the signal handlers the run replaced
 
     def commands(self) -> list[tuple[Shard, list[str]]]:
-        """Each process's share and command line: shard K of N becomes shards
+        """Each process's share and command line: shard K of N becomes shares
         K, K+N, ... of N×P (the same rows, hashed finer, taken after the
         run's offset and limit)."""
         index, count = self.shard

@@ -109,7 +109,7 @@ class Store(Protocol):
 
     def shared(self, records: Path, name: str, stop: threading.Event | None = None) -> AbstractContextManager[None]:
         """``name`` held over the files runs share (results, annotations,
-        shard manifests), whose local copies are in the ``records`` folder."""
+        pack manifests), whose local copies are in the ``records`` folder."""
 
     def run_lock(self, records: Path, index: int = 1, count: int = 1,
                  on_lost: Callable[[str], None] | None = None) -> RunLock:

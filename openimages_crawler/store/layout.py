@@ -69,13 +69,13 @@ PART_LABEL = re.compile(r"(\d+)of(\d+)")
 
 
 def part_label(index: int, count: int) -> str:
-    """The name of shard ``index`` of ``count`` in part file names."""
+    """The name of shard (or process share) ``index`` of ``count`` in part file names."""
     return f"{index}of{count}"
 
 
 def owned_by(label: str, index: int, count: int) -> bool:
     """Whether the rows of part ``label`` all fall in shard ``index`` of
-    ``count`` (shard K of M lies inside K' of N when N divides M and K-1 ≡ K'-1 mod N)."""
+    ``count`` (share K of M lies inside shard K' of N when N divides M and K-1 ≡ K'-1 mod N)."""
     match = PART_LABEL.fullmatch(label)
     if match is None:
         return False

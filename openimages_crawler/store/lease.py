@@ -12,7 +12,7 @@ its last renewal, by the server's clock; on the holder's own host a dead
 process frees it at once. A holder that cannot renew in time (a partition)
 is told (``on_lost``) and must stop writing: another may have taken over.
 
-The locks mirror ``store.lock``'s: ``shard-{K}of{N}`` for a run of shard K of
+The locks follow ``store.lock``'s: ``shard-{K}of{N}`` for a run of shard K of
 N (refused while a run of another sharding holds one), and short exclusive
 ones (``results`` around a merge of the bucket's results files, ``annotations``
 around an addition to its annotation files, ``fleet`` around a change of fleet.json).

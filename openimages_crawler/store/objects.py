@@ -466,7 +466,7 @@ class ObjectStore:
 
     def records(self, work: str) -> LocalStore:
         """The local folder of the crawl's records (results, parts, locks, the
-        metadata cache), mirrored to and from the bucket: ``work``
+        metadata cache), synced with the bucket (``store.sync``): ``work``
         (OPENIMAGES_WORK_DIR), by default one per bucket and prefix under
         ~/.cache/openimages-crawler."""
         if not work:

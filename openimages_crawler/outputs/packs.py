@@ -1,8 +1,8 @@
-"""Shard files: the writer and the reader of each container's file format
-(WebDataset tar, Parquet, TFRecord), one ``Sample`` per image. Which name
-stands for which is ``outputs.formats``; numbering and publishing shards is
-``outputs.containers``. pyarrow and tfrecord are imported only by the formats
-that need them; no Scrapy import.
+"""Packs, the files of a packed container: the writer and the reader of each
+container's file format (WebDataset tar, Parquet, TFRecord), one ``Sample``
+per image. Which name stands for which is ``outputs.formats``; numbering and
+publishing packs is ``outputs.containers``. pyarrow and tfrecord are
+imported only by the formats that need them; no Scrapy import.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ BOX_FLAGS = ("IsOccluded", "IsTruncated", "IsGroupOf", "IsDepiction", "IsInside"
 _TF_FLAGS = {"IsOccluded": "occluded", "IsTruncated": "truncated", "IsGroupOf": "group_of",
              "IsDepiction": "depiction"}  # the TF Object Detection API's names
 
-# (ImageID, extension, image bytes) of one sample, as a shard's reader gives it.
+# (ImageID, extension, image bytes) of one sample, as a pack's reader gives it.
 StoredSample = tuple[str, str, bytes]
 
 
@@ -36,7 +36,7 @@ Annotations = dict[str, list[dict[str, Any]]]
 
 @dataclass(frozen=True, slots=True)
 class Sample:
-    """One image as a shard stores it."""
+    """One image as a pack stores it."""
 
     image_id: str
     data: bytes
@@ -51,15 +51,15 @@ class Sample:
         return {**self.fields, "width": self.width, "height": self.height, **(self.annotations or {})}
 
 
-class ShardWriter(Protocol):
-    """One open shard file."""
+class PackWriter(Protocol):
+    """One open pack."""
 
     def add(self, sample: Sample) -> None: ...
 
     def close(self) -> None: ...
 
 
-class TarShard:
+class TarPack:
     """WebDataset: ``{ImageID}.{ext}`` and ``{ImageID}.json`` per sample, in order."""
 
     def __init__(self, path: Path, first: Sample) -> None:
@@ -79,7 +79,7 @@ class TarShard:
         self.tar.close()
 
 
-class ParquetShard:
+class ParquetPack:
     """One row per image: ImageID, the bytes, format, width, height, the
     metadata columns (as strings) and, when annotations are written, ``labels``
     and ``boxes`` as list-of-struct columns; in row groups of PARQUET_ROW_GROUP."""
@@ -128,7 +128,7 @@ class ParquetShard:
         self.writer.close()
 
 
-class TfRecordShard:
+class TfRecordPack:
     """One ``tf.train.Example`` per image with the conventional keys
     (``image/encoded``, ``image/format``, ``image/height``, ``image/width``,
     ``image/source_id``), the metadata as ``openimages/{column}`` and, when
@@ -173,7 +173,7 @@ def _tf_annotations(annotations: Annotations) -> dict[str, tuple[list[Any], str]
 
 
 def tar_samples(path: Path) -> Iterator[StoredSample]:
-    """A WebDataset shard's samples: its image members (the ``.json`` ones carry the metadata)."""
+    """A WebDataset pack's samples: its image members (the ``.json`` ones carry the metadata)."""
     with tarfile.open(path) as tar:
         for member in tar:
             stem, _, ext = member.name.rpartition(".")
@@ -184,7 +184,7 @@ def tar_samples(path: Path) -> Iterator[StoredSample]:
 
 
 def parquet_samples(path: Path) -> Iterator[StoredSample]:
-    """A Parquet shard's samples, PARQUET_READ_BATCH rows at a time (only the columns they need)."""
+    """A Parquet pack's samples, PARQUET_READ_BATCH rows at a time (only the columns they need)."""
     import pyarrow.parquet as pq  # noqa: PLC0415 (only parquet outputs need it)
 
     columns = ["ImageID", "format", "image"]
@@ -193,7 +193,7 @@ def parquet_samples(path: Path) -> Iterator[StoredSample]:
 
 
 def tfrecord_samples(path: Path) -> Iterator[StoredSample]:
-    """A TFRecord shard's samples, from each Example's ``image/*`` features."""
+    """A TFRecord pack's samples, from each Example's ``image/*`` features."""
     from tfrecord import example_pb2  # noqa: PLC0415 (only tfrecord outputs need it)
     from tfrecord.reader import tfrecord_iterator  # noqa: PLC0415
 
