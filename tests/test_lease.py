@@ -25,7 +25,8 @@ from openimages_crawler.store.lease import (
     bucket_exclusive,
 )
 from openimages_crawler.store.lock import StoreLocked, new_holder
-from openimages_crawler.store.objects import GcsStore, ObjectStore, StoreUnavailable
+from openimages_crawler.store.gcs import GcsStore
+from openimages_crawler.store.objects import ObjectStore, StoreUnavailable
 from openimages_crawler.testing.gcs import GcsLikeServer
 from openimages_crawler.testing.objects import ANONYMOUS, REGION, S3Server
 

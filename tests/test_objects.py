@@ -14,9 +14,9 @@ import pytest
 
 from openimages_crawler.store import open_store
 from openimages_crawler.store.base import ObjectTooLarge, StoreOptions, writing_text
+from openimages_crawler.store.gcs import GcsStore
 from openimages_crawler.store.objects import (
     CHECK_ATTEMPTS,
-    GcsStore,
     ObjectStore,
     StoreUnavailable,
     split_uri,

@@ -11,7 +11,7 @@ from tests.conftest import ROOT
 
 PACKAGE = ROOT / "openimages_crawler"
 # The backends and their machinery: the only modules that may tell one backend from another.
-BACKENDS = frozenset(PACKAGE / "store" / f"{name}.py" for name in ("base", "local", "objects", "lease", "lock", "sync"))
+BACKENDS = frozenset(PACKAGE / "store" / f"{name}.py" for name in ("base", "local", "objects", "gcs", "lease", "lock", "sync"))
 
 
 def _name(node: ast.expr) -> str:

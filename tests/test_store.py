@@ -20,7 +20,8 @@ from openimages_crawler.store import (
 from openimages_crawler.store.base import ObjectTooLarge
 from openimages_crawler.store.layout import StoreLayout
 from openimages_crawler.checkpoint.ledger import ResultsLedger
-from openimages_crawler.store.objects import GcsStore, ObjectStore
+from openimages_crawler.store.gcs import GcsStore
+from openimages_crawler.store.objects import ObjectStore
 from openimages_crawler.checkpoint.planner import PlannedOutput, RowPlan, RowPlanner
 from openimages_crawler.checkpoint.results import FailureRow, SuccessRow
 from openimages_crawler.outputs.sinks import FilesSink

@@ -6,8 +6,9 @@ FilesPipeline uses its own).
 """
 
 from openimages_crawler.store.base import Store, UnsupportedStore, open_store
+from openimages_crawler.store.gcs import GcsStore
 from openimages_crawler.store.local import LocalStore
-from openimages_crawler.store.objects import GcsStore, ObjectStore
+from openimages_crawler.store.objects import ObjectStore
 
 STORE_SCHEMES: dict[str, type[Store]] = {"": LocalStore, "file": LocalStore, "s3": ObjectStore, "gs": GcsStore}
 

@@ -40,7 +40,6 @@ from openimages_crawler.store import sync
 logger = logging.getLogger(__name__)
 
 # Google Cloud Storage's S3-compatible endpoint (HMAC keys as the AWS key pair).
-GCS_ENDPOINT = "https://storage.googleapis.com"
 # Tries of the check at start (the crawl's own requests get StoreOptions.attempts).
 CHECK_ATTEMPTS = 2
 # Folders whose listing is kept for ``stat``; rows arrive in ImageID order, so
@@ -504,40 +503,6 @@ class ObjectStore:
         originals back from it, so the private-address guard lets it through."""
         host = urlsplit(self.client.meta.endpoint_url).hostname
         return frozenset({host}) if host else frozenset()
-
-
-class GcsStore(ObjectStore):
-    """``gs://bucket/prefix`` through GCS's S3-compatible endpoint, with an HMAC
-    key pair in AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY."""
-
-    default_endpoint = GCS_ENDPOINT
-
-    def _new_client(self, attempts: int) -> Any:
-        client = super()._new_client(attempts)
-        for operation in ("PutObject", "DeleteObject"):
-            client.meta.events.register(f"before-call.s3.{operation}", generation_preconditions)
-        return client
-
-    def _version(self, response: dict[str, Any]) -> str:
-        """The object's generation: GCS's write preconditions name it, not the ETag."""
-        generation = response["ResponseMetadata"]["HTTPHeaders"].get("x-goog-generation")
-        if generation is None:
-            raise OSError(f"{self.uri}: the server at {self.client.meta.endpoint_url} does not answer as Google "
-                          "Cloud Storage (no x-goog-generation); use s3:// for other S3-compatible servers")
-        return str(generation)
-
-
-def generation_preconditions(params: dict[str, Any], **_: Any) -> None:
-    """S3's conditional headers of a write as GCS's own preconditions (a
-    ``before-call`` handler): its XML API honours ``If-None-Match`` and
-    ``If-Match`` on reads only, and ``x-goog-if-generation-match`` on writes
-    (``0``: only if there is no live object)."""
-    headers = params["headers"]
-    if headers.pop("If-None-Match", None) is not None:  # always "*": create if absent
-        headers["x-goog-if-generation-match"] = "0"
-    generation = headers.pop("If-Match", None)
-    if generation is not None:
-        headers["x-goog-if-generation-match"] = generation
 
 
 _CONFLICTS = {"PreconditionFailed", "412", "ConditionalRequestConflict", "409"}
