@@ -378,7 +378,8 @@ class MirrorServer:
     def serve(self, mirror: Mirror) -> MirrorServer:
         self.routes.update(mirror.routes)
         for server in self.servers:
-            thread = threading.Thread(target=server.serve_forever, daemon=True)
+            # A short poll: shutdown() waits for the loop to look (0.5 s by default, per server).
+            thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
             thread.start()
             self.threads.append(thread)
         return self
