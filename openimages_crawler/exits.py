@@ -15,12 +15,8 @@ EXIT_USAGE = 2  # a usage mistake or a start error: nothing was crawled
 EXIT_AFTER_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
 
-_written: list[str] = []  # the lines fail() wrote in this process
-
-
 def fail(message: str, status: int) -> int:
     """One line on stderr, and the exit status."""
-    _written.append(message)
     sys.stderr.write(f"ERROR: {message}\n")
     sys.stderr.flush()
     return status
@@ -56,8 +52,3 @@ def metadata_unreadable(error: str) -> Exit:
     """The exit of a crawl whose metadata file broke off (a truncated ``.gz``)."""
     return Exit(EXIT_INCOMPLETE, f"the metadata could not be read to its end ({error}): the rows after that point "
                 "are still pending; fetch or fix the file and run the same command again")
-
-
-def last_error() -> str:
-    """The last line ``fail`` wrote (for a job's record in the store), or ``""``."""
-    return _written[-1] if _written else ""

@@ -16,6 +16,16 @@ from openimages_crawler.monitor.status import PartStatus
 from openimages_crawler.redact import MASK, _Redacting, is_secret, redact, redacted_argv, redacted_settings, remember
 from tests.conftest import ROOT
 
+
+@pytest.fixture(autouse=True)
+def no_secrets_remembered_before(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test starts with no remembered secret: other tests of the same
+    worker remember theirs (a bucket's ``secret``), which would mask words here."""
+    import openimages_crawler.redact as redact_module
+
+    monkeypatch.setattr(redact_module, "_known", set())
+    monkeypatch.setattr(redact_module, "_pattern", None)
+
 PRESIGNED_V4 = ("https://s3.example.com/data/train/images-original/000/000a.jpg?X-Amz-Algorithm=AWS4-HMAC-SHA256"
                 "&X-Amz-Credential=AKIAEXAMPLE%2F20261202%2Fus-east-1%2Fs3%2Faws4_request&X-Amz-Date=20261202T000000Z"
                 "&X-Amz-Expires=86400&X-Amz-SignedHeaders=host&X-Amz-Security-Token=FwoGZXIvYXdzEXAMPLETOKEN"

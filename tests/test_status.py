@@ -204,3 +204,18 @@ def test_the_web_view_serves_only_image_files_of_the_layout_named_in_records(tmp
         dashboard.stop()
     assert answers[0] == (200, b"the image", "image/jpeg")
     assert all(code == 404 and b"root:" not in body and body not in planted.values() for code, body, _ in answers[1:])
+
+
+def test_a_scrapyd_jobs_start_error_is_in_its_shards_record(tmp_path: Path) -> None:
+    """Scrapyd reports no exit status: a job that cannot start leaves its exit
+    and its error line in its shard's record, where a fleet's watch reads them."""
+    from openimages_crawler.exits import EXIT_USAGE, Exit
+    from openimages_crawler.run.crawl import record_job_error
+
+    settings = project_settings({"IMAGES_STORE": str(tmp_path / "store")})
+    record_job_error(settings, {"_job": "job-7", "shard": "2/4"}, Exit(EXIT_USAGE, "cannot fetch the metadata"))
+    record = read_status(LocalStore(str(tmp_path / "store")), "2of4")
+    assert record is not None
+    assert (record.job, record.exit, record.error) == ("job-7", EXIT_USAGE, "cannot fetch the metadata")
+    record_job_error(settings, {"shard": "3/4"}, Exit(EXIT_USAGE, "not a job"))  # no _job: no record
+    assert read_status(LocalStore(str(tmp_path / "store")), "3of4") is None

@@ -18,7 +18,7 @@ from scrapy.exceptions import UsageError
 from openimages_crawler.crawl.config import CrawlConfig, check_store, isolate_shard_records, open_crawl_store
 from openimages_crawler.crawl.processes import die_with_supervisor, plan_processes, process_count, supervisor_pid
 from openimages_crawler.crawl.spider import OpenImagesSpider, scrapy_arguments
-from openimages_crawler.exits import EXIT_USAGE, fail
+from openimages_crawler.exits import EXIT_USAGE, Exit
 from openimages_crawler.job.arguments import ArgumentError, CrawlArguments
 from openimages_crawler.job.prepare import selection_of
 from openimages_crawler.monitor.logs import quiet_framework
@@ -51,8 +51,9 @@ class Command(ScrapyCrawlCommand):
             extras = self.check(args[0], opts.spargs)
             processes = process_count(self.settings["OPENIMAGES_PROCESSES"])
         except UsageError as exc:
-            self.exitcode = fail(str(exc), EXIT_USAGE)
-            record_job_error(self.settings, opts.spargs, self.exitcode)
+            ending = Exit(EXIT_USAGE, str(exc))
+            self.exitcode = ending.said()
+            record_job_error(self.settings, opts.spargs, ending)
             return
         wanted = processes > 1 and supervisor is None and args[0] == OpenImagesSpider.name
         plan = plan_processes(self.settings, processes) if wanted else None

@@ -22,7 +22,7 @@ from openimages_crawler.store.local import LocalStore
 from openimages_crawler.store.objects import StoreUnavailable
 from openimages_crawler.store.layout import part_label
 from openimages_crawler.outputs.containers import PackSink, scratch_folder
-from openimages_crawler.outputs.formats import CONTAINERS
+from openimages_crawler.outputs.formats import CONTAINERS, FILES, UnknownFormat, container
 from openimages_crawler.outputs.sinks import FilesSink, OutputSink
 
 # Keys of one OPENIMAGES_OUTPUTS entry: required, then optional (defaults from
@@ -52,7 +52,7 @@ class ResizedOutput:
 
     dir: str
     spec: ResizeSpec
-    container: str = "files"
+    container: str = FILES
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +76,7 @@ class CrawlConfig:
     keep_archives: bool
     thumbnails_300k: bool
     cvdf_url: str
-    originals_container: str = "files"
+    originals_container: str = FILES
     pack_size: int = 10000  # images per pack (OPENIMAGES_SHARD_SIZE)
     status_hosts: int = 100  # hosts a process's record names (OPENIMAGES_STATUS_HOSTS)
 
@@ -140,10 +140,10 @@ class CrawlConfig:
     def described_outputs(self) -> list[str]:
         """What the crawl stores, in words: ``images-resized (ShrinkToFit 224 jpg)``, ``images-original``."""
         described = [f"{output.dir} ({output.spec.mode} {output.spec.size} {output.spec.format}"
-                     f"{'' if output.container == 'files' else ', ' + output.container})" for output in self.outputs]
+                     f"{'' if output.container == FILES else ', ' + output.container})" for output in self.outputs]
         if self.save_originals:
-            container = self.originals_container
-            described.append(self.layout.originals_dir + ("" if container == "files" else f" ({container})"))
+            kind = self.originals_container
+            described.append(self.layout.originals_dir + ("" if kind == FILES else f" ({kind})"))
         return described
 
 
@@ -204,10 +204,11 @@ def _outputs(settings: BaseSettings) -> tuple[ResizedOutput, ...]:
 
 
 def _container(value: object, name: str) -> str:
-    container = str(value).lower()
-    if container not in CONTAINERS:
-        raise UsageError(f"{name} must be one of {', '.join(CONTAINERS)}, not {value!r}")
-    return container
+    """A container's name, checked against the registry (``outputs.formats``)."""
+    try:
+        return container(str(value).lower()).name
+    except UnknownFormat:
+        raise UsageError(f"{name} must be one of {', '.join(CONTAINERS)}, not {value!r}") from None
 
 
 def _count(value: object) -> int | None:
@@ -235,7 +236,7 @@ def output_sinks(config: CrawlConfig, store: Store, records: LocalStore) -> dict
 
 def originals_sink(config: CrawlConfig, store: Store, records: LocalStore) -> PackSink | None:
     """The originals' packs, or ``None`` when they are files (written by the pipeline itself)."""
-    if config.originals_container == "files":
+    if config.originals_container == FILES:
         return None
     sink = container_sink(config, store, records, config.layout.originals_dir, config.originals_container)
     assert isinstance(sink, PackSink)
@@ -243,10 +244,11 @@ def originals_sink(config: CrawlConfig, store: Store, records: LocalStore) -> Pa
 
 
 def container_sink(config: CrawlConfig, store: Store, records: LocalStore, folder: str,
-                   container: str) -> OutputSink:
-    if container == "files":
+                   kind: str) -> OutputSink:
+    """The sink of an output of container ``kind``: files in the layout, or packs."""
+    if kind == FILES:
         return FilesSink(store, config.layout, folder)
-    return PackSink(store, scratch_folder(records.root), folder, container, config.pack_size,
+    return PackSink(store, scratch_folder(records.root), folder, kind, config.pack_size,
                     lambda name: store.shared(records.root, name))
 
 

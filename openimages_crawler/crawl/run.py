@@ -45,6 +45,7 @@ from openimages_crawler.exits import Exit, lock_lost, metadata_unreadable, resul
 from openimages_crawler.job.arguments import ArgumentError, CrawlArguments
 from openimages_crawler.job.prepare import DatasetPlan, MetadataOptions, prepare, selection_of
 from openimages_crawler.outputs.annotations import AnnotationOutput
+from openimages_crawler.outputs.formats import FILES
 from openimages_crawler.outputs.database import write_pending
 from openimages_crawler.store.base import RunLock, Store
 from openimages_crawler.store.layout import METADATA_DIR, part_label
@@ -211,7 +212,7 @@ class CrawlRun:
         labels and boxes, looked up in the annotation files indexed by image."""
         config, dataset = self.config, self.dataset
         containers = {output.container for output in config.outputs} | {config.originals_container}
-        if containers == {"files"} or not (dataset.annotation_files and self.arguments.write_annotations):
+        if containers == {FILES} or not (dataset.annotation_files and self.arguments.write_annotations):
             return None
         assert dataset.class_names is not None
         try:

@@ -24,6 +24,7 @@ from openimages_crawler.monitor.progress import (
     figures,
 )
 from openimages_crawler.monitor.status import HostRanking, ImageEntry, PartStatus, RecordSender, set_counts
+from openimages_crawler.outputs.formats import FILES
 from openimages_crawler.reasons import FAILURE_STAT_PREFIX
 from openimages_crawler.checkpoint.ledger import recorded_rows
 from openimages_crawler.checkpoint.results import FailureRow, SuccessRow
@@ -226,7 +227,7 @@ def run_settings(settings: BaseSettings, config: CrawlConfig) -> dict[str, Any]:
 def thumbnail_key(config: CrawlConfig, subset: str, image_id: str) -> str | None:
     """The key of an image's first resized output (no work: a name); none when
     only originals are kept or every output is in a container (no file per image)."""
-    output = next((output for output in config.outputs if output.container == "files"), None)
+    output = next((output for output in config.outputs if output.container == FILES), None)
     if output is None:
         return None
     return config.layout.image_key(subset, output.dir, image_id, output.spec.format)

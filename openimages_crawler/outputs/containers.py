@@ -21,6 +21,10 @@ A kill between steps is mended by the next publication: a pack present but
 missing from the manifest is added to it (from its index); an index without
 its pack is overwritten. ``holds`` (resume) answers from the indexes of the
 published packs, read when the sink opens. No Scrapy import.
+
+The names stores already hold keep the word packs had before: the manifest
+``shards.csv`` and its ``shard`` column, the ``shards-…`` lock, the ``shards``
+staging folder and OPENIMAGES_SHARD_SIZE.
 """
 
 from __future__ import annotations

@@ -58,8 +58,9 @@ class LabelFormat:
     writer: Callable[[LabelTarget], LabelWriter]
 
 
+FILES = "files"  # the container of one file per image, in the layout
 FORMATS: tuple[ContainerFormat | LabelFormat, ...] = (
-    ContainerFormat("files"),
+    ContainerFormat(FILES),
     PackFormat("webdataset", ".tar", TarPack, tar_samples),
     PackFormat("parquet", ".parquet", ParquetPack, parquet_samples),
     PackFormat("tfrecord", ".tfrecord", TfRecordPack, tfrecord_samples),

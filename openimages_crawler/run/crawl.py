@@ -20,7 +20,7 @@ from openimages_crawler.crawl.pipeline import STORE_UNWRITABLE
 from openimages_crawler.crawl.run import CrawlRun
 from openimages_crawler.crawl.stop import STOP_REQUESTED
 from openimages_crawler.dataset.selection import SelectionError, Shard
-from openimages_crawler.exits import EXIT_AFTER_SIGNAL, EXIT_INCOMPLETE, EXIT_OK, EXIT_USAGE, Exit, last_error
+from openimages_crawler.exits import EXIT_AFTER_SIGNAL, EXIT_INCOMPLETE, EXIT_OK, EXIT_USAGE, Exit
 from openimages_crawler.monitor.dashboard import Dashboard
 from openimages_crawler.monitor.extensions import CrawlProgress, RunReport
 from openimages_crawler.monitor.status import mark_exit
@@ -129,7 +129,7 @@ class ProcessCrawl:
         if run is not None and run.part and not self.errors:
             mark_exit(run.record_store, run.part, ending.status, ending.message, job)
         elif not self.locked():
-            record_job_error(self.settings, self.given, ending.status)
+            record_job_error(self.settings, self.given, ending)
 
     def release(self) -> None:
         """Nothing: the spider's run released its lock when its engine stopped."""
@@ -149,16 +149,16 @@ def note_signals(process: CrawlerProcess, received: list[int]) -> None:
     process._signal_shutdown = noting  # type: ignore[method-assign]
 
 
-def record_job_error(settings: BaseSettings, given: dict[str, Any], status: int) -> None:
+def record_job_error(settings: BaseSettings, given: dict[str, Any], ending: Exit) -> None:
     """A Scrapyd job's start error in its shard's record, in the store."""
-    if "_job" not in given or not status:
+    if "_job" not in given or not ending.status:
         return
     try:
         shard = Shard.parse(str(given.get("shard") or "1/1"))
         store = open_crawl_store(settings)  # the run's record: where a fleet reads it
     except (SelectionError, UsageError):
         return
-    mark_exit(store, part_label(shard.index, shard.count), status, last_error(), str(given["_job"]))
+    mark_exit(store, part_label(shard.index, shard.count), ending.status, ending.message, str(given["_job"]))
 
 
 def crawl_extension(crawler: Crawler, kind: type[Extension]) -> Extension | None:

@@ -57,19 +57,19 @@ class Extras:
 
 
 def finish(end: Ending, settings: BaseSettings, extras: Extras = Extras()) -> Exit:
-    """Settle, update the database, judge, report, export, summarize, record,
-    release: the one end of a run."""
+    """The one end of a run: settle, update the database, judge, report and
+    release the run's lock; then export, summarize and record the exit."""
     try:
         ending = end.settle()
         database_ok = run_database(settings, settings.getint("OPENIMAGES_MIN_FREE_BYTES")) if extras.database else True
         ending = ending or end.status()
         page = end.report(ending)
-        ending = with_extras(ending, settings, extras, database_ok)
-        end.summarize(ending, page)
-        end.record(ending)
-        return ending
     finally:
         end.release()
+    ending = with_extras(ending, settings, extras, database_ok)
+    end.summarize(ending, page)
+    end.record(ending)
+    return ending
 
 
 def with_extras(ending: Exit, settings: BaseSettings, extras: Extras, database_ok: bool) -> Exit:

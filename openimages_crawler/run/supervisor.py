@@ -120,18 +120,18 @@ class Supervisor:
                 self.lock.release()
                 return Exit(EXIT_USAGE, str(exc))
         self.previous = {signum: signal.signal(signum, self.on_signal) for signum in EXIT_AFTER_SIGNAL}
-        self.unread = self.pull()
-        if self.unread is not None:
-            return finish(self, self.settings)
-        logger.info("Crawling in %d processes", self.plan.count)
         try:
-            self.children = start_children(self.commands(), self.lock.inheritable(), self.display.write)
-            self.watch()
-            self.final = self.sample(final=True)
+            self.unread = self.pull()
+            if self.unread is None:
+                logger.info("Crawling in %d processes", self.plan.count)
+                self.children = start_children(self.commands(), self.lock.inheritable(), self.display.write)
+                self.watch()
+                self.final = self.sample(final=True)
         except BaseException:
             self.release()
             raise
-        return finish(self, self.settings, Extras(True, extras.formats, extras.subsets))
+        return finish(self, self.settings, Extras(True, extras.formats, extras.subsets) if self.unread is None
+                      else Extras())
 
     def settle(self) -> Exit | None:
         """The processes' results parts into the results files; an exit status

@@ -8,9 +8,9 @@ that count:
 
 - ``pull``, before a run: the bucket's results files and parts replace the
   work folder's, once a merge that a kill interrupted is finished or undone;
-- ``push_parts``, while a process runs (every OPENIMAGES_RESULTS_FLUSH_SECONDS)
-  and when it ends: its parts go up whole (they only grow, so the last copy
-  holds every earlier one);
+- while a process runs (every OPENIMAGES_RESULTS_FLUSH_SECONDS) and when it
+  ends, its parts go up whole (``send_copy``, from ``crawl/feeds.py``: they
+  only grow, so the last copy holds every earlier one);
 - ``push_results``, after a run's merge: a journal naming the merged parts, the
   results files (tagged with the journal's id), then the merged parts are deleted.
 
@@ -44,7 +44,6 @@ from openimages_crawler.store.layout import (
 from openimages_crawler.store.local import LocalStore
 
 if TYPE_CHECKING:
-    from openimages_crawler.store.base import Store
     from openimages_crawler.store.objects import ObjectEntry, ObjectStore
 
 logger = logging.getLogger(__name__)
@@ -146,13 +145,6 @@ def send_results(store: ObjectStore, local: LocalStore, files: dict[str, list[st
         for name in (ATTRIBUTION_CSV, ATTRIBUTION_MD):
             if (success.parent / name).is_file():  # not written below the free-space floor
                 store.send_copy(local, success.parent / name)
-
-
-def push_parts(store: Store, local: LocalStore, parts: Iterable[Path]) -> None:
-    """Send whole each of a process's parts that exists (a folder store has nothing to send)."""
-    for path in parts:
-        if path.is_file():
-            store.send_copy(local, path)
 
 
 def push_results(store: ObjectStore, local: LocalStore, final_patterns: list[str],
