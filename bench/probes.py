@@ -27,14 +27,13 @@ from bench import corpus as corpus_module
 from bench.contenders import REPO
 from bench.servers import LOCAL_HOSTS_ALLOWED
 from openimages_crawler import settings as project_settings
+from openimages_crawler.checkpoint.ledger import settle
 from openimages_crawler.dataset.catalogue import IMAGES_CSV_COLUMNS
 from openimages_crawler.monitor.progress import Counts
 from openimages_crawler.monitor.report import HostTally
 from openimages_crawler.monitor.status import HostRanking, PartStatus, set_counts
-from openimages_crawler.store.layout import StoreLayout
-from openimages_crawler.checkpoint.ledger import settle
+from openimages_crawler.store.layout import StoreLayout, part_path
 from openimages_crawler.store.local import LocalStore
-from openimages_crawler.store.layout import part_path
 
 PROBE_PORT = 47_123  # fixed, so the generated CSVs stay valid between runs
 STATUS_HOSTS = 300_000  # distinct hosts met by the status probe's crawl

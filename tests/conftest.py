@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 from scrapy.settings import Settings
 
-from openimages_crawler.store.layout import ROOT_NAMES, ROOT_PATTERN
 from openimages_crawler.checkpoint.parts import all_results
+from openimages_crawler.store.layout import ROOT_NAMES, ROOT_PATTERN
 from openimages_crawler.testing.mirror import (
     Mirror,
     MirrorServer,

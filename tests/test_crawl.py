@@ -18,14 +18,14 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from openimages_crawler.checkpoint.csvfiles import iter_records
+from openimages_crawler.checkpoint.parts import all_results
 from openimages_crawler.dataset.catalogue import (
     FAILURE_COLUMNS,
     IMAGE_INFO_COLUMNS,
     IMAGES_CSV_COLUMNS,
 )
 from openimages_crawler.reasons import FAILURE_REASONS
-from openimages_crawler.checkpoint.csvfiles import iter_records
-from openimages_crawler.checkpoint.parts import all_results
 from openimages_crawler.testing.images import IMAGE_KINDS
 from openimages_crawler.testing.mirror import MirrorRow, Route
 from tests.conftest import (

@@ -15,6 +15,7 @@ import duckdb
 import pytest
 from PIL import Image
 
+from openimages_crawler.outputs.containers import write_index, write_manifest
 from openimages_crawler.outputs.database import (
     MainOutput,
     ResultsFile,
@@ -24,7 +25,6 @@ from openimages_crawler.outputs.database import (
 )
 from openimages_crawler.store.layout import ROOT_PATTERN, StoreLayout
 from openimages_crawler.store.local import LocalStore, host_tag
-from openimages_crawler.outputs.containers import write_index, write_manifest
 from tests.conftest import ROOT
 
 LAYOUT = StoreLayout()

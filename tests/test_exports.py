@@ -19,10 +19,10 @@ import pytest
 import yaml
 from PIL import Image, ImageDraw
 
-from openimages_crawler.outputs.export import ExportError, ExportRequest, export_subset
 from openimages_crawler.imaging.boxes import NormBox, placed_annotations
 from openimages_crawler.imaging.pillow import Geometry, ResizeSpec
 from openimages_crawler.imaging.process import Expected, process_image
+from openimages_crawler.outputs.export import ExportError, ExportRequest, export_subset
 from openimages_crawler.store.layout import StoreLayout
 from openimages_crawler.store.local import LocalStore
 from tests.conftest import ROOT

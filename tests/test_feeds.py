@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from openimages_crawler.dataset.idset import IdSet
 from openimages_crawler.checkpoint.csvfiles import repair_tail
 from openimages_crawler.checkpoint.ledger import read_ids
+from openimages_crawler.dataset.idset import IdSet
 from openimages_crawler.store.local import LocalStore, remove_dead_staging
 
 

@@ -20,12 +20,6 @@ import pytest
 from scrapy.exceptions import UsageError
 from scrapy.settings import Settings
 
-from openimages_crawler.fleet.launch import (
-    check_arguments,
-    check_secrets,
-    fleet_store,
-    refuse_unfinished,
-)
 from openimages_crawler.fleet.control import cancel_fleet
 from openimages_crawler.fleet.decisions import (
     DOWN_GRACE_S,
@@ -36,6 +30,12 @@ from openimages_crawler.fleet.decisions import (
     Verdict,
     decide,
     stray_jobs,
+)
+from openimages_crawler.fleet.launch import (
+    check_arguments,
+    check_secrets,
+    fleet_store,
+    refuse_unfinished,
 )
 from openimages_crawler.fleet.scrapyd import (
     ScrapydTarget,

@@ -171,9 +171,9 @@ def test_download_errors_map_to_reasons() -> None:
 
 def test_the_pipeline_hooks_keep_scrapys_signatures(tmp_path: Path) -> None:
     """file_path gives the original's key from the row's plan."""
+    from openimages_crawler.checkpoint.planner import RowPlan
     from openimages_crawler.crawl.items import FetchedImage
     from openimages_crawler.dataset.rows import validate_row
-    from openimages_crawler.checkpoint.planner import RowPlan
 
     crawler = crawler_for(tmp_path / "store", {"OPENIMAGES_SAVE_ORIGINALS": True})
     pipeline = OpenImagesPipeline.from_crawler(crawler)

@@ -19,13 +19,13 @@ from scrapy.exceptions import UsageError
 
 from openimages_crawler.crawl.config import check_store
 from openimages_crawler.store.base import StoreOptions
+from openimages_crawler.store.gcs import GcsStore
 from openimages_crawler.store.lease import (
     BucketLease,
     BucketShardLock,
     bucket_exclusive,
 )
 from openimages_crawler.store.lock import StoreLocked, new_holder
-from openimages_crawler.store.gcs import GcsStore
 from openimages_crawler.store.objects import ObjectStore, StoreUnavailable
 from openimages_crawler.testing.gcs import GcsLikeServer
 from openimages_crawler.testing.objects import ANONYMOUS, REGION, S3Server

@@ -20,15 +20,15 @@ from PIL import Image
 
 from openimages_crawler.checkpoint.pending import PendingRows
 from openimages_crawler.dataset.rows import ImageRow
-from openimages_crawler.store.base import Store, StoreOptions
-from openimages_crawler.store.local import LocalStore
-from openimages_crawler.store.objects import ObjectStore
 from openimages_crawler.outputs.containers import (
     MANIFEST,
     PackSink,
     read_manifest,
     write_index,
 )
+from openimages_crawler.store.base import Store, StoreOptions
+from openimages_crawler.store.local import LocalStore
+from openimages_crawler.store.objects import ObjectStore
 from openimages_crawler.testing.objects import S3Server
 
 

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from openimages_crawler.checkpoint.ledger import ResultsLedger
+from openimages_crawler.checkpoint.parts import merge, merge_owned, recover
 from openimages_crawler.crawl.processes import plan_processes, process_count, shares
 from openimages_crawler.monitor.progress import Counts
 from openimages_crawler.monitor.status import (
@@ -17,11 +19,9 @@ from openimages_crawler.monitor.status import (
     set_counts,
     total_counts,
 )
-from openimages_crawler.checkpoint.ledger import ResultsLedger
+from openimages_crawler.store.layout import PARTS_DIR, owned_by, part_path
 from openimages_crawler.store.local import LocalStore
 from openimages_crawler.store.lock import StoreLock, StoreLocked
-from openimages_crawler.checkpoint.parts import merge, merge_owned, recover
-from openimages_crawler.store.layout import PARTS_DIR, owned_by, part_path
 from tests.conftest import project_settings, read_csv
 
 HEADER = b"ImageID,Title\r\n"

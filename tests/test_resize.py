@@ -191,8 +191,8 @@ def test_a_worker_that_dies_fails_its_files_and_the_run_goes_on(tmp_path: Path) 
 def test_a_job_lost_with_its_pool_is_done_only_when_its_whole_output_is_there(tmp_path: Path) -> None:
     """A worker's death breaks the pool: the jobs another worker had already
     written (renamed into place) count as done, the others fail."""
-    from openimages_crawler.run.resize import lost_job_result
     from openimages_crawler.imaging.tree import ResizeJob
+    from openimages_crawler.run.resize import lost_job_result
 
     written, lost = tmp_path / "a.jpg", tmp_path / "b.jpg"
     written.write_bytes(b"\xff\xd8 whole")

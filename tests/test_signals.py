@@ -9,8 +9,8 @@ import threading
 from types import SimpleNamespace
 from typing import Any
 
-from openimages_crawler.run.crawl import note_signals
 from openimages_crawler.crawl.stop import STOP_REQUESTED
+from openimages_crawler.run.crawl import note_signals
 
 
 def test_a_second_signal_inside_the_first_ones_event_set_does_not_deadlock() -> None:

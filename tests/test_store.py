@@ -8,9 +8,13 @@ from pathlib import Path
 
 import pytest
 
+from openimages_crawler.checkpoint.ledger import ResultsLedger
+from openimages_crawler.checkpoint.planner import PlannedOutput, RowPlan, RowPlanner
+from openimages_crawler.checkpoint.results import FailureRow, SuccessRow
 from openimages_crawler.dataset.idset import IdSet
 from openimages_crawler.dataset.rows import ImageRow, InvalidRow, validate_row
 from openimages_crawler.dataset.source import ImageSource
+from openimages_crawler.outputs.sinks import FilesSink
 from openimages_crawler.store import (
     STORE_SCHEMES,
     LocalStore,
@@ -18,13 +22,9 @@ from openimages_crawler.store import (
     open_store,
 )
 from openimages_crawler.store.base import ObjectTooLarge
-from openimages_crawler.store.layout import StoreLayout
-from openimages_crawler.checkpoint.ledger import ResultsLedger
 from openimages_crawler.store.gcs import GcsStore
+from openimages_crawler.store.layout import StoreLayout
 from openimages_crawler.store.objects import ObjectStore
-from openimages_crawler.checkpoint.planner import PlannedOutput, RowPlan, RowPlanner
-from openimages_crawler.checkpoint.results import FailureRow, SuccessRow
-from openimages_crawler.outputs.sinks import FilesSink
 
 BODY = b"\xff\xd8 not really a jpeg"
 
@@ -179,8 +179,8 @@ def test_the_store_lock_is_exclusive_and_names_its_holder(tmp_path: Path) -> Non
 
 
 def test_reconcile_drops_failures_of_stored_images_and_keeps_the_last_of_a_repeated_one(tmp_path: Path) -> None:
-    from openimages_crawler.dataset.retry import RetryFilter
     from openimages_crawler.checkpoint.ledger import ResultsLedger, reconcile
+    from openimages_crawler.dataset.retry import RetryFilter
 
     train = tmp_path / "train"
     train.mkdir()

@@ -16,21 +16,21 @@ from functools import partial
 from pathlib import Path
 from typing import IO
 
-from openimages_crawler.dataset.catalogue import FAILURE_COLUMNS
-from openimages_crawler.dataset.idset import CHUNK_ROWS, IdSet, read_id_column
-from openimages_crawler.dataset.retry import RetryFilter
-from openimages_crawler.dataset.rows import MetadataError
-from openimages_crawler.outputs.attribution import write_attribution
-from openimages_crawler.store.base import has_room
 from openimages_crawler.checkpoint.csvfiles import (
     iter_records,
     read_csv_header,
     record_fields,
     repair_tail,
 )
+from openimages_crawler.checkpoint.parts import all_results, merge_owned
+from openimages_crawler.dataset.catalogue import FAILURE_COLUMNS
+from openimages_crawler.dataset.idset import CHUNK_ROWS, IdSet, read_id_column
+from openimages_crawler.dataset.retry import RetryFilter
+from openimages_crawler.dataset.rows import MetadataError
+from openimages_crawler.outputs.attribution import write_attribution
+from openimages_crawler.store.base import has_room
 from openimages_crawler.store.local import LocalStore
 from openimages_crawler.store.lock import exclusive
-from openimages_crawler.checkpoint.parts import all_results, merge_owned
 
 logger = logging.getLogger(__name__)
 

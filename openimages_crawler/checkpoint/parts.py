@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from openimages_crawler.checkpoint.csvfiles import iter_records, read_csv_header, repair_tail
-from openimages_crawler.store.layout import JOURNAL_SUFFIX, PARTS_DIR, PART_LABEL, final_of, owned_by, part_pattern
+from openimages_crawler.store.layout import JOURNAL_SUFFIX, PART_LABEL, PARTS_DIR, final_of, owned_by, part_pattern
 
 logger = logging.getLogger(__name__)
 

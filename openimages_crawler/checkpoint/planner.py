@@ -10,14 +10,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from openimages_crawler.checkpoint.ledger import ResultsLedger
+from openimages_crawler.checkpoint.results import FailureRow, SuccessRow, with_download
 from openimages_crawler.dataset.rows import ImageRow, InvalidRow
 from openimages_crawler.dataset.source import ImageSource
+from openimages_crawler.outputs.sinks import OutputSink
 from openimages_crawler.reasons import INVALID_ROW
 from openimages_crawler.store.base import Store
 from openimages_crawler.store.layout import StoreLayout
-from openimages_crawler.checkpoint.ledger import ResultsLedger
-from openimages_crawler.checkpoint.results import FailureRow, SuccessRow, with_download
-from openimages_crawler.outputs.sinks import OutputSink
 
 
 @dataclass(frozen=True, slots=True)

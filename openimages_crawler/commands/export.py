@@ -10,9 +10,9 @@ from scrapy.exceptions import UsageError
 from scrapy.utils.log import configure_logging
 
 from openimages_crawler.dataset.annotations import parse_class_list
+from openimages_crawler.dataset.selection import SelectionError
 from openimages_crawler.job.arguments import ArgumentError, parse_export_formats
 from openimages_crawler.outputs.formats import LABEL_FORMATS
-from openimages_crawler.dataset.selection import SelectionError
 from openimages_crawler.run.export import default_output, folder_store, run_export
 from openimages_crawler.store.layout import is_subset_name
 

@@ -16,9 +16,9 @@ from scrapy.utils.log import configure_logging
 
 from openimages_crawler.imaging.pack import PackOptions, read_metadata
 from openimages_crawler.monitor.progress import ProgressDisplay
-from openimages_crawler.store.local import LocalStore
 from openimages_crawler.outputs.formats import PACKED_CONTAINERS
 from openimages_crawler.run.pack import TreePack
+from openimages_crawler.store.local import LocalStore
 
 logger = logging.getLogger(__name__)
 

@@ -14,16 +14,15 @@ from scrapy.utils.misc import load_object
 from openimages_crawler.checkpoint.results import FailureRow, SuccessRow
 from openimages_crawler.dataset.selection import Shard
 from openimages_crawler.imaging.pillow import ResizeSpec
-from openimages_crawler.redact import remember
-from openimages_crawler.store import STORE_SCHEMES, UnsupportedStore, open_store
-from openimages_crawler.store.base import Store, StoreOptions
-from openimages_crawler.store.layout import METADATA_DIR, StoreLayout
-from openimages_crawler.store.local import LocalStore
-from openimages_crawler.store.objects import StoreUnavailable
-from openimages_crawler.store.layout import part_label
 from openimages_crawler.outputs.containers import PackSink, scratch_folder
 from openimages_crawler.outputs.formats import CONTAINERS, FILES, UnknownFormat, container
 from openimages_crawler.outputs.sinks import FilesSink, OutputSink
+from openimages_crawler.redact import remember
+from openimages_crawler.store import STORE_SCHEMES, UnsupportedStore, open_store
+from openimages_crawler.store.base import Store, StoreOptions
+from openimages_crawler.store.layout import METADATA_DIR, StoreLayout, part_label
+from openimages_crawler.store.local import LocalStore
+from openimages_crawler.store.objects import StoreUnavailable
 
 # Keys of one OPENIMAGES_OUTPUTS entry: required, then optional (defaults from
 # the single-output settings).

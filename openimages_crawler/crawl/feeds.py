@@ -22,9 +22,9 @@ from scrapy.utils.defer import maybe_deferred_to_future
 from twisted.internet import threads
 from twisted.internet.defer import Deferred
 
+from openimages_crawler.checkpoint.csvfiles import read_csv_header, repair_tail
 from openimages_crawler.crawl.config import SUBSET_PARAM, local_path, subset_uri
 from openimages_crawler.crawl.run import CrawlRun
-from openimages_crawler.checkpoint.csvfiles import read_csv_header, repair_tail
 from openimages_crawler.store.layout import part_path
 
 logger = logging.getLogger(__name__)

@@ -25,6 +25,8 @@ from scrapy.pipelines.images import ImagesPipeline
 from scrapy.utils.defer import _schedule_coro
 
 from openimages_crawler import reasons
+from openimages_crawler.checkpoint.pending import PendingRows
+from openimages_crawler.checkpoint.results import FailureRow, SuccessRow, with_download
 from openimages_crawler.crawl import errors
 from openimages_crawler.crawl.items import (
     ALREADY_RECORDED,
@@ -32,8 +34,6 @@ from openimages_crawler.crawl.items import (
     Unrecorded,
     request_meta,
 )
-from openimages_crawler.checkpoint.pending import PendingRows
-from openimages_crawler.checkpoint.results import FailureRow, SuccessRow, with_download
 from openimages_crawler.crawl.run import CrawlRun
 from openimages_crawler.crawl.saving import process, save, timed
 from openimages_crawler.imaging.process import Outcome

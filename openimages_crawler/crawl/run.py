@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import time
 import weakref
+from collections.abc import Callable
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,22 +32,25 @@ from openimages_crawler.crawl.config import (
     originals_sink,
     output_sinks,
     records_store,
+    results_files,
 )
 from openimages_crawler.crawl.errors import ShardLocked
-from openimages_crawler.crawl.config import results_files
 from openimages_crawler.crawl.processes import process_share, supervisor_pid
 from openimages_crawler.crawl.stop import STOP_REQUESTED
 from openimages_crawler.dataset.annotation_index import AnnotationIndex, SampleAnnotations
 from openimages_crawler.dataset.annotations import ClassNames, CopyStopped
 from openimages_crawler.dataset.catalogue import ANNOTATION_FILES, DOWNLOAD_COLUMNS
 from openimages_crawler.dataset.rows import MetadataError
+from openimages_crawler.dataset.selection import Selection
 from openimages_crawler.dataset.source import ImageSource
 from openimages_crawler.exits import Exit, lock_lost, metadata_unreadable, results_unsent
 from openimages_crawler.job.arguments import ArgumentError, CrawlArguments
 from openimages_crawler.job.prepare import DatasetPlan, MetadataOptions, prepare, selection_of
 from openimages_crawler.outputs.annotations import AnnotationOutput
-from openimages_crawler.outputs.formats import FILES
+from openimages_crawler.outputs.containers import PackSink
 from openimages_crawler.outputs.database import write_pending
+from openimages_crawler.outputs.formats import FILES
+from openimages_crawler.outputs.sinks import OutputSink
 from openimages_crawler.store.base import RunLock, Store
 from openimages_crawler.store.layout import METADATA_DIR, part_label
 from openimages_crawler.store.lock import StoreLocked, exclusive
@@ -98,12 +102,12 @@ class CrawlRun:
         return _RUNS.get(crawler)
 
     @cached_property
-    def sinks(self) -> dict[str, Any]:
+    def sinks(self) -> dict[str, OutputSink]:
         """Each resized output's sink, by folder (the planner's and the pipeline's)."""
         return output_sinks(self.config, self.store, self.records)
 
     @cached_property
-    def originals(self) -> Any:
+    def originals(self) -> PackSink | None:
         """The originals' container sink; ``None`` when they are files."""
         return originals_sink(self.config, self.store, self.records)
 
@@ -129,7 +133,8 @@ class CrawlRun:
         """The columns of the results files (failure files add FAILURE_COLUMNS)."""
         return self.dataset.header + (list(DOWNLOAD_COLUMNS) if self.source.records_download else [])
 
-    def open(self, arguments: CrawlArguments, given: dict[str, Any], job: str, on_lost: Any) -> None:
+    def open(self, arguments: CrawlArguments, given: dict[str, Any], job: str,
+             on_lost: Callable[[str], None]) -> None:
         """Before the crawl: the selection checked, this process's share, the
         run's lock (unless a supervisor holds it), the dataset prepared, the
         results read; a mistake is a ``UsageError``, the lock held by another
@@ -157,7 +162,7 @@ class CrawlRun:
             raise
         self.prepare_seconds = time.perf_counter() - started  # metadata and selection work
 
-    def take_lock(self, on_lost: Any) -> None:
+    def take_lock(self, on_lost: Callable[[str], None]) -> None:
         self.lock = self.store.run_lock(self.records.root, *self.shard, on_lost=on_lost)
         try:
             self.lock.acquire()
@@ -166,7 +171,7 @@ class CrawlRun:
         except OSError as exc:  # the bucket answered the check, then failed
             raise UsageError(f"cannot take the shard's lock in {self.store.uri}: {exc}") from None
 
-    def prepare(self, selection: Any) -> None:
+    def prepare(self, selection: Selection) -> None:
         """The dataset, what earlier runs recorded, and where annotations go."""
         config = self.config
         cache = Path(str(self.settings.get("OPENIMAGES_METADATA_DIR") or self.records.root / METADATA_DIR))

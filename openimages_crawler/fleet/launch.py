@@ -16,7 +16,6 @@ from scrapy.exceptions import UsageError
 from openimages_crawler.crawl.config import CrawlConfig, check_store, open_crawl_store
 from openimages_crawler.crawl.processes import process_count
 from openimages_crawler.crawl.spider import OpenImagesSpider, scrapy_arguments
-from openimages_crawler.job.arguments import ArgumentError, CrawlArguments
 from openimages_crawler.exits import EXIT_OK
 from openimages_crawler.fleet.scrapyd import (
     ScrapydTarget,
@@ -48,6 +47,7 @@ from openimages_crawler.fleet.watch import (
     job_settings,
     shard_arguments,
 )
+from openimages_crawler.job.arguments import ArgumentError, CrawlArguments
 from openimages_crawler.redact import is_secret
 from openimages_crawler.store.base import Store
 from openimages_crawler.store.local import LocalStore

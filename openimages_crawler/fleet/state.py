@@ -14,9 +14,8 @@ from datetime import UTC, datetime
 from scrapy.exceptions import UsageError
 
 from openimages_crawler.store.base import Store, writing_text
-from openimages_crawler.store.layout import FLEET_DIR
+from openimages_crawler.store.layout import FLEET_DIR, part_label
 from openimages_crawler.store.lock import StoreLocked
-from openimages_crawler.store.layout import part_label
 
 FLEET_KEY = f"{FLEET_DIR}/fleet.json"
 WATCH_LOCK = "fleet-watch"  # the store's lock of the fleet's one watch: .locks/fleet-watch

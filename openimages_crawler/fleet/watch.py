@@ -13,8 +13,9 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from openimages_crawler.crawl.config import records_store
-from openimages_crawler.crawl.config import results_files
+from openimages_crawler.checkpoint import settle
+from openimages_crawler.checkpoint.ledger import recorded_rows
+from openimages_crawler.crawl.config import records_store, results_files
 from openimages_crawler.exits import (
     EXIT_AFTER_SIGNAL,
     EXIT_INCOMPLETE,
@@ -59,10 +60,8 @@ from openimages_crawler.monitor.status import (
     total_hosts,
     total_stages,
 )
-from openimages_crawler.checkpoint import settle
-from openimages_crawler.store.base import Store
-from openimages_crawler.checkpoint.ledger import recorded_rows
 from openimages_crawler.run.finish import finish
+from openimages_crawler.store.base import Store
 from openimages_crawler.store.lock import StoreLocked
 
 if TYPE_CHECKING:

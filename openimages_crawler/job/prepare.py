@@ -16,11 +16,6 @@ from functools import cached_property
 from pathlib import Path
 
 from openimages_crawler.dataset.annotations import ClassFilter, ClassNames
-from openimages_crawler.job.arguments import (
-    LABEL_KINDS,
-    ArgumentError,
-    CrawlArguments,
-)
 from openimages_crawler.dataset.catalogue import (
     ANNOTATION_FILES,
     MetadataSource,
@@ -42,6 +37,11 @@ from openimages_crawler.dataset.selection import (
     SelectionError,
     read_exclusions,
     read_id_list,
+)
+from openimages_crawler.job.arguments import (
+    LABEL_KINDS,
+    ArgumentError,
+    CrawlArguments,
 )
 
 logger = logging.getLogger(__name__)

@@ -24,6 +24,7 @@ from scrapy.exceptions import NotConfigured, UsageError
 from twisted.internet import threads
 from twisted.web import resource, server
 
+from openimages_crawler.checkpoint.results import FailureRow, SuccessRow
 from openimages_crawler.crawl.config import CrawlConfig, open_crawl_store
 from openimages_crawler.crawl.run import CrawlRun
 from openimages_crawler.dataset.rows import SAFE_ID
@@ -38,7 +39,6 @@ from openimages_crawler.monitor.report import throughput
 from openimages_crawler.monitor.status import ImageEntry, PartStatus, latest_entries
 from openimages_crawler.store.base import Store
 from openimages_crawler.store.layout import is_subset_name
-from openimages_crawler.checkpoint.results import FailureRow, SuccessRow
 
 if TYPE_CHECKING:
     from typing import Self

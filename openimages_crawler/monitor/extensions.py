@@ -13,6 +13,8 @@ from urllib.parse import urlsplit
 from scrapy import signals
 from scrapy.exceptions import UsageError
 
+from openimages_crawler.checkpoint.ledger import recorded_rows
+from openimages_crawler.checkpoint.results import FailureRow, SuccessRow
 from openimages_crawler.crawl.config import CrawlConfig
 from openimages_crawler.crawl.run import CrawlRun
 from openimages_crawler.crawl.ticking import Ticking
@@ -26,8 +28,6 @@ from openimages_crawler.monitor.progress import (
 from openimages_crawler.monitor.status import HostRanking, ImageEntry, PartStatus, RecordSender, set_counts
 from openimages_crawler.outputs.formats import FILES
 from openimages_crawler.reasons import FAILURE_STAT_PREFIX
-from openimages_crawler.checkpoint.ledger import recorded_rows
-from openimages_crawler.checkpoint.results import FailureRow, SuccessRow
 
 if TYPE_CHECKING:
     from typing import Self

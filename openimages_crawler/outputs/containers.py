@@ -42,10 +42,10 @@ from pathlib import Path
 
 from openimages_crawler.dataset.idset import IdSet
 from openimages_crawler.dataset.rows import ImageRow
-from openimages_crawler.store.base import Store
-from openimages_crawler.store.local import LocalStore, remove_dead_staging, staging_folder
 from openimages_crawler.outputs.formats import PACK_FORMATS, pack_format
 from openimages_crawler.outputs.packs import Annotations, PackWriter, Sample
+from openimages_crawler.store.base import Store
+from openimages_crawler.store.local import LocalStore, remove_dead_staging, staging_folder
 
 logger = logging.getLogger(__name__)
 

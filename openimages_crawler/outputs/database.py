@@ -33,10 +33,10 @@ from PIL import Image
 from openimages_crawler.dataset.annotations import ClassNames
 from openimages_crawler.dataset.catalogue import ANNOTATION_FILES, CLASS_NAMES_FILE, FAILURE_COLUMNS
 from openimages_crawler.dataset.rows import MetadataError
+from openimages_crawler.outputs.containers import is_container, join, read_index, read_manifest
 from openimages_crawler.store.layout import PENDING_DIR, StoreLayout
 from openimages_crawler.store.local import LocalStore, host_tag
 from openimages_crawler.store.lock import pid_alive
-from openimages_crawler.outputs.containers import is_container, join, read_index, read_manifest
 
 logger = logging.getLogger(__name__)
 

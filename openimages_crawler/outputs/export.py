@@ -27,10 +27,10 @@ from openimages_crawler.dataset.catalogue import (
 )
 from openimages_crawler.dataset.rows import MetadataError
 from openimages_crawler.dataset.selection import SelectionError
+from openimages_crawler.imaging.boxes import placed_annotations
 from openimages_crawler.outputs.formats import labels
 from openimages_crawler.outputs.labels import ExportClass, LabelTarget
 from openimages_crawler.outputs.stored import stored_images
-from openimages_crawler.imaging.boxes import placed_annotations
 from openimages_crawler.store.layout import StoreLayout
 from openimages_crawler.store.local import LocalStore, staging_folder
 from openimages_crawler.store.lock import exclusive

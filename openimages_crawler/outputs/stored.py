@@ -11,11 +11,11 @@ from pathlib import Path
 from PIL import Image, UnidentifiedImageError
 
 from openimages_crawler.imaging.pillow import Geometry, ResizeSpec, read_provenance
-from openimages_crawler.store.layout import StoreLayout
-from openimages_crawler.store.local import LocalStore
 from openimages_crawler.outputs.containers import is_container, join, read_manifest
 from openimages_crawler.outputs.formats import pack_format_of
 from openimages_crawler.outputs.packs import IMAGE_EXTENSIONS
+from openimages_crawler.store.layout import StoreLayout
+from openimages_crawler.store.local import LocalStore
 
 
 @dataclass(frozen=True, slots=True)

@@ -47,7 +47,7 @@ class ProcessCrawl:
         self.supervised = supervised  # its supervisor settles the run and writes its database
         self.errors: list[BaseException] = []  # why the crawl could not start
         self.received: list[int] = []  # the signals that stopped it
-        self.run_state: CrawlRun | None = None  # the crawl's run, once its spider opened it
+        self.crawl_run: CrawlRun | None = None  # the crawl's run, once its spider opened it
         self.ran = False  # it crawled as a run of its own: its database, exports and summary follow
 
     def run(self, extras: Extras) -> Exit:
@@ -61,10 +61,10 @@ class ProcessCrawl:
             started.addErrback(lambda failure: self.errors.append(failure.value))
         note_signals(self.process, self.received)
         self.process.start()
-        self.run_state = CrawlRun.found(self.crawler)
+        self.crawl_run = CrawlRun.found(self.crawler)
         if self.errors and not self.locked():
             tidy_failed_start(records, existed)
-        self.ran = not self.errors and self.run_state is not None and not self.supervised
+        self.ran = not self.errors and self.crawl_run is not None and not self.supervised
         return finish(self, self.settings, Extras(True, extras.formats, extras.subsets) if self.ran else Extras())
 
     def locked(self) -> bool:
@@ -85,7 +85,7 @@ class ProcessCrawl:
             logger.debug("The crawl could not start", exc_info=error)
             return Exit(EXIT_USAGE, f"the crawl could not start: {type(error).__name__}: {error} "
                         "(--loglevel DEBUG shows where)")
-        stats, run = self.crawler.stats, self.run_state
+        stats, run = self.crawler.stats, self.crawl_run
         assert stats is not None and run is not None  # the spider opened its run
         stopped = run.stop_reason()
         if stopped is not None:
@@ -125,7 +125,7 @@ class ProcessCrawl:
         leaves its error in its shard's record (Scrapyd reports no exit status,
         and a fleet reads the store), unless another run holds that shard."""
         job = str(self.given.get("_job", ""))
-        run = self.run_state
+        run = self.crawl_run
         if run is not None and run.part and not self.errors:
             mark_exit(run.record_store, run.part, ending.status, ending.message, job)
         elif not self.locked():

@@ -12,18 +12,17 @@ from pathlib import Path
 
 from scrapy.settings import BaseSettings
 
-from openimages_crawler.crawl.config import CrawlConfig, records_store
-from openimages_crawler.crawl.config import subset_feed_paths
-from openimages_crawler.run.export import default_output
-from openimages_crawler.store.base import has_room
+from openimages_crawler.checkpoint.results import FailureRow, SuccessRow
+from openimages_crawler.crawl.config import CrawlConfig, records_store, subset_feed_paths
 from openimages_crawler.outputs.database import (
     MainOutput,
     ResultsFile,
     pending_files,
     update_database,
 )
+from openimages_crawler.run.export import default_output
+from openimages_crawler.store.base import has_room
 from openimages_crawler.store.local import LocalStore
-from openimages_crawler.checkpoint.results import FailureRow, SuccessRow
 
 logger = logging.getLogger(__name__)
 

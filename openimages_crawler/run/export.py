@@ -11,12 +11,11 @@ from pathlib import Path
 from scrapy.exceptions import UsageError
 from scrapy.settings import BaseSettings
 
-from openimages_crawler.crawl.config import CrawlConfig
-from openimages_crawler.crawl.config import subset_feed_paths
+from openimages_crawler.checkpoint.results import SuccessRow
+from openimages_crawler.crawl.config import CrawlConfig, subset_feed_paths
 from openimages_crawler.dataset.catalogue import ANNOTATION_FILES
 from openimages_crawler.outputs.export import ExportError, ExportRequest, export_subset
 from openimages_crawler.store.local import LocalStore
-from openimages_crawler.checkpoint.results import SuccessRow
 
 logger = logging.getLogger(__name__)
 

@@ -13,7 +13,6 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-
 from openimages_crawler.dataset.rows import ImageRow
 from openimages_crawler.imaging.pack import (
     Checked,
@@ -23,9 +22,9 @@ from openimages_crawler.imaging.pack import (
     sample_row,
 )
 from openimages_crawler.monitor.progress import Counts, ProgressDisplay, ProgressMeter
+from openimages_crawler.outputs.containers import PackSink, scratch_folder
 from openimages_crawler.store.local import LocalStore
 from openimages_crawler.store.lock import exclusive
-from openimages_crawler.outputs.containers import PackSink, scratch_folder
 
 logger = logging.getLogger(__name__)
 

@@ -17,8 +17,9 @@ from typing import Any
 from scrapy.exceptions import UsageError
 from scrapy.settings import BaseSettings
 
-from openimages_crawler.crawl.config import CrawlConfig, open_crawl_store, records_store
-from openimages_crawler.crawl.config import results_files
+from openimages_crawler.checkpoint import settle
+from openimages_crawler.checkpoint.ledger import recorded_rows
+from openimages_crawler.crawl.config import CrawlConfig, open_crawl_store, records_store, results_files
 from openimages_crawler.crawl.processes import (
     Child,
     ProcessPlan,
@@ -29,7 +30,6 @@ from openimages_crawler.crawl.processes import (
     start_children,
 )
 from openimages_crawler.crawl.spider import scrapy_arguments
-from openimages_crawler.job.arguments import CrawlArguments
 from openimages_crawler.dataset.selection import Shard
 from openimages_crawler.exits import (
     EXIT_AFTER_SIGNAL,
@@ -40,6 +40,7 @@ from openimages_crawler.exits import (
     lock_lost,
     results_unsent,
 )
+from openimages_crawler.job.arguments import CrawlArguments
 from openimages_crawler.monitor import report
 from openimages_crawler.monitor.dashboard import DashboardServer
 from openimages_crawler.monitor.extensions import STATUS_INTERVAL_S, run_settings
@@ -47,18 +48,16 @@ from openimages_crawler.monitor.progress import Counts, ProgressDisplay, Progres
 from openimages_crawler.monitor.status import (
     PartStatus,
     RecordSender,
-    read_status,
     leading,
+    read_status,
     set_counts,
     total_counts,
     total_hosts,
     total_stages,
 )
 from openimages_crawler.run.finish import Extras, finish, summarize_crawl
-from openimages_crawler.checkpoint import settle
-from openimages_crawler.checkpoint.ledger import recorded_rows
-from openimages_crawler.store.lock import StoreLocked
 from openimages_crawler.store.layout import part_label
+from openimages_crawler.store.lock import StoreLocked
 
 logger = logging.getLogger(__name__)
 

@@ -30,12 +30,12 @@ from pathlib import Path
 from typing import IO, Any, NamedTuple
 from urllib.parse import urlsplit
 
+from openimages_crawler.store import sync
 from openimages_crawler.store.base import StoreOptions, store_scheme, within
 from openimages_crawler.store.layout import LOCKS_DIR
 from openimages_crawler.store.lease import BucketLease, BucketShardLock, RunLock, bucket_exclusive, records_and_bucket
 from openimages_crawler.store.local import LocalStore
 from openimages_crawler.store.lock import StoreLock, StoreLocked
-from openimages_crawler.store import sync
 
 logger = logging.getLogger(__name__)
 

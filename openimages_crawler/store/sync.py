@@ -29,7 +29,6 @@ import uuid
 from collections.abc import Iterable
 from fnmatch import fnmatch
 from pathlib import Path, PurePosixPath
-
 from typing import TYPE_CHECKING
 
 from openimages_crawler.store.layout import (
