@@ -118,8 +118,7 @@ class CrawlRun:
     @property
     def shard(self) -> tuple[int, int]:
         """The shard this run crawls, as (K, N); an unsharded run is 1 of 1."""
-        shard = self.arguments.shard
-        return (shard.index, shard.count) if shard else (1, 1)
+        return self.arguments.shard_numbers
 
     @property
     def record_store(self) -> Store:

@@ -54,6 +54,11 @@ class CrawlArguments:
     retry: RetryFilter | None = None  # recorded failures to try again
 
     @property
+    def shard_numbers(self) -> tuple[int, int]:
+        """The shard the run crawls, as (K, N); an unsharded run is 1 of 1."""
+        return (self.shard.index, self.shard.count) if self.shard else (1, 1)
+
+    @property
     def boxed_only(self) -> bool:
         """Only images with boxes can be selected (class boxes, or the CVDF
         mirror, which holds only those): the smaller boxable files serve."""

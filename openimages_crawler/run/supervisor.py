@@ -71,8 +71,7 @@ class Supervisor:
         self.config = config = CrawlConfig.from_settings(settings)
         self.store = store = open_crawl_store(settings)  # the images, the report
         self.local_store = records_store(settings)  # results, parts, locks, the processes' records
-        shard = CrawlArguments.from_given(scrapy_arguments(dict(given))[1]).shard
-        self.shard = (shard.index, shard.count) if shard else (1, 1)
+        self.shard = CrawlArguments.from_given(scrapy_arguments(dict(given))[1]).shard_numbers
         self.files = results_files(settings)
         self.patterns = self.files["success"] + self.files["failure"]  # what is synced with an object store (store.sync)
         self.display = ProgressDisplay(str(settings["OPENIMAGES_PROGRESS"]).lower(),
