@@ -1,8 +1,10 @@
 """``python3 -m bench``: the side-by-side speed benchmark (see README "Speed").
 
-Builds (once) a Flickr-like corpus, serves it from nginx on 127.0.0.1–16,
-runs every contender several times in an interleaved order, and writes
-``bench/results/latest.json`` and ``latest.md`` with the medians.
+Builds (once) the two corpus shapes (Open Images originals, and their CVDF
+copies at most 1024 px), serves each from nginx on 127.0.0.1–16 over HTTP and
+HTTPS, runs the contenders of every (corpus, protocol) cell several times in
+an interleaved order, and writes ``bench/results/latest.json`` and
+``latest.md`` with the medians.
 """
 
 from __future__ import annotations
@@ -12,28 +14,29 @@ import json
 import os
 import platform
 import shutil
-import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 from bench import corpus as corpus_module
-from bench import measure, probes, report, servers
+from bench import probes, report, servers
 from bench.contenders import (
     IMG2DATASET_VERSION,
-    REPO,
+    TARGETS,
     Contender,
     Inputs,
     all_contenders,
     baseline,
     img2dataset,
+    inputs_for,
     ours_shrink,
 )
+from bench.corpus import CACHE, SHAPES, Corpus
+from bench.runner import interleaved, median_of, run_once, tune
 
-CACHE = REPO / "bench" / ".cache"
-RESULTS = REPO / "bench" / "results"
+RESULTS = Path(__file__).resolve().parent / "results"
+PROTOCOLS = ("http", "https")
 
 
 def img2dataset_python(cache: Path) -> Path:
@@ -49,61 +52,6 @@ def img2dataset_python(cache: Path) -> Path:
         )
         (venv / "ready").write_text("")
     return python
-
-
-def run_once(contender: Contender, inputs: Inputs, work: Path, tag: str) -> dict:
-    out = work / "out" / f"{contender.key}-{tag}"
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True)
-    log = work / "logs" / f"{contender.key}-{tag}.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, **contender.env}
-    result = measure.run(contender.command(inputs, out), cwd=REPO, env=env, log=log)
-    done = contender.count(out, log)
-    cpu = cpu_per_image(out)
-    shutil.rmtree(out, ignore_errors=True)  # keep the disk and page cache for the next run
-    bytes_in = inputs.image_bytes * done / inputs.images if inputs.images else 0
-    return {
-        **cpu,
-        "wall_s": round(result.wall_s, 3),
-        "images": done,
-        "images_per_s": round(done / result.wall_s, 2),
-        "mb_per_s": round(bytes_in / 1e6 / result.wall_s, 2),
-        "cpu_percent": round(result.cpu_percent, 1),
-        "peak_rss_mb": round(result.peak_rss_mb, 1),
-        "returncode": result.returncode,
-    }
-
-
-def cpu_per_image(out: Path) -> dict[str, float]:
-    """Our crawl's CPU per image, from its report: the event loop's (engine,
-    parsing, feeds) and the workers' (verify, decode, resize, write)."""
-    try:
-        stages = json.loads((out / "report.json").read_text())["stages"]
-    except (OSError, ValueError, KeyError):
-        return {}
-    return {f"{name}_cpu_ms_per_image": stages[f"{name}_cpu_s_per_image_ms"]
-            for name in ("event_loop", "worker") if f"{name}_cpu_s_per_image_ms" in stages}
-
-
-def median_of(runs: list[dict]) -> dict:
-    keys = ("wall_s", "images_per_s", "mb_per_s", "cpu_percent", "peak_rss_mb",
-            "event_loop_cpu_ms_per_image", "worker_cpu_ms_per_image")
-    summary = {key: round(statistics.median(run[key] for run in runs), 2) for key in keys if key in runs[0]}
-    summary["images"] = min(run["images"] for run in runs)
-    summary["runs"] = runs
-    return summary
-
-
-def tune(
-    candidates: list[int], make: Callable[[int], Contender], inputs: Inputs, work: Path, name: str
-) -> tuple[int, dict[int, float]]:
-    """One run per candidate value; the fastest wins."""
-    speeds = {}
-    for value in candidates:
-        speeds[value] = run_once(make(value), inputs, work, f"tune{value}")["images_per_s"]
-        print(f"  tune {name}={value}: {speeds[value]} images/s", flush=True)
-    return max(speeds, key=speeds.get), speeds
 
 
 def machine() -> dict:
@@ -132,17 +80,21 @@ def machine() -> dict:
     }
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python3 -m bench", description=__doc__)
     parser.add_argument("--images", type=int, default=2000, help="corpus size (default 2000)")
+    parser.add_argument("--corpus", default=",".join(SHAPES), help="corpus shapes (default: originals,cvdf)")
+    parser.add_argument("--protocols", default=",".join(PROTOCOLS), help="default: http,https")
     parser.add_argument("--runs", type=int, default=3, help="runs per contender; the median is reported")
     parser.add_argument("--latency-ms", type=int, default=200, help="latency probe (0 = skip)")
-    parser.add_argument("--only", default="", help="comma-separated contender keys to run")
+    parser.add_argument("--only", default="", help="comma-separated contender keys to run (default: "
+                        f"{','.join(TARGETS)}; 'none' = probes only)")
     parser.add_argument("--no-img2dataset", action="store_true")
     parser.add_argument("--no-tune", action="store_true", help="use the default thread/process counts")
     parser.add_argument("--img2dataset-threads", type=int, default=32)
     parser.add_argument("--baseline-processes", type=int, default=16)
-    parser.add_argument("--probes", default="csv,rerun,quality,classes,merge,fleet,s3", help="probes to run ('' = none)")
+    parser.add_argument("--probes", default="csv,rerun,quality,classes,merge,fleet,s3",
+                        help="probes to run ('' = none; also: handlers, loop, index, database, status)")
     parser.add_argument("--probe-rows", type=int, default=9_200_000)
     parser.add_argument("--probe-seconds", type=int, default=120)
     parser.add_argument("--store-rows", type=int, default=100_000)
@@ -153,62 +105,34 @@ def main() -> None:
         "--update", action="store_true", help="keep the other sections of an earlier latest.json"
     )
     args = parser.parse_args()
+    for name, given, allowed in (("--corpus", args.corpus, SHAPES), ("--protocols", args.protocols, PROTOCOLS)):
+        if not given or not set(given.split(",")) <= set(allowed):
+            parser.error(f"{name} takes a comma-separated list of {', '.join(allowed)}")
+    return args
 
+
+def main() -> None:
+    args = parse_args()
     CACHE.mkdir(parents=True, exist_ok=True)
-    corpus = corpus_module.build(CACHE, args.images)
+    shapes, protocols = args.corpus.split(","), args.protocols.split(",")
+    # The probes use the originals: built whatever --corpus says (a cvdf corpus is made from them).
+    corpora = {shape: corpus_module.build(CACHE, args.images, shape) for shape in dict.fromkeys(("originals", *shapes))}
     work = CACHE / "work"
     shutil.rmtree(work / "out", ignore_errors=True)
-    python_i2d = None if args.no_img2dataset else img2dataset_python(CACHE)
+    keys = chosen_keys(args)
+    python_i2d = img2dataset_python(CACHE) if any(key.startswith("i2d_") for key in keys) else None
     earlier = args.out / "latest.json"
     results: dict = json.loads(earlier.read_text()) if args.update and earlier.exists() else {}
-    results.update(machine=machine(), corpus=corpus_module.describe(corpus))
-    results.setdefault("contenders", {})
-    with servers.start(corpus.files, work / "nginx") as server:
-        results["server"] = server.kind
-        inputs = Inputs(
-            metadata=corpus.metadata_for(server.port, work / "images.csv"),
-            url_list=corpus.url_list_for(server.port, work / "urls.csv"),
-            files=corpus.files,
-            images=args.images,
-            image_bytes=corpus.total_bytes(),
-            img2dataset_python=python_i2d,
-        )
-        i2d_threads, pool_size = args.img2dataset_threads, args.baseline_processes
-        if not args.no_tune:
-            print("tuning thread and process counts (one run each)", flush=True)
-            if python_i2d is not None:
-                i2d_threads, speeds = tune(
-                    [8, 16, 32, 64],
-                    lambda n: img2dataset("i2d_largest", "", "keep_ratio_largest", n),
-                    inputs, work, "img2dataset thread_count",
-                )
-                results["img2dataset_thread_tuning"] = speeds
-            pool_size, speeds = tune([4, 8, 16, 32], baseline, inputs, work, "baseline Pool")
-            results["baseline_pool_tuning"] = speeds
-        contenders = all_contenders(i2d_threads, pool_size, python_i2d is not None)
-        if args.only:
-            wanted = set(args.only.split(","))
-            contenders = [c for c in contenders if c.key in wanted]
-        if contenders:
-            results.update(
-                tuned=not args.no_tune,
-                img2dataset_threads=i2d_threads,
-                baseline_processes=pool_size,
-                runs_per_contender=args.runs,
-            )
-        runs: dict[str, list[dict]] = {c.key: [] for c in contenders}
-        for index in range(args.runs):
-            for contender in contenders:
-                run = run_once(contender, inputs, work, f"run{index}")
-                runs[contender.key].append(run)
-                print(f"run {index + 1}/{args.runs} {contender.key}: {run}", flush=True)
-        for contender in contenders:
-            results["contenders"][contender.key] = {"label": contender.label, **median_of(runs[contender.key])}
-
+    for legacy in ("contenders", "corpus"):  # one table of an earlier, single-cell format
+        results.pop(legacy, None)
+    results["machine"] = machine()
+    if keys:
+        results.setdefault("corpora", {}).update({shape: corpus_module.describe(corpora[shape]) for shape in shapes})
+        run_matrix(results, [corpora[shape] for shape in shapes], protocols, keys, python_i2d, work, args)
     if args.latency_ms:
-        results["latency"] = latency_probe(corpus, work, args)
+        results["latency"] = latency_probe(corpora["originals"], work, args)
     for probe in filter(None, args.probes.split(",")):
-        results.setdefault("probes", {})[probe] = probes.run(probe, corpus, work, args)
+        results.setdefault("probes", {})[probe] = probes.run(probe, corpora, work, args)
 
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "latest.json").write_text(json.dumps(results, indent=2) + "\n")
@@ -217,19 +141,60 @@ def main() -> None:
     print(markdown)
 
 
-def latency_probe(corpus: corpus_module.Corpus, work: Path, args: argparse.Namespace) -> dict:
-    """Ours (1) on the Python server with no latency and with ``--latency-ms``."""
+def chosen_keys(args: argparse.Namespace) -> list[str]:
+    """The contenders of every cell: --only's, or the targets (no img2dataset with --no-img2dataset)."""
+    known = [contender.key for contender in all_contenders(1, 1, not args.no_img2dataset)]
+    wanted = set(args.only.split(",")) if args.only else set(TARGETS)
+    return [key for key in known if key in wanted]
+
+
+def tuned_contenders(keys: list[str], inputs: Inputs, work: Path, results: dict, args: argparse.Namespace,
+                     python_i2d: Path | None) -> list[Contender]:
+    """The chosen contenders with img2dataset's thread count and the baseline's
+    pool size tuned (once, on the first cell) when they run."""
+    i2d_threads, pool_size = args.img2dataset_threads, args.baseline_processes
+    if not args.no_tune:
+        print("tuning thread and process counts (one run each)", flush=True)
+        if python_i2d is not None:
+            i2d_threads, results["img2dataset_thread_tuning"] = tune(
+                [8, 16, 32, 64], lambda n: img2dataset("i2d_largest", "", "keep_ratio_largest", n),
+                inputs, work, "img2dataset thread_count",
+            )
+        if "baseline" in keys:
+            pool_size, results["baseline_pool_tuning"] = tune([4, 8, 16, 32], baseline, inputs, work, "baseline Pool")
+    results.update(tuned=not args.no_tune, img2dataset_threads=i2d_threads, baseline_processes=pool_size,
+                   runs_per_contender=args.runs)
+    return [c for c in all_contenders(i2d_threads, pool_size, python_i2d is not None) if c.key in keys]
+
+
+def run_matrix(results: dict, corpora: list[Corpus], protocols: list[str], keys: list[str],
+               python_i2d: Path | None, work: Path, args: argparse.Namespace) -> None:
+    """Each (corpus, protocol) cell: the network contenders' medians into
+    ``results["matrix"]``; those with no network once per corpus, with the
+    first protocol, into ``results["offline"]``."""
+    contenders: list[Contender] = []
+    for corpus in corpora:
+        with servers.start(corpus.files, work / "nginx") as server:
+            results["server"] = server.kind
+            for protocol in protocols:
+                inputs = inputs_for(corpus, server, protocol, work, python_i2d)
+                contenders = contenders or tuned_contenders(keys, inputs, work, results, args, python_i2d)
+                cell = [c for c in contenders if c.needs_network or protocol == protocols[0]]
+                medians = interleaved(cell, inputs, work, args.runs, f"{corpus.shape}-{protocol}")
+                for contender in cell:
+                    if contender.needs_network:
+                        place = results.setdefault("matrix", {}).setdefault(corpus.shape, {}).setdefault(protocol, {})
+                    else:
+                        place = results.setdefault("offline", {}).setdefault(corpus.shape, {})
+                    place.setdefault("contenders", {})[contender.key] = medians[contender.key]
+
+
+def latency_probe(corpus: Corpus, work: Path, args: argparse.Namespace) -> dict:
+    """Ours (1) on the Python server (HTTP) with no latency and with ``--latency-ms``."""
     probe: dict = {"latency_ms": args.latency_ms}
     for latency in (0, args.latency_ms):
         with servers.start(corpus.files, work / f"py-{latency}", latency_ms=latency, prefer="python") as server:
-            inputs = Inputs(
-                metadata=corpus.metadata_for(server.port, work / f"images-{latency}.csv"),
-                url_list=corpus.url_list_for(server.port, work / f"urls-{latency}.csv"),
-                files=corpus.files,
-                images=args.images,
-                image_bytes=corpus.total_bytes(),
-                img2dataset_python=None,
-            )
+            inputs = inputs_for(corpus, server, "http", work / f"py-{latency}", None)
             runs = [run_once(ours_shrink(), inputs, work, f"lat{latency}-{i}") for i in range(args.runs)]
             probe[f"{latency}ms"] = median_of(runs)
             print(f"latency {latency} ms: {probe[f'{latency}ms']['images_per_s']} images/s", flush=True)

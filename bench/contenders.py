@@ -10,10 +10,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.servers import LOCAL_HOSTS_ALLOWED
+from bench.corpus import Corpus
+from bench.servers import LOCAL_HOSTS_ALLOWED, Server
 
 REPO = Path(__file__).resolve().parent.parent
 IMG2DATASET_VERSION = "1.47.0"
+# The issue's targets: the matrix runs these unless --only names others.
+TARGETS = ("ours_shrink", "ours_shrink_1core", "i2d_largest", "baseline", "limit_fast")
+# sitecustomize.py turning urllib's certificate checks off, for img2dataset only.
+UNVERIFIED_TLS = REPO / "bench" / "tls_unverified"
 
 
 @dataclass
@@ -27,6 +32,20 @@ class Inputs:
     image_bytes: int
     img2dataset_python: Path | None
     cores: int = field(default_factory=lambda: os.cpu_count() or 1)
+
+
+def inputs_for(corpus: Corpus, server: Server, protocol: str, work: Path, img2dataset_python: Path | None) -> Inputs:
+    """The corpus's metadata and URL list over ``protocol`` from ``server``, written into ``work``."""
+    base = server.base_url(protocol)
+    work.mkdir(parents=True, exist_ok=True)
+    return Inputs(
+        metadata=corpus.metadata_for(base, work / f"images-{corpus.shape}-{protocol}.csv"),
+        url_list=corpus.url_list_for(base, work / f"urls-{corpus.shape}-{protocol}.csv"),
+        files=corpus.files,
+        images=len(corpus.manifest),
+        image_bytes=corpus.total_bytes(),
+        img2dataset_python=img2dataset_python,
+    )
 
 
 @dataclass
@@ -61,6 +80,9 @@ ONE_CORE = ["taskset", "-c", "0"]
 
 
 def ours(key: str, label: str, *settings: str, prefix: tuple[str, ...] = ()) -> Contender:
+    """Our crawl. Over HTTPS it checks no certificate: Scrapy's default
+    DOWNLOAD_VERIFY_CERTIFICATES=False, which the project keeps."""
+
     def command(inputs: Inputs, out: Path) -> list[str]:
         argv = [
             *prefix,
@@ -111,8 +133,9 @@ def img2dataset(key: str, label: str, resize_mode: str, threads: int, one_core: 
         )
         return [*(ONE_CORE if one_core else []), str(inputs.img2dataset_python), "-c", code, json.dumps(args)]
 
-    # No update check over the network from albumentations on import.
-    return Contender(key, label, command, _img2dataset_successes, env={"NO_ALBUMENTATIONS_UPDATE": "1"})
+    # No update check over the network from albumentations on import; no certificate checks.
+    env = {"NO_ALBUMENTATIONS_UPDATE": "1", "PYTHONPATH": str(UNVERIFIED_TLS)}
+    return Contender(key, label, command, _img2dataset_successes, env=env)
 
 
 def baseline(processes: int) -> Contender:

@@ -60,7 +60,7 @@ def probe(corpus: corpus_module.Corpus, work: Path, args: argparse.Namespace) ->
             time.sleep(0.2)
         deploy(copy, daemons, egg)
         with servers.start(corpus.files, work / "server") as server:
-            metadata = corpus.metadata_for(server.port, work / "images.csv")
+            metadata = corpus.metadata_for(server.base_url("http"), work / "images.csv")
             one = _run([sys.executable, "-m", "scrapy", "crawl", "openimages", "-a", f"metadata={metadata}",
                         *_settings(work / "one")], copy, work / "one.log")
             store = work / "fleet"

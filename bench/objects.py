@@ -56,7 +56,7 @@ def probe(corpus: corpus_module.Corpus, work: Path, args: argparse.Namespace) ->
     requests: Counter[str] = Counter()
     try:
         with servers.start(corpus.files, work / "server") as server:
-            metadata = corpus.metadata_for(server.port, work / "images.csv")
+            metadata = corpus.metadata_for(server.base_url("http"), work / "images.csv")
             for run in range(RUNS):
                 times["disk"].append(_crawl(metadata, str(work / f"disk{run}"), work / f"work-disk{run}",
                                             work / f"disk{run}.log", s3))

@@ -4,7 +4,11 @@ second, downloads made), the fast path's output quality, selection by
 class over a 14.6M-row bounding-box file (bench/classes.py), the merge of
 9M results rows from processes' parts, a fleet of two local Scrapyd
 nodes (bench/fleet.py), a crawl into a local S3 server against local
-disk (bench/objects.py) and a process's status record after 300,000 hosts."""
+disk (bench/objects.py), a process's status record after 300,000 hosts,
+and the CPU per image of Scrapy's download handlers and of our event loop
+(bench/handler_probes.py). All use the originals corpus over HTTP but the
+handler and loop probes, which follow --protocols (and --corpus, the
+handler probe)."""
 
 from __future__ import annotations
 
@@ -22,7 +26,7 @@ from pathlib import Path
 import psutil
 from PIL import Image
 
-from bench import classes, fleet, objects, quality, servers
+from bench import classes, fleet, handler_probes, objects, quality, servers
 from bench import corpus as corpus_module
 from bench.contenders import REPO
 from bench.servers import LOCAL_HOSTS_ALLOWED
@@ -39,7 +43,13 @@ PROBE_PORT = 47_123  # fixed, so the generated CSVs stay valid between runs
 STATUS_HOSTS = 300_000  # distinct hosts met by the status probe's crawl
 
 
-def run(name: str, corpus: corpus_module.Corpus, work: Path, args: argparse.Namespace) -> dict:
+def run(name: str, corpora: dict[str, corpus_module.Corpus], work: Path, args: argparse.Namespace) -> dict:
+    """Probe ``name``; ``corpora`` has the originals and the shapes of --corpus."""
+    corpus = corpora["originals"]
+    if name == "handlers":
+        return handler_probes.probe(corpora, work / "probe-handlers", args)
+    if name == "loop":
+        return handler_probes.loop_probe(corpus, work / "probe-loop", args)
     if name == "quality":
         return quality.compare(corpus)
     if name == "classes":
@@ -57,10 +67,10 @@ def run(name: str, corpus: corpus_module.Corpus, work: Path, args: argparse.Name
 
 
 def _metadata(corpus: corpus_module.Corpus, rows: int) -> Path:
-    path = corpus.root.parent / f"probe-metadata-{rows}-{PROBE_PORT}.csv"
+    path = corpus.root.parent / f"probe-metadata-{corpus.shape}-{rows}-{PROBE_PORT}.csv"
     if not path.exists():
         print(f"writing a {rows}-row metadata CSV (once)", flush=True)
-        corpus.metadata_for(PROBE_PORT, path.with_suffix(".tmp"), rows=rows)
+        corpus.metadata_for(corpus_module.base_url("http", PROBE_PORT), path.with_suffix(".tmp"), rows=rows)
         path.with_suffix(".tmp").rename(path)
     return path
 

@@ -1,8 +1,11 @@
 """The image server of the benchmark, on 127.0.0.1–127.0.0.16.
 
-nginx (Debian's, started here with a config of our own) when it is installed;
+nginx (Debian's, started here with a config of our own) when it is installed,
+over HTTP and, on a second port, HTTPS (TLS 1.3, keep-alive and a session
+cache, a self-signed certificate made once: every client skips the checks);
 otherwise, and whenever a per-request latency is asked for, a small asyncio
-server that answers keep-alive GETs with ``sendfile`` after a fixed delay.
+server over HTTP only that answers keep-alive GETs with ``sendfile`` after a
+fixed delay.
 Both append one line per request (``<unix time> <status> <path>``) to an
 access log, which the probes read: first request time, downloads made.
 """
@@ -21,7 +24,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.corpus import HOSTS
+from bench.corpus import CACHE, HOSTS, base_url
 
 NGINX_CONFIG = """\
 daemon off;
@@ -37,6 +40,11 @@ http {{
     tcp_nopush on;
     keepalive_requests 1000000;
     keepalive_timeout 120;
+    ssl_protocols TLSv1.3;
+    ssl_certificate {certificate};
+    ssl_certificate_key {key};
+    ssl_session_cache shared:bench:16m;
+    ssl_session_timeout 1h;
     types {{ image/jpeg jpg; image/png png; }}
     default_type application/octet-stream;
     client_body_temp_path {work}/tmp;
@@ -58,6 +66,22 @@ def nginx_binary() -> str | None:
     )
 
 
+def certificate(folder: Path = CACHE / "tls") -> tuple[Path, Path]:
+    """A self-signed certificate (and key) for 127.0.0.1–16, made once."""
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    if not cert.exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        names = ",".join(f"IP:127.0.0.{i + 1}" for i in range(HOSTS))
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "3650",
+             "-subj", "/CN=127.0.0.1", "-addext", f"subjectAltName={names}",
+             "-keyout", str(key), "-out", f"{cert}.tmp"],
+            check=True, capture_output=True,
+        )
+        Path(f"{cert}.tmp").rename(cert)  # last: a certificate is never there without its key
+    return cert, key
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -66,13 +90,21 @@ def free_port() -> int:
 
 @dataclass
 class Server:
-    """A running image server; ``kind`` is "nginx" or "python"."""
+    """A running image server; ``kind`` is "nginx" or "python" (no ``tls_port``)."""
 
     kind: str
     port: int
     work: Path
     latency_ms: int = 0
+    tls_port: int | None = None
     process: subprocess.Popen | None = field(default=None, repr=False)
+
+    def base_url(self, protocol: str) -> str:
+        """The URL prefix for "http" or "https" (see ``corpus.base_url``)."""
+        port = {"http": self.port, "https": self.tls_port}[protocol]
+        if port is None:
+            raise ValueError(f"the {self.kind} server does not serve {protocol}")
+        return base_url(protocol, port)
 
     @property
     def access_log(self) -> Path:
@@ -103,24 +135,31 @@ class Server:
 def start(
     files: Path, work: Path, *, latency_ms: int = 0, prefer: str = "nginx", port: int | None = None
 ) -> Server:
-    """Start nginx (no latency) or the Python server, on a free port unless
-    ``port`` is given, and wait until it answers."""
+    """Start nginx (no latency; HTTPS too, on a free port) or the Python
+    server, on a free port unless ``port`` is given, and wait until it answers."""
     work.mkdir(parents=True, exist_ok=True)
     (work / "tmp").mkdir(exist_ok=True)
     (work / "access.log").write_text("")
     port = port or free_port()
     binary = nginx_binary()
     if prefer == "nginx" and binary and latency_ms == 0:
-        listens = "\n".join(f"        listen 127.0.0.{i + 1}:{port};" for i in range(HOSTS))
+        tls_port = free_port()
+        cert, key = certificate()
+        listens = "\n".join(
+            f"        listen 127.0.0.{i + 1}:{port};\n        listen 127.0.0.{i + 1}:{tls_port} ssl;"
+            for i in range(HOSTS)
+        )
         config = NGINX_CONFIG.format(
             user="user root;" if os.geteuid() == 0 else "",
             work=work.resolve(),
             files=files.resolve(),
             listens=listens,
+            certificate=cert,
+            key=key,
         )
         (work / "nginx.conf").write_text(config)
         command = [binary, "-c", str((work / "nginx.conf").resolve()), "-p", str(work.resolve())]
-        server = Server("nginx", port, work)
+        server = Server("nginx", port, work, tls_port=tls_port)
     else:
         command = [
             sys.executable, "-m", "bench.servers", str(files), str(work), str(port),

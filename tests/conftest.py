@@ -20,6 +20,7 @@ import pytest
 from scrapy.settings import Settings
 
 from openimages_crawler.checkpoint.parts import all_results
+from openimages_crawler.crawl.handlers import HANDLERS
 from openimages_crawler.store.layout import ROOT_NAMES, ROOT_PATTERN
 from openimages_crawler.testing.mirror import (
     Mirror,
@@ -39,6 +40,14 @@ DATA = Path(__file__).resolve().parent / "data"
 # (the default) have their own tests (test_processes.py, test_chaos.py).
 FAST_SETTINGS = {"DOWNLOAD_TIMEOUT": "1.5", "RETRY_TIMES": "2", "LOG_LEVEL": "INFO", "OPENIMAGES_MIN_FREE_BYTES": "0",
                  "OPENIMAGES_BLOCK_PRIVATE_HOSTS": "False", "OPENIMAGES_PROCESSES": "1"}
+
+
+@pytest.fixture(params=list(HANDLERS))
+def handler(request: pytest.FixtureRequest) -> dict[str, str]:
+    """Each download handler (OPENIMAGES_DOWNLOAD_HANDLER) in turn: the tests of what a handler
+    does (every fault, the limits, the address guard, DOWNLOAD_MAXSIZE, a graceful stop) run with
+    each, the rest of the suite with the default."""
+    return {"OPENIMAGES_DOWNLOAD_HANDLER": request.param}
 
 
 def project_settings(values: dict[str, object] | None = None) -> Settings:

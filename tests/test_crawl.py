@@ -279,14 +279,14 @@ def test_below_the_free_space_floor_the_crawl_stops_before_the_disk_is_full(
     assert outcomes(store) == {r.fields["ImageID"]: ["success"] for r in clean_mirror.mirror.rows}
 
 
-def test_connection_limits_hold_at_the_server(tmp_path: Path) -> None:
+def test_connection_limits_hold_at_the_server(tmp_path: Path, handler: dict[str, str]) -> None:
     served = serve(tmp_path, ("127.0.0.1", "127.0.0.2", "127.0.0.3"), faults=False, copies=3)
     try:
         for route in served.mirror.routes.values():
             route.delay = 0.25
         store = tmp_path / "store"
         run_crawl(served.metadata, store,
-                  {"CONCURRENT_REQUESTS": "5", "CONCURRENT_REQUESTS_PER_DOMAIN": "3"})
+                  {"CONCURRENT_REQUESTS": "5", "CONCURRENT_REQUESTS_PER_DOMAIN": "3", **handler})
         counter = served.server.counter
         # The total limit is reached and holds; no host gets more than its share,
         # counted both as requests in flight and as open connections.
@@ -295,7 +295,7 @@ def test_connection_limits_hold_at_the_server(tmp_path: Path) -> None:
         assert max(counter.connections.peak.values()) <= 3
         served.server.counter.reset_peaks()
         run_crawl(served.metadata, tmp_path / "store2",
-                  {"CONCURRENT_REQUESTS": "100", "CONCURRENT_REQUESTS_PER_DOMAIN": "2"})
+                  {"CONCURRENT_REQUESTS": "100", "CONCURRENT_REQUESTS_PER_DOMAIN": "2", **handler})
         assert max(counter.in_flight.peak.values()) == 2
         assert max(counter.connections.peak.values()) == 2
         assert counter.connections.total_peak <= 6
@@ -345,22 +345,24 @@ def test_kill_9_then_resume_records_each_row_once_without_redownloads(tmp_path: 
         served.server.close()
 
 
-def _crawl_with_a_hanging_first_row(served: Served, store: Path, grace: float) -> subprocess.Popen[str]:
+def _crawl_with_a_hanging_first_row(served: Served, store: Path, grace: float,
+                                    handler: dict[str, str] | None = None) -> subprocess.Popen[str]:
     """A crawl whose first row hangs for a minute, once a few rows are recorded."""
     route_of(served, served.mirror.rows[0]).delay = 60  # in flight from the start
     settings = {"CONCURRENT_REQUESTS": "4", "DOWNLOAD_TIMEOUT": "120",
-                "OPENIMAGES_STOP_GRACE": str(grace)}
+                "OPENIMAGES_STOP_GRACE": str(grace), **(handler or {})}
     process = start_crawl(served.metadata, store, settings)
     wait_for(lambda: count_rows(store / "train" / "images-success.csv") >= 3, timeout=90)
     return process
 
 
 @pytest.mark.parametrize(("stop", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_ctrl_c_stops_within_seconds_and_resume_completes(tmp_path: Path, stop: int, status: int) -> None:
+def test_ctrl_c_stops_within_seconds_and_resume_completes(tmp_path: Path, stop: int, status: int,
+                                                          handler: dict[str, str]) -> None:
     served = _slow_mirror(tmp_path, 0.3)
     try:
         store = tmp_path / "store"
-        process = _crawl_with_a_hanging_first_row(served, store, grace=1)
+        process = _crawl_with_a_hanging_first_row(served, store, grace=1, handler=handler)
         process.send_signal(stop)
         started = time.monotonic()
         _, stderr = process.communicate(timeout=20)
@@ -537,7 +539,9 @@ def test_a_second_crawl_on_a_store_in_use_stops_at_once_naming_the_holder(tmp_pa
         served.server.close()
 
 
-def test_private_hosts_are_refused_by_default_without_a_connection(clean_mirror: Served, tmp_path: Path) -> None:
+def test_private_hosts_are_refused_by_default_without_a_connection(
+    clean_mirror: Served, tmp_path: Path, handler: dict[str, str]
+) -> None:
     """The mirror is on 127.0.0.1/.2 and a row names `localhost`: with the default setting
     every row is blocked_host, and the mirror sees no request at all."""
     rows = clean_mirror.mirror.rows
@@ -545,7 +549,7 @@ def test_private_hosts_are_refused_by_default_without_a_connection(clean_mirror:
     rows[0].fields["OriginalURL"] = rows[0].fields["OriginalURL"].replace(f"127.0.0.1:{port}", f"localhost:{port}")
     metadata = clean_mirror.mirror.write_metadata(tmp_path / "private.csv")
     store = tmp_path / "store"
-    run_crawl(metadata, store, {"OPENIMAGES_BLOCK_PRIVATE_HOSTS": "True"})
+    run_crawl(metadata, store, {"OPENIMAGES_BLOCK_PRIVATE_HOSTS": "True", **handler})
     _, failures = read_csv(store / "train" / "images-failure.csv")
     assert {row["ImageID"] for row in failures} == {row.fields["ImageID"] for row in rows}
     assert {row["FailureReason"] for row in failures} == {"blocked_host"}
@@ -556,13 +560,13 @@ def test_private_hosts_are_refused_by_default_without_a_connection(clean_mirror:
 
 
 def test_a_compressed_body_that_inflates_past_download_maxsize_is_too_large(
-    clean_mirror: Served, tmp_path: Path
+    clean_mirror: Served, tmp_path: Path, handler: dict[str, str]
 ) -> None:
     bomb = route_of(clean_mirror, clean_mirror.mirror.rows[0])
     bomb.body = gzip.compress(b"\0" * 20_000_000)  # ~20 KB on the wire
     bomb.content_encoding = "gzip"
     store = tmp_path / "store"
-    run_crawl(clean_mirror.metadata, store, {"DOWNLOAD_MAXSIZE": "5000000"})
+    run_crawl(clean_mirror.metadata, store, {"DOWNLOAD_MAXSIZE": "5000000", **handler})
     found = outcomes(store)
     bombed = clean_mirror.mirror.rows[0].fields["ImageID"]
     assert found.pop(bombed) == ["too_large"]

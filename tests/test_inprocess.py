@@ -21,17 +21,19 @@ from scrapy.exceptions import (
 from scrapy.http import Request, Response
 from scrapy.settings import SETTINGS_PRIORITIES
 from scrapy.utils.defer import deferred_from_coro
+from scrapy.utils.misc import load_object
 from scrapy.utils.test import get_crawler
 from twisted.internet import error as twisted_errors
 from twisted.python.failure import Failure
 
 from openimages_crawler.crawl import errors
 from openimages_crawler.crawl.downloader import ConnectionLimitDownloader
+from openimages_crawler.crawl.handlers import HANDLERS, HandlerChoice
 from openimages_crawler.crawl.pipeline import OpenImagesPipeline
 from openimages_crawler.crawl.spider import OpenImagesSpider
 from openimages_crawler.reasons import FAILURE_STAT_PREFIX
 from openimages_crawler.store import LocalStore
-from tests.conftest import FAST_SETTINGS, Served, outcomes, project_settings, serve
+from tests.conftest import FAST_SETTINGS, Served, outcomes, project_settings, read_csv, serve
 
 
 def crawler_for(store: Path, values: dict[str, Any] | None = None) -> Any:
@@ -46,16 +48,24 @@ def crawl(crawler: Any, **arguments: str) -> Any:
     return deferred_from_coro(crawler.crawl_async(**arguments))
 
 
+def handler_of(crawler: Any) -> Any:
+    """The handler that downloaded the crawl's http:// URLs."""
+    return crawler.engine.downloader.handlers._handlers["http"]
+
+
 def pipeline_of(crawler: Any) -> OpenImagesPipeline:
     (pipeline,) = [p for p in crawler.engine.scraper.itemproc.middlewares if isinstance(p, OpenImagesPipeline)]
     return pipeline
 
 
 @pytest_twisted.inlineCallbacks
-def test_every_fault_maps_to_its_failure_reason_in_process(mirror: Served, tmp_path: Path) -> Any:
+def test_every_fault_maps_to_its_failure_reason_in_process(
+    mirror: Served, tmp_path: Path, handler: dict[str, str]
+) -> Any:
     store = tmp_path / "store"
-    crawler = crawler_for(store, {"OPENIMAGES_SAVE_ORIGINALS": True})
+    crawler = crawler_for(store, {"OPENIMAGES_SAVE_ORIGINALS": True, **handler})
     yield crawl(crawler, metadata=str(mirror.metadata))
+    assert type(handler_of(crawler)) is load_object(HANDLERS[handler["OPENIMAGES_DOWNLOAD_HANDLER"]])
     expected = mirror.mirror.expected()
     assert outcomes(store) == {image_id: [outcome] for image_id, outcome in expected.items()}
     stats = crawler.stats.get_stats()
@@ -108,12 +118,13 @@ def test_a_crawl_without_the_project_settings_is_a_clear_error(clean_mirror: Ser
 
 
 @pytest_twisted.inlineCallbacks
-def test_the_downloader_holds_both_connection_limits(tmp_path: Path) -> Any:
+def test_the_downloader_holds_both_connection_limits(tmp_path: Path, handler: dict[str, str]) -> Any:
     served = serve(tmp_path, ("127.0.0.1", "127.0.0.2", "127.0.0.3"), faults=False, copies=3)
     try:
         for route in served.mirror.routes.values():
             route.delay = 0.25
-        crawler = crawler_for(tmp_path / "store", {"CONCURRENT_REQUESTS": 100, "CONCURRENT_REQUESTS_PER_DOMAIN": 2})
+        crawler = crawler_for(tmp_path / "store", {"CONCURRENT_REQUESTS": 100, "CONCURRENT_REQUESTS_PER_DOMAIN": 2,
+                                                   **handler})
         yield crawl(crawler, metadata=str(served.metadata))
         assert isinstance(crawler.engine.downloader, ConnectionLimitDownloader)
         counter = served.server.counter
@@ -122,6 +133,33 @@ def test_the_downloader_holds_both_connection_limits(tmp_path: Path) -> Any:
         assert crawler.engine.downloader.transferring == set()
     finally:
         served.server.close()
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_body_over_download_maxsize_is_too_large(clean_mirror: Served, tmp_path: Path,
+                                                   handler: dict[str, str]) -> Any:
+    """Announced (Content-Length) or not (a cut connection streams on): the download stops there."""
+    rows = clean_mirror.mirror.rows
+    limit = min(int(row.fields["OriginalSize"]) for row in rows) - 1
+    store = tmp_path / "store"
+    yield crawl(crawler_for(store, {"DOWNLOAD_MAXSIZE": limit, **handler}), metadata=str(clean_mirror.metadata))
+    assert outcomes(store) == {row.fields["ImageID"]: ["too_large"] for row in rows}
+    _, failures = read_csv(store / "train" / "images-failure.csv")
+    assert all(row["FailureDetails"].endswith("(DOWNLOAD_MAXSIZE)") for row in failures)
+
+
+@pytest.mark.parametrize("name", ["curl", ""])
+def test_an_unknown_download_handler_is_a_usage_error(name: str) -> None:
+    settings = project_settings({"OPENIMAGES_DOWNLOAD_HANDLER": name})
+    with pytest.raises(UsageError, match=f"OPENIMAGES_DOWNLOAD_HANDLER='{name}' is not a download handler "
+                                         r"\(one of: aiohttp, twisted\)"):
+        HandlerChoice().update_settings(settings)
+
+
+def test_a_given_download_handlers_setting_wins() -> None:
+    settings = project_settings({"DOWNLOAD_HANDLERS": {"https": "my.Handler"}})
+    HandlerChoice().update_settings(settings)
+    assert settings.getdict("DOWNLOAD_HANDLERS") == {"http": HANDLERS["aiohttp"], "https": "my.Handler"}
 
 
 @pytest_twisted.inlineCallbacks

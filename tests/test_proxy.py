@@ -55,7 +55,7 @@ def proxy() -> Iterator[ProxyServer]:
 
 @pytest.mark.e2e
 def test_through_a_proxy_each_row_host_is_checked_and_the_proxy_is_allowed(
-    proxy: ProxyServer, tmp_path: Path
+    proxy: ProxyServer, tmp_path: Path, handler: dict[str, str]
 ) -> None:
     """Rows on a public IP literal are stored through the loopback proxy; rows on
     10.1.2.3, on `localhost` (proxied) and on the proxy's own address (which
@@ -69,7 +69,7 @@ def test_through_a_proxy_each_row_host_is_checked_and_the_proxy_is_allowed(
     store = tmp_path / "store"
     environment = {name: value for name, value in os.environ.items() if not name.lower().endswith("_proxy")}
     environment |= {"http_proxy": proxy.url, "no_proxy": "127.0.0.1"}
-    crawl = subprocess.run(crawl_command(metadata, store, {"OPENIMAGES_BLOCK_PRIVATE_HOSTS": "True"}),
+    crawl = subprocess.run(crawl_command(metadata, store, {"OPENIMAGES_BLOCK_PRIVATE_HOSTS": "True", **handler}),
                            cwd=ROOT, env=environment, capture_output=True, text=True, timeout=120)
     assert crawl.returncode == 0, crawl.stderr[-4000:]
 

@@ -2,9 +2,11 @@
 host never is (OPENIMAGES_BLOCK_PRIVATE_HOSTS).
 
 The check is made on the address the connection will use, in the crawl's DNS
-resolver (Twisted resolves IP literals through it too), so a name that
-resolves to 127.0.0.1, 10.x or 169.254.169.254, even only on a second lookup
-(DNS rebinding), is refused before any connection. The resolver's refusal
+resolver (Twisted resolves IP literals through it too; the aiohttp handler
+puts its own lookups and IP literals through ``PublicAddressResolver.check``,
+crawl/handlers.py), so a name that resolves to 127.0.0.1, 10.x or
+169.254.169.254, even only on a second lookup (DNS rebinding), is refused
+before any connection. The resolver's refusal
 reaches Scrapy as a failed lookup (``CannotResolveHostError``); ``BlockedHostMiddleware`` turns it into
 ``BlockedHost`` (FailureReason ``blocked_host``) before the retry middleware
 would retry it.
@@ -79,11 +81,27 @@ class PublicAddressResolver(CachingThreadedResolver):
             return super().getHostByName(name, timeout)
         return self.public_address(name, timeout)
 
+    def check(self, name: str, address: str) -> str:
+        """What ``getHostByName`` does with an answer, for a lookup another
+        download handler made: ``address``, or DNSLookupError (noted in REFUSED)."""
+        if name in self.proxies or is_trusted(name, self.trusted):
+            return address
+        return _refuse_private(address, name)
+
     def public_address(self, name: str, timeout: Sequence[int] = ()) -> Deferred[str]:
         """The address of ``name``; a failed lookup (noted in REFUSED) unless it
         is public or ``name`` is a store host. Proxies get no exemption here."""
         found = super().getHostByName(name, timeout)
         return found if is_trusted(name, self.trusted) else found.addCallback(_refuse_private, name)
+
+
+def installed_guard() -> PublicAddressResolver | None:
+    """The crawl's guard: the reactor's resolver when it is ours (it is not
+    with OPENIMAGES_BLOCK_PRIVATE_HOSTS=False or another TWISTED_DNS_RESOLVER)."""
+    from twisted.internet import reactor
+
+    resolver = getattr(reactor, "resolver", None)
+    return resolver if isinstance(resolver, PublicAddressResolver) else None
 
 
 def proxy_host(url: str) -> str | None:
@@ -120,11 +138,9 @@ class BlockedHostMiddleware:
         """Look up the request's own host when the resolver would not see it
         (through a proxy) or would trust it (it names a proxy, say one that
         no_proxy bypasses); a refusal reaches ``process_exception``."""
-        from twisted.internet import reactor
-
-        resolver = reactor.resolver
-        if not isinstance(resolver, PublicAddressResolver):
-            return  # the guard is off (OPENIMAGES_BLOCK_PRIVATE_HOSTS, or another TWISTED_DNS_RESOLVER)
+        resolver = installed_guard()
+        if resolver is None:
+            return
         proxy_url = request.meta.get("proxy")
         proxy = proxy_host(proxy_url) if proxy_url else None
         if proxy and proxy not in resolver.proxies:

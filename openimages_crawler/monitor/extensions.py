@@ -144,10 +144,12 @@ class RunReport:
         self.status: PartStatus | None = None
         self.written = 0.0
         self.page: str | None = None  # report.html, once written
+        self.loop_cpu_opened = time.thread_time()
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> Self:
         extension = cls(crawler)
+        crawler.signals.connect(extension.spider_opened, signal=signals.spider_opened)
         crawler.signals.connect(extension.item_scraped, signal=signals.item_scraped)
         crawler.signals.connect(extension.progress_sampled, signal=progress_sampled)
         return extension
@@ -191,14 +193,19 @@ class RunReport:
         if final:
             self.sender.flush()  # before the command adds its exit status
 
+    def spider_opened(self) -> None:
+        self.loop_cpu_opened = time.thread_time()  # signal handlers run on the event loop's thread
+
     def stages(self) -> dict[str, float]:
-        """Time per stage; ``process_cpu_s`` is all this process's CPU, so the
-        event loop's share is ``process_cpu_s - worker_cpu_s``."""
+        """Time per stage: ``process_cpu_s`` is all this process's CPU (start-up
+        included), ``event_loop_cpu_s`` the event loop's thread's since the
+        spider opened (called on that thread)."""
         stats = self.crawler.stats.get_stats()
         usage = resource.getrusage(resource.RUSAGE_SELF)
         return {**{name: stats.get(f"openimages/time/{name}", 0.0)
                    for name in ("prepare_s", "download_s", "worker_s", "worker_cpu_s")},
-                "process_cpu_s": usage.ru_utime + usage.ru_stime}
+                "process_cpu_s": usage.ru_utime + usage.ru_stime,
+                "event_loop_cpu_s": time.thread_time() - self.loop_cpu_opened}
 
     def write_report(self, final: Counts, meter: ProgressMeter, reason: str) -> None:
         stats = self.crawler.stats.get_stats()

@@ -32,8 +32,8 @@ STAGE_NAMES = {
     "download_s": "downloading (all transfers)",
     "worker_s": "verifying, decoding, resizing, writing (all workers)",
     "worker_cpu_s": "CPU in the workers",
-    "process_cpu_s": "CPU of the crawl",
-    "event_loop_cpu_s": "CPU of the event loop (crawl minus workers)",
+    "process_cpu_s": "CPU of the crawl (start-up included)",
+    "event_loop_cpu_s": "CPU of the event loop's thread (from the spider's opening)",
 }
 
 
@@ -81,8 +81,6 @@ def build(
 ) -> dict[str, Any]:
     """The report's figures (what report.json holds)."""
     images = final.images
-    if "process_cpu_s" in stages and "worker_cpu_s" in stages:
-        stages = {**stages, "event_loop_cpu_s": max(stages["process_cpu_s"] - stages["worker_cpu_s"], 0.0)}
     top_hosts = sorted(hosts.items(), key=lambda kv: (-kv[1].failed, -kv[1].ok, kv[0]))[:_TOP_HOSTS]
     return {
         "run": run,
