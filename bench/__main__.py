@@ -83,6 +83,9 @@ def machine() -> dict:
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python3 -m bench", description=__doc__)
     parser.add_argument("--images", type=int, default=2000, help="corpus size (default 2000)")
+    parser.add_argument("--rows", type=int, default=0,
+                        help="metadata rows per cell, cycling through the corpus's files with fresh ids "
+                             "(default: one per file); start-up weighs less in longer runs")
     parser.add_argument("--corpus", default=",".join(SHAPES), help="corpus shapes (default: originals,cvdf)")
     parser.add_argument("--protocols", default=",".join(PROTOCOLS), help="default: http,https")
     parser.add_argument("--runs", type=int, default=3, help="runs per contender; the median is reported")
@@ -163,7 +166,7 @@ def tuned_contenders(keys: list[str], inputs: Inputs, work: Path, results: dict,
         if "baseline" in keys:
             pool_size, results["baseline_pool_tuning"] = tune([4, 8, 16, 32], baseline, inputs, work, "baseline Pool")
     results.update(tuned=not args.no_tune, img2dataset_threads=i2d_threads, baseline_processes=pool_size,
-                   runs_per_contender=args.runs)
+                   runs_per_contender=args.runs, rows=args.rows)
     return [c for c in all_contenders(i2d_threads, pool_size, python_i2d is not None) if c.key in keys]
 
 
@@ -177,7 +180,7 @@ def run_matrix(results: dict, corpora: list[Corpus], protocols: list[str], keys:
         with servers.start(corpus.files, work / "nginx") as server:
             results["server"] = server.kind
             for protocol in protocols:
-                inputs = inputs_for(corpus, server, protocol, work, python_i2d)
+                inputs = inputs_for(corpus, server, protocol, work, python_i2d, args.rows or None)
                 contenders = contenders or tuned_contenders(keys, inputs, work, results, args, python_i2d)
                 cell = [c for c in contenders if c.needs_network or protocol == protocols[0]]
                 medians = interleaved(cell, inputs, work, args.runs, f"{corpus.shape}-{protocol}")

@@ -34,16 +34,19 @@ class Inputs:
     cores: int = field(default_factory=lambda: os.cpu_count() or 1)
 
 
-def inputs_for(corpus: Corpus, server: Server, protocol: str, work: Path, img2dataset_python: Path | None) -> Inputs:
-    """The corpus's metadata and URL list over ``protocol`` from ``server``, written into ``work``."""
+def inputs_for(corpus: Corpus, server: Server, protocol: str, work: Path, img2dataset_python: Path | None,
+               rows: int | None = None) -> Inputs:
+    """The corpus's metadata and URL list over ``protocol`` from ``server``, written into ``work``;
+    ``rows`` rows cycle through the corpus's files (its size by default)."""
     base = server.base_url(protocol)
     work.mkdir(parents=True, exist_ok=True)
+    count = rows or len(corpus.manifest)
     return Inputs(
-        metadata=corpus.metadata_for(base, work / f"images-{corpus.shape}-{protocol}.csv"),
-        url_list=corpus.url_list_for(base, work / f"urls-{corpus.shape}-{protocol}.csv"),
+        metadata=corpus.metadata_for(base, work / f"images-{corpus.shape}-{protocol}.csv", rows=count),
+        url_list=corpus.url_list_for(base, work / f"urls-{corpus.shape}-{protocol}.csv", rows=count),
         files=corpus.files,
-        images=len(corpus.manifest),
-        image_bytes=corpus.total_bytes(),
+        images=count,
+        image_bytes=corpus.bytes_of(count),
         img2dataset_python=img2dataset_python,
     )
 

@@ -88,14 +88,23 @@ class Corpus:
                 writer.writerow(metadata_row(manifest[index % len(manifest)], index, base))
         return out
 
-    def url_list_for(self, base: str, out: Path) -> Path:
-        """The same URLs for img2dataset, the baseline and the bare Scrapy process: url, hex md5, size."""
+    def url_list_for(self, base: str, out: Path, *, rows: int | None = None) -> Path:
+        """The same URLs for img2dataset, the baseline and the bare Scrapy process: url, hex md5,
+        size, and a key unique per row (the files cycle past the corpus's end, as in ``metadata_for``)."""
+        manifest = self.manifest
         with open(out, "w", newline="") as handle:
             writer = csv.writer(handle, lineterminator="\n")
             writer.writerow(["url", "md5", "size", "key"])
-            for index, entry in enumerate(self.manifest):
-                writer.writerow([url(entry, index, base), entry["md5_hex"], entry["size"], entry["id"]])
+            for index in range(len(manifest) if rows is None else rows):
+                entry = manifest[index % len(manifest)]
+                writer.writerow([url(entry, index, base), entry["md5_hex"], entry["size"], image_id(index)])
         return out
+
+    def bytes_of(self, rows: int) -> int:
+        """What ``rows`` rows of the (cycled) corpus download."""
+        sizes = [entry["size"] for entry in self.manifest]
+        whole, rest = divmod(rows, len(sizes))
+        return whole * sum(sizes) + sum(sizes[:rest])
 
 
 def base_url(protocol: str, port: int) -> str:

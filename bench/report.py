@@ -51,11 +51,15 @@ def header(results: dict) -> list[str]:
             f"{corpus['size_max_kb']} KB; longest side median {corpus['longest_side_median']} px, "
             f"{corpus['pngs']} PNGs)."
         )
+    if results.get("rows"):
+        lines.append(f"Each cell crawls {results['rows']:,} rows, cycling through the corpus's files under fresh "
+                     "ids (the files come back from the server's page cache, as in any run).")
     return lines
 
 
 def cell_table(results: dict, shape: str, protocol: str) -> list[str]:
     files = results["corpora"][shape]["files"]
+    rows = results.get("rows") or files
     lines = [
         "",
         f"**{shape}, {protocol.upper()}**",
@@ -70,7 +74,7 @@ def cell_table(results: dict, shape: str, protocol: str) -> list[str]:
         note = " (no network: one run for every protocol)" if key in offline else ""
         lines.append(
             f"| {row['label']} (`{key}`){note} | {row['images_per_s']} | {row['mb_per_s']} | "
-            f"{row['cpu_percent']} | {row['peak_rss_mb']} | {row['images']}/{files} | {cpu} |"
+            f"{row['cpu_percent']} | {row['peak_rss_mb']} | {row['images']}/{files if key in offline else rows} | {cpu} |"
         )
     return lines
 
