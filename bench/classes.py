@@ -54,8 +54,8 @@ def generate(folder: Path, rows: int, seed: int = 7) -> dict[str, Path]:
     """The V6 metadata files (catalogue paths) under ``folder``; each made once."""
     version = VERSIONS[6]
     paths = {
-        "boxes": folder / version.annotations.boxes["train"].local_path,
-        "labels": folder / version.annotations.labels["train"].local_path,
+        "boxes": folder / version.annotations.of_kind("boxes")["train"][0].local_path,
+        "labels": folder / version.annotations.of_kind("labels")["train"][0].local_path,
         "classes": folder / version.annotations.class_names.local_path,
         # what a crawl selecting by boxes reads (the boxable image file on V4+)
         "images": folder / sources_for(6, "train", boxed_only=True)[0].local_path,

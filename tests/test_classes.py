@@ -23,6 +23,7 @@ from openimages_crawler.dataset.annotations import (
     parse_class_list,
 )
 from openimages_crawler.dataset.catalogue import (
+    ANNOTATION_KINDS,
     IMAGE_INFO_COLUMNS,
     IMAGES_CSV_COLUMNS,
     VERSIONS,
@@ -37,6 +38,7 @@ from tests.conftest import DATA, outcomes
 from tests.test_metadata import tarball, version_crawl
 
 SAMPLE = DATA / "v3-sample"
+BOXES, LABELS = ANNOTATION_KINDS["boxes"], ANNOTATION_KINDS["labels"]
 SPLITS = ("train", "validation", "test")
 CLASS_NAMES = SAMPLE / "class-descriptions.csv"
 
@@ -113,7 +115,7 @@ class SampleMirror:
             boxed = images_with(split, "boxes", {line.split(",")[2] for line in annotation_lines(split, "boxes")[1]})
             files[source] = csv_bytes([row for row in self.rows[split] if row["ImageID"] in boxed], columns)
         for kind in ("boxes", "labels"):
-            for split, source in version.annotations.of_kind(kind).items():
+            for split, (source,) in version.annotations.of_kind(kind).items():
                 header, lines = annotation_lines(split, kind)
                 text = header + "".join(lines)
                 files[source] = text.replace("\n", line_end).encode()
@@ -241,14 +243,15 @@ def test_filter_any_all_and_verified_against_the_sample() -> None:
     boxes = SAMPLE / "validation" / "annotations-human-bbox.csv"
     labels = SAMPLE / "validation" / "annotations-human.csv"
     both = {"Person": frozenset(person), "Clothing": frozenset(clothing)}
-    any_of = set(ClassFilter(both).images(boxes))
-    all_of = set(ClassFilter(both, match_all=True).images(boxes))
+    found = ClassFilter(both).found(BOXES, boxes)
+    any_of = set(ClassFilter(both).images(found))
+    all_of = set(ClassFilter(both, match_all=True).images(found))
     assert any_of == images_with("validation", "boxes", person | clothing)
     assert all_of == images_with("validation", "boxes", person | clothing, every=True)
     assert all_of and all_of < any_of
-    verified = set(ClassFilter(both, confirmed_only=True).images(labels))
+    verified = set(ClassFilter(both).images(ClassFilter(both).found(LABELS, labels)))
     assert verified == images_with("validation", "labels", person | clothing)
-    unconfirmed = set(ClassFilter(both).images(labels))  # Confidence 0 rows too
+    unconfirmed = set(ClassFilter(both).found(BOXES, labels))  # read as boxes: Confidence 0 rows too
     assert verified < unconfirmed
 
 
@@ -263,12 +266,12 @@ def test_reader_handles_quoted_records_line_endings_and_bad_rows(tmp_path: Path)
         b"dddddddddddddddd,verification,/m/01g317,0\n"
         b"eeeeeeeeeeeeeeee,verification,/m/01g317,1"
     )
-    flt = ClassFilter({"Person": frozenset({"/m/01g317"})}, confirmed_only=True)
-    assert flt.images(path) == ["aaaaaaaaaaaaaaaa", "bbbbbbbbbbbbbbbb", "eeeeeeeeeeeeeeee"]
+    flt = ClassFilter({"Person": frozenset({"/m/01g317"})})
+    assert flt.images(flt.found(LABELS, path)) == ["aaaaaaaaaaaaaaaa", "bbbbbbbbbbbbbbbb", "eeeeeeeeeeeeeeee"]
     with AnnotationReader(path, ("ImageID", "LabelName")) as reader:
         assert len(list(reader)) == 4 and reader.malformed == 1  # the short row; blank lines are fine
     out = io.StringIO()
-    added = merge_selected_rows(path, None, out, {"bbbbbbbbbbbbbbbb", "eeeeeeeeeeeeeeee"}, None)
+    added = merge_selected_rows(LABELS, [path], None, out, {"bbbbbbbbbbbbbbbb", "eeeeeeeeeeeeeeee"}, None)
     assert added == 2
     assert out.getvalue() == (
         "ImageID,Source,LabelName,Confidence\r\n"
@@ -285,11 +288,11 @@ def test_a_stray_quote_is_a_character_and_an_open_quote_is_bounded(tmp_path: Pat
     rows[10] = '000000000000000a,ab"c,/m/01g317,1\n'  # a quote inside a field: just a character
     path.write_text("ImageID,Source,LabelName,Confidence\n" + "".join(rows))
     flt = ClassFilter({"Person": frozenset({"/m/01g317"})})
-    assert flt.images(path) == [f"{i:016x}" for i in range(5000)]  # nothing lost, at once
+    assert flt.images(flt.found(BOXES, path)) == [f"{i:016x}" for i in range(5000)]  # nothing lost, at once
     rows[10] = '000000000000000a,"never closed,/m/01g317,1\n'  # a quoted field left open
     path.write_text("ImageID,Source,LabelName,Confidence\n" + "".join(rows))
     with pytest.raises(MetadataError, match="quoted field is still open after 1000 lines"):
-        flt.images(path)
+        flt.found(BOXES, path)
 
 
 def test_selections_into_one_store_add_up(tmp_path: Path) -> None:
@@ -298,19 +301,19 @@ def test_selections_into_one_store_add_up(tmp_path: Path) -> None:
                       "a,v,/m/1,1\r\na,v,/m/2,1\r\nb,v,/m/1,1\r\nc,v,/m/2,1\r\n")
     first, second = tmp_path / "first.csv", tmp_path / "second.csv"
     with open(first, "w", newline="") as out:
-        assert merge_selected_rows(source, first, out, {"a", "b"}, frozenset({"/m/1"})) == 2
+        assert merge_selected_rows(BOXES, [source], first, out, {"a", "b"}, frozenset({"/m/1"})) == 2
     with open(second, "w", newline="") as out:  # another class, overlapping images
-        assert merge_selected_rows(source, first, out, {"a", "c"}, frozenset({"/m/2"})) == 2
+        assert merge_selected_rows(BOXES, [source], first, out, {"a", "c"}, frozenset({"/m/2"})) == 2
     assert second.read_bytes() == (b"ImageID,Source,LabelName,Confidence\r\n"
                                    b"a,v,/m/1,1\r\nb,v,/m/1,1\r\na,v,/m/2,1\r\nc,v,/m/2,1\r\n")
     again = tmp_path / "again.csv"
     with open(again, "w", newline="") as out:  # the same selection again adds nothing
-        assert merge_selected_rows(source, second, out, {"a", "c"}, frozenset({"/m/2"})) == 0
+        assert merge_selected_rows(BOXES, [source], second, out, {"a", "c"}, frozenset({"/m/2"})) == 0
     assert again.read_bytes() == second.read_bytes()
     other = tmp_path / "other.csv"
     other.write_text("ImageID,LabelName,XMin\nz,/m/9,0.1\n")  # another version's columns: replaced
     with open(tmp_path / "replaced.csv", "w", newline="") as out:
-        assert merge_selected_rows(source, other, out, {"b"}, None) == 1
+        assert merge_selected_rows(BOXES, [source], other, out, {"b"}, None) == 1
     assert (tmp_path / "replaced.csv").read_bytes() == (b"ImageID,Source,LabelName,Confidence\r\n"
                                                         b"b,v,/m/1,1\r\n")
 
@@ -318,10 +321,11 @@ def test_selections_into_one_store_add_up(tmp_path: Path) -> None:
 def test_catalogue_paths_of_annotations() -> None:
     """Pinned to the official bucket's layout (../shared/notes/openimages-formats.md)."""
     def path(number: int, kind: str, split: str) -> str:
-        return VERSIONS[number].annotations.of_kind(kind)[split].local_path
+        (source,) = VERSIONS[number].annotations.of_kind(kind)[split]
+        return source.local_path
 
     assert path(3, "boxes", "train") == "2017_11/train/annotations-human-bbox.csv"
-    assert VERSIONS[3].annotations.boxes["train"].file.path == "2017_11/annotations_human_bbox_2017_11.tar.gz"
+    assert VERSIONS[3].annotations.of_kind("boxes")["train"][0].file.path == "2017_11/annotations_human_bbox_2017_11.tar.gz"
     assert path(2, "labels", "test") == "2017_07/test/annotations-human.csv"
     assert path(4, "boxes", "validation") == "2018_04/validation/validation-annotations-bbox.csv"
     assert path(4, "labels", "train") == "2018_04/train/train-annotations-human-imagelabels.csv"
@@ -329,9 +333,9 @@ def test_catalogue_paths_of_annotations() -> None:
     assert path(7, "boxes", "test") == "v5/test-annotations-bbox.csv"
     assert path(7, "labels", "validation") == "v7/oidv7-val-annotations-human-imagelabels.csv"
     assert VERSIONS[7].annotations.class_names.local_path == "v7/oidv7-class-descriptions.csv"
-    assert VERSIONS[1].annotations.boxes == {}
+    assert VERSIONS[1].annotations.of_kind("boxes") == {}
     assert path(1, "labels", "validation") == "human_ann_2016_08/validation/labels.csv"
-    assert VERSIONS[1].annotations.labels["validation"].file.path == "2016_08/human_ann_2016_08_v3.tar.gz"
+    assert VERSIONS[1].annotations.of_kind("labels")["validation"][0].file.path == "2016_08/human_ann_2016_08_v3.tar.gz"
     assert VERSIONS[2].annotations.class_names.local_path == "2017_07/class-descriptions.csv"
     assert path(5, "boxes", "train") == "2018_04/train/train-annotations-bbox.csv"
     assert path(5, "labels", "test") == "v5/test-annotations-human-imagelabels.csv"
@@ -377,14 +381,14 @@ def test_classes_select_images_and_write_their_annotations(sample_mirror: Sample
 
 
 @pytest.mark.e2e
-def test_match_all_verified_labels_all_labels_and_other_filters(
+def test_match_all_verified_labels_only_matching_and_other_filters(
     sample_mirror: SampleMirror, tmp_path: Path
 ) -> None:
     sample_mirror.publish_version(3)
     mids = mids_of("Person", "Clothing")
     store = tmp_path / "all"
     done = crawl(sample_mirror, store, version="3", subset="test", classes="Person,Clothing", match="all",
-                 labels="verified", all_labels="true")
+                 labels="verified", only_matching="false")
     assert done.returncode == 0, done.stderr[-3000:]
     chosen = images_with("test", "labels", mids, every=True)
     assert chosen and chosen < images_with("test", "labels", mids)
@@ -568,7 +572,7 @@ def test_every_version_layout_end_to_end(sample_mirror: SampleMirror, tmp_path: 
     assert outcomes(store, "validation") == {image_id: ["success"] for image_id in chosen}
     assert written(store, "validation", "labels")[1] == rows_of(annotation_lines("validation", "labels")[1],
                                                                 chosen, mids)
-    has_boxes = "validation" in VERSIONS[number].annotations.boxes
+    has_boxes = "validation" in VERSIONS[number].annotations.of_kind("boxes")
     assert (store / "validation" / "annotations-bbox.csv").exists() == has_boxes
     assert has_boxes == (number != 1)
 

@@ -20,7 +20,7 @@ from openimages_crawler.outputs.sinks import FilesSink, OutputSink
 from openimages_crawler.redact import remember
 from openimages_crawler.store import STORE_SCHEMES, UnsupportedStore, open_store
 from openimages_crawler.store.base import Store, StoreOptions
-from openimages_crawler.store.layout import METADATA_DIR, StoreLayout, part_label
+from openimages_crawler.store.layout import MASKS_DIR, METADATA_DIR, StoreLayout, part_label
 from openimages_crawler.store.local import LocalStore
 from openimages_crawler.store.objects import StoreUnavailable
 
@@ -222,6 +222,8 @@ def _count(value: object) -> int | None:
 def _folder_name(value: str, name: str) -> str:
     if not value or value in (".", "..") or "/" in value or "\\" in value:
         raise UsageError(f"{name} must be a plain folder name, not {value!r}")
+    if value == MASKS_DIR:
+        raise UsageError(f"{name} cannot be {MASKS_DIR!r}: each subset's masks are there")
     return value
 
 

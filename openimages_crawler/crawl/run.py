@@ -39,7 +39,7 @@ from openimages_crawler.crawl.processes import process_share, supervisor_pid
 from openimages_crawler.crawl.stop import STOP_REQUESTED
 from openimages_crawler.dataset.annotation_index import AnnotationIndex, SampleAnnotations
 from openimages_crawler.dataset.annotations import ClassNames, CopyStopped
-from openimages_crawler.dataset.catalogue import ANNOTATION_FILES, DOWNLOAD_COLUMNS
+from openimages_crawler.dataset.catalogue import DOWNLOAD_COLUMNS
 from openimages_crawler.dataset.rows import MetadataError
 from openimages_crawler.dataset.selection import Selection
 from openimages_crawler.dataset.source import ImageSource
@@ -219,20 +219,21 @@ class CrawlRun:
         if containers == {FILES} or not (dataset.annotation_files and self.arguments.write_annotations):
             return None
         assert dataset.class_names is not None
+        sample_kinds = ("boxes", "labels")  # one file each per split
         try:
-            indexes = {key: AnnotationIndex.of(path, STOP_REQUESTED) for key, path in dataset.annotation_files.items()}
+            by_kind = {kind: {split: AnnotationIndex.of(paths[0], STOP_REQUESTED)
+                              for (each, split), paths in dataset.annotation_files.items() if each == kind}
+                       for kind in sample_kinds}
             classes = ClassNames.load(dataset.class_names)
         except (MetadataError, OSError) as exc:
             raise ArgumentError(f"cannot index the annotations: {exc}") from exc
         except CopyStopped:
             raise ArgumentError("stopped while indexing the annotations") from None
-        by_kind = {kind: {split: index for (k, split), index in indexes.items() if k == kind}
-                   for kind in ANNOTATION_FILES}
         return SampleAnnotations(by_kind["boxes"], by_kind["labels"], classes, self.label_names())
 
     def label_names(self) -> frozenset[str] | None:
         """The classes the annotations keep: the requested ones, or all (``None``)."""
-        if self.dataset.class_filter is not None and not self.arguments.all_labels:
+        if self.dataset.class_filter is not None and self.arguments.only_matching:
             return self.dataset.class_filter.label_names
         return None
 
@@ -246,8 +247,9 @@ class CrawlRun:
         share = dataset.selection.share
         if share is not None and share.index > self.shard[1]:
             return None
-        return AnnotationOutput(self.store, self.records, dataset.annotation_files, self.label_names(),
-                                dataset.class_names)
+        written = {key: paths for key, paths in dataset.annotation_files.items() if key[0] in self.arguments.kinds}
+        return AnnotationOutput(self.store, self.records, written, self.label_names(), dataset.class_names,
+                                extras=dataset.extras, masks=dataset.masks, layout=self.config.layout)
 
     def end(self, in_flight: list[tuple[dict[str, str], str]]) -> None:
         """After the results are flushed: the rows still in flight become this

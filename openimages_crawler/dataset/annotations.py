@@ -1,10 +1,12 @@
 """Classes and annotations: which images carry the requested classes, and the
 selected images' annotation rows.
 
-Annotation files are big (the V6 train boxes: 14.6M rows, 2.26 GB), so they
-are streamed line by line and only the few columns the selection needs are
-split out; a record is parsed as CSV only when it holds a quote (so it may
-span lines). Plain Python over files; no Scrapy import.
+Annotation files are big (the V6 train boxes: 14.6M rows, 2.26 GB; the V7
+train points 66M), so they are streamed line by line and only the few
+columns the selection needs are split out; a record is parsed as CSV only
+when it holds a quote (so it may span lines). Localized narratives are JSON
+lines: the ImageID is found in each line's text and only selected lines are
+parsed. Plain Python over files; no Scrapy import.
 """
 
 from __future__ import annotations
@@ -12,18 +14,16 @@ from __future__ import annotations
 import csv
 import difflib
 import itertools
+import json
 import logging
+import re
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from openimages_crawler.dataset.catalogue import (
-    ANNOTATION_CONFIDENCE_COLUMN,
-    ANNOTATION_ID_COLUMN,
-    ANNOTATION_LABEL_COLUMN,
-)
+from openimages_crawler.dataset.catalogue import AnnotationKind
 from openimages_crawler.dataset.rows import MetadataError, open_text
 from openimages_crawler.dataset.selection import SelectionError
 
@@ -165,44 +165,106 @@ class AnnotationReader:
         return "".join(lines), fields
 
 
-def _is_confirmed(confidence: str) -> bool:
-    """Confidence 1 (written ``1`` or ``1.0``): a human verified the label as present."""
-    if confidence == "1":
+# The image_id member of a narrative line: a key cannot hold an unescaped quote,
+# so the text of a caption cannot imitate it.
+_JSON_IMAGE_ID = re.compile(r'"image_id"\s*:\s*"([^"\\]*)"')
+
+
+class JsonLinesReader:
+    """Records of a JSON-lines file (localized narratives): each line as its
+    raw text and its ``image_id``; ``header_line`` is empty (no header)."""
+
+    header_line = ""
+
+    def __init__(self, path: Path, max_line_bytes: int = 1 << 24) -> None:
+        self.path = path
+        self.handle: IO[str] = open_text(path)
+        self.max_line_bytes = max_line_bytes  # a narrative is a few KB; longer lines are broken
+        self.malformed = 0
+
+    def __enter__(self) -> JsonLinesReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.handle.close()
+        if self.malformed:
+            logger.warning("%s: %d malformed lines ignored", self.path, self.malformed)
+
+    def __iter__(self) -> Iterator[tuple[str, list[str]]]:
+        for line in self.handle:
+            match = _JSON_IMAGE_ID.search(line) if len(line) <= self.max_line_bytes else None
+            if match is None:
+                if line.strip():
+                    self.malformed += 1
+                continue
+            yield line, [match[1]]
+
+
+def open_records(kind: AnnotationKind, path: Path, columns: tuple[str, ...] = ()) -> AnnotationReader | JsonLinesReader:
+    """A reader of ``path``, a file of ``kind``, giving the ImageID then ``columns``."""
+    if kind.json_lines:
+        if columns:
+            raise MetadataError(f"{path}: {kind.name} have no column {', '.join(columns)}")
+        return JsonLinesReader(path)
+    return AnnotationReader(path, (kind.id_column, *columns))
+
+
+def valid_json_line(raw: str) -> bool:
+    """A selected narrative line is parsed before it is written: one JSON object."""
+    try:
+        return isinstance(json.loads(raw), dict)
+    except ValueError:
+        return False
+
+
+def _says_present(value: str, wanted: str) -> bool:
+    """Confidence 1 (written ``1`` or ``1.0``: a human verified the label as
+    present), or EstimatedYesNo ``yes``."""
+    value = value.strip()
+    if value == wanted:
         return True
     try:
-        return float(confidence) == 1.0
+        return float(value) == float(wanted)
     except ValueError:
         return False
 
 
 @dataclass(frozen=True)
 class ClassFilter:
-    """Images carrying any (or all) of the requested classes in an annotation file."""
+    """Images carrying any (or all) of the requested classes in annotation files."""
 
     classes: dict[str, frozenset[str]]  # requested name -> its MIDs
     match_all: bool = False
-    confirmed_only: bool = False  # image labels: only Confidence 1 counts
 
     @property
     def label_names(self) -> frozenset[str]:
         return frozenset().union(*self.classes.values())
 
-    def images(self, path: Path) -> list[str]:
-        """ImageIDs in ``path`` that pass the filter."""
+    def found(self, kind: AnnotationKind, path: Path, into: dict[str, int] | None = None) -> dict[str, int]:
+        """Per ImageID of ``path`` (a file of ``kind``), a bit per requested class
+        it carries, added to ``into``: a relationship carries both its classes,
+        image labels and points count only where they say the class is there."""
         bits: dict[str, int] = {}
         for bit, mids in enumerate(self.classes.values()):
             for mid in mids:
                 bits[mid] = bits.get(mid, 0) | 1 << bit
-        columns = (ANNOTATION_ID_COLUMN, ANNOTATION_LABEL_COLUMN)
-        if self.confirmed_only:
-            columns += (ANNOTATION_CONFIDENCE_COLUMN,)
-        found: dict[str, int] = {}
-        with AnnotationReader(path, columns) as reader:
+        present = kind.present
+        columns = kind.label_columns + ((present[0],) if present else ())
+        labels = len(kind.label_columns)
+        found = {} if into is None else into
+        with open_records(kind, path, columns) as reader:
             for _, values in reader:
-                bit = bits.get(values[1])
-                if bit is None or (self.confirmed_only and not _is_confirmed(values[2])):
+                carried = 0
+                for value in values[1:labels + 1]:
+                    carried |= bits.get(value, 0)
+                if not carried or (present and not _says_present(values[-1], present[1])):
                     continue
-                found[values[0]] = found.get(values[0], 0) | bit
+                image_id = values[0]
+                found[image_id] = found.get(image_id, 0) | carried
+        return found
+
+    def images(self, found: dict[str, int]) -> list[str]:
+        """The ImageIDs of ``found`` that pass: any class, or every class with ``match_all``."""
         if not self.match_all:
             return list(found)
         every = (1 << len(self.classes)) - 1
@@ -214,7 +276,8 @@ class CopyStopped(Exception):
 
 
 def merge_selected_rows(
-    source: Path,
+    kind: AnnotationKind,
+    sources: Sequence[Path],
     existing: Path | None,
     out: IO[str],
     image_ids: set[str],
@@ -222,35 +285,47 @@ def merge_selected_rows(
     stop: threading.Event | None = None,
 ) -> int:
     """Write to ``out`` the rows of ``existing`` (an earlier run's file with the
-    same columns), then the rows of ``source`` for ``image_ids`` (and of
-    ``label_names`` only, if given) that are not there yet, as they are. So
-    several selections into one store (shards, other classes) add up, and a
-    rerun adds nothing. Returns the number of rows added."""
-    with AnnotationReader(source, (ANNOTATION_ID_COLUMN, ANNOTATION_LABEL_COLUMN)) as reader:
-        out.write(_line(reader.header_line))
-        present = _copy_existing(existing, reader.header_line, out, image_ids) if existing else set()
-        added = 0
-        for number, (raw, (image_id, label)) in enumerate(reader):
-            if number % _STOP_CHECK_EVERY == 0 and stop is not None and stop.is_set():
-                raise CopyStopped(str(source))
-            if image_id in image_ids and (label_names is None or label in label_names):
-                if raw.rstrip("\r\n") not in present:
-                    out.write(_line(raw))
-                    added += 1
+    same columns), then the rows of ``sources`` (one file, or a file in parts)
+    for ``image_ids`` (carrying one of ``label_names`` only, if given and the
+    kind has classes) that are not there yet, as they are. So several
+    selections into one store (shards, other classes) add up, and a rerun adds
+    nothing. Returns the number of rows added."""
+    added = 0
+    present: set[str] | None = None
+    for source in sources:
+        with open_records(kind, source, kind.label_columns) as reader:
+            if present is None:  # the first part's header is the file's
+                _write_header(out, reader.header_line)
+                present = _copy_existing(kind, existing, reader.header_line, out, image_ids) if existing else set()
+            for number, (raw, values) in enumerate(reader):
+                if number % _STOP_CHECK_EVERY == 0 and stop is not None and stop.is_set():
+                    raise CopyStopped(str(source))
+                if values[0] not in image_ids or not _carries(values[1:], label_names):
+                    continue
+                if raw.rstrip("\r\n") in present or (kind.json_lines and not valid_json_line(raw)):
+                    continue
+                out.write(_line(raw))
+                added += 1
     return added
 
 
-def _copy_existing(existing: Path, header_line: str, out: IO[str], image_ids: set[str]) -> set[str]:
+def _carries(labels: list[str], label_names: frozenset[str] | None) -> bool:
+    """A row with no classes (a narrative) is always the image's."""
+    return label_names is None or not labels or any(label in label_names for label in labels)
+
+
+def _copy_existing(kind: AnnotationKind, existing: Path, header_line: str, out: IO[str],
+                   image_ids: set[str]) -> set[str]:
     """Copy an earlier file's rows to ``out``; the rows of ``image_ids`` among them."""
     present: set[str] = set()
     if not existing.is_file():
         return present
     try:
-        with AnnotationReader(existing, (ANNOTATION_ID_COLUMN, ANNOTATION_LABEL_COLUMN)) as old:
+        with open_records(kind, existing) as old:
             if old.header_line.rstrip("\r\n") != header_line.rstrip("\r\n"):
                 logger.warning("Replacing %s: its columns are not those of this version's file", existing)
                 return present
-            for raw, (image_id, _) in old:
+            for raw, (image_id,) in old:
                 out.write(_line(raw))
                 if image_id in image_ids:
                     present.add(raw.rstrip("\r\n"))
@@ -259,10 +334,15 @@ def _copy_existing(existing: Path, header_line: str, out: IO[str], image_ids: se
     return present
 
 
-def header_only(source: Path, out: IO[str]) -> None:
+def header_only(kind: AnnotationKind, source: Path, out: IO[str]) -> None:
     """The columns of ``source`` and no rows: a split where nothing was selected."""
-    with AnnotationReader(source, (ANNOTATION_ID_COLUMN,)) as reader:
-        out.write(_line(reader.header_line))
+    with open_records(kind, source) as reader:
+        _write_header(out, reader.header_line)
+
+
+def _write_header(out: IO[str], header_line: str) -> None:
+    if header_line:  # JSON lines have none
+        out.write(_line(header_line))
 
 
 def _line(text: str) -> str:

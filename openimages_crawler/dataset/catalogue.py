@@ -56,9 +56,14 @@ DEFAULT_METADATA_URL: Final = "https://storage.googleapis.com/openimages/"
 class RemoteFile:
     """A file on the metadata server, with its published size and MD5 if known."""
 
-    path: str
+    path: str  # relative to the metadata URL, and where it is cached
     size: int | None = None
     md5: str | None = None
+    url: str | None = None  # relative to the metadata URL, when not ``path`` (a bucket beside it)
+
+    @property
+    def url_path(self) -> str:
+        return self.url or self.path
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,22 +79,28 @@ class MetadataSource:
         return self.member or self.file.path
 
 
+# One split's files of one kind of annotation: usually one, the train narratives ten.
+Parts = tuple[MetadataSource, ...]
+
+
 @dataclass(frozen=True, slots=True)
 class Annotations:
     """Where a version's class names and per-split annotations live.
 
-    ``boxes`` are the bounding boxes, ``labels`` the human-verified image-level
-    labels (Confidence 1 = present, 0 = verified absent). A split missing from
-    either has no such annotations in that version.
+    ``files`` maps a kind of ``ANNOTATION_KINDS`` to its files per split: a
+    split missing has no such annotations in that version. ``mask_archives``
+    holds the instance masks' zips per split and first hex digit of the
+    ImageID; ``extras`` the files that explain a kind (its classes,
+    attributes or triplets), copied beside its annotations.
     """
 
     class_names: MetadataSource
-    boxes: dict[str, MetadataSource]
-    labels: dict[str, MetadataSource]
+    files: dict[str, dict[str, Parts]]
+    mask_archives: dict[str, dict[str, RemoteFile]] = field(default_factory=dict)
+    extras: dict[str, tuple[MetadataSource, ...]] = field(default_factory=dict)
 
-    def of_kind(self, kind: str) -> dict[str, MetadataSource]:
-        """``boxes`` or ``labels`` (the values of ``-a labels``: boxes, verified)."""
-        return self.boxes if kind == "boxes" else self.labels
+    def of_kind(self, kind: str) -> dict[str, Parts]:
+        return self.files.get(kind, {})
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,8 +123,14 @@ def _members(remote: RemoteFile, folder: str, name: str, splits: tuple[str, ...]
 
 
 def _files(pattern: str, splits: tuple[str, ...]) -> dict[str, MetadataSource]:
-    """One plain file per split, ``pattern`` formatted with ``split``."""
-    return {split: MetadataSource(RemoteFile(pattern.format(split=split))) for split in splits}
+    """One plain file per split, ``pattern`` formatted with ``split`` (and
+    ``short``, V7's ``val`` for validation)."""
+    return {split: MetadataSource(RemoteFile(pattern.format(split=split, short=_SHORT.get(split, split))))
+            for split in splits}
+
+
+def _one_each(files: dict[str, MetadataSource]) -> dict[str, Parts]:
+    return {split: (source,) for split, source in files.items()}
 
 
 _IMAGE_INFO_2018 = {
@@ -146,6 +163,7 @@ _BOXABLE_2018 = {
 }
 
 _SPLITS = ("train", "validation", "test")
+_SHORT = {"validation": "val"}  # V7's file names say val
 
 
 def _tarball_version(
@@ -162,8 +180,8 @@ def _tarball_version(
         _members(images, folder, "images.csv", _SPLITS),
         Annotations(
             MetadataSource(classes, f"{folder}/class-descriptions.csv"),
-            _members(boxes, folder, "annotations-human-bbox.csv", _SPLITS),
-            _members(labels, folder, "annotations-human.csv", _SPLITS),
+            {"boxes": _one_each(_members(boxes, folder, "annotations-human-bbox.csv", _SPLITS)),
+             "labels": _one_each(_members(labels, folder, "annotations-human.csv", _SPLITS))},
         ),
     )
 
@@ -171,9 +189,33 @@ def _tarball_version(
 # V5+ validation and test boxes and labels (V6 and V7 reuse them).
 _V5_BOXES = _files("v5/{split}-annotations-bbox.csv", ("validation", "test"))
 _V5_LABELS = _files("v5/{split}-annotations-human-imagelabels.csv", _SPLITS)
-_V6_BOXES = {
-    "train": MetadataSource(RemoteFile("v6/oidv6-train-annotations-bbox.csv")),
-    **_V5_BOXES,
+_V6_BOXES = {"train": MetadataSource(RemoteFile("v6/oidv6-train-annotations-bbox.csv")), **_V5_BOXES}
+
+# V5's instance masks (V6 and V7 reuse them): the rows, and the PNGs in 16
+# zips per split by the ImageID's first hex digit.
+_MASKS = _one_each(_files("v5/{split}-annotations-object-segmentation.csv", _SPLITS))
+_MASK_ARCHIVES = {split: {digit: RemoteFile(f"v5/{split}-masks/{split}-masks-{digit}.zip") for digit in "0123456789abcdef"}
+                  for split in _SPLITS}
+_MASK_EXTRAS = (MetadataSource(RemoteFile("v5/classes-segmentation.txt")),)
+
+# V6's visual relationships (V7 reuses them), with the attribute names
+# (LabelName2 may be an attribute) and the relationship triplets.
+_RELATIONSHIPS = _one_each(_files("v6/oidv6-{split}-annotations-vrd.csv", _SPLITS))
+_RELATIONSHIP_EXTRAS = (MetadataSource(RemoteFile("v6/oidv6-attributes-description.csv")),
+                        MetadataSource(RemoteFile("v6/oidv6-relationship-triplets.csv")))
+
+
+def _narrative(name: str) -> MetadataSource:
+    """Localized narratives live in a bucket of their own beside ``openimages/``."""
+    return MetadataSource(RemoteFile(f"localized-narratives/{name}", url=f"../localized-narratives/annotations/{name}"))
+
+
+# Localized narratives of Open Images (V6 and V7): train in ten parts.
+_NARRATIVES = {
+    "train": tuple(_narrative(f"open_images_train_v6_localized_narratives-{part:05d}-of-00010.jsonl")
+                   for part in range(10)),
+    "validation": (_narrative("open_images_validation_localized_narratives.jsonl"),),
+    "test": (_narrative("open_images_test_localized_narratives.jsonl"),),
 }
 
 VERSIONS: Final[dict[int, Version]] = {
@@ -192,13 +234,13 @@ VERSIONS: Final[dict[int, Version]] = {
                 RemoteFile("2017_11/classes_2017_11.tar.gz", 303055, "3937f6dddf777ca912c816d5f6ffe06f"),
                 "2017_11/class-descriptions.csv",
             ),
-            {},  # V1 has no boxes
-            _members(  # and human labels for validation only
+            # V1 has no boxes, and human labels for validation only
+            {"labels": _one_each(_members(
                 RemoteFile("2016_08/human_ann_2016_08_v3.tar.gz", 9718729, "ac549b4cc3179309a7b41b81e96c07dc"),
                 "human_ann_2016_08",
                 "labels.csv",
                 ("validation",),
-            ),
+            ))},
         ),
     ),
     2: _tarball_version(
@@ -224,8 +266,8 @@ VERSIONS: Final[dict[int, Version]] = {
         boxable_sources=_BOXABLE_2018,
         annotations=Annotations(
             MetadataSource(RemoteFile("2018_04/class-descriptions.csv")),
-            _files("2018_04/{split}/{split}-annotations-bbox.csv", _SPLITS),
-            _files("2018_04/{split}/{split}-annotations-human-imagelabels.csv", _SPLITS),
+            {"boxes": _one_each(_files("2018_04/{split}/{split}-annotations-bbox.csv", _SPLITS)),
+             "labels": _one_each(_files("2018_04/{split}/{split}-annotations-human-imagelabels.csv", _SPLITS))},
         ),
     ),
     5: Version(
@@ -234,8 +276,12 @@ VERSIONS: Final[dict[int, Version]] = {
         boxable_sources=_BOXABLE_2018,
         annotations=Annotations(
             MetadataSource(RemoteFile("v5/class-descriptions.csv")),
-            {"train": MetadataSource(RemoteFile("2018_04/train/train-annotations-bbox.csv")), **_V5_BOXES},
-            _V5_LABELS,
+            {"boxes": _one_each({"train": MetadataSource(RemoteFile("2018_04/train/train-annotations-bbox.csv")),
+                                 **_V5_BOXES}),
+             "labels": _one_each(_V5_LABELS),
+             "masks": _MASKS},
+            _MASK_ARCHIVES,
+            {"masks": _MASK_EXTRAS},
         ),
     ),
     6: Version(
@@ -244,9 +290,14 @@ VERSIONS: Final[dict[int, Version]] = {
         boxable_sources=_BOXABLE_2018,
         annotations=Annotations(
             MetadataSource(RemoteFile("v6/oidv6-class-descriptions.csv")),
-            _V6_BOXES,
-            {"train": MetadataSource(RemoteFile("v6/oidv6-train-annotations-human-imagelabels.csv")),
-             **{split: _V5_LABELS[split] for split in ("validation", "test")}},
+            {"boxes": _one_each(_V6_BOXES),
+             "labels": _one_each({"train": MetadataSource(RemoteFile("v6/oidv6-train-annotations-human-imagelabels.csv")),
+                                  **{split: _V5_LABELS[split] for split in ("validation", "test")}}),
+             "masks": _MASKS,
+             "relationships": _RELATIONSHIPS,
+             "narratives": _NARRATIVES},
+            _MASK_ARCHIVES,
+            {"masks": _MASK_EXTRAS, "relationships": _RELATIONSHIP_EXTRAS},
         ),
     ),
     7: Version(
@@ -255,9 +306,14 @@ VERSIONS: Final[dict[int, Version]] = {
         boxable_sources=_BOXABLE_2018,
         annotations=Annotations(
             MetadataSource(RemoteFile("v7/oidv7-class-descriptions.csv")),  # has a header row
-            _V6_BOXES,
-            {split: MetadataSource(RemoteFile(f"v7/oidv7-{short}-annotations-human-imagelabels.csv"))
-             for split, short in (("train", "train"), ("validation", "val"), ("test", "test"))},
+            {"boxes": _one_each(_V6_BOXES),
+             "labels": _one_each(_files("v7/oidv7-{short}-annotations-human-imagelabels.csv", _SPLITS)),
+             "masks": _MASKS,
+             "relationships": _RELATIONSHIPS,
+             "narratives": _NARRATIVES,
+             "points": _one_each(_files("v7/oidv7-{short}-annotations-point-labels.csv", _SPLITS))},
+            _MASK_ARCHIVES,
+            {"masks": _MASK_EXTRAS, "relationships": _RELATIONSHIP_EXTRAS},
         ),
     ),
 }
@@ -296,12 +352,40 @@ def sources_for(version: int, subset: str, *, boxed_only: bool = False) -> list[
 
 # --- Annotations written next to the results of a selection ----------------------
 
-# {IMAGES_STORE}/{Subset}/ file per kind of annotations (official columns, selected rows).
-ANNOTATION_FILES: Final = {"boxes": "annotations-bbox.csv", "labels": "annotations-labels.csv"}
+
+@dataclass(frozen=True, slots=True)
+class AnnotationKind:
+    """One kind of annotation (``-a annotations=``): how its files name the
+    image and the classes, and the file of ``{IMAGES_STORE}/{Subset}/`` that
+    receives the selected images' rows (official columns, as they are)."""
+
+    name: str
+    file: str
+    id_column: str
+    label_columns: tuple[str, ...] = ()  # a row carries these classes; () for none (narratives)
+    present: tuple[str, str] | None = None  # (column, value) for a row that says the class is there
+    json_lines: bool = False  # one JSON object per line, no header
+
+
+ANNOTATION_KINDS: Final = {kind.name: kind for kind in (
+    AnnotationKind("boxes", "annotations-bbox.csv", "ImageID", ("LabelName",)),
+    # human-verified image labels: Confidence 0 says verified absent
+    AnnotationKind("labels", "annotations-labels.csv", "ImageID", ("LabelName",), ("Confidence", "1")),
+    AnnotationKind("masks", "annotations-masks.csv", "ImageID", ("LabelName",)),
+    # V7 point labels: ImageId, and EstimatedYesNo says whether the class is at the point
+    AnnotationKind("points", "annotations-points.csv", "ImageId", ("Label",), ("EstimatedYesNo", "yes")),
+    # a relationship carries both its classes (LabelName2 may be an attribute)
+    AnnotationKind("relationships", "annotations-relationships.csv", "ImageID", ("LabelName1", "LabelName2")),
+    AnnotationKind("narratives", "narratives.jsonl", "image_id", json_lines=True),
+)}
+# -a annotations=true: what it has always meant.
+DEFAULT_KINDS: Final = ("boxes", "labels")
 # The version's class descriptions, copied beside a store's annotation files.
 CLASS_NAMES_FILE: Final = "class-descriptions.csv"
+# MaskPath in the mask rows: {ImageID}_{LabelName without "/"}_{BoxID}.png
+MASK_COLUMN: Final = "MaskPath"
 
-# Columns the selection reads from annotation files (present in every version).
+# Columns every kind of annotation file with classes has (ImageID, LabelName; V7 points excepted).
 ANNOTATION_ID_COLUMN: Final = "ImageID"
 ANNOTATION_LABEL_COLUMN: Final = "LabelName"
 ANNOTATION_CONFIDENCE_COLUMN: Final = "Confidence"

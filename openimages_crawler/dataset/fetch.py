@@ -95,7 +95,7 @@ class MetadataFetcher:
             self.check(target, remote, *_digest_file(target))
             logger.info("Using the metadata file %s already downloaded", target)
             return target
-        url = urljoin(self.base_url, remote.path)
+        url = urljoin(self.base_url, remote.url_path)
         part = target.with_name(target.name + ".part")
         part.parent.mkdir(parents=True, exist_ok=True)
         try:

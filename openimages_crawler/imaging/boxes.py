@@ -6,7 +6,10 @@ orientation) says how "the image and boxes should be rotated". A stored
 output was turned upright (``pillow.upright_rgb``) and then resized: scaled
 (ShrinkToFit, FillDistort) or scaled and cropped to the centred square
 (FillCrop). ``stored_box`` applies the same steps to a box; a box cut by the
-crop is clipped, one left with no area is dropped. Pure functions, no Scrapy.
+crop is clipped, one left with no area is dropped. ``stored_point`` and
+``stored_mask`` move V7 points, narrative traces and V5 instance masks (which
+cover the whole image, in the file's orientation, at any size) the same way.
+Pure functions, no Scrapy.
 """
 
 from __future__ import annotations
@@ -19,6 +22,13 @@ from PIL import Image
 from openimages_crawler.imaging.pillow import Geometry, ResizeSpec
 
 Transpose = Image.Transpose
+
+# Transposes that swap width and height.
+_SWAPPING = frozenset({Transpose.ROTATE_90, Transpose.ROTATE_270, Transpose.TRANSPOSE, Transpose.TRANSVERSE})
+
+# How far outside the crop a point still counts as on its edge: the float noise of
+# turning it (1 - x), far below a pixel.
+_EDGE = 1e-9
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +75,25 @@ def turned_box(box: NormBox, turn: Transpose | None) -> NormBox:
     return NormBox(min(x1, x2), max(x1, x2), min(y1, y2), max(y1, y2))
 
 
+WHOLE = NormBox(0.0, 1.0, 0.0, 1.0)
+
+
+def crop_window(geometry: Geometry, spec: ResizeSpec) -> NormBox:
+    """The part of the upright image an output of ``spec`` holds: FillCrop's
+    centred square, cut as ``pillow.resize`` cuts it; the whole image otherwise."""
+    if spec.mode != "FillCrop":
+        return WHOLE
+    width, height = geometry.upright_size
+    side = min(width, height)
+    return NormBox((width - side) / 2 / width, (width + side) / 2 / width,
+                   (height - side) / 2 / height, (height + side) / 2 / height)
+
+
+def _into(value: float, low: float, high: float) -> float:
+    """``value`` as a fraction of the window ``low``..``high`` along one axis, clipped to it."""
+    return min(max((value - low) / (high - low), 0.0), 1.0)
+
+
 def stored_box(box: NormBox, geometry: Geometry | None, spec: ResizeSpec | None) -> NormBox | None:
     """``box`` in the output of ``spec`` (``None``: the original, stored as
     downloaded, so the box is unchanged); ``None`` when a crop leaves it no area."""
@@ -72,21 +101,75 @@ def stored_box(box: NormBox, geometry: Geometry | None, spec: ResizeSpec | None)
         return box
     assert geometry is not None, "an output's geometry comes with its encoding"
     upright = turned_box(box, geometry.turn)
-    if spec.mode != "FillCrop":  # scaling keeps fractions
+    window = crop_window(geometry, spec)
+    if window == WHOLE:  # scaling keeps fractions
         return upright
-    width, height = geometry.upright_size
-    side = min(width, height)
-    left, top = (width - side) / 2 / width, (height - side) / 2 / height
-    x_span, y_span = side / width, side / height
-
-    def crop(low: float, high: float, start: float, span: float) -> tuple[float, float]:
-        return (min(max((low - start) / span, 0.0), 1.0), min(max((high - start) / span, 0.0), 1.0))
-
-    xmin, xmax = crop(upright.xmin, upright.xmax, left, x_span)
-    ymin, ymax = crop(upright.ymin, upright.ymax, top, y_span)
+    xmin, xmax = _into(upright.xmin, window.xmin, window.xmax), _into(upright.xmax, window.xmin, window.xmax)
+    ymin, ymax = _into(upright.ymin, window.ymin, window.ymax), _into(upright.ymax, window.ymin, window.ymax)
     if xmax <= xmin or ymax <= ymin:
         return None
     return NormBox(xmin, xmax, ymin, ymax)
+
+
+def _cropped(value: float, low: float, high: float) -> float | None:
+    """``value`` along one axis of the crop window ``low``..``high``; ``None`` when
+    the crop cut it away (its edge is kept). An axis the crop does not cut keeps
+    every value: narrative traces stray a little outside the image."""
+    if (low, high) == (0.0, 1.0):
+        return value
+    if not low - _EDGE <= value <= high + _EDGE:
+        return None
+    return _into(value, low, high)
+
+
+def stored_point(x: float, y: float, geometry: Geometry | None,
+                 spec: ResizeSpec | None) -> tuple[float, float] | None:
+    """The point ``x``, ``y`` (fractions of the file's pixels: a V7 point label,
+    a narrative trace's step) in the output of ``spec`` (``None``: the original,
+    unchanged); ``None`` when FillCrop cut it away."""
+    if spec is None:
+        return x, y
+    assert geometry is not None, "an output's geometry comes with its encoding"
+    upright_x, upright_y = _turned_point(x, y, geometry.turn)
+    window = crop_window(geometry, spec)
+    moved_x = _cropped(upright_x, window.xmin, window.xmax)
+    moved_y = _cropped(upright_y, window.ymin, window.ymax)
+    if moved_x is None or moved_y is None:
+        return None
+    return moved_x, moved_y
+
+
+def _binary(mask: Image.Image) -> Image.Image:
+    """0/255: Open Images masks are 0/255, but any value over 127 is inside."""
+    return mask.point(lambda value: 255 if value > 127 else 0)
+
+
+def stored_mask(mask: Image.Image, geometry: Geometry | None, spec: ResizeSpec | None,
+                size: tuple[int, int]) -> Image.Image:
+    """An instance mask (covering the whole image in the file's orientation, at
+    any pixel size) as mode "L" 0/255 of the stored image of ``size``: turned,
+    scaled and cropped as the image was (``spec`` ``None``: the original, only scaled).
+
+    Nearest-neighbour sampling only picks source values, so it commutes with the
+    threshold and the turn: the full mask is read once, by one resample of the
+    crop window (centred, so in the file's orientation it only swaps axes with
+    the turn), and only the small result is thresholded and turned.
+    """
+    source = mask if mask.mode == "L" else mask.convert("L")
+    if spec is None:
+        return _binary(source.resize(size, Image.Resampling.NEAREST))
+    assert geometry is not None, "an output's geometry comes with its encoding"
+    turn = geometry.turn
+    window, unturned_size = crop_window(geometry, spec), size
+    if turn in _SWAPPING:  # both in the file's orientation
+        window = NormBox(window.ymin, window.ymax, window.xmin, window.xmax)
+        unturned_size = (size[1], size[0])
+    width, height = source.size
+    sampled = source.resize(unturned_size, Image.Resampling.NEAREST,
+                            box=(window.xmin * width, window.ymin * height,
+                                 window.xmax * width, window.ymax * height))
+    moved = _binary(sampled)
+    return moved if turn is None else moved.transpose(turn)
 
 
 def placed_annotations(annotations: dict[str, list[dict[str, Any]]], geometry: Geometry | None,

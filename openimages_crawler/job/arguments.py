@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from openimages_crawler.dataset.annotations import parse_class_list
-from openimages_crawler.dataset.catalogue import splits_for
+from openimages_crawler.dataset.catalogue import ANNOTATION_KINDS, DEFAULT_KINDS, splits_for
 from openimages_crawler.dataset.retry import RetryFilter
 from openimages_crawler.dataset.selection import SelectionError, Shard, parse_licenses
 from openimages_crawler.dataset.source import SOURCES
@@ -45,9 +45,9 @@ class CrawlArguments:
     source: str = "original"
     classes: list[str] = field(default_factory=list)
     match_all: bool = False
-    label_kind: str = "boxes"  # the catalogue's kind: boxes or labels
-    all_labels: bool = False
-    write_annotations: bool = False
+    class_kinds: tuple[str, ...] = ("boxes",)  # the kinds whose files say which images carry the classes
+    only_matching: bool = True  # with classes: the annotation files keep the requested classes only
+    kinds: tuple[str, ...] = ()  # the kinds of annotation written beside the results (ANNOTATION_KINDS)
     exports: tuple[str, ...] = ()  # -a export=coco,yolo,voc: label files written after the crawl
     licenses: frozenset[str] | None = None  # -a licenses=by,by-sa: Creative Commons short names kept
     download_metadata: bool = True
@@ -59,10 +59,14 @@ class CrawlArguments:
         return (self.shard.index, self.shard.count) if self.shard else (1, 1)
 
     @property
+    def write_annotations(self) -> bool:
+        return bool(self.kinds)
+
+    @property
     def boxed_only(self) -> bool:
         """Only images with boxes can be selected (class boxes, or the CVDF
         mirror, which holds only those): the smaller boxable files serve."""
-        return (bool(self.classes) and self.label_kind == "boxes") or self.source == "cvdf"
+        return (bool(self.classes) and self.class_kinds == ("boxes",)) or self.source == "cvdf"
 
     @classmethod
     def from_given(cls, given: dict[str, Any]) -> CrawlArguments:
@@ -92,7 +96,7 @@ class CrawlArguments:
         classes: str | None = None,
         match: str | None = None,
         labels: str | None = None,
-        all_labels: str | bool | None = None,
+        only_matching: str | bool | None = None,
         annotations: str | bool | None = None,
         retry_failed: str | None = None,
         export: str | None = None,
@@ -102,14 +106,16 @@ class CrawlArguments:
         if subset is not None and not is_subset_name(subset):
             raise ArgumentError(f"-a subset={subset!r} is not a plain subset name")
         parsed_shard, license_names, class_list = _parse_selection(shard, licenses, classes)
-        _check_class_options(class_list, match=match, labels=labels, all_labels=all_labels)
-        exports, write_annotations = _parse_exports(export, annotations, class_list, version)
+        _check_class_options(class_list, match=match, labels=labels, only_matching=only_matching)
+        kinds, listed = _parse_kinds(annotations)
+        exports, kinds = _parse_exports(export, kinds, class_list, version)
+        class_kinds = _class_kinds(class_list, labels, kinds if listed else None)
         retry = _parse_retry(retry_failed)
         if source not in SOURCES:
             raise ArgumentError(f"-a source={source!r} is not original or cvdf")
         number, splits, subset = _parse_metadata_source(
             metadata, version, subset, class_list,
-            annotations_asked=annotations is not None and write_annotations)
+            annotations_asked=annotations is not None and bool(kinds))
         return cls(
             metadata=Path(metadata) if metadata and not version else None,
             version=number,
@@ -123,10 +129,10 @@ class CrawlArguments:
             source=source,
             classes=class_list,
             match_all=match == "all",
-            label_kind=LABEL_KINDS[labels or "boxes"],
-            all_labels=_parse_bool("all_labels", all_labels) if all_labels is not None else False,
+            class_kinds=class_kinds,
+            only_matching=_parse_bool("only_matching", only_matching) if only_matching is not None else True,
             # -a metadata=PATH: no catalogue, no annotations
-            write_annotations=write_annotations and bool(version),
+            kinds=kinds if version else (),
             exports=exports,
             licenses=license_names,
             download_metadata=_parse_bool("download_metadata", download_metadata),
@@ -158,12 +164,12 @@ def _parse_selection(
 
 
 def _check_class_options(
-    class_list: list[str], *, match: str | None, labels: str | None, all_labels: str | bool | None
+    class_list: list[str], *, match: str | None, labels: str | None, only_matching: str | bool | None
 ) -> None:
-    """``match``, ``labels`` and ``all_labels`` refine a class selection: without
+    """``match``, ``labels`` and ``only_matching`` refine a class selection: without
     ``-a classes`` they would be silently ignored."""
     given = [f"-a {name}" for name, value in
-             (("match", match), ("labels", labels), ("all_labels", all_labels)) if value is not None]
+             (("match", match), ("labels", labels), ("only_matching", only_matching)) if value is not None]
     if given and not class_list:
         raise ArgumentError(f"{', '.join(given)} only apply with -a classes")
     if match not in (None, "any", "all"):
@@ -172,24 +178,57 @@ def _check_class_options(
         raise ArgumentError(f"-a labels={labels!r} is not boxes or verified")
 
 
+def _parse_kinds(annotations: str | bool | None) -> tuple[tuple[str, ...] | None, bool]:
+    """``-a annotations``: ``true`` (boxes and labels, as always), ``false``, or
+    the kinds listed (``boxes,masks,narratives``); ``None`` when not given. And
+    whether kinds were listed (they then say where classes are looked for)."""
+    if annotations is None:
+        return None, False
+    if isinstance(annotations, bool) or annotations.strip().lower() in _BOOLEANS:
+        return (DEFAULT_KINDS if _parse_bool("annotations", annotations) else ()), False
+    kinds = tuple(dict.fromkeys(name.strip().lower() for name in annotations.split(",") if name.strip()))
+    unknown = [name for name in kinds if name not in ANNOTATION_KINDS]
+    if unknown or not kinds:
+        raise ArgumentError(f"-a annotations={annotations!r}: give true, false or kinds among "
+                            f"{', '.join(ANNOTATION_KINDS)} (comma-separated)")
+    return kinds, True
+
+
+def _class_kinds(class_list: list[str], labels: str | None, listed: tuple[str, ...] | None) -> tuple[str, ...]:
+    """Where ``-a classes`` are looked for: the kind ``-a labels`` names
+    (boxes by default), or every kind with classes that ``-a annotations`` lists."""
+    if listed is None:
+        return (LABEL_KINDS[labels or "boxes"],)
+    if not class_list:
+        return ()
+    if labels is not None:
+        raise ArgumentError("-a labels applies with -a annotations=true; with kinds listed, classes "
+                            "are looked for in them: list labels for verified image labels")
+    found = tuple(kind for kind in listed if ANNOTATION_KINDS[kind].label_columns)
+    if not found:
+        raise ArgumentError(f"-a classes: none of -a annotations={','.join(listed)} has classes; "
+                            "add boxes, labels, masks, points or relationships")
+    return found
+
+
 def _parse_exports(
-    export: str | None, annotations: str | bool | None, class_list: list[str],
+    export: str | None, kinds: tuple[str, ...] | None, class_list: list[str],
     version: str | int | None,
-) -> tuple[tuple[str, ...], bool]:
-    """The export formats, and whether annotations are written.
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The export formats, and the kinds of annotation written.
 
     Annotations are written by default when classes select the images (an id
     list or a shard would otherwise fetch gigabytes nobody asked for). An
-    export needs the annotations: asking for one writes them unless told not to.
+    export needs the boxes: asking for one writes them unless told not to.
     """
     exports = parse_export_formats(export) if export is not None else ()
-    write_annotations = (bool(class_list or exports) if annotations is None
-                         else _parse_bool("annotations", annotations))
-    if exports and not write_annotations:
-        raise ArgumentError("-a export needs the annotations: drop -a annotations=false")
+    if kinds is None:
+        kinds = DEFAULT_KINDS if class_list or exports else ()
+    if exports and "boxes" not in kinds:
+        raise ArgumentError("-a export needs the boxes: drop -a annotations=false, or list boxes in it")
     if exports and not version:
         raise ArgumentError("-a export needs -a version=N (the catalogue knows its annotations)")
-    return exports, write_annotations
+    return exports, kinds
 
 
 def _parse_retry(retry_failed: str | None) -> RetryFilter | None:
@@ -240,6 +279,9 @@ def _parse_version(version: str | int) -> int:
         return int(version)
     except ValueError:
         raise ArgumentError(f"-a version={version!r} is not a version number") from None
+
+
+_BOOLEANS = ("1", "true", "yes", "0", "false", "no")
 
 
 def _parse_bool(name: str, value: str | bool) -> bool:

@@ -17,12 +17,15 @@ from pathlib import Path
 
 from openimages_crawler.dataset.annotations import ClassFilter, ClassNames
 from openimages_crawler.dataset.catalogue import (
-    ANNOTATION_FILES,
-    MetadataSource,
+    ANNOTATION_KINDS,
+    DEFAULT_KINDS,
+    VERSIONS,
+    Parts,
     sources_for,
     version_of,
 )
 from openimages_crawler.dataset.fetch import MetadataFetcher
+from openimages_crawler.dataset.masks import MaskArchives
 from openimages_crawler.dataset.idset import IdSet
 from openimages_crawler.dataset.rows import (
     MetadataError,
@@ -46,7 +49,9 @@ from openimages_crawler.job.arguments import (
 
 logger = logging.getLogger(__name__)
 
-_KIND_NAMES = {"boxes": "bounding boxes", "labels": "human-verified image labels"}
+_KIND_NAMES = {"boxes": "bounding boxes", "labels": "human-verified image labels", "masks": "instance masks",
+               "points": "point labels", "relationships": "visual relationships",
+               "narratives": "localized narratives"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,8 +77,10 @@ class DatasetPlan:
     file_subsets: list[str]  # per metadata file: its split, "" when it has several or none
     max_row_bytes: int
     class_filter: ClassFilter | None = None
-    annotation_files: dict[tuple[str, str], Path] = field(default_factory=dict)  # (kind, split) -> CSV
+    annotation_files: dict[tuple[str, str], list[Path]] = field(default_factory=dict)  # (kind, split) -> its parts
     class_names: Path | None = None  # the version's class descriptions, with annotations
+    extras: list[Path] = field(default_factory=list)  # files explaining the kinds written (their classes, ...)
+    masks: MaskArchives | None = None  # where the selected images' mask PNGs come from
 
     def records(self) -> Iterator[MetadataRecord]:
         """Rows of every metadata file that the selection takes."""
@@ -135,6 +142,8 @@ class _Preparation:
 
     def run(self, selection: Selection) -> DatasetPlan:
         arguments = self.arguments
+        if arguments.version is not None:
+            self.check_kinds()
         class_filter = self.resolve_classes() if arguments.classes else None
         if arguments.version is None:
             assert arguments.metadata is not None
@@ -152,61 +161,87 @@ class _Preparation:
         if class_filter is not None or arguments.write_annotations:
             plan.annotation_files = self.fetch_annotations()
             plan.class_names = self.class_names_file()
+            plan.extras = self.fetch_extras()
+        if "masks" in arguments.kinds:
+            assert arguments.version is not None
+            plan.masks = MaskArchives(self.fetcher, version_of(arguments.version).annotations.mask_archives)
         if class_filter is not None:
             selection.classes = self.images_of_classes(class_filter, plan.annotation_files)
         return plan
 
-    def resolve_classes(self) -> ClassFilter:
-        """``-a classes`` as label ids, from the version's class descriptions."""
+    def check_kinds(self) -> None:
+        """Each kind the classes are looked for in, and each kind asked for
+        beyond boxes and labels, exists for every split of the version."""
         arguments = self.arguments
         assert arguments.version is not None
         annotations = version_of(arguments.version).annotations
-        kind = arguments.label_kind
-        for split in arguments.splits:
-            if split not in annotations.of_kind(kind):
-                other = "labels" if kind == "boxes" else "boxes"
+        kinds = [*arguments.class_kinds, *(kind for kind in arguments.kinds if kind not in DEFAULT_KINDS)]
+        for kind in dict.fromkeys(kinds):
+            for split in arguments.splits:
+                if split in annotations.of_kind(kind):
+                    continue
                 hint = "another subset"
-                if split in annotations.of_kind(other):
-                    argument = next(name for name, value in LABEL_KINDS.items() if value == other)
-                    hint = f"-a labels={argument} or {hint}"
+                if kind in LABEL_KINDS.values() and arguments.class_kinds == (kind,):
+                    other = "labels" if kind == "boxes" else "boxes"
+                    if split in annotations.of_kind(other):
+                        argument = next(name for name, value in LABEL_KINDS.items() if value == other)
+                        hint = f"-a labels={argument} or {hint}"
+                elif kind not in DEFAULT_KINDS:
+                    having = [str(number) for number, version in VERSIONS.items()
+                              if split in version.annotations.of_kind(kind)]
+                    hint = f"version {' or '.join(having)}" if having else hint
                 raise ArgumentError(
                     f"version {arguments.version} has no {_KIND_NAMES[kind]} for {split}: try {hint}"
                 )
-        resolved = ClassNames.load(self.class_names_file()).resolve(arguments.classes)
+
+    def resolve_classes(self) -> ClassFilter:
+        """``-a classes`` as label ids, from the version's class descriptions."""
+        resolved = ClassNames.load(self.class_names_file()).resolve(self.arguments.classes)
         for name, mids in resolved.items():
             logger.info("Class %r is %s", name, ", ".join(sorted(mids)))
-        return ClassFilter(resolved, match_all=arguments.match_all, confirmed_only=kind == "labels")
+        return ClassFilter(resolved, match_all=self.arguments.match_all)
 
     def class_names_file(self) -> Path:
         assert self.arguments.version is not None
         (path,) = self.fetcher.csv_paths([version_of(self.arguments.version).annotations.class_names])
         return path
 
-    def fetch_annotations(self) -> dict[tuple[str, str], Path]:
+    def fetch_annotations(self) -> dict[tuple[str, str], list[Path]]:
         """The annotation files the class selection and the annotation output need."""
         arguments = self.arguments
         assert arguments.version is not None
         annotations = version_of(arguments.version).annotations
-        kinds = list(ANNOTATION_FILES) if arguments.write_annotations else [arguments.label_kind]
-        wanted: dict[tuple[str, str], MetadataSource] = {
+        kinds = dict.fromkeys([*arguments.kinds, *(arguments.class_kinds if arguments.classes else ())])
+        wanted: dict[tuple[str, str], Parts] = {
             (kind, split): annotations.of_kind(kind)[split]
             for kind in kinds
             for split in arguments.splits
             if split in annotations.of_kind(kind)
         }
-        return dict(zip(wanted, self.fetcher.csv_paths(list(wanted.values())), strict=True))
+        paths = iter(self.fetcher.csv_paths([source for parts in wanted.values() for source in parts]))
+        return {key: [next(paths) for _ in parts] for key, parts in wanted.items()}
 
-    def images_of_classes(self, class_filter: ClassFilter, files: dict[tuple[str, str], Path]) -> IdList:
-        """The images carrying the classes, split by split."""
+    def fetch_extras(self) -> list[Path]:
+        """The files that explain the kinds written: the segmentation classes,
+        the relationships' attributes and triplets."""
+        assert self.arguments.version is not None
+        extras = version_of(self.arguments.version).annotations.extras
+        return self.fetcher.csv_paths([source for kind in self.arguments.kinds for source in extras.get(kind, ())])
+
+    def images_of_classes(self, class_filter: ClassFilter, files: dict[tuple[str, str], list[Path]]) -> IdList:
+        """The images carrying the classes in any of the kinds looked in, split by split."""
         arguments = self.arguments
         by_split = {}
         for split in arguments.splits:
-            path = files[(arguments.label_kind, split)]
-            logger.info("Finding the images of %s in %s", ", ".join(arguments.classes), path)
-            try:
-                by_split[split] = IdSet(class_filter.images(path))
-            except (MetadataError, OSError) as exc:
-                raise ArgumentError(f"cannot read {path}: {exc}") from exc
+            found: dict[str, int] = {}
+            for kind in arguments.class_kinds:
+                for path in files[(kind, split)]:
+                    logger.info("Finding the images of %s in %s", ", ".join(arguments.classes), path)
+                    try:
+                        class_filter.found(ANNOTATION_KINDS[kind], path, found)
+                    except (MetadataError, OSError) as exc:
+                        raise ArgumentError(f"cannot read {path}: {exc}") from exc
+            by_split[split] = IdSet(class_filter.images(found))
             level = logging.INFO if by_split[split] else logging.WARNING
             logger.log(level, "%d %s images carry %s %s", len(by_split[split]), split,
                        "all of" if arguments.match_all else "any of", ", ".join(arguments.classes))

@@ -1,5 +1,7 @@
 """The store as a DuckDB database: ``images`` (every recorded or pending row
-with its status and where it is stored), ``classes``, ``labels``, ``boxes``.
+with its status and where it is stored), ``classes``, and a table per kind
+of annotation: ``labels``, ``boxes``, ``masks``, ``points``,
+``relationships``, ``narratives``.
 
 Built from the files the crawl already keeps (results CSVs, pending lists,
 annotation files, class descriptions, pack indexes) and updated
@@ -31,7 +33,7 @@ from typing import Any
 from PIL import Image
 
 from openimages_crawler.dataset.annotations import ClassNames
-from openimages_crawler.dataset.catalogue import ANNOTATION_FILES, CLASS_NAMES_FILE, FAILURE_COLUMNS
+from openimages_crawler.dataset.catalogue import ANNOTATION_KINDS, CLASS_NAMES_FILE, FAILURE_COLUMNS
 from openimages_crawler.dataset.rows import MetadataError
 from openimages_crawler.outputs.containers import is_container, join, read_index, read_manifest
 from openimages_crawler.store.layout import PENDING_DIR, StoreLayout
@@ -46,7 +48,11 @@ MEMORY_LIMIT = "2GB"  # DuckDB spills to disk beyond it: an update fits beside a
 EXTRA_PREFIX = "extra_"
 # The images columns the database fills itself (FailureReason and FailureDetails only a failure file gives).
 IMAGES_OWN_COLUMNS = ("status", "output", "path", "shard", "offset", "width", "height", "bytes", "_source")
-ANNOTATIONS_OWN_COLUMNS = ("Subset",)  # labels and boxes: the file's subset folder
+ANNOTATIONS_OWN_COLUMNS = ("Subset",)  # annotation tables: the file's subset folder
+# The narratives' members, typed here (no line's content chooses a column or a type).
+NARRATIVE_COLUMNS = {"dataset_id": "VARCHAR", "image_id": "VARCHAR", "annotator_id": "BIGINT", "caption": "VARCHAR",
+                     "timed_caption": "JSON", "traces": "JSON", "voice_recording": "VARCHAR"}
+_NARRATIVE_COLUMNS_SQL = ", ".join(f"{name} {kind}" for name, kind in NARRATIVE_COLUMNS.items())
 # How the store's CSV files are written; fixed, so that no header steers how DuckDB splits them.
 CSV_DIALECT = "delim = ',', quote = '\"', escape = '\"'"
 
@@ -154,6 +160,16 @@ def _schema(con: Any) -> None:
                 "LabelName VARCHAR, Confidence DOUBLE)")
     con.execute("CREATE TABLE IF NOT EXISTS boxes (Subset VARCHAR, ImageID VARCHAR, Source VARCHAR, "
                 "LabelName VARCHAR, Confidence DOUBLE, XMin DOUBLE, XMax DOUBLE, YMin DOUBLE, YMax DOUBLE)")
+    con.execute("CREATE TABLE IF NOT EXISTS masks (Subset VARCHAR, MaskPath VARCHAR, ImageID VARCHAR, "
+                "LabelName VARCHAR, BoxID VARCHAR, BoxXMin DOUBLE, BoxXMax DOUBLE, BoxYMin DOUBLE, BoxYMax DOUBLE, "
+                "PredictedIoU DOUBLE, Clicks VARCHAR)")
+    con.execute("CREATE TABLE IF NOT EXISTS points (Subset VARCHAR, ImageId VARCHAR, X DOUBLE, Y DOUBLE, "
+                "Label VARCHAR, EstimatedYesNo VARCHAR, Source VARCHAR, YesVotes INTEGER, NoVotes INTEGER, "
+                "UnsureVotes INTEGER, TextLabel VARCHAR)")
+    con.execute("CREATE TABLE IF NOT EXISTS relationships (Subset VARCHAR, ImageID VARCHAR, LabelName1 VARCHAR, "
+                "LabelName2 VARCHAR, XMin1 DOUBLE, XMax1 DOUBLE, YMin1 DOUBLE, YMax1 DOUBLE, XMin2 DOUBLE, "
+                "XMax2 DOUBLE, YMin2 DOUBLE, YMax2 DOUBLE, RelationshipLabel VARCHAR)")
+    con.execute(f"CREATE TABLE IF NOT EXISTS narratives (Subset VARCHAR, {_NARRATIVE_COLUMNS_SQL})")
 
 
 def _stamp(path: Path) -> tuple[int, int]:
@@ -375,9 +391,9 @@ def _in_packs(store: LocalStore, subset: str, folder: str, wanted: set[str]) -> 
 
 
 def _load_annotations(con: Any, store: LocalStore, subsets: list[str], counts: DatabaseCounts) -> None:
-    """``classes``, ``labels`` and ``boxes``: each subset's files read again
-    when they changed (the crawl adds rows to them in place)."""
-    sources = {"labels": ANNOTATION_FILES["labels"], "boxes": ANNOTATION_FILES["boxes"], "classes": CLASS_NAMES_FILE}
+    """``classes`` and the table of each kind of annotation: each subset's
+    files read again when they changed (the crawl adds rows to them in place)."""
+    sources = {**{name: kind.file for name, kind in ANNOTATION_KINDS.items()}, "classes": CLASS_NAMES_FILE}
     for table, name in sources.items():
         for subset in subsets:
             path = store.path(f"{subset}/{name}")
@@ -407,6 +423,10 @@ def _read_annotations(con: Any, table: str, subset: str, path: Path) -> bool:
                   [("Subset", "string"), ("LabelName", "string"), ("DisplayName", "string"), ("ClassIndex", "int32")])
         con.execute("CREATE OR REPLACE TEMP TABLE _new AS SELECT * FROM _names")
         con.unregister("_names")
+        return True
+    if ANNOTATION_KINDS.get(table) is not None and ANNOTATION_KINDS[table].json_lines:
+        con.execute("CREATE OR REPLACE TEMP TABLE _new AS SELECT ? AS Subset, * FROM "
+                    "read_json(?, format = 'newline_delimited', columns = ?)", [subset, str(path), NARRATIVE_COLUMNS])
         return True
     header = _header(path)
     if header.names:

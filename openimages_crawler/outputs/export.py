@@ -20,7 +20,7 @@ from openimages_crawler.dataset.annotation_index import (
 )
 from openimages_crawler.dataset.annotations import AnnotationReader, ClassNames
 from openimages_crawler.dataset.catalogue import (
-    ANNOTATION_FILES,
+    ANNOTATION_KINDS,
     ANNOTATION_ID_COLUMN,
     ANNOTATION_LABEL_COLUMN,
     CLASS_NAMES_FILE,
@@ -66,7 +66,7 @@ class ExportCounts:
 def export_subset(store: LocalStore, layout: StoreLayout, subset: str, success_csv: Path,
                   request: ExportRequest, stop: threading.Event | None = None) -> ExportCounts:
     """Write ``{subset}/{coco,yolo,voc}`` for the images of ``request.folder``."""
-    boxes_csv = store.path(f"{subset}/{ANNOTATION_FILES['boxes']}")
+    boxes_csv = store.path(f"{subset}/{ANNOTATION_KINDS['boxes'].file}")
     names_csv = store.path(f"{subset}/{CLASS_NAMES_FILE}")
     for path in (boxes_csv, names_csv):
         if not path.is_file():

@@ -13,7 +13,7 @@ from scrapy.settings import BaseSettings
 
 from openimages_crawler.checkpoint.results import SuccessRow
 from openimages_crawler.crawl.config import CrawlConfig, subset_feed_paths
-from openimages_crawler.dataset.catalogue import ANNOTATION_FILES
+from openimages_crawler.dataset.catalogue import ANNOTATION_KINDS
 from openimages_crawler.outputs.export import ExportError, ExportRequest, export_subset
 from openimages_crawler.store.local import LocalStore
 
@@ -46,7 +46,7 @@ def run_export(store_dir: Path, settings: BaseSettings, formats: tuple[str, ...]
     number of subsets that could not be exported (each said in one line)."""
     store = LocalStore(str(store_dir))
     if subsets is None:
-        subsets = sorted(path.parent.name for path in store_dir.glob(f"*/{ANNOTATION_FILES['boxes']}"))
+        subsets = sorted(path.parent.name for path in store_dir.glob(f"*/{ANNOTATION_KINDS['boxes'].file}"))
         if not subsets:
             logger.error("No subset of %s has annotations: crawl with -a classes=… or -a annotations=true",
                          store_dir)

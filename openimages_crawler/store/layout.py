@@ -24,6 +24,8 @@ ROOT_NAMES = frozenset({STAGING_DIR, LOCKS_DIR, STATUS_DIR, PENDING_DIR, FLEET_D
 # copy, .{name}.{host}-{pid}.tmp, included).
 ROOT_PATTERN = re.compile(r"shard-\d+of\d+|.*\.duckdb(\.[\w.-]+\.tmp)?(\.wal)?", re.IGNORECASE)
 SAFE_SUBSET = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+# Each subset's tree of instance masks (StoreLayout.mask_key): no output folder takes this name.
+MASKS_DIR = "masks"
 # Each subset's attribution files, beside its results files.
 ATTRIBUTION_CSV, ATTRIBUTION_MD = "ATTRIBUTION.csv", "ATTRIBUTION.md"
 
@@ -55,6 +57,12 @@ class StoreLayout:
 
     def original_key(self, subset: str, image_id: str, url: str) -> str:
         return self.image_key(subset, self.originals_dir, image_id, original_extension(url))
+
+    def mask_key(self, subset: str, folder: str, image_id: str, mask_path: str) -> str:
+        """``{subset}/masks/{folder}/{prefix}/{MaskPath}``: an image's masks, in a tree
+        beside the images' (so a tree of images holds images only)."""
+        prefix = f"{image_id[: self.subdir_chars]}/" if self.subdir_chars > 0 else ""
+        return f"{subset}/{MASKS_DIR}/{folder}/{prefix}{mask_path}"
 
 
 def original_extension(url: str) -> str:
