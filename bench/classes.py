@@ -219,7 +219,7 @@ def index_probe(work: Path, cache: Path, args: argparse.Namespace) -> dict:
     index = AnnotationIndex.of(source)
     build_s = time.perf_counter() - started
     size_gb = index.path.stat().st_size / 1e9
-    lookup = SampleAnnotations({"train": index}, {}, ClassNames.load(data["classes"]))
+    lookup = SampleAnnotations({"boxes": {"train": index}}, ClassNames.load(data["classes"]))
     rng = random.Random(3)
     image_ids = [_image_id(rng.randrange(args.bbox_rows // 8)) for _ in range(20_000)]
     started = time.perf_counter()

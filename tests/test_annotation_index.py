@@ -89,7 +89,7 @@ def test_sample_annotations_filter_classes_and_mark_missing_flags(tmp_path: Path
              for split in ("train", "validation")}
     labels = {"train": AnnotationIndex.of(copied(tmp_path, "train", "annotations-human.csv"))}
     classes = ClassNames.load(SAMPLE / "class-descriptions.csv")
-    every = SampleAnnotations(boxes, labels, classes)
+    every = SampleAnnotations({"boxes": boxes, "labels": labels}, classes)
     train_boxes = csv_records(SAMPLE / "train" / "annotations-human-bbox.csv")
     image_id, records = next(iter(train_boxes.items()))
     found = every.of("train", image_id)
@@ -107,7 +107,7 @@ def test_sample_annotations_filter_classes_and_mark_missing_flags(tmp_path: Path
     grouped = next(record for rows in validation.values() for record in rows if record["IsGroupOf"] == "1")
     found = every.of("validation", grouped["ImageID"])
     assert any(box["IsGroupOf"] == 1 for box in found["boxes"]) and found["labels"] == []  # no labels file given
-    only = SampleAnnotations(boxes, labels, classes, frozenset({grouped["LabelName"]}))
+    only = SampleAnnotations({"boxes": boxes, "labels": labels}, classes, frozenset({grouped["LabelName"]}))
     kept = only.of("validation", grouped["ImageID"])["boxes"]
     assert kept and {box["LabelName"] for box in kept} == {grouped["LabelName"]}
-    assert only.of("test", grouped["ImageID"]) == {"labels": [], "boxes": []}  # a split without files
+    assert only.of("test", grouped["ImageID"]) == {"boxes": [], "labels": []}  # a split without files

@@ -18,15 +18,28 @@ import duckdb
 import pytest
 from PIL import Image, ImageDraw
 
-from openimages_crawler.dataset.annotations import ClassFilter, JsonLinesReader, merge_selected_rows
+from openimages_crawler.dataset.annotations import (
+    ClassFilter,
+    JsonLinesReader,
+    merge_selected_rows,
+)
 from openimages_crawler.dataset.catalogue import ANNOTATION_KINDS, VERSIONS, RemoteFile
 from openimages_crawler.dataset.fetch import MetadataFetcher
-from openimages_crawler.dataset.masks import MAX_MASK_BYTES, MaskArchives, MaskCounts, mask_name_ok
+from openimages_crawler.dataset.masks import MAX_MASK_BYTES, MaskArchives, mask_name_ok
+from openimages_crawler.dataset.rows import MetadataError
 from openimages_crawler.job.arguments import ArgumentError, CrawlArguments
 from openimages_crawler.job.prepare import MetadataOptions, prepare, selection_of
 from openimages_crawler.testing.mirror import Route
 from tests.conftest import outcomes
-from tests.test_classes import SPLITS, SampleMirror, annotation_lines, crawl, mids_of, sample_mirror  # noqa: F401
+from tests.test_classes import (  # noqa: F401
+    SPLITS,
+    SampleMirror,
+    annotation_lines,
+    crawl,
+    mids_of,
+    sample_mirror,
+)
+from tests.test_metadata import version_crawl
 
 ATTRIBUTE = "/m/02gy9n"  # Transparent: relationships name attributes in LabelName2
 MASK_COLUMNS = ("MaskPath", "ImageID", "LabelName", "BoxID", "BoxXMin", "BoxXMax", "BoxYMin", "BoxYMax",
@@ -249,46 +262,43 @@ def test_narrative_lines_are_found_by_their_image_only(tmp_path: Path) -> None:
 
 
 def test_masks_come_only_from_the_zips_needed_and_are_checked(tmp_path: Path) -> None:
-    """Members are found by the row's MaskPath (never by their own names), bounded and PNG-only."""
+    """Members are found by the row's MaskPath (never by their own names), bounded and PNG-only;
+    a zip is opened only when one of its masks is asked for, and deleted at close unless kept."""
     png = mask_png(["", "", "", "", "0.1", "0.5", "0.2", "0.6"])
     good, other = "a000000000000001_m01g317_0a0b0c0d.png", "b000000000000002_m01g317_01020304.png"
     members = {f"masks/{good}": png, "a000000000000003_m01g317_00000000.png": b"GIF89a not a png",
                "../../a000000000000004_m01g317_00000000.png": png}
     bodies = {"v5/validation-masks/validation-masks-a.zip": zip_of(members),
               "v5/validation-masks/validation-masks-b.zip": zip_of({other: png})}
-    cache = tmp_path / "cache"
+    cache = tmp_path / "metadata"
     for path, body in bodies.items():
         (cache / path).parent.mkdir(parents=True, exist_ok=True)
         (cache / path).write_bytes(body)
     archives = {"validation": {digit: RemoteFile(f"v5/validation-masks/validation-masks-{digit}.zip")
                                for digit in "ab"}}
-    fetcher = MetadataFetcher(cache, "http://127.0.0.1:9/", download=False, keep_archives=True)
-    counts = MaskCounts()
-    wanted = [("a000000000000001", good), ("a000000000000003", "a000000000000003_m01g317_00000000.png"),
-              ("a000000000000004", "a000000000000004_m01g317_00000000.png"),
-              ("a000000000000005", "../a000000000000005_x_0.png"), ("a000000000000006", "b000000000000002_x_1.png")]
-    got = list(MaskArchives(fetcher, archives).masks("validation", wanted, counts))
-    assert [(image_id, name) for image_id, name, _ in got] == [
-        ("a000000000000001", good), ("a000000000000004", "a000000000000004_m01g317_00000000.png")]
-    assert all(data == png for _, _, data in got)
-    assert counts.archives == ["v5/validation-masks/validation-masks-a.zip"]  # b holds no wanted mask
-    assert sorted(counts.missing) == sorted(["a000000000000003_m01g317_00000000.png", "../a000000000000005_x_0.png",
-                                             "b000000000000002_x_1.png"])
+    masks = MaskArchives(MetadataFetcher(cache, "http://127.0.0.1:9/", download=False), archives)
+    assert masks.png("validation", "a000000000000001", good) == png
+    assert masks.png("validation", "a000000000000004", "a000000000000004_m01g317_00000000.png") == png  # by name
+    assert masks.png("validation", "a000000000000003", "a000000000000003_m01g317_00000000.png") is None  # not a PNG
+    assert masks.png("validation", "a000000000000005", "../a000000000000005_x_0.png") is None
+    assert masks.png("validation", "a000000000000006", "a000000000000006_x_1.png") is None  # not in its zip
+    assert masks.png("validation", "c000000000000007", "c000000000000007_x_1.png") is None  # no such zip
+    assert masks.fetched == ["v5/validation-masks/validation-masks-a.zip"]  # b was never needed
     assert not mask_name_ok("a000000000000001_../../x.png", "a000000000000001")
-    stop = threading.Event()
-    stop.set()
-    with pytest.raises(Exception, match="stopped while extracting"):
-        list(MaskArchives(fetcher, archives).masks("validation", wanted[:1], MaskCounts(), stop))
+    masks.close()
+    assert not (cache / "v5/validation-masks/validation-masks-a.zip").exists()  # as the tarballs: not kept
+    assert (cache / "v5/validation-masks/validation-masks-b.zip").exists()
+    with pytest.raises(MetadataError, match="not in the metadata cache and -a download_metadata=false"):
+        masks.png("validation", "a000000000000001", good)
 
 
 def test_a_mask_over_the_bound_is_not_read(tmp_path: Path) -> None:
     huge = b"\x89PNG\r\n\x1a\n" + bytes(MAX_MASK_BYTES)
-    (tmp_path / "z.zip").write_bytes(zip_of({"c000000000000001_m1_00.png": huge}))
-    fetcher = MetadataFetcher(tmp_path, "http://127.0.0.1:9/", download=False, keep_archives=True)
-    counts = MaskCounts()
-    got = list(MaskArchives(fetcher, {"test": {"c": RemoteFile("z.zip")}}).masks(
-        "test", [("c000000000000001", "c000000000000001_m1_00.png")], counts))
-    assert got == [] and counts.missing == ["c000000000000001_m1_00.png"]
+    (tmp_path / "metadata").mkdir()
+    (tmp_path / "metadata" / "z.zip").write_bytes(zip_of({"c000000000000001_m1_00.png": huge}))
+    fetcher = MetadataFetcher(tmp_path / "metadata", "http://127.0.0.1:9/", download=False)
+    masks = MaskArchives(fetcher, {"test": {"c": RemoteFile("z.zip")}})
+    assert masks.png("test", "c000000000000001", "c000000000000001_m1_00.png") is None
 
 
 # --- end to end -------------------------------------------------------------------
@@ -322,7 +332,8 @@ def test_masks_points_relationships_and_narratives_of_a_class(sample_mirror: Sam
                              if row[0] in chosen and (row[1] in person or row[2] in person)]
     assert (folder / "narratives.jsonl").read_text() == "".join(
         line for line in narrative_lines("validation") if json.loads(line)["image_id"] in chosen)
-    stored_masks = sorted(path.relative_to(folder).as_posix() for path in (folder / "masks").rglob("*.png"))
+    stored_masks = sorted(path.relative_to(folder).as_posix()
+                          for path in (folder / "masks" / "images-original").rglob("*.png"))
     assert stored_masks == sorted(f"masks/images-original/{row[1][:3]}/{row[0]}" for row in masks)
     boxes = {row[0]: box for row, box in zip(mask_rows("validation"), boxes_of("validation"), strict=True)}
     assert all((folder / path).read_bytes() == mask_png(boxes[Path(path).name]) for path in stored_masks)
@@ -369,3 +380,164 @@ def test_train_narratives_in_parts_and_every_class_with_only_matching_false(
     assert {row[2] for row in masks} > person
     lines = (store / "train" / "narratives.jsonl").read_text().splitlines(keepends=True)
     assert sorted(lines) == sorted(line for line in narrative_lines("train") if json.loads(line)["image_id"] in chosen)
+
+
+def moved_reference(official: bytes, turned: bool, mode: str, size: int) -> Image.Image:
+    """The official mask moved with Pillow's own steps, as the sample's 64x48 image is
+    (turned by Rotation 90, scaled, FillCrop's centre cut): independent of ``stored_mask``."""
+    mask = Image.open(io.BytesIO(official)).convert("L")
+    upright = (48, 64) if turned else (64, 48)
+    if turned:
+        mask = mask.transpose(Image.Transpose.ROTATE_90)
+    mask = mask.resize(upright, Image.Resampling.NEAREST)
+    if mode == "FillCrop":
+        side = min(upright)
+        left, top = (upright[0] - side) // 2, (upright[1] - side) // 2
+        return mask.crop((left, top, left + side, top + side)).resize((size, size), Image.Resampling.NEAREST)
+    scale = size / max(upright)
+    return mask.resize((round(upright[0] * scale), round(upright[1] * scale)), Image.Resampling.NEAREST)
+
+
+def iou(first: Image.Image, second: Image.Image) -> float:
+    import numpy as np
+
+    a, b = np.asarray(first.convert("L")) > 127, np.asarray(second.convert("L")) > 127
+    union = np.logical_or(a, b).sum()
+    return float(np.logical_and(a, b).sum() / union) if union else 1.0
+
+
+def moved_point(x: float, y: float, turned: bool, mode: str) -> tuple[float, float] | None:
+    """A point of the 64x48 file in the output, by hand: Rotation 90 takes (x, y) to (y, 1 - x);
+    FillCrop keeps the centre square (the long side's middle three quarters)."""
+    if turned:
+        x, y = y, 1 - x
+    if mode == "FillCrop":
+        if turned:  # upright 48x64: the crop cuts y
+            if not 0.125 <= y <= 0.875:
+                return None
+            y = (y - 0.125) / 0.75
+        else:  # upright 64x48: the crop cuts x
+            if not 0.125 <= x <= 0.875:
+                return None
+            x = (x - 0.125) / 0.75
+    return x, y
+
+
+@pytest.mark.e2e
+def test_every_output_carries_each_kind_moved_with_its_pixels(sample_mirror: SampleMirror, tmp_path: Path) -> None:
+    """V7 validation with a third of the images turned by Rotation 90: a files output gets its masks
+    beside the images, moved; WebDataset, Parquet and TFRecord samples carry the masks (PNGs), the
+    points, the relationships and the narratives moved into each stored image."""
+    turned = {row["ImageID"] for row in sample_mirror.rows["validation"][::3]}
+    for row in sample_mirror.rows["validation"]:
+        row["Rotation"] = "90" if row["ImageID"] in turned else "0"
+    sample_mirror.publish_version(7)
+    publish_kinds(sample_mirror, 7)
+    crop, fit = {"mode": "FillCrop", "size": 32, "format": "png"}, {"mode": "ShrinkToFit", "size": 40, "format": "png"}
+    outputs = [{"dir": "crop", **crop}, {"dir": "fit-wds", **fit, "container": "webdataset"},
+               {"dir": "crop-pq", **crop, "container": "parquet"}, {"dir": "fit-tfr", **fit, "container": "tfrecord"}]
+    store = tmp_path / "store"
+    settings = {"OPENIMAGES_METADATA_URL": sample_mirror.base, "OPENIMAGES_METADATA_VERIFY": "False",
+                "OPENIMAGES_OUTPUTS": json.dumps(outputs), "OPENIMAGES_SAVE_ORIGINALS": "True",
+                "OPENIMAGES_SHARD_SIZE": "7"}
+    done = version_crawl(store, settings, version="7", subset="validation", classes="Person",
+                         annotations="boxes,masks,points,relationships,narratives")
+    assert done.returncode == 0, done.stderr[-3000:]
+    person = mids_of("Person")
+    stored = set(outcomes(store, "validation"))
+    masks = [row for row in mask_rows("validation") if row[1] in stored and row[2] in person]
+    official = {row[0]: mask_png(box) for row, box in zip(mask_rows("validation"), boxes_of("validation"),
+                                                              strict=True)}
+    assert masks and stored & turned
+    folder = store / "validation"
+    checked = 0
+    for row in masks:  # files: every output's masks beside its images, the originals' official
+        prefix = row[1][:3]
+        assert (folder / "masks" / "images-original" / prefix / row[0]).read_bytes() == official[row[0]]
+        reference = moved_reference(official[row[0]], row[1] in turned, "FillCrop", 32)
+        path = folder / "masks" / "crop" / prefix / row[0]
+        if not reference.getbbox():
+            continue  # the crop cut this mask away
+        with Image.open(path) as moved:
+            assert moved.size == (32, 32)
+            if np_area(reference) >= 30:
+                assert iou(moved, reference) >= 0.8, row[0]
+                checked += 1
+    assert checked >= 3
+
+    from tests.test_containers import parquet_rows, webdataset_samples
+
+    samples = webdataset_samples(store, "fit-wds", "validation")
+    assert set(samples) == stored
+    narratives = {json.loads(line)["image_id"]: json.loads(line) for line in narrative_lines("validation")}
+    for image_id, sample in samples.items():
+        meta = json.loads(sample["json"])
+        wanted = [row for row in masks if row[1] == image_id]
+        assert [mask["MaskPath"] for mask in meta["masks"]] == [row[0] for row in wanted]
+        for number, (mask, row) in enumerate(zip(meta["masks"], wanted, strict=True)):
+            assert mask["file"] == f"mask{number}.png"
+            with Image.open(io.BytesIO(sample[f"mask{number}.png"])) as moved:
+                assert moved.size == (meta["width"], meta["height"])
+                reference = moved_reference(official[row[0]], image_id in turned, "ShrinkToFit", 40)
+                if np_area(reference) >= 30:
+                    assert iou(moved, reference) >= 0.8
+        points = [row for row in point_rows("validation") if row[0] == image_id and row[3] in person]
+        assert [(p["X"], p["Y"]) for p in meta["points"]] == [
+            pytest.approx(moved_point(float(row[1]), float(row[2]), image_id in turned, "ShrinkToFit"), abs=1e-5)
+            for row in points]
+        caption = sample["txt"].decode() if isinstance(sample["txt"], bytes) else sample["txt"]
+        assert caption == narratives[image_id]["caption"]
+        trace = meta["narratives"][0]["traces"][0]
+        assert [(step["x"], step["y"]) for step in trace] == [
+            pytest.approx(moved_point(step["x"], step["y"], image_id in turned, "ShrinkToFit"), abs=1e-5)
+            for step in narratives[image_id]["traces"][0]]
+        relationships = [row for row in relationship_rows("validation")
+                         if row[0] == image_id and (row[1] in person or row[2] in person)]
+        assert [(r["LabelName1"], r["LabelName2"], r["RelationshipLabel"]) for r in meta["relationships"]] == [
+            (row[1], row[2], row[11]) for row in relationships]
+        assert all(r["DisplayName2"] == "Transparent" for r in meta["relationships"] if r["LabelName2"] == ATTRIBUTE)
+
+    rows = parquet_rows(store, "crop-pq", "validation")
+    assert set(rows) == stored
+    for image_id, row in rows.items():
+        points = [p for p in point_rows("validation") if p[0] == image_id and p[3] in person]
+        expected = [moved_point(float(p[1]), float(p[2]), image_id in turned, "FillCrop") for p in points]
+        assert [(p["X"], p["Y"]) for p in row["points"]] == [pytest.approx(e, abs=1e-5) for e in expected if e]
+        for mask in row["masks"]:
+            with Image.open(io.BytesIO(mask["png"])) as moved:
+                assert moved.size == (32, 32)
+        assert [n["caption"] for n in row["narratives"]] == [narratives[image_id]["caption"]]
+
+    examples = tf_examples(store / "validation" / "fit-tfr")
+    assert set(examples) == stored
+    for image_id, feature in examples.items():
+        pngs = list(feature["image/object/mask"].bytes_list.value)
+        boxes = [box for box in boxes_of("validation") if box[0] == image_id and box[2] in person]
+        assert len(pngs) == len(feature["image/object/bbox/xmin"].float_list.value) == len(boxes)
+        size = (feature["image/width"].int64_list.value[0], feature["image/height"].int64_list.value[0])
+        for png in pngs:  # each box's own mask (every box of the sample has one)
+            with Image.open(io.BytesIO(png)) as moved:
+                assert moved.size == size
+        assert [caption.decode() for caption in feature["image/caption"].bytes_list.value] == [
+            narratives[image_id]["caption"]]
+
+
+def tf_examples(folder: Path) -> dict[str, object]:
+    """Each Example's features by ImageID, parsed with the protobuf definitions (every value of a list)."""
+    from tfrecord import example_pb2
+    from tfrecord.reader import tfrecord_iterator
+
+    found = {}
+    for path in sorted(folder.glob("*.tfrecord")):
+        for raw in tfrecord_iterator(str(path)):
+            example = example_pb2.Example()
+            example.ParseFromString(raw)
+            feature = example.features.feature
+            found[feature["image/source_id"].bytes_list.value[0].decode()] = feature
+    return found
+
+
+def np_area(mask: Image.Image) -> int:
+    import numpy as np
+
+    return int((np.asarray(mask.convert("L")) > 127).sum())

@@ -10,11 +10,11 @@ from PIL import Image, ImageDraw
 
 from openimages_crawler.imaging.boxes import (
     NormBox,
-    placed_annotations,
     stored_box,
     turned_box,
 )
 from openimages_crawler.imaging.pillow import ResizeSpec
+from openimages_crawler.imaging.placement import placed_annotations
 from openimages_crawler.imaging.process import Expected, process_image
 
 MAX_PIXELS = 10_000_000

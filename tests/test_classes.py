@@ -123,6 +123,9 @@ class SampleMirror:
         if number == 7:  # the V7 file has a header row
             names = b"LabelName,DisplayName\n" + names
         files[version.annotations.class_names] = names
+        for extras in version.annotations.extras.values():  # the files explaining a kind: class lists here
+            for source in extras:
+                files[source] = CLASS_NAMES.read_bytes()
         archives: dict[RemoteFile, dict[str, bytes]] = {}
         for source, body in files.items():
             if source.member:

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from openimages_crawler.imaging.boxes import placed_annotations
+from openimages_crawler.imaging.placement import placed_annotations
 from openimages_crawler.imaging.pillow import Geometry, ResizeSpec
 from tests.conftest import (
     ROOT,

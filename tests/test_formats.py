@@ -69,7 +69,7 @@ def test_each_label_format_writes_its_folder(tmp_path: Path, name: str) -> None:
     target = LabelTarget(tmp_path / "staging" / name, tmp_path / "train" / name,
                          [ExportClass("/m/01g317", "Person", 1)], "train")
     writer = labels(name).writer(target)
-    writer.add(StoredImage("000a1249af2bc5f0", "crop/000/000a1249af2bc5f0.jpg", 20, 10, None, None), [BOX])
+    writer.add(StoredImage("000a1249af2bc5f0", "crop/000/000a1249af2bc5f0.jpg", 20, 10, None, None), {"boxes": [BOX]})
     writer.close()
     written = [path for path in target.folder.rglob("*") if path.is_file() or path.is_symlink()]
     assert written and not any(path.name.endswith(".part") for path in written)

@@ -37,15 +37,33 @@ from openimages_crawler.crawl.config import (
 from openimages_crawler.crawl.errors import ShardLocked
 from openimages_crawler.crawl.processes import process_share, supervisor_pid
 from openimages_crawler.crawl.stop import STOP_REQUESTED
-from openimages_crawler.dataset.annotation_index import AnnotationIndex, SampleAnnotations
+from openimages_crawler.dataset.annotation_index import (
+    AnnotationIndex,
+    SampleAnnotations,
+)
 from openimages_crawler.dataset.annotations import ClassNames, CopyStopped
-from openimages_crawler.dataset.catalogue import DOWNLOAD_COLUMNS
+from openimages_crawler.dataset.catalogue import (
+    ANNOTATION_KINDS,
+    ATTRIBUTE_NAMES_FILE,
+    DOWNLOAD_COLUMNS,
+)
+from openimages_crawler.dataset.masks import StoredMasks
 from openimages_crawler.dataset.rows import MetadataError
 from openimages_crawler.dataset.selection import Selection
 from openimages_crawler.dataset.source import ImageSource
-from openimages_crawler.exits import Exit, lock_lost, metadata_unreadable, results_unsent
+from openimages_crawler.exits import (
+    Exit,
+    lock_lost,
+    metadata_unreadable,
+    results_unsent,
+)
 from openimages_crawler.job.arguments import ArgumentError, CrawlArguments
-from openimages_crawler.job.prepare import DatasetPlan, MetadataOptions, prepare, selection_of
+from openimages_crawler.job.prepare import (
+    DatasetPlan,
+    MetadataOptions,
+    prepare,
+    selection_of,
+)
 from openimages_crawler.outputs.annotations import AnnotationOutput
 from openimages_crawler.outputs.containers import PackSink
 from openimages_crawler.outputs.database import write_pending
@@ -212,24 +230,27 @@ class CrawlRun:
                           originals=self.originals)
 
     def index_annotations(self) -> SampleAnnotations | None:
-        """What container samples carry when annotations are written: each image's
-        labels and boxes, looked up in the annotation files indexed by image."""
-        config, dataset = self.config, self.dataset
+        """What the outputs carry when annotations are written: each image's
+        annotations of every kind written, looked up in their files indexed by
+        image (for packs' samples, and for the masks of files outputs)."""
+        config, dataset, kinds = self.config, self.dataset, self.arguments.kinds
         containers = {output.container for output in config.outputs} | {config.originals_container}
-        if containers == {FILES} or not (dataset.annotation_files and self.arguments.write_annotations):
+        if not dataset.annotation_files or not kinds or (containers == {FILES} and "masks" not in kinds):
             return None
         assert dataset.class_names is not None
-        sample_kinds = ("boxes", "labels")  # one file each per split
         try:
-            by_kind = {kind: {split: AnnotationIndex.of(paths[0], STOP_REQUESTED)
+            indexes = {kind: {split: AnnotationIndex.of(paths, STOP_REQUESTED, kind=ANNOTATION_KINDS[kind])
                               for (each, split), paths in dataset.annotation_files.items() if each == kind}
-                       for kind in sample_kinds}
+                       for kind in kinds}
             classes = ClassNames.load(dataset.class_names)
+            attributes = {mid: name for path in dataset.extras if path.name == ATTRIBUTE_NAMES_FILE
+                          for mid, name in ClassNames.load(path).names.items()}
         except (MetadataError, OSError) as exc:
             raise ArgumentError(f"cannot index the annotations: {exc}") from exc
         except CopyStopped:
             raise ArgumentError("stopped while indexing the annotations") from None
-        return SampleAnnotations(by_kind["boxes"], by_kind["labels"], classes, self.label_names())
+        masks = StoredMasks(self.store, config.layout, dataset.masks) if dataset.masks is not None else None
+        return SampleAnnotations(indexes, classes, self.label_names(), masks, attributes)
 
     def label_names(self) -> frozenset[str] | None:
         """The classes the annotations keep: the requested ones, or all (``None``)."""
@@ -258,6 +279,8 @@ class CrawlRun:
         result leaves its old failure row), unless a supervisor does it or the
         lock was lost (another run may own the parts now); the lock is released."""
         reconcile_failures = self.arguments.retry is not None or self.ledger.needs_reconcile
+        if self.dataset.masks is not None:  # every image and the annotations are done with the zips
+            self.dataset.masks.close()
         try:
             write_pending(self.records.root, self.part, self.dataset.header, in_flight)
         except OSError as exc:

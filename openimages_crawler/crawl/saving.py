@@ -9,8 +9,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from openimages_crawler import reasons
-from openimages_crawler.imaging.boxes import placed_annotations
 from openimages_crawler.imaging.pillow import ResizeSpec
+from openimages_crawler.imaging.placement import placed_annotations
 from openimages_crawler.imaging.process import Expected, Outcome, process_image
 from openimages_crawler.outputs.containers import Annotations, PackSink
 from openimages_crawler.outputs.sinks import OutputSink
@@ -48,12 +48,6 @@ def save(run: CrawlRun, body: bytes, plan: RowPlan, outcome: Outcome, original_k
                                          f"OPENIMAGES_MIN_FREE_BYTES ({config.min_free_bytes:,})")
     tickets: list[str | None] = []
     labelled: Annotations | None = None
-
-    def placed(sink: OutputSink, spec: ResizeSpec | None) -> Annotations | None:
-        if labelled is None or not isinstance(sink, PackSink):
-            return None
-        return placed_annotations(labelled, outcome.geometry, spec)
-
     specs = {output.dir: output.spec for output in config.outputs}
     try:
         if run.labelled is not None:
@@ -61,18 +55,47 @@ def save(run: CrawlRun, body: bytes, plan: RowPlan, outcome: Outcome, original_k
         if plan.keep_original and not plan.from_store:
             if run.originals is None:
                 store.write(original_key, body)
+                outcome.bytes_written += write_masks(run, plan, config.layout.originals_dir, labelled, None,
+                                                     outcome.original_size, outcome)
             else:
                 tickets.append(run.originals.write(plan.row, original_key.rpartition(".")[2], body,
-                                                   outcome.original_size, placed(run.originals, None)))
+                                                   outcome.original_size,
+                                                   _placed(labelled, outcome, None, outcome.original_size)))
             outcome.bytes_written += len(body)
         for folder, data, size in zip(plan.outputs, encoded, outcome.sizes, strict=True):
             sink, spec = run.sinks[folder], specs[folder]
-            tickets.append(sink.write(plan.row, spec.format, data, size, placed(sink, spec)))
+            if isinstance(sink, PackSink):  # the sample carries its annotations
+                tickets.append(sink.write(plan.row, spec.format, data, size, _placed(labelled, outcome, spec, size)))
+            else:
+                tickets.append(sink.write(plan.row, spec.format, data, size, None))
+                outcome.bytes_written += write_masks(run, plan, folder, labelled, spec, size, outcome)
             outcome.bytes_written += len(data)
         outcome.tickets = [ticket for ticket in tickets if ticket is not None]
     except OSError as exc:
         return Outcome(reasons.IO_ERROR, f"cannot write to the store: {exc}")
     return outcome
+
+
+def _placed(labelled: Annotations | None, outcome: Outcome, spec: ResizeSpec | None,
+            size: tuple[int, int]) -> Annotations | None:
+    return None if labelled is None else placed_annotations(labelled, outcome.geometry, spec, size)
+
+
+def write_masks(run: CrawlRun, plan: RowPlan, folder: str, labelled: Annotations | None, spec: ResizeSpec | None,
+                size: tuple[int, int], outcome: Outcome) -> int:
+    """A files output's masks, moved with its pixels, under
+    ``{Subset}/masks/{folder}/{prefix}/{MaskPath}`` (the originals': the official
+    PNGs); the bytes written."""
+    if labelled is None or not labelled.get("masks"):
+        return 0
+    written = 0
+    layout, row = run.config.layout, plan.row
+    for mask in _placed({"masks": labelled["masks"]}, outcome, spec, size)["masks"]:  # type: ignore[index]
+        if mask["png"] is None:
+            continue
+        run.store.write(layout.mask_key(row.subset, folder, row.image_id, mask["MaskPath"]), mask["png"])
+        written += len(mask["png"])
+    return written
 
 
 def timed(task: Callable[[], Outcome]) -> tuple[Outcome, float, float]:

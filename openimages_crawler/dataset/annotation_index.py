@@ -12,21 +12,25 @@ no Scrapy import.
 from __future__ import annotations
 
 import csv
+import json
 import logging
+import math
 import os
 import sqlite3
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from openimages_crawler.dataset.annotations import (
-    AnnotationReader,
     ClassNames,
     CopyStopped,
+    open_records,
+    valid_json_line,
 )
-from openimages_crawler.dataset.catalogue import ANNOTATION_ID_COLUMN
+from openimages_crawler.dataset.catalogue import ANNOTATION_KINDS, AnnotationKind
+from openimages_crawler.dataset.masks import MaskPngs
 from openimages_crawler.dataset.rows import MetadataError
 
 logger = logging.getLogger(__name__)
@@ -35,27 +39,34 @@ INDEX_SUFFIX = ".byimage.sqlite"
 _BATCH = 50_000  # records inserted per statement batch
 _FLAGS = ("IsOccluded", "IsTruncated", "IsGroupOf", "IsDepiction", "IsInside")
 _COORDINATES = ("XMin", "XMax", "YMin", "YMax")
+_MASK_BOX = ("BoxXMin", "BoxXMax", "BoxYMin", "BoxYMax")
+_PAIR = ("XMin1", "XMax1", "YMin1", "YMax1", "XMin2", "XMax2", "YMin2", "YMax2")
 
 
 class AnnotationIndex:
-    """One annotation CSV's records by ImageID (read-only once built)."""
+    """One annotation file's records by ImageID (read-only once built): CSV
+    rows, or JSON lines (narratives)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, kind: AnnotationKind = ANNOTATION_KINDS["boxes"]) -> None:
         self.path = path
+        self.kind = kind
         self.local = threading.local()  # a connection per thread (sqlite3's rule)
-        self.header = next(csv.reader([self._connection().execute(
-            "SELECT value FROM meta WHERE key = 'header'").fetchone()[0]]))
+        header = self._connection().execute("SELECT value FROM meta WHERE key = 'header'").fetchone()[0]
+        self.header = next(csv.reader([header]), [])
 
     @classmethod
-    def of(cls, source: Path, stop: threading.Event | None = None, path: Path | None = None) -> AnnotationIndex:
-        """The index of ``source`` (at ``path``, by default next to it), built
-        first if it is missing or stale (call it under a lock of that folder)."""
-        path = path or source.with_name(source.name + INDEX_SUFFIX)
+    def of(cls, source: Path | list[Path], stop: threading.Event | None = None, path: Path | None = None,
+           kind: AnnotationKind = ANNOTATION_KINDS["boxes"]) -> AnnotationIndex:
+        """The index of ``source``, a file of ``kind`` or the parts of one (at
+        ``path``, by default next to the first), built first if it is missing
+        or stale (call it under a lock of that folder)."""
+        sources = source if isinstance(source, list) else [source]
+        path = path or sources[0].with_name(sources[0].name + INDEX_SUFFIX)
         path.parent.mkdir(parents=True, exist_ok=True)
-        if _stamp(source) != _read_stamp(path):
-            logger.info("Indexing %s by image (once per file)", source)
-            _build(source, path, stop)
-        return cls(path)
+        if _stamp(sources) != _read_stamp(path):
+            logger.info("Indexing %s by image (once per file)", ", ".join(map(str, sources)))
+            _build(kind, sources, path, stop)
+        return cls(path, kind)
 
     def _connection(self) -> sqlite3.Connection:
         connection = getattr(self.local, "connection", None)
@@ -73,13 +84,15 @@ class AnnotationIndex:
         except sqlite3.Error as exc:
             raise OSError(f"cannot read the annotation index {self.path}: {exc}") from exc
         for (record,) in rows:
+            if self.kind.json_lines:
+                yield json.loads(record)  # checked when the index was built
+                continue
             fields = next(csv.reader([record]), [])
             yield dict(zip(self.header, fields, strict=False))
 
 
-def _stamp(source: Path) -> str:
-    status = source.stat()
-    return f"{status.st_size}:{status.st_mtime_ns}"
+def _stamp(sources: list[Path]) -> str:
+    return " ".join(f"{status.st_size}:{status.st_mtime_ns}" for status in (source.stat() for source in sources))
 
 
 def _read_stamp(path: Path) -> str | None:
@@ -93,94 +106,188 @@ def _read_stamp(path: Path) -> str | None:
         return None  # a broken index is built again
 
 
-def _build(source: Path, path: Path, stop: threading.Event | None) -> None:
+def _build(kind: AnnotationKind, sources: list[Path], path: Path, stop: threading.Event | None) -> None:
     staging = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     staging.unlink(missing_ok=True)
     try:
-        with AnnotationReader(source, (ANNOTATION_ID_COLUMN,)) as reader:
-            connection = sqlite3.connect(staging)
-            try:
-                connection.executescript(
-                    "PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF;"
-                    "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT);"
-                    "CREATE TABLE records (image_id TEXT NOT NULL, n INTEGER NOT NULL, record TEXT NOT NULL,"
-                    " PRIMARY KEY (image_id, n)) WITHOUT ROWID;")
-                connection.executemany("INSERT INTO meta VALUES (?, ?)", [
-                    ("header", reader.header_line.rstrip("\r\n")), ("source", _stamp(source))])
-                batch: list[tuple[str, int, str]] = []
-                for n, (raw, (image_id,)) in enumerate(reader):
-                    batch.append((image_id, n, raw.rstrip("\r\n")))
-                    if len(batch) >= _BATCH:
-                        if stop is not None and stop.is_set():
-                            raise CopyStopped(str(source))
-                        connection.executemany("INSERT INTO records VALUES (?, ?, ?)", batch)
-                        batch = []
-                connection.executemany("INSERT INTO records VALUES (?, ?, ?)", batch)
-                connection.commit()
-            finally:
-                connection.close()
+        connection = sqlite3.connect(staging)
+        try:
+            connection.executescript(
+                "PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF;"
+                "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT);"
+                "CREATE TABLE records (image_id TEXT NOT NULL, n INTEGER NOT NULL, record TEXT NOT NULL,"
+                " PRIMARY KEY (image_id, n)) WITHOUT ROWID;")
+            n = 0
+            for number, source in enumerate(sources):
+                with open_records(kind, source) as reader:
+                    if number == 0:
+                        connection.executemany("INSERT INTO meta VALUES (?, ?)", [
+                            ("header", reader.header_line.rstrip("\r\n")), ("source", _stamp(sources))])
+                    batch: list[tuple[str, int, str]] = []
+                    for raw, (image_id,) in reader:
+                        if kind.json_lines and not valid_json_line(raw):
+                            continue
+                        batch.append((image_id, n, raw.rstrip("\r\n")))
+                        n += 1
+                        if len(batch) >= _BATCH:
+                            if stop is not None and stop.is_set():
+                                raise CopyStopped(str(source))
+                            connection.executemany("INSERT INTO records VALUES (?, ?, ?)", batch)
+                            batch = []
+                    connection.executemany("INSERT INTO records VALUES (?, ?, ?)", batch)
+            connection.commit()
+        finally:
+            connection.close()
         os.replace(staging, path)
     except sqlite3.Error as exc:
-        raise MetadataError(f"cannot index {source}: {exc}") from exc
+        raise MetadataError(f"cannot index {', '.join(map(str, sources))}: {exc}") from exc
     finally:
         staging.unlink(missing_ok=True)
 
 
 @dataclass
 class SampleAnnotations:
-    """The labels and boxes a pack sample carries, from the annotation files of
-    its split, restricted to ``label_names`` (the requested classes) if given.
+    """The annotations a sample carries, from the annotation files of its
+    split, restricted to ``label_names`` (the requested classes) if given: a
+    list per kind indexed (``labels`` and ``boxes`` always, when written).
 
     Each label: LabelName, DisplayName, ClassIndex (1-based, in the version's
     class descriptions: TFRecord's ``image/object/class/label``), Source,
     Confidence. Each box adds XMin, XMax, YMin, YMax (fractions of the image
-    as its file stores the pixels; ``boxes.stored_box`` moves them into an
-    output) and the flags IsOccluded, IsTruncated, IsGroupOf, IsDepiction,
-    IsInside (-1 where the file has no such column).
+    as its file stores the pixels; ``boxes.placed_annotations`` moves them
+    into an output) and the flags IsOccluded, IsTruncated, IsGroupOf,
+    IsDepiction, IsInside (-1 where the file has no such column). A mask:
+    LabelName, DisplayName, ClassIndex, MaskPath, BoxID, BoxXMin … BoxYMax,
+    PredictedIoU, Clicks (``{X, Y, Inside}``) and ``png``, the official PNG's
+    bytes (``None`` when it cannot be had). A point: LabelName (the file's
+    Label), DisplayName, ClassIndex, X, Y, EstimatedYesNo, Source, YesVotes,
+    NoVotes, UnsureVotes, TextLabel. A relationship: LabelName1, DisplayName1,
+    LabelName2, DisplayName2 (an attribute's name where it is one),
+    RelationshipLabel and the two boxes XMin1 … YMax2. A narrative: caption,
+    annotator_id, timed_caption (``{utterance, start_time, end_time}``) and
+    traces (lists of ``{x, y, t}``), each value checked for its type.
     """
 
-    boxes: dict[str, AnnotationIndex]  # split -> its box file's index
-    labels: dict[str, AnnotationIndex]  # split -> its image-label file's index
+    indexes: dict[str, dict[str, AnnotationIndex]]  # kind -> split -> its file's index
     classes: ClassNames
     label_names: frozenset[str] | None = None
+    masks: MaskPngs | None = None  # where the mask rows' PNGs come from
+    attributes: dict[str, str] = field(default_factory=dict)  # attribute MID -> name (relationships)
 
     def __post_init__(self) -> None:
         self.class_index = {mid: number for number, mid in enumerate(self.classes.names, 1)}
+        self.parsers = {"labels": self._label, "boxes": self._box, "masks": self._mask, "points": self._point,
+                        "relationships": self._relationship, "narratives": self._narrative}
 
     def of(self, split: str, image_id: str) -> dict[str, list[dict[str, Any]]]:
-        """``{"labels": [...], "boxes": [...]}`` of one image."""
-        labels = [self._label(record) for record in self._records(self.labels, split, image_id)]
-        boxes = [self._box(record) for record in self._records(self.boxes, split, image_id)]
-        return {"labels": [label for label in labels if label is not None],
-                "boxes": [box for box in boxes if box is not None]}
+        """``{"labels": [...], "boxes": [...], ...}`` of one image: a list per kind."""
+        found: dict[str, list[dict[str, Any]]] = {}
+        for kind, by_split in self.indexes.items():
+            index = by_split.get(split)
+            parse = self.parsers[kind]
+            items = (parse(split, record) for record in (index.records(image_id) if index else ())
+                     if self._keeps(index, record))
+            found[kind] = [item for item in items if item is not None]
+        return found
 
-    def _records(self, indexes: dict[str, AnnotationIndex], split: str, image_id: str) -> Iterator[dict[str, str]]:
-        index = indexes.get(split)
-        if index is None:
-            return iter(())
-        return (record for record in index.records(image_id)
-                if self.label_names is None or record.get("LabelName") in self.label_names)
+    def _keeps(self, index: AnnotationIndex | None, record: dict[str, Any]) -> bool:
+        columns = index.kind.label_columns if index is not None else ()
+        return self.label_names is None or not columns or any(
+            record.get(column) in self.label_names for column in columns)
 
-    def _label(self, record: dict[str, str]) -> dict[str, Any] | None:
+    def _class(self, mid: str, suffix: str = "") -> dict[str, Any]:
+        name = self.classes.names.get(mid) or self.attributes.get(mid, "")
+        return {f"LabelName{suffix}": mid, f"DisplayName{suffix}": name}
+
+    def _label(self, split: str, record: dict[str, str]) -> dict[str, Any] | None:
         mid = record.get("LabelName", "")
         try:
             confidence = float(record.get("Confidence") or 1)
         except ValueError:
             return None  # a malformed row, as the annotation files count and skip them
-        return {"LabelName": mid, "DisplayName": self.classes.names.get(mid, ""),
-                "ClassIndex": self.class_index.get(mid, 0), "Source": record.get("Source", ""),
+        return {**self._class(mid), "ClassIndex": self.class_index.get(mid, 0), "Source": record.get("Source", ""),
                 "Confidence": confidence}
 
-    def _box(self, record: dict[str, str]) -> dict[str, Any] | None:
-        label = self._label(record)
-        if label is None:
-            return None
-        try:
-            coordinates = {name: float(record[name]) for name in _COORDINATES}
-        except (KeyError, ValueError):
+    def _box(self, split: str, record: dict[str, str]) -> dict[str, Any] | None:
+        label = self._label(split, record)
+        coordinates = _numbers(record, _COORDINATES)
+        if label is None or coordinates is None:
             return None
         flags = {name: _flag(record.get(name)) for name in _FLAGS}
         return {**label, **coordinates, **flags}
+
+    def _mask(self, split: str, record: dict[str, str]) -> dict[str, Any] | None:
+        mid, image_id = record.get("LabelName", ""), record.get("ImageID", "")
+        box = _numbers(record, _MASK_BOX)
+        if box is None:
+            return None
+        mask_path = record.get("MaskPath", "")
+        png = self.masks.png(split, image_id, mask_path) if self.masks is not None else None
+        return {**self._class(mid), "ClassIndex": self.class_index.get(mid, 0), "MaskPath": mask_path,
+                "BoxID": record.get("BoxID", ""), **box, "PredictedIoU": _number(record.get("PredictedIoU")),
+                "Clicks": _clicks(record.get("Clicks", "")), "png": png}
+
+    def _point(self, split: str, record: dict[str, str]) -> dict[str, Any] | None:
+        mid = record.get("Label", "")
+        place = _numbers(record, ("X", "Y"))
+        if place is None:
+            return None
+        votes = {name: int(_number(record.get(name)) or 0) for name in ("YesVotes", "NoVotes", "UnsureVotes")}
+        return {**self._class(mid), "ClassIndex": self.class_index.get(mid, 0), **place,
+                "EstimatedYesNo": record.get("EstimatedYesNo", ""), "Source": record.get("Source", ""), **votes,
+                "TextLabel": record.get("TextLabel", "")}
+
+    def _relationship(self, split: str, record: dict[str, str]) -> dict[str, Any] | None:
+        boxes = _numbers(record, _PAIR)
+        if boxes is None:
+            return None
+        return {**self._class(record.get("LabelName1", ""), "1"), **self._class(record.get("LabelName2", ""), "2"),
+                "RelationshipLabel": record.get("RelationshipLabel", ""), **boxes}
+
+    def _narrative(self, split: str, record: dict[str, Any]) -> dict[str, Any] | None:
+        caption = record.get("caption")
+        if not isinstance(caption, str):
+            return None
+        timed = [{"utterance": str(each.get("utterance", "")), "start_time": _number(each.get("start_time")) or 0.0,
+                  "end_time": _number(each.get("end_time")) or 0.0}
+                 for each in _list(record.get("timed_caption")) if isinstance(each, dict)]
+        traces = [[{"x": x, "y": y, "t": _number(step.get("t")) or 0.0}
+                   for step in _list(trace) if isinstance(step, dict)
+                   for x, y in [(_number(step.get("x")), _number(step.get("y")))] if x is not None and y is not None]
+                  for trace in _list(record.get("traces"))]
+        annotator = record.get("annotator_id")
+        return {"caption": caption, "annotator_id": annotator if isinstance(annotator, int) else -1,
+                "timed_caption": timed, "traces": traces}
+
+
+def _number(value: object) -> float | None:
+    """A finite number from a file (text or JSON), else ``None``."""
+    if isinstance(value, bool) or value is None or value == "":
+        return None
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _numbers(record: dict[str, str], names: tuple[str, ...]) -> dict[str, float] | None:
+    found = {name: _number(record.get(name)) for name in names}
+    return None if any(value is None for value in found.values()) else found  # type: ignore[return-value]
+
+
+def _list(value: object) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _clicks(text: str) -> list[dict[str, float | int]]:
+    """``x y 0|1;…``: where the annotator clicked, and whether inside the object."""
+    clicks = []
+    for click in text.split(";"):
+        parts = click.split()
+        if len(parts) == 3 and (x := _number(parts[0])) is not None and (y := _number(parts[1])) is not None:
+            clicks.append({"X": x, "Y": y, "Inside": 1 if parts[2] == "1" else 0})
+    return clicks
 
 
 def _flag(value: str | None) -> int:

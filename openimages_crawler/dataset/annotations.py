@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import difflib
+import hashlib
 import itertools
 import json
 import logging
@@ -269,6 +270,62 @@ class ClassFilter:
             return list(found)
         every = (1 << len(self.classes)) - 1
         return [image_id for image_id, mask in found.items() if mask == every]
+
+    def balanced(self, found: dict[str, int], per_class: int, seed: int = 0) -> list[str]:
+        """At most ``per_class`` images of ``found`` per requested class (``-a per_class``),
+        the same for a given ``seed`` whatever the order ``found`` was filled in.
+
+        The candidates (those ``images`` keeps) are ordered: the images carrying
+        every requested class first, then the others, each group by a keyed hash
+        of (seed, ImageID) (the ImageID breaks a tie). Walking that order, an
+        image is taken when every requested class it carries has fewer than
+        ``per_class`` images so far, and then counts for each of them: no class
+        ever goes above ``per_class``, and a class may end below it when its
+        images are scarce or also carry classes already full. An image with every
+        class comes when no class is full yet, so they are all taken, up to
+        ``per_class``, before any other. One pass and a sort."""
+        if per_class < 1:
+            raise ValueError(f"per_class={per_class} must be 1 or more")
+        every = (1 << len(self.classes)) - 1
+        key = _seed_key(seed)
+
+        def order(image_id: str) -> bytes:
+            digest = hashlib.blake2b(image_id.encode(), digest_size=8, key=key).digest()
+            return (b"\0" if found[image_id] == every else b"\1") + digest + image_id.encode()
+
+        candidates = self.images(found)
+        candidates.sort(key=order)
+        counts = [0] * len(self.classes)
+        full = 0  # a bit per class that has its per_class images
+        taken: list[str] = []
+        for image_id in candidates:
+            mask = found[image_id]
+            if mask & full:
+                continue
+            taken.append(image_id)
+            for bit in range(len(counts)):
+                if mask >> bit & 1:
+                    counts[bit] += 1
+                    if counts[bit] == per_class:
+                        full |= 1 << bit
+            if full == every:
+                break
+        return taken
+
+    def counts(self, found: dict[str, int], image_ids: Iterable[str]) -> dict[str, int]:
+        """Per requested class, how many of ``image_ids`` (images of ``found``) carry it."""
+        counts = dict.fromkeys(self.classes, 0)
+        for image_id in image_ids:
+            mask = found[image_id]
+            for bit, name in enumerate(self.classes):
+                if mask >> bit & 1:
+                    counts[name] += 1
+        return counts
+
+
+def _seed_key(seed: int) -> bytes:
+    """The blake2b key of ``-a seed`` (a whole number 0 to 2**64 - 1)."""
+    return seed.to_bytes(8, "big")
 
 
 class CopyStopped(Exception):

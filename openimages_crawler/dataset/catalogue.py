@@ -198,10 +198,19 @@ _MASK_ARCHIVES = {split: {digit: RemoteFile(f"v5/{split}-masks/{split}-masks-{di
                   for split in _SPLITS}
 _MASK_EXTRAS = (MetadataSource(RemoteFile("v5/classes-segmentation.txt")),)
 
+# The boxable classes beside the boxes of V4-V7 (``scrapy export yolo --class-order
+# ultralytics`` numbers classes by them): V5's file for all four, the one FiftyOne
+# reads for V6 and V7 and Ultralytics' open-images-v7.yaml was sorted from. V4's own
+# (2018_04) has the same 601 label ids under older names ("Organ", "Asparagus", ...)
+# that sort elsewhere.
+BOXABLE_CLASSES_FILE: Final = "class-descriptions-boxable.csv"  # LabelName,DisplayName; no header
+_BOX_EXTRAS = (MetadataSource(RemoteFile(f"v5/{BOXABLE_CLASSES_FILE}")),)
+
 # V6's visual relationships (V7 reuses them), with the attribute names
 # (LabelName2 may be an attribute) and the relationship triplets.
 _RELATIONSHIPS = _one_each(_files("v6/oidv6-{split}-annotations-vrd.csv", _SPLITS))
-_RELATIONSHIP_EXTRAS = (MetadataSource(RemoteFile("v6/oidv6-attributes-description.csv")),
+ATTRIBUTE_NAMES_FILE: Final = "oidv6-attributes-description.csv"  # the attributes' display names
+_RELATIONSHIP_EXTRAS = (MetadataSource(RemoteFile(f"v6/{ATTRIBUTE_NAMES_FILE}")),
                         MetadataSource(RemoteFile("v6/oidv6-relationship-triplets.csv")))
 
 
@@ -268,6 +277,7 @@ VERSIONS: Final[dict[int, Version]] = {
             MetadataSource(RemoteFile("2018_04/class-descriptions.csv")),
             {"boxes": _one_each(_files("2018_04/{split}/{split}-annotations-bbox.csv", _SPLITS)),
              "labels": _one_each(_files("2018_04/{split}/{split}-annotations-human-imagelabels.csv", _SPLITS))},
+            extras={"boxes": _BOX_EXTRAS},
         ),
     ),
     5: Version(
@@ -281,7 +291,7 @@ VERSIONS: Final[dict[int, Version]] = {
              "labels": _one_each(_V5_LABELS),
              "masks": _MASKS},
             _MASK_ARCHIVES,
-            {"masks": _MASK_EXTRAS},
+            {"boxes": _BOX_EXTRAS, "masks": _MASK_EXTRAS},
         ),
     ),
     6: Version(
@@ -297,7 +307,7 @@ VERSIONS: Final[dict[int, Version]] = {
              "relationships": _RELATIONSHIPS,
              "narratives": _NARRATIVES},
             _MASK_ARCHIVES,
-            {"masks": _MASK_EXTRAS, "relationships": _RELATIONSHIP_EXTRAS},
+            {"boxes": _BOX_EXTRAS, "masks": _MASK_EXTRAS, "relationships": _RELATIONSHIP_EXTRAS},
         ),
     ),
     7: Version(
@@ -313,7 +323,7 @@ VERSIONS: Final[dict[int, Version]] = {
              "narratives": _NARRATIVES,
              "points": _one_each(_files("v7/oidv7-{short}-annotations-point-labels.csv", _SPLITS))},
             _MASK_ARCHIVES,
-            {"masks": _MASK_EXTRAS, "relationships": _RELATIONSHIP_EXTRAS},
+            {"boxes": _BOX_EXTRAS, "masks": _MASK_EXTRAS, "relationships": _RELATIONSHIP_EXTRAS},
         ),
     ),
 }

@@ -2,7 +2,8 @@
 
 The masks of a split come in 16 zips by the ImageID's first hex digit (the
 train ones are gigabytes each), so only the zips whose digit holds a wanted
-mask are fetched, through the metadata fetcher (resumed, cached). A member is
+mask are fetched, when one is first asked for, through the metadata fetcher
+(resumed, cached). A member is
 looked up by the ``MaskPath`` of a mask row, never extracted by its own name:
 the name is checked first (a plain file name starting with its ImageID), the
 member's size is bounded, read with a bound whatever its header says, and
@@ -16,12 +17,14 @@ import posixpath
 import re
 import threading
 import zipfile
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from typing import Protocol
 
 from openimages_crawler.dataset.catalogue import RemoteFile
 from openimages_crawler.dataset.fetch import FetchStopped, MetadataFetcher
 from openimages_crawler.dataset.rows import MetadataError
+from openimages_crawler.store.base import Store
+from openimages_crawler.store.layout import METADATA_DIR, StoreLayout
+from openimages_crawler.store.lock import StoreLocked, exclusive
 
 logger = logging.getLogger(__name__)
 
@@ -37,66 +40,99 @@ def mask_name_ok(mask_path: str, image_id: str) -> bool:
     return bool(_MASK_NAME.fullmatch(mask_path)) and mask_path.startswith(f"{image_id}_") and ".." not in mask_path
 
 
-@dataclass
-class MaskCounts:
-    """What one pass over the zips found."""
+class MaskPngs(Protocol):
+    """Where the official PNG of a mask row is found."""
 
-    found: int = 0
-    missing: list[str] = field(default_factory=list)  # no such member (or a bad one): the MaskPaths
-    archives: list[str] = field(default_factory=list)  # the zips opened
+    def png(self, split: str, image_id: str, mask_path: str) -> bytes | None: ...
 
 
 class MaskArchives:
-    """A version's mask zips per split and first hex digit, fetched when needed."""
+    """A version's mask zips per split and first hex digit, each fetched the
+    first time one of its masks is asked for (by any thread), and deleted at
+    ``close`` unless the archives are kept (``OPENIMAGES_SAVE_TARBALLS``)."""
 
     def __init__(self, fetcher: MetadataFetcher, archives: dict[str, dict[str, RemoteFile]]) -> None:
         self.fetcher = fetcher
         self.archives = archives
+        self.lock = threading.Lock()  # the process's threads; the cache's lock keeps other processes out
+        self.opened: dict[RemoteFile, tuple[zipfile.ZipFile, dict[str, zipfile.ZipInfo], threading.Lock]] = {}
+        self.fetched: list[str] = []  # the zips opened, for the log
 
-    def masks(self, split: str, wanted: Iterable[tuple[str, str]], counts: MaskCounts,
-              stop: threading.Event | None = None) -> Iterator[tuple[str, str, bytes]]:
-        """``(ImageID, MaskPath, PNG bytes)`` of each wanted ``(ImageID, MaskPath)``,
-        zip by zip; ones that are not in their zip, or not a bounded PNG, go to
-        ``counts.missing``. A stop between members raises ``FetchStopped``."""
-        by_digit: dict[str, list[tuple[str, str]]] = {}
-        for image_id, mask_path in wanted:
-            if not mask_name_ok(mask_path, image_id):
-                counts.missing.append(mask_path)
-                continue
-            by_digit.setdefault(image_id[0].lower(), []).append((image_id, mask_path))
-        for digit in sorted(by_digit):
-            remote = self.archives.get(split, {}).get(digit)
-            if remote is None:
-                counts.missing.extend(mask_path for _, mask_path in by_digit[digit])
-                continue
-            path = self.fetcher.fetch(remote)
-            counts.archives.append(remote.path)
-            try:
-                with zipfile.ZipFile(path) as archive:
+    def png(self, split: str, image_id: str, mask_path: str) -> bytes | None:
+        """The mask's PNG, or ``None`` when its name is not a plain mask name,
+        its zip has no such member, or the member is not a bounded PNG. A zip
+        that cannot be fetched or read is a ``MetadataError``."""
+        if not mask_name_ok(mask_path, image_id):
+            return None
+        remote = self.archives.get(split, {}).get(image_id[0].lower())
+        if remote is None:
+            return None
+        archive, members, lock = self._open(remote)
+        with lock:  # one member read at a time per zip
+            return _member(archive, members.get(mask_path))
+
+    def _open(self, remote: RemoteFile) -> tuple[zipfile.ZipFile, dict[str, zipfile.ZipInfo], threading.Lock]:
+        with self.lock:  # one fetch per zip: other threads wait for it
+            if remote not in self.opened:
+                if not self.fetcher.download and not (self.fetcher.root / remote.path).is_file():
+                    raise MetadataError(f"{remote.path} is not in the metadata cache and -a download_metadata=false")
+                try:
+                    with exclusive(self.fetcher.root.parent, METADATA_DIR, self.fetcher.stop):
+                        path = self.fetcher.fetch(remote)
+                except StoreLocked as exc:
+                    raise FetchStopped(str(exc)) from None
+                try:
+                    archive = zipfile.ZipFile(path)
                     members = {posixpath.basename(info.filename): info for info in archive.infolist()
                                if not info.is_dir()}
-                    for image_id, mask_path in by_digit[digit]:
-                        if stop is not None and stop.is_set():
-                            raise FetchStopped(f"stopped while extracting masks from {path}")
-                        data = _member(archive, members.get(mask_path))
-                        if data is None:
-                            counts.missing.append(mask_path)
-                            continue
-                        counts.found += 1
-                        yield image_id, mask_path, data
-            except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError) as exc:
-                path.unlink(missing_ok=True)  # fetched again by the next run
-                raise MetadataError(f"{path}: not a readable zip of masks: {exc}") from exc
-            if not self.fetcher.keep_archives:  # as the tarballs (OPENIMAGES_SAVE_TARBALLS)
-                path.unlink(missing_ok=True)
+                except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError) as exc:
+                    path.unlink(missing_ok=True)  # fetched again next time
+                    raise MetadataError(f"{path}: not a readable zip of masks: {exc}") from exc
+                self.opened[remote] = (archive, members, threading.Lock())
+                self.fetched.append(remote.path)
+            return self.opened[remote]
+
+    def close(self) -> None:
+        """Close the zips; delete them unless they are kept, as the tarballs are."""
+        with self.lock:
+            for remote, (archive, _, _) in self.opened.items():
+                archive.close()
+                if not self.fetcher.keep_archives:
+                    (self.fetcher.root / remote.path).unlink(missing_ok=True)
+            self.opened.clear()
 
 
 def _member(archive: zipfile.ZipFile, info: zipfile.ZipInfo | None) -> bytes | None:
     """The member's bytes if it is a PNG within the bound (its header's size is not trusted)."""
     if info is None or info.file_size > MAX_MASK_BYTES:
         return None
-    with archive.open(info) as source:
-        data = source.read(MAX_MASK_BYTES + 1)
+    try:
+        with archive.open(info) as source:
+            data = source.read(MAX_MASK_BYTES + 1)
+    except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError):  # a bad CRC, an unknown method
+        return None
     if len(data) > MAX_MASK_BYTES or not data.startswith(_PNG):
         return None
     return data
+
+
+class StoredMasks:
+    """The official masks a store holds already (``{split}/masks/{originals
+    folder}/…``, written by an earlier run or this one), else ``fallback``'s."""
+
+    def __init__(self, store: Store, layout: StoreLayout, fallback: MaskPngs | None = None) -> None:
+        self.store = store
+        self.layout = layout
+        self.fallback = fallback
+
+    def png(self, split: str, image_id: str, mask_path: str) -> bytes | None:
+        if not mask_name_ok(mask_path, image_id):
+            return None
+        try:
+            data = self.store.read(self.layout.mask_key(split, self.layout.originals_dir, image_id, mask_path),
+                                   most=MAX_MASK_BYTES)
+        except OSError:  # not there (or too large): from the zips
+            data = b""
+        if data.startswith(_PNG):
+            return data
+        return self.fallback.png(split, image_id, mask_path) if self.fallback is not None else None

@@ -170,19 +170,3 @@ def stored_mask(mask: Image.Image, geometry: Geometry | None, spec: ResizeSpec |
                                  window.xmax * width, window.ymax * height))
     moved = _binary(sampled)
     return moved if turn is None else moved.transpose(turn)
-
-
-def placed_annotations(annotations: dict[str, list[dict[str, Any]]], geometry: Geometry | None,
-                       spec: ResizeSpec | None) -> dict[str, list[dict[str, Any]]]:
-    """An image's labels and boxes (``dataset.annotation_index.SampleAnnotations``)
-    with each box's XMin, XMax, YMin, YMax moved into the output of ``spec``
-    (fractions of the stored image, to 6 decimals as in the official files);
-    boxes a crop leaves without area are dropped."""
-    boxes = []
-    for box in annotations["boxes"]:
-        source = NormBox(box["XMin"], box["XMax"], box["YMin"], box["YMax"])
-        moved = stored_box(source, geometry, spec)
-        if moved is not None:
-            boxes.append({**box, "XMin": round(moved.xmin, 6), "XMax": round(moved.xmax, 6),
-                          "YMin": round(moved.ymin, 6), "YMax": round(moved.ymax, 6)})
-    return {"labels": annotations["labels"], "boxes": boxes}

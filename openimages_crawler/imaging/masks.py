@@ -141,3 +141,26 @@ def decode_mask(data: bytes, max_pixels: int) -> Image.Image:
     except ImageRejected as exc:
         raise ValueError(exc.details) from exc
     return image if image.mode == "L" else image.convert("L")
+
+
+def joined_polygon(polygons: list[list[float]]) -> list[float]:
+    """One polygon for an object in several parts (YOLO's segmentation labels
+    take one per object): each further part is entered from the nearest
+    vertex of what is joined so far, walked round back to its entry and left
+    the way it came (a bridge of no width there and back), as Ultralytics
+    joins a COCO object's segments; ``[]`` for no part."""
+    if not polygons:
+        return []
+    joined = np.asarray(polygons[0], dtype=np.float64).reshape(-1, 2)
+    for polygon in polygons[1:]:
+        part = np.asarray(polygon, dtype=np.float64).reshape(-1, 2)
+        best = (np.inf, 0, 0)
+        for j, vertex in enumerate(part):  # a row at a time: memory stays linear in the vertices
+            distances = ((joined - vertex) ** 2).sum(axis=1)
+            i = int(distances.argmin())
+            if distances[i] < best[0]:
+                best = (float(distances[i]), i, j)
+        _, i, j = best
+        loop = np.concatenate([np.roll(part, -j, axis=0), part[j:j + 1]])
+        joined = np.concatenate([joined[:i + 1], loop, joined[i:]])
+    return [round(float(value), 6) for value in joined.reshape(-1)]

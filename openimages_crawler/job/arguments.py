@@ -47,6 +47,8 @@ class CrawlArguments:
     match_all: bool = False
     class_kinds: tuple[str, ...] = ("boxes",)  # the kinds whose files say which images carry the classes
     only_matching: bool = True  # with classes: the annotation files keep the requested classes only
+    per_class: int | None = None  # -a per_class=N: at most N images per requested class, per split
+    seed: int = 0  # -a seed=S: which balanced sample per_class takes
     kinds: tuple[str, ...] = ()  # the kinds of annotation written beside the results (ANNOTATION_KINDS)
     exports: tuple[str, ...] = ()  # -a export=coco,yolo,voc: label files written after the crawl
     licenses: frozenset[str] | None = None  # -a licenses=by,by-sa: Creative Commons short names kept
@@ -101,12 +103,16 @@ class CrawlArguments:
         retry_failed: str | None = None,
         export: str | None = None,
         licenses: str | None = None,
+        per_class: str | int | None = None,
+        seed: str | int | None = None,
     ) -> CrawlArguments:
         """Checked in a fixed order: the same mistakes always report the same one."""
         if subset is not None and not is_subset_name(subset):
             raise ArgumentError(f"-a subset={subset!r} is not a plain subset name")
         parsed_shard, license_names, class_list = _parse_selection(shard, licenses, classes)
-        _check_class_options(class_list, match=match, labels=labels, only_matching=only_matching)
+        _check_class_options(class_list, match=match, labels=labels, only_matching=only_matching,
+                             per_class=per_class, seed=seed)
+        per_class_count, seed_number = _parse_balance(per_class, seed)
         kinds, listed = _parse_kinds(annotations)
         exports, kinds = _parse_exports(export, kinds, class_list, version)
         class_kinds = _class_kinds(class_list, labels, kinds if listed else None)
@@ -131,6 +137,8 @@ class CrawlArguments:
             match_all=match == "all",
             class_kinds=class_kinds,
             only_matching=_parse_bool("only_matching", only_matching) if only_matching is not None else True,
+            per_class=per_class_count,
+            seed=seed_number,
             # -a metadata=PATH: no catalogue, no annotations
             kinds=kinds if version else (),
             exports=exports,
@@ -164,18 +172,42 @@ def _parse_selection(
 
 
 def _check_class_options(
-    class_list: list[str], *, match: str | None, labels: str | None, only_matching: str | bool | None
+    class_list: list[str], *, match: str | None, labels: str | None, only_matching: str | bool | None,
+    per_class: str | int | None = None, seed: str | int | None = None,
 ) -> None:
-    """``match``, ``labels`` and ``only_matching`` refine a class selection: without
-    ``-a classes`` they would be silently ignored."""
+    """``match``, ``labels``, ``only_matching``, ``per_class`` and ``seed`` refine a
+    class selection: without ``-a classes`` they would be silently ignored."""
     given = [f"-a {name}" for name, value in
-             (("match", match), ("labels", labels), ("only_matching", only_matching)) if value is not None]
+             (("match", match), ("labels", labels), ("only_matching", only_matching),
+              ("per_class", per_class), ("seed", seed)) if value is not None]
     if given and not class_list:
         raise ArgumentError(f"{', '.join(given)} only apply with -a classes")
     if match not in (None, "any", "all"):
         raise ArgumentError(f"-a match={match!r} is not any or all")
     if labels not in (None, *LABEL_KINDS):
         raise ArgumentError(f"-a labels={labels!r} is not boxes or verified")
+
+
+_MAX_SEED = (1 << 64) - 1
+
+
+def _parse_balance(per_class: str | int | None, seed: str | int | None) -> tuple[int | None, int]:
+    """``-a per_class=N`` (1 or more: 0 would select nothing) and ``-a seed=S``
+    (a whole number 0 to 2**64 - 1, default 0; only with per_class, which it steers)."""
+    count = _parse_count("per_class", per_class)
+    if count == 0:
+        raise ArgumentError("-a per_class=0 would select nothing: give 1 or more")
+    if seed is None or seed == "":
+        return count, 0
+    if count is None:
+        raise ArgumentError("-a seed only applies with -a per_class")
+    try:
+        number = int(seed)
+    except ValueError:
+        raise ArgumentError(f"-a seed={seed!r} is not a whole number") from None
+    if not 0 <= number <= _MAX_SEED:
+        raise ArgumentError(f"-a seed={seed!r} must be 0 to {_MAX_SEED}")
+    return count, number
 
 
 def _parse_kinds(annotations: str | bool | None) -> tuple[tuple[str, ...] | None, bool]:

@@ -229,7 +229,8 @@ class _Preparation:
         return self.fetcher.csv_paths([source for kind in self.arguments.kinds for source in extras.get(kind, ())])
 
     def images_of_classes(self, class_filter: ClassFilter, files: dict[tuple[str, str], list[Path]]) -> IdList:
-        """The images carrying the classes in any of the kinds looked in, split by split."""
+        """The images carrying the classes in any of the kinds looked in, split by
+        split; with ``-a per_class``, a balanced sample of them."""
         arguments = self.arguments
         by_split = {}
         for split in arguments.splits:
@@ -241,10 +242,19 @@ class _Preparation:
                         class_filter.found(ANNOTATION_KINDS[kind], path, found)
                     except (MetadataError, OSError) as exc:
                         raise ArgumentError(f"cannot read {path}: {exc}") from exc
-            by_split[split] = IdSet(class_filter.images(found))
-            level = logging.INFO if by_split[split] else logging.WARNING
-            logger.log(level, "%d %s images carry %s %s", len(by_split[split]), split,
+            carrying = class_filter.images(found)
+            level = logging.INFO if carrying else logging.WARNING
+            logger.log(level, "%d %s images carry %s %s", len(carrying), split,
                        "all of" if arguments.match_all else "any of", ", ".join(arguments.classes))
+            if arguments.per_class is not None:
+                # Balanced before the other filters: every shard of the split takes the same set.
+                del carrying  # (millions of ids on train: freed before the sort)
+                carrying = class_filter.balanced(found, arguments.per_class, arguments.seed)
+                counts = class_filter.counts(found, carrying)
+                logger.info("%d %s images taken with -a per_class=%d seed=%d: %s", len(carrying), split,
+                            arguments.per_class, arguments.seed,
+                            ", ".join(f"{name} {count}" for name, count in counts.items()))
+            by_split[split] = IdSet(carrying)
         return IdList(by_split=by_split)
 
 

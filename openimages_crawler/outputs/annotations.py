@@ -17,7 +17,7 @@ from openimages_crawler.dataset.annotations import (
 )
 from openimages_crawler.dataset.catalogue import ANNOTATION_KINDS, CLASS_NAMES_FILE, MASK_COLUMN
 from openimages_crawler.dataset.fetch import FetchStopped
-from openimages_crawler.dataset.masks import MaskArchives, MaskCounts
+from openimages_crawler.dataset.masks import MaskPngs, mask_name_ok
 from openimages_crawler.dataset.rows import MetadataError
 from openimages_crawler.store.base import Store, writing_text
 from openimages_crawler.store.layout import StoreLayout
@@ -40,7 +40,7 @@ class AnnotationOutput:
         class_names: Path | None = None,
         *,
         extras: list[Path] | None = None,
-        masks: MaskArchives | None = None,
+        masks: MaskPngs | None = None,
         layout: StoreLayout | None = None,
     ) -> None:
         self.store = store  # its copies are fetched into ``records``, added to there and sent back
@@ -95,23 +95,33 @@ class AnnotationOutput:
 
     def write_masks(self, split: str, rows: Path, image_ids: set[str]) -> None:
         """The official PNG of each mask row of ``image_ids`` not in the store
-        yet, under ``{split}/masks/{originals folder}/{prefix}/{MaskPath}``."""
+        yet (the crawl wrote those of the images it stored), under
+        ``{split}/masks/{originals folder}/{prefix}/{MaskPath}``."""
         if self.masks is None:
             return
-        layout = self.layout
-        wanted = []
+        layout, written, missing = self.layout, 0, []
         with AnnotationReader(rows, ("ImageID", MASK_COLUMN)) as reader:
             for _, (image_id, mask_path) in reader:
-                if image_id in image_ids and not self.store.exists(
-                        layout.mask_key(split, layout.originals_dir, image_id, mask_path)):
-                    wanted.append((image_id, mask_path))
-        counts = MaskCounts()
-        for image_id, mask_path, data in self.masks.masks(split, dict.fromkeys(wanted), counts, self.stopping):
-            self.store.write(layout.mask_key(split, layout.originals_dir, image_id, mask_path), data)
-        if counts.missing:
-            logger.warning("%d %s masks are not in their zips, or not usable PNGs: %s", len(counts.missing), split,
-                           ", ".join(counts.missing[:5]) + (" ..." if len(counts.missing) > 5 else ""))
-        logger.info("Wrote %d %s masks from %s", counts.found, split, ", ".join(counts.archives) or "no zip")
+                if self.stopping.is_set():
+                    raise CopyStopped(str(rows))
+                if image_id not in image_ids:
+                    continue
+                if not mask_name_ok(mask_path, image_id):
+                    missing.append(mask_path)
+                    continue
+                key = layout.mask_key(split, layout.originals_dir, image_id, mask_path)
+                if self.store.exists(key):
+                    continue
+                data = self.masks.png(split, image_id, mask_path)
+                if data is None:
+                    missing.append(mask_path)
+                    continue
+                self.store.write(key, data)
+                written += 1
+        if missing:
+            logger.warning("%d %s masks are not in their zips, or not usable PNGs: %s", len(missing), split,
+                           ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else ""))
+        logger.info("Wrote %d %s masks", written, split)
 
     def write_beside(self) -> int:
         """``{split}/class-descriptions.csv`` (what the label ids in the annotation

@@ -1,7 +1,8 @@
 """COCO, YOLO and Pascal VOC writers: each fills a staging folder that
-``outputs.export`` puts in place whole. Boxes arrive as fractions of the stored
-image (``imaging.boxes.placed_annotations``). Which name stands for which
-writer is ``outputs.formats``."""
+``outputs.export`` puts in place whole. An image's annotations arrive moved
+into the stored image (``imaging.placement.placed_annotations``): boxes as
+fractions, masks as PNGs of its size. Which name stands for which writer is
+``outputs.formats``."""
 
 from __future__ import annotations
 
@@ -13,7 +14,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from PIL import Image
+
 from openimages_crawler.imaging.boxes import NormBox
+from openimages_crawler.imaging.masks import (
+    joined_polygon,
+    mask_area,
+    mask_polygons,
+    mask_rle,
+)
+from openimages_crawler.imaging.placement import (
+    Annotations,
+    mask_at,
+    objects_with_masks,
+)
 
 if TYPE_CHECKING:  # hints only: stored.py reads packs through outputs.formats, which imports this module
     from openimages_crawler.outputs.stored import StoredImage
@@ -29,6 +43,10 @@ class ExportClass:
     index: int
 
 
+# What a YOLO export labels (``--task``): boxes, or the masks' outlines.
+YOLO_TASKS = ("detect", "segment")
+
+
 @dataclass(frozen=True, slots=True)
 class LabelTarget:
     """What a writer of one format of a subset's export is given."""
@@ -37,12 +55,27 @@ class LabelTarget:
     final: Path  # where ``outputs.export`` puts that folder once it is closed
     classes: list[ExportClass]
     subset: str
+    task: str = "detect"  # YOLO's: a name of YOLO_TASKS
 
 
 class LabelWriter(Protocol):
-    def add(self, image: StoredImage, boxes: list[dict[str, Any]]) -> None: ...
+    def add(self, image: StoredImage, annotations: Annotations) -> None: ...
 
     def close(self) -> None: ...
+
+
+def objects_of(image: StoredImage, annotations: Annotations) -> list[tuple[dict[str, Any], Image.Image | None]]:
+    """The image's objects (its boxes; its masks where no boxes were written),
+    each with its mask at the image's pixel size, or ``None``."""
+    objects, pngs = objects_with_masks(annotations.get("boxes", []), annotations.get("masks"))
+    size = (image.width, image.height)
+    return [(item, mask_at(png, size) if png is not None else None)
+            for item, png in zip(objects, pngs or [None] * len(objects), strict=True)]
+
+
+# Open Images flags -> the COCO annotation's extra fields (-1: unknown, as a mask has none).
+_COCO_FLAGS = {"IsOccluded": "is_occluded", "IsTruncated": "is_truncated", "IsGroupOf": "is_group_of",
+               "IsDepiction": "is_depiction", "IsInside": "is_inside"}
 
 
 def _norm(box: dict[str, Any]) -> NormBox:
@@ -52,8 +85,12 @@ def _norm(box: dict[str, Any]) -> NormBox:
 class CocoWriter:
     """``instances.json``: images (file_name relative to it), categories (the
     label id kept as ``label_name``), annotations with bbox [x, y, w, h] in
-    pixels, area, iscrowd from IsGroupOf, the Open Images flags as extra
-    fields. Streamed through two temporary files, so memory stays flat."""
+    pixels, iscrowd from IsGroupOf, the Open Images flags as extra fields, and
+    ``segmentation``: the object's mask as compressed RLE (pycocotools' own
+    encoding, ``area`` its pixel count) where the store has one, else the
+    box's rectangle as a polygon (``area`` the box's). With narratives,
+    ``captions.json`` in COCO's captions format. Streamed through temporary
+    files, so memory stays flat."""
 
     def __init__(self, target: LabelTarget) -> None:
         self.folder = target.folder
@@ -63,9 +100,10 @@ class CocoWriter:
         self.folder.mkdir(parents=True, exist_ok=True)
         self.images = open(self.folder / ".images.part", "w", encoding="utf-8")
         self.annotations = open(self.folder / ".annotations.part", "w", encoding="utf-8")
-        self.image_count = self.box_count = 0
+        self.captions = open(self.folder / ".captions.part", "w", encoding="utf-8")
+        self.image_count = self.box_count = self.caption_count = 0
 
-    def add(self, image: StoredImage, boxes: list[dict[str, Any]]) -> None:
+    def add(self, image: StoredImage, annotations: Annotations) -> None:
         self.image_count += 1
         image_id = self.image_count
         entry: dict[str, Any] = {"id": image_id, "file_name": f"../{image.path}", "width": image.width,
@@ -73,56 +111,88 @@ class CocoWriter:
         if image.in_pack:
             entry["shard"] = image.pack
         self.images.write(("," if image_id > 1 else "") + json.dumps(entry, ensure_ascii=False) + "\n")
-        for box in boxes:
+        for box, mask in objects_of(image, annotations):
             category = self.category.get(box["LabelName"])
             if category is None:
                 continue
             x, y, w, h = (round(value, 2) for value in _norm(box).pixels(image.width, image.height))
             self.box_count += 1
+            segmentation: Any = [[x, y, x + w, y, x + w, y + h, x, y + h]]
+            area: float = round(w * h, 2)
+            if mask is not None:
+                segmentation, area = mask_rle(mask), mask_area(mask)
             annotation = {
                 "id": self.box_count, "image_id": image_id, "category_id": category, "bbox": [x, y, w, h],
-                "area": round(w * h, 2), "iscrowd": 1 if box["IsGroupOf"] == 1 else 0,
-                "segmentation": [[x, y, x + w, y, x + w, y + h, x, y + h]],
-                "label_name": box["LabelName"], "source": box["Source"], "confidence": box["Confidence"],
-                "is_occluded": box["IsOccluded"], "is_truncated": box["IsTruncated"], "is_group_of": box["IsGroupOf"],
-                "is_depiction": box["IsDepiction"], "is_inside": box["IsInside"],
+                "area": area, "iscrowd": 1 if box.get("IsGroupOf") == 1 else 0, "segmentation": segmentation,
+                "label_name": box["LabelName"], "source": box.get("Source", ""),
+                "confidence": box.get("Confidence", 1.0),
+                **{key: box.get(flag, -1) for flag, key in _COCO_FLAGS.items()},
             }
             self.annotations.write(("," if self.box_count > 1 else "") + json.dumps(annotation) + "\n")
+        for narrative in annotations.get("narratives", []):
+            self.caption_count += 1
+            caption = {"id": self.caption_count, "image_id": image_id, "caption": narrative["caption"]}
+            self.captions.write(("," if self.caption_count > 1 else "") + json.dumps(caption, ensure_ascii=False)
+                                + "\n")
 
     def close(self) -> None:
-        self.images.close()
-        self.annotations.close()
+        for part in (self.images, self.annotations, self.captions):
+            part.close()
         categories = [{"id": cls.index, "name": cls.name, "supercategory": "object", "label_name": cls.mid}
                       for cls in self.classes]
         info = {"description": f"Open Images, {self.subset}: the images of this store", "version": "1.0"}
-        with open(self.folder / "instances.json", "w", encoding="utf-8") as out:
-            out.write('{"info": ' + json.dumps(info) + ', "licenses": [], "categories": '
-                      + json.dumps(categories, ensure_ascii=False) + ',\n"images": [\n')
-            for part, closing in ((".images.part", '],\n"annotations": [\n'), (".annotations.part", "]}\n")):
+        head = '{"info": ' + json.dumps(info) + ', "licenses": [], '
+        self._join("instances.json", head + '"categories": ' + json.dumps(categories, ensure_ascii=False),
+                   ".annotations.part")
+        if self.caption_count:
+            self._join("captions.json", head.rstrip(", "), ".captions.part")
+        else:
+            (self.folder / ".captions.part").unlink()
+        (self.folder / ".images.part").unlink()
+
+    def _join(self, name: str, head: str, annotations: str) -> None:
+        """``{head, "images": [...], "annotations": [...]}`` from the parts."""
+        with open(self.folder / name, "w", encoding="utf-8") as out:
+            out.write(head + ',\n"images": [\n')
+            for part, closing in ((".images.part", '],\n"annotations": [\n'), (annotations, "]}\n")):
                 with open(self.folder / part, encoding="utf-8") as source:
                     shutil.copyfileobj(source, out)
                 out.write(closing)
-                (self.folder / part).unlink()
+        (self.folder / annotations).unlink()
 
 
 class YoloWriter:
-    """Ultralytics layout: ``labels/{ImageID}.txt`` (class x_center y_center
-    width height, fractions), ``images/{ImageID}.{ext}`` linking to the stored
-    file (files outputs), ``classes.txt`` and ``data.yaml``."""
+    """Ultralytics layout: ``labels/{ImageID}.txt``, ``images/{ImageID}.{ext}``
+    linking to the stored file (files outputs), ``classes.txt`` and
+    ``data.yaml``. A label line is ``class x_center y_center width height``
+    (fractions; task ``detect``) or ``class x1 y1 x2 y2 …`` (task ``segment``:
+    the outline of the object's mask, its separate parts joined into one
+    polygon as Ultralytics' own converter joins them; an object without a
+    mask is left out, counted in ``without_mask``: Ultralytics drops every
+    outline of a dataset that mixes boxes and outlines)."""
 
     def __init__(self, target: LabelTarget) -> None:
         self.folder = target.folder
         self.final = target.final  # data.yaml names it, links are relative to it
         self.number = {cls.mid: number for number, cls in enumerate(target.classes)}
         self.classes = target.classes
+        self.segment = target.task == "segment"
         (self.folder / "labels").mkdir(parents=True, exist_ok=True)
-        self.linked = 0
+        self.linked = self.without_mask = 0
 
-    def add(self, image: StoredImage, boxes: list[dict[str, Any]]) -> None:
+    def add(self, image: StoredImage, annotations: Annotations) -> None:
         lines = []
-        for box in boxes:
+        for box, mask in objects_of(image, annotations) if self.segment else (
+                (box, None) for box in objects_with_masks(annotations.get("boxes", []), annotations.get("masks"))[0]):
             number = self.number.get(box["LabelName"])
             if number is None:
+                continue
+            if self.segment:
+                polygon = joined_polygon(mask_polygons(mask)) if mask is not None else []
+                if not polygon:
+                    self.without_mask += 1
+                    continue
+                lines.append(f"{number} " + " ".join(f"{value:.6f}" for value in polygon) + "\n")
                 continue
             norm = _norm(box)
             lines.append(f"{number} {(norm.xmin + norm.xmax) / 2:.6f} {(norm.ymin + norm.ymax) / 2:.6f} "
@@ -155,7 +225,8 @@ class VocWriter:
         self.folder.mkdir(parents=True, exist_ok=True)
         self.names = {cls.mid: cls.name for cls in target.classes}
 
-    def add(self, image: StoredImage, boxes: list[dict[str, Any]]) -> None:
+    def add(self, image: StoredImage, annotations: Annotations) -> None:
+        boxes = objects_with_masks(annotations.get("boxes", []), annotations.get("masks"))[0]
         root = ElementTree.Element("annotation")
         _text(root, "folder", image.path.split("/", 1)[0])
         _text(root, "filename", image.path.rpartition("/")[2])
@@ -173,8 +244,8 @@ class VocWriter:
             _text(item, "name", name)
             _text(item, "label_name", box["LabelName"])
             _text(item, "pose", "Unspecified")
-            _text(item, "truncated", int(box["IsTruncated"] == 1))
-            _text(item, "occluded", int(box["IsOccluded"] == 1))
+            _text(item, "truncated", int(box.get("IsTruncated") == 1))
+            _text(item, "occluded", int(box.get("IsOccluded") == 1))
             _text(item, "difficult", 0)
             norm = _norm(box)
             xmin, ymin = round(norm.xmin * image.width) + 1, round(norm.ymin * image.height) + 1

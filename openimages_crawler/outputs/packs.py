@@ -7,6 +7,7 @@ imported only by the formats that need them; no Scrapy import.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import tarfile
@@ -16,11 +17,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from PIL import Image
+
+from openimages_crawler.imaging.placement import (
+    BOX_COORDINATES,
+    MASK_BOX,
+    objects_with_masks,
+)
+
 IMAGE_EXTENSIONS = ("jpg", "png", "webp")  # the formats an image is stored in
 PARQUET_ROW_GROUP = 1000  # images per row group: ~1000 rows stream well and keep the footer small
 PARQUET_READ_BATCH = 256  # rows read at once
-ANNOTATION_KEYS = ("labels", "boxes")
-BOX_COORDINATES = ("XMin", "XMax", "YMin", "YMax")
+ANNOTATION_KEYS = ("labels", "boxes", "masks", "points", "relationships", "narratives")
 BOX_FLAGS = ("IsOccluded", "IsTruncated", "IsGroupOf", "IsDepiction", "IsInside")
 _TF_FLAGS = {"IsOccluded": "occluded", "IsTruncated": "truncated", "IsGroupOf": "group_of",
              "IsDepiction": "depiction"}  # the TF Object Detection API's names
@@ -47,8 +55,18 @@ class Sample:
     annotations: Annotations | None = None  # None: the crawl writes no annotations
 
     def metadata(self) -> dict[str, Any]:
-        """What a sample carries beside its bytes (WebDataset's ``.json``)."""
-        return {**self.fields, "width": self.width, "height": self.height, **(self.annotations or {})}
+        """What a sample carries beside its bytes (WebDataset's ``.json``): each
+        mask names its PNG member (``mask{n}.png``, ``None`` when it could not be had)."""
+        annotations = dict(self.annotations or {})
+        if "masks" in annotations:
+            annotations["masks"] = [{**{key: value for key, value in mask.items() if key != "png"},
+                                     "file": f"mask{number}.png" if mask["png"] is not None else None}
+                                    for number, mask in enumerate(annotations["masks"])]
+        return {**self.fields, "width": self.width, "height": self.height, **annotations}
+
+    def captions(self) -> list[str]:
+        """The image's narratives' captions (a caption model's text)."""
+        return [narrative["caption"] for narrative in (self.annotations or {}).get("narratives", [])]
 
 
 class PackWriter(Protocol):
@@ -60,7 +78,10 @@ class PackWriter(Protocol):
 
 
 class TarPack:
-    """WebDataset: ``{ImageID}.{ext}`` and ``{ImageID}.json`` per sample, in order."""
+    """WebDataset: ``{ImageID}.{ext}`` and ``{ImageID}.json`` per sample, in order;
+    with masks ``{ImageID}.mask{n}.png`` (the ``.json``'s n-th mask), with
+    narratives ``{ImageID}.txt`` (the captions, one per line: what caption
+    loaders read)."""
 
     def __init__(self, path: Path, first: Sample) -> None:
         self.tar = tarfile.open(path, "w", format=tarfile.USTAR_FORMAT)
@@ -74,6 +95,12 @@ class TarPack:
     def add(self, sample: Sample) -> None:
         self._member(f"{sample.image_id}.{sample.ext}", sample.data)
         self._member(f"{sample.image_id}.json", json.dumps(sample.metadata(), ensure_ascii=False).encode())
+        annotations = sample.annotations or {}
+        for number, mask in enumerate(annotations.get("masks", [])):
+            if mask["png"] is not None:
+                self._member(f"{sample.image_id}.mask{number}.png", mask["png"])
+        if "narratives" in annotations:
+            self._member(f"{sample.image_id}.txt", "\n".join(sample.captions()).encode())
 
     def close(self) -> None:
         self.tar.close()
@@ -91,16 +118,13 @@ class ParquetPack:
         self.pa = pa
         names = ["ImageID", "image", "format", "width", "height", *ANNOTATION_KEYS]
         self.columns = [name for name in first.fields if name not in names]
-        self.annotated = first.annotations is not None
-        label = [("LabelName", pa.string()), ("DisplayName", pa.string()), ("ClassIndex", pa.int32()),
-                 ("Source", pa.string()), ("Confidence", pa.float64())]
-        box = label + [(name, pa.float64()) for name in BOX_COORDINATES] + [(name, pa.int8()) for name in BOX_FLAGS]
+        self.kinds = [kind for kind in ANNOTATION_KEYS if kind in (first.annotations or {})]
+        types = _parquet_types(pa)
         self.schema = pa.schema(
             [("ImageID", pa.string()), ("image", pa.binary()), ("format", pa.string()),
              ("width", pa.int32()), ("height", pa.int32())]
             + [(name, pa.string()) for name in self.columns]
-            + ([("labels", pa.list_(pa.struct(label))), ("boxes", pa.list_(pa.struct(box)))]
-               if self.annotated else []))
+            + [(kind, pa.list_(pa.struct(types[kind]))) for kind in self.kinds])
         self.writer = pq.ParquetWriter(path, self.schema, compression="zstd")
         self.rows: list[Sample] = []
 
@@ -118,14 +142,38 @@ class ParquetPack:
             "format": [s.ext for s in rows], "width": [s.width for s in rows], "height": [s.height for s in rows],
             **{name: [s.fields.get(name, "") for s in rows] for name in self.columns},
         }
-        if self.annotated:
-            for key in ANNOTATION_KEYS:
-                arrays[key] = [(s.annotations or {}).get(key, []) for s in rows]
+        for kind in self.kinds:
+            arrays[kind] = [(s.annotations or {}).get(kind, []) for s in rows]
         self.writer.write_table(self.pa.table(arrays, schema=self.schema))
 
     def close(self) -> None:
         self._flush()
         self.writer.close()
+
+
+def _parquet_types(pa: Any) -> dict[str, list[tuple[str, Any]]]:
+    """Each kind's list-of-struct fields, as ``SampleAnnotations`` and ``placed_annotations`` make them."""
+    named = [("LabelName", pa.string()), ("DisplayName", pa.string()), ("ClassIndex", pa.int32())]
+    label = [*named, ("Source", pa.string()), ("Confidence", pa.float64())]
+    return {
+        "labels": label,
+        "boxes": label + [(name, pa.float64()) for name in BOX_COORDINATES] + [(name, pa.int8()) for name in BOX_FLAGS],
+        "masks": [*named, ("MaskPath", pa.string()), ("BoxID", pa.string()),
+                  *((name, pa.float64()) for name in MASK_BOX), ("PredictedIoU", pa.float64()),
+                  ("Clicks", pa.list_(pa.struct([("X", pa.float64()), ("Y", pa.float64()), ("Inside", pa.int8())]))),
+                  ("png", pa.binary())],
+        "points": [*named, ("X", pa.float64()), ("Y", pa.float64()), ("EstimatedYesNo", pa.string()),
+                   ("Source", pa.string()), ("YesVotes", pa.int32()), ("NoVotes", pa.int32()),
+                   ("UnsureVotes", pa.int32()), ("TextLabel", pa.string())],
+        "relationships": [(f"{name}{side}", kind) for side in "12" for name, kind in named[:2]]
+                         + [("RelationshipLabel", pa.string())]
+                         + [(f"{name}{side}", pa.float64()) for side in "12" for name in BOX_COORDINATES],
+        "narratives": [("caption", pa.string()), ("annotator_id", pa.int64()),
+                       ("timed_caption", pa.list_(pa.struct([("utterance", pa.string()), ("start_time", pa.float64()),
+                                                             ("end_time", pa.float64())]))),
+                       ("traces", pa.list_(pa.list_(pa.struct([("x", pa.float64()), ("y", pa.float64()),
+                                                               ("t", pa.float64())]))))],
+    }
 
 
 class TfRecordPack:
@@ -152,24 +200,49 @@ class TfRecordPack:
             "image/width": (sample.width, "int"),
             "image/source_id": (sample.image_id.encode(), "byte"),
             **{f"openimages/{name}": (value.encode(), "byte") for name, value in sample.fields.items()},
-            **(_tf_annotations(sample.annotations) if sample.annotations is not None else {}),
+            **(_tf_annotations(sample.annotations, (sample.width, sample.height))
+               if sample.annotations is not None else {}),
         })
 
     def close(self) -> None:
         self.writer.close()
 
 
-def _tf_annotations(annotations: Annotations) -> dict[str, tuple[list[Any], str]]:
-    boxes, labels = annotations["boxes"], annotations["labels"]
-    return {
-        **{f"image/object/bbox/{name.lower()}": ([box[name] for box in boxes], "float") for name in BOX_COORDINATES},
-        "image/object/class/label": ([box["ClassIndex"] for box in boxes], "int"),
-        "image/object/class/text": ([box["DisplayName"].encode() for box in boxes], "byte"),
-        **{f"image/object/{key}": ([box[flag] for box in boxes], "int") for flag, key in _TF_FLAGS.items()},
+def _tf_annotations(annotations: Annotations, size: tuple[int, int]) -> dict[str, tuple[list[Any], str]]:
+    """The TF Object Detection API's keys. Its objects are the boxes; with
+    masks, ``image/object/mask`` holds one PNG per object: the box's mask
+    (``objects_with_masks``), an empty mask for a box without one. Masks
+    written without boxes are the objects themselves (their boxes)."""
+    labels = annotations.get("labels", [])
+    objects, masks = objects_with_masks(annotations.get("boxes", []), annotations.get("masks"))
+    features: dict[str, tuple[list[Any], str]] = {
+        **{f"image/object/bbox/{name.lower()}": ([box[name] for box in objects], "float") for name in BOX_COORDINATES},
+        "image/object/class/label": ([box["ClassIndex"] for box in objects], "int"),
+        "image/object/class/text": ([box["DisplayName"].encode() for box in objects], "byte"),
+        **{f"image/object/{key}": ([box.get(flag, -1) for box in objects], "int") for flag, key in _TF_FLAGS.items()},
         "image/class/label": ([label["ClassIndex"] for label in labels], "int"),
         "image/class/text": ([label["DisplayName"].encode() for label in labels], "byte"),
         "image/class/confidence": ([label["Confidence"] for label in labels], "float"),
     }
+    if masks is not None:
+        features["image/object/mask"] = ([png or _empty_png(size) for png in masks], "byte")
+    if "points" in annotations:
+        points = annotations["points"]
+        features.update({"image/point/x": ([point["X"] for point in points], "float"),
+                         "image/point/y": ([point["Y"] for point in points], "float"),
+                         "image/point/class/text": ([point["DisplayName"].encode() for point in points], "byte"),
+                         "image/point/yes_no": ([point["EstimatedYesNo"].encode() for point in points], "byte")})
+    if "narratives" in annotations:
+        features["image/caption"] = ([item["caption"].encode() for item in annotations["narratives"]], "byte")
+    return features
+
+
+@functools.lru_cache(maxsize=8)
+def _empty_png(size: tuple[int, int]) -> bytes:
+    """A mask with nothing inside, for a box without one (the API wants one PNG per object)."""
+    out = io.BytesIO()
+    Image.new("1", size, 0).save(out, "PNG")
+    return out.getvalue()
 
 
 def tar_samples(path: Path) -> Iterator[StoredSample]:
