@@ -97,7 +97,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--img2dataset-threads", type=int, default=32)
     parser.add_argument("--baseline-processes", type=int, default=16)
     parser.add_argument("--probes", default="csv,rerun,quality,classes,merge,fleet,s3",
-                        help="probes to run ('' = none; also: handlers, loop, index, database, status)")
+                        help="probes to run ('' = none; also: handlers, loop, index, kinds, database, status)")
     parser.add_argument("--probe-rows", type=int, default=9_200_000)
     parser.add_argument("--probe-seconds", type=int, default=120)
     parser.add_argument("--store-rows", type=int, default=100_000)

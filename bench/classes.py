@@ -117,11 +117,13 @@ def _write_images(out: IO[str], rng: random.Random, labels: list[str], rows: int
         writer.writerow(row.values())
 
 
-def _store_with_cache(work: Path, data: Path) -> Path:
-    """A fresh store whose metadata cache links to the generated files."""
+def store_with_cache(work: Path, data: Path, pattern: str = "*.csv") -> Path:
+    """A fresh store whose metadata cache links to the generated files (those ``pattern`` names)."""
     store = work / "store"
     shutil.rmtree(store, ignore_errors=True)
-    for source in data.rglob("*.csv"):
+    for source in data.rglob(pattern):
+        if not source.is_file() or source.name.endswith(".tmp"):
+            continue
         target = store / "metadata" / source.relative_to(data)
         target.parent.mkdir(parents=True, exist_ok=True)
         target.symlink_to(source)
@@ -179,8 +181,8 @@ def probe(work: Path, cache: Path, args: argparse.Namespace) -> dict:
     data = generate(cache / f"classes-{args.bbox_rows}", args.bbox_rows)
     work.mkdir(parents=True, exist_ok=True)
     size_gb = data["boxes"].stat().st_size / 1e9
-    select = _timed_crawl(_store_with_cache(work, cache / f"classes-{args.bbox_rows}"), work / "select.log", False)
-    write = _timed_crawl(_store_with_cache(work, cache / f"classes-{args.bbox_rows}"), work / "write.log", True)
+    select = _timed_crawl(store_with_cache(work, cache / f"classes-{args.bbox_rows}"), work / "select.log", False)
+    write = _timed_crawl(store_with_cache(work, cache / f"classes-{args.bbox_rows}"), work / "write.log", True)
     for run, log in ((select, "select.log"), (write, "write.log")):
         if run["returncode"] != 0:
             raise SystemExit(f"the classes probe's crawl failed: see {work / log}")

@@ -1,7 +1,8 @@
 """Probes: a 9.2M-row metadata CSV (time to the first request, RSS over the
 first minutes), a rerun over a finished 100k-image store (rows skipped per
 second, downloads made), the fast path's output quality, selection by
-class over a 14.6M-row bounding-box file (bench/classes.py), the merge of
+class over a 14.6M-row bounding-box file (bench/classes.py), the
+annotation kinds beyond boxes over full-size V7 train files (bench/kinds.py), the merge of
 9M results rows from processes' parts, a fleet of two local Scrapyd
 nodes (bench/fleet.py), a crawl into a local S3 server against local
 disk (bench/objects.py), a process's status record after 300,000 hosts,
@@ -26,7 +27,7 @@ from pathlib import Path
 import psutil
 from PIL import Image
 
-from bench import classes, fleet, handler_probes, objects, quality, servers
+from bench import classes, fleet, handler_probes, kinds, objects, quality, servers
 from bench import corpus as corpus_module
 from bench.contenders import REPO
 from bench.servers import LOCAL_HOSTS_ALLOWED
@@ -54,6 +55,8 @@ def run(name: str, corpora: dict[str, corpus_module.Corpus], work: Path, args: a
         return quality.compare(corpus)
     if name == "classes":
         return classes.probe(work / "probe-classes", corpus.root.parent, args)
+    if name == "kinds":
+        return kinds.probe(work / "probe-kinds", corpus.root.parent, args)
     if name == "index":
         return classes.index_probe(work / "probe-index", corpus.root.parent, args)
     if name == "database":

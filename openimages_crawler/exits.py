@@ -48,6 +48,12 @@ def lock_lost(why: str) -> Exit:
                 "rows not recorded yet are still pending: run the same command again once that one ends")
 
 
+def annotations_unwritten(errors: int) -> Exit:
+    """The exit of a crawl that finished but could not write all its annotations (or their masks)."""
+    return Exit(EXIT_INCOMPLETE, f"the crawl finished but {errors} of its annotation files or mask zips could not "
+                "be written or read (see the log): fix the cause and run the same command again")
+
+
 def metadata_unreadable(error: str) -> Exit:
     """The exit of a crawl whose metadata file broke off (a truncated ``.gz``)."""
     return Exit(EXIT_INCOMPLETE, f"the metadata could not be read to its end ({error}): the rows after that point "

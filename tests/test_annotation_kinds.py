@@ -22,6 +22,7 @@ from openimages_crawler.dataset.annotations import (
     ClassFilter,
     JsonLinesReader,
     merge_selected_rows,
+    valid_json_line,
 )
 from openimages_crawler.dataset.catalogue import ANNOTATION_KINDS, VERSIONS, RemoteFile
 from openimages_crawler.dataset.fetch import MetadataFetcher
@@ -209,7 +210,7 @@ def test_annotation_kinds_argument() -> None:
         ({"annotations": "narratives", "classes": "Person"}, "-a classes: none of -a annotations=narratives has classes"),
         ({"annotations": "masks", "classes": "Person", "labels": "verified"}, "-a labels applies with"),
         ({"only_matching": "true"}, "-a only_matching only apply with -a classes"),
-        ({"annotations": "masks", "export": "coco"}, "-a export needs the boxes"),
+        ({"annotations": "narratives,points", "export": "coco"}, "-a export needs the boxes or the masks"),
         ({"classes": "Person", "only_matching": "maybe"}, "-a only_matching='maybe' is not true or false"),
     ):
         with pytest.raises(ArgumentError, match="^" + message.replace("(", r"\(").replace("?", r"\?")):
@@ -227,6 +228,16 @@ def test_a_kind_the_version_lacks_stops_before_any_download(tmp_path: Path, numb
     options = MetadataOptions(tmp_path, "http://127.0.0.1:9/openimages/", 1 << 20)  # nothing listens there
     with pytest.raises(ArgumentError, match=f"^{message}$"):
         prepare(arguments, options, selection_of(arguments))
+
+
+def test_a_plain_crawl_of_a_version_without_boxes_looks_for_no_kind(tmp_path: Path) -> None:
+    """V1 has no boxes: a crawl without classes (with annotations=true too) is not refused for it."""
+    for given in ({}, {"annotations": "true"}):
+        arguments = CrawlArguments.parse(version=1, subset="validation", **given)
+        assert arguments.class_kinds == ()
+        options = MetadataOptions(tmp_path, "http://127.0.0.1:9/openimages/", 1 << 20)
+        with pytest.raises(ArgumentError, match="cannot download"):  # it went on to the metadata
+            prepare(arguments, options, selection_of(arguments))
 
 
 def test_class_filter_in_points_and_relationships(tmp_path: Path) -> None:
@@ -254,6 +265,9 @@ def test_narrative_lines_are_found_by_their_image_only(tmp_path: Path) -> None:
         found = [values[0] for _, values in reader]
     assert found == [json.loads(lines[0])["image_id"], json.loads(lines[1])["image_id"],
                      json.loads(lines[2])["image_id"]]  # the caption's imitation is not an id
+    nested = {"timed_caption": [{"image_id": "ffffffffffffffff"}], **json.loads(lines[3])}
+    assert not valid_json_line(json.dumps(nested), "ffffffffffffffff")  # a nested key files it nowhere
+    assert not valid_json_line("[" * 100_000 + "]" * 100_000, "x")  # too deep: not a narrative
     assert "ffffffffffffffff" not in found
     out = io.StringIO()
     chosen = {json.loads(lines[1])["image_id"], json.loads(lines[2])["image_id"], "ffffffffffffffff"}
@@ -278,18 +292,36 @@ def test_masks_come_only_from_the_zips_needed_and_are_checked(tmp_path: Path) ->
                                for digit in "ab"}}
     masks = MaskArchives(MetadataFetcher(cache, "http://127.0.0.1:9/", download=False), archives)
     assert masks.png("validation", "a000000000000001", good) == png
-    assert masks.png("validation", "a000000000000004", "a000000000000004_m01g317_00000000.png") == png  # by name
+    assert masks.png("validation", "a000000000000004", "a000000000000004_m01g317_00000000.png") is None  # ../..
     assert masks.png("validation", "a000000000000003", "a000000000000003_m01g317_00000000.png") is None  # not a PNG
     assert masks.png("validation", "a000000000000005", "../a000000000000005_x_0.png") is None
     assert masks.png("validation", "a000000000000006", "a000000000000006_x_1.png") is None  # not in its zip
     assert masks.png("validation", "c000000000000007", "c000000000000007_x_1.png") is None  # no such zip
-    assert masks.fetched == ["v5/validation-masks/validation-masks-a.zip"]  # b was never needed
+    assert [remote.path for remote in masks.zips] == ["v5/validation-masks/validation-masks-a.zip"]  # b: not needed
     assert not mask_name_ok("a000000000000001_../../x.png", "a000000000000001")
     masks.close()
-    assert not (cache / "v5/validation-masks/validation-masks-a.zip").exists()  # as the tarballs: not kept
-    assert (cache / "v5/validation-masks/validation-masks-b.zip").exists()
-    with pytest.raises(MetadataError, match="not in the metadata cache and -a download_metadata=false"):
-        masks.png("validation", "a000000000000001", good)
+    assert (cache / "v5/validation-masks/validation-masks-a.zip").exists()  # kept in the cache, as the CSVs
+    assert masks.png("validation", "a000000000000001", good) is None  # closed: nothing more is read
+    assert masks.errors == []
+
+
+def test_a_zip_that_cannot_be_had_or_read_costs_its_masks_not_the_crawl(tmp_path: Path) -> None:
+    png = mask_png(["", "", "", "", "0.1", "0.5", "0.2", "0.6"])
+    cache = tmp_path / "metadata"
+    (cache / "v5").mkdir(parents=True)
+    (cache / "v5" / "a.zip").write_bytes(b"PK\x03\x04 not a zip at all")
+    body = bytearray(zip_of({"b000000000000001_m1_00.png": png * 4}))
+    body[40:60] = bytes(20)  # the deflated stream broken: the member cannot be read
+    (cache / "v5" / "b.zip").write_bytes(bytes(body))
+    archives = {"test": {digit: RemoteFile(f"v5/{digit}.zip") for digit in "abc"}}
+    masks = MaskArchives(MetadataFetcher(cache, "http://127.0.0.1:9/", download=False), archives)
+    assert masks.png("test", "a000000000000001", "a000000000000001_m1_00.png") is None
+    assert masks.png("test", "a000000000000002", "a000000000000002_m1_00.png") is None  # tried once only
+    assert not (cache / "v5" / "a.zip").exists()  # fetched again by the next run
+    assert masks.png("test", "b000000000000001", "b000000000000001_m1_00.png") is None
+    assert masks.png("test", "c000000000000001", "c000000000000001_m1_00.png") is None
+    assert len(masks.errors) == 2 and "not a readable zip" in masks.errors[0]
+    assert "not in the metadata cache and -a download_metadata=false" in masks.errors[1]
 
 
 def test_a_mask_over_the_bound_is_not_read(tmp_path: Path) -> None:
@@ -341,7 +373,8 @@ def test_masks_points_relationships_and_narratives_of_a_class(sample_mirror: Sam
     needed = {row[1][0] for row in masks}
     assert {digit for digit, remote in zips.items() if sample_mirror.downloads(remote.path)} == needed
     assert (folder / "classes-segmentation.txt").is_file() and (folder / "oidv6-relationship-triplets.csv").is_file()
-    assert not list((store / "metadata").rglob("*.zip"))  # as the tarballs: not kept
+    assert sorted(path.name for path in (store / "metadata").rglob("*.zip")) == sorted(
+        f"validation-masks-{digit}.zip" for digit in needed)  # kept in the cache, as the CSVs
 
     again = crawl(sample_mirror, store, **args)
     assert again.returncode == 0, again.stderr[-3000:]

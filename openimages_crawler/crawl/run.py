@@ -238,6 +238,8 @@ class CrawlRun:
         if not dataset.annotation_files or not kinds or (containers == {FILES} and "masks" not in kinds):
             return None
         assert dataset.class_names is not None
+        if containers == {FILES}:
+            kinds = ("masks",)  # files outputs carry only masks (the other kinds stay in the files beside them)
         try:
             indexes = {kind: {split: AnnotationIndex.of(paths, STOP_REQUESTED, kind=ANNOTATION_KINDS[kind])
                               for (each, split), paths in dataset.annotation_files.items() if each == kind}

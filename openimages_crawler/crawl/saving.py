@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from openimages_crawler import reasons
+from openimages_crawler.dataset.masks import mask_name_ok
 from openimages_crawler.imaging.pillow import ResizeSpec
 from openimages_crawler.imaging.placement import placed_annotations
 from openimages_crawler.imaging.process import Expected, Outcome, process_image
@@ -91,7 +92,7 @@ def write_masks(run: CrawlRun, plan: RowPlan, folder: str, labelled: Annotations
     written = 0
     layout, row = run.config.layout, plan.row
     for mask in _placed({"masks": labelled["masks"]}, outcome, spec, size)["masks"]:  # type: ignore[index]
-        if mask["png"] is None:
+        if mask["png"] is None or not mask_name_ok(mask["MaskPath"], row.image_id):  # a name from a file
             continue
         run.store.write(layout.mask_key(row.subset, folder, row.image_id, mask["MaskPath"]), mask["png"])
         written += len(mask["png"])

@@ -41,6 +41,11 @@ _FLAGS = ("IsOccluded", "IsTruncated", "IsGroupOf", "IsDepiction", "IsInside")
 _COORDINATES = ("XMin", "XMax", "YMin", "YMax")
 _MASK_BOX = ("BoxXMin", "BoxXMax", "BoxYMin", "BoxYMax")
 _PAIR = ("XMin1", "XMax1", "YMin1", "YMax1", "XMin2", "XMax2", "YMin2", "YMax2")
+_INT32_MAX, _INT64_MAX = 2**31 - 1, 2**63 - 1  # what the packs' typed columns hold
+# Masks a sample carries at most, and their PNGs' bytes: an image has tens of masks of tens of
+# KB; beyond is a broken or hostile file (memory per image stays bounded).
+MAX_MASKS_PER_IMAGE = 1000
+MAX_MASK_BYTES_PER_IMAGE = 64 << 20
 
 
 class AnnotationIndex:
@@ -125,7 +130,7 @@ def _build(kind: AnnotationKind, sources: list[Path], path: Path, stop: threadin
                             ("header", reader.header_line.rstrip("\r\n")), ("source", _stamp(sources))])
                     batch: list[tuple[str, int, str]] = []
                     for raw, (image_id,) in reader:
-                        if kind.json_lines and not valid_json_line(raw):
+                        if kind.json_lines and not valid_json_line(raw, image_id):
                             continue
                         batch.append((image_id, n, raw.rstrip("\r\n")))
                         n += 1
@@ -185,9 +190,11 @@ class SampleAnnotations:
         for kind, by_split in self.indexes.items():
             index = by_split.get(split)
             parse = self.parsers[kind]
-            items = (parse(split, record) for record in (index.records(image_id) if index else ())
-                     if self._keeps(index, record))
-            found[kind] = [item for item in items if item is not None]
+            records = [record for record in (index.records(image_id) if index else ()) if self._keeps(index, record)]
+            if kind == "masks":
+                records = records[:MAX_MASKS_PER_IMAGE]
+            items = [item for item in map(lambda record: parse(split, record), records) if item is not None]
+            found[kind] = _bounded(items) if kind == "masks" else items
         return found
 
     def _keeps(self, index: AnnotationIndex | None, record: dict[str, Any]) -> bool:
@@ -232,7 +239,9 @@ class SampleAnnotations:
         place = _numbers(record, ("X", "Y"))
         if place is None:
             return None
-        votes = {name: int(_number(record.get(name)) or 0) for name in ("YesVotes", "NoVotes", "UnsureVotes")}
+        votes = {name: _whole(record.get(name), 0, _INT32_MAX) for name in ("YesVotes", "NoVotes", "UnsureVotes")}
+        if None in votes.values():
+            return None  # a malformed row, as the annotation files count and skip them
         return {**self._class(mid), "ClassIndex": self.class_index.get(mid, 0), **place,
                 "EstimatedYesNo": record.get("EstimatedYesNo", ""), "Source": record.get("Source", ""), **votes,
                 "TextLabel": record.get("TextLabel", "")}
@@ -255,8 +264,8 @@ class SampleAnnotations:
                    for step in _list(trace) if isinstance(step, dict)
                    for x, y in [(_number(step.get("x")), _number(step.get("y")))] if x is not None and y is not None]
                   for trace in _list(record.get("traces"))]
-        annotator = record.get("annotator_id")
-        return {"caption": caption, "annotator_id": annotator if isinstance(annotator, int) else -1,
+        annotator = _whole(record.get("annotator_id"), 0, _INT64_MAX)
+        return {"caption": caption, "annotator_id": -1 if annotator is None else annotator,
                 "timed_caption": timed, "traces": traces}
 
 
@@ -269,6 +278,26 @@ def _number(value: object) -> float | None:
     except (TypeError, ValueError):
         return None
     return number if math.isfinite(number) else None
+
+
+def _bounded(masks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """An image's masks with at most MAX_MASK_BYTES_PER_IMAGE of PNGs in all
+    (the rest keep their rows, without pixels)."""
+    total = 0
+    for mask in masks:
+        if mask["png"] is not None:
+            total += len(mask["png"])
+            if total > MAX_MASK_BYTES_PER_IMAGE:
+                mask["png"] = None
+    return masks
+
+
+def _whole(value: object, low: int, high: int) -> int | None:
+    """A whole number within ``low``..``high`` (what its typed column holds), else ``None``."""
+    number = _number(value)
+    if number is None or not number.is_integer() or not low <= number <= high:
+        return None
+    return int(number)
 
 
 def _numbers(record: dict[str, str], names: tuple[str, ...]) -> dict[str, float] | None:
@@ -291,7 +320,6 @@ def _clicks(text: str) -> list[dict[str, float | int]]:
 
 
 def _flag(value: str | None) -> int:
-    try:
-        return int(value) if value not in (None, "") else -1
-    except ValueError:
-        return -1
+    """1, 0, or -1 for unknown (anything else a file says)."""
+    found = _whole(value, -1, 1)
+    return -1 if found is None else found

@@ -22,7 +22,7 @@ import threading
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Self
 
 from openimages_crawler.dataset.catalogue import AnnotationKind
 from openimages_crawler.dataset.rows import MetadataError, open_text
@@ -106,12 +106,28 @@ class ClassNames:
         return f"unknown class {name!r}{hint}"
 
 
-class AnnotationReader:
+class RecordFile:
+    """An annotation file read record by record; the malformed ones are counted and said once."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.handle: IO[str] = open_text(path)
+        self.malformed = 0
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.handle.close()
+        if self.malformed:
+            logger.warning("%s: %d malformed annotation records ignored", self.path, self.malformed)
+
+
+class AnnotationReader(RecordFile):
     """Records of an annotation CSV: each as its raw text and the values of ``columns``."""
 
     def __init__(self, path: Path, columns: tuple[str, ...]) -> None:
-        self.path = path
-        self.handle: IO[str] = open_text(path)
+        super().__init__(path)
         self.header_line = self.handle.readline()
         header = [name.strip() for name in next(csv.reader([self.header_line]), [])]
         missing = [name for name in columns if name not in header]
@@ -119,15 +135,6 @@ class AnnotationReader:
             self.handle.close()
             raise MetadataError(f"{path}: no column {', '.join(missing)} (columns: {','.join(header)})")
         self.indexes = [header.index(name) for name in columns]
-        self.malformed = 0
-
-    def __enter__(self) -> AnnotationReader:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.handle.close()
-        if self.malformed:
-            logger.warning("%s: %d malformed annotation rows ignored", self.path, self.malformed)
 
     def __iter__(self) -> Iterator[tuple[str, list[str]]]:
         indexes = self.indexes
@@ -171,29 +178,24 @@ class AnnotationReader:
 _JSON_IMAGE_ID = re.compile(r'"image_id"\s*:\s*"([^"\\]*)"')
 
 
-class JsonLinesReader:
+class JsonLinesReader(RecordFile):
     """Records of a JSON-lines file (localized narratives): each line as its
     raw text and its ``image_id``; ``header_line`` is empty (no header)."""
 
     header_line = ""
 
     def __init__(self, path: Path, max_line_bytes: int = 1 << 24) -> None:
-        self.path = path
-        self.handle: IO[str] = open_text(path)
-        self.max_line_bytes = max_line_bytes  # a narrative is a few KB; longer lines are broken
-        self.malformed = 0
-
-    def __enter__(self) -> JsonLinesReader:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.handle.close()
-        if self.malformed:
-            logger.warning("%s: %d malformed lines ignored", self.path, self.malformed)
+        super().__init__(path)
+        self.max_line_bytes = max_line_bytes  # characters: a narrative is a few KB; longer lines are broken
 
     def __iter__(self) -> Iterator[tuple[str, list[str]]]:
-        for line in self.handle:
-            match = _JSON_IMAGE_ID.search(line) if len(line) <= self.max_line_bytes else None
+        while line := self.handle.readline(self.max_line_bytes + 1):
+            if len(line) > self.max_line_bytes and not line.endswith("\n"):
+                while (rest := self.handle.readline(self.max_line_bytes)) and not rest.endswith("\n"):
+                    pass  # the rest of a line too long to be a narrative, read in bounded pieces
+                self.malformed += 1
+                continue
+            match = _JSON_IMAGE_ID.search(line)
             if match is None:
                 if line.strip():
                     self.malformed += 1
@@ -210,12 +212,15 @@ def open_records(kind: AnnotationKind, path: Path, columns: tuple[str, ...] = ()
     return AnnotationReader(path, (kind.id_column, *columns))
 
 
-def valid_json_line(raw: str) -> bool:
-    """A selected narrative line is parsed before it is written: one JSON object."""
+def valid_json_line(raw: str, image_id: str) -> bool:
+    """A narrative line is parsed before it is written or indexed: one JSON
+    object whose own ``image_id`` is the one its text was filed under (a key
+    nested deeper that came first files it under no image)."""
     try:
-        return isinstance(json.loads(raw), dict)
-    except ValueError:
+        found = json.loads(raw)
+    except (ValueError, RecursionError):
         return False
+    return isinstance(found, dict) and found.get("image_id") == image_id
 
 
 def _says_present(value: str, wanted: str) -> bool:
@@ -359,7 +364,7 @@ def merge_selected_rows(
                     raise CopyStopped(str(source))
                 if values[0] not in image_ids or not _carries(values[1:], label_names):
                     continue
-                if raw.rstrip("\r\n") in present or (kind.json_lines and not valid_json_line(raw)):
+                if raw.rstrip("\r\n") in present or (kind.json_lines and not valid_json_line(raw, values[0])):
                     continue
                 out.write(_line(raw))
                 added += 1

@@ -398,4 +398,3 @@ MASK_COLUMN: Final = "MaskPath"
 # Columns every kind of annotation file with classes has (ImageID, LabelName; V7 points excepted).
 ANNOTATION_ID_COLUMN: Final = "ImageID"
 ANNOTATION_LABEL_COLUMN: Final = "LabelName"
-ANNOTATION_CONFIDENCE_COLUMN: Final = "Confidence"

@@ -3,24 +3,26 @@
 The masks of a split come in 16 zips by the ImageID's first hex digit (the
 train ones are gigabytes each), so only the zips whose digit holds a wanted
 mask are fetched, when one is first asked for, through the metadata fetcher
-(resumed, cached). A member is
-looked up by the ``MaskPath`` of a mask row, never extracted by its own name:
-the name is checked first (a plain file name starting with its ImageID), the
-member's size is bounded, read with a bound whatever its header says, and
-must be a PNG. Plain Python; no Scrapy import.
+(resumed, cached). A member is looked up by the ``MaskPath`` of a mask row,
+never extracted by its own name: the name is checked first (a plain file
+name starting with its ImageID), only members at the zip's top or in one
+plain folder count, the member's size is bounded, read with a bound whatever
+its header says, and must be a PNG. A zip that cannot be had or read costs
+its masks (named in the log and in ``errors``), never the crawl. Plain
+Python; no Scrapy import.
 """
 
 from __future__ import annotations
 
 import logging
-import posixpath
 import re
 import threading
 import zipfile
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from openimages_crawler.dataset.catalogue import RemoteFile
-from openimages_crawler.dataset.fetch import FetchStopped, MetadataFetcher
+from openimages_crawler.dataset.fetch import MetadataFetcher
 from openimages_crawler.dataset.rows import MetadataError
 from openimages_crawler.store.base import Store
 from openimages_crawler.store.layout import METADATA_DIR, StoreLayout
@@ -33,6 +35,8 @@ MAX_MASK_BYTES = 1 << 24
 _PNG = b"\x89PNG\r\n\x1a\n"
 # {ImageID}_{LabelName without "/"}_{BoxID}.png
 _MASK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,200}\.png")
+# The one folder a zip may hold its masks in (``train-masks-0``).
+_MEMBER_FOLDER = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,100}")
 
 
 def mask_name_ok(mask_path: str, image_id: str) -> bool:
@@ -46,60 +50,100 @@ class MaskPngs(Protocol):
     def png(self, split: str, image_id: str, mask_path: str) -> bytes | None: ...
 
 
+@dataclass
+class _Zip:
+    """One zip of masks, once opened (or found unusable: ``error``)."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)  # its fetch and its reads, one at a time
+    archive: zipfile.ZipFile | None = None
+    members: dict[str, zipfile.ZipInfo | None] = field(default_factory=dict)  # None: a name given twice
+    error: str = ""
+
+
 class MaskArchives:
     """A version's mask zips per split and first hex digit, each fetched the
-    first time one of its masks is asked for (by any thread), and deleted at
-    ``close`` unless the archives are kept (``OPENIMAGES_SAVE_TARBALLS``)."""
+    first time one of its masks is asked for (by any thread; other processes
+    wait on the metadata cache's lock and find it there). They stay in the
+    cache, as the CSVs do: another process of the run, or a later run, takes
+    its masks from them without a download."""
 
     def __init__(self, fetcher: MetadataFetcher, archives: dict[str, dict[str, RemoteFile]]) -> None:
         self.fetcher = fetcher
         self.archives = archives
-        self.lock = threading.Lock()  # the process's threads; the cache's lock keeps other processes out
-        self.opened: dict[RemoteFile, tuple[zipfile.ZipFile, dict[str, zipfile.ZipInfo], threading.Lock]] = {}
-        self.fetched: list[str] = []  # the zips opened, for the log
+        self.lock = threading.Lock()  # guards ``zips`` only, never held during a fetch
+        self.zips: dict[RemoteFile, _Zip] = {}
+        self.closed = False
+
+    @property
+    def errors(self) -> list[str]:
+        """Why zips could not be used (each said once in the log when it happened)."""
+        return [each.error for each in self.zips.values() if each.error]
 
     def png(self, split: str, image_id: str, mask_path: str) -> bytes | None:
         """The mask's PNG, or ``None`` when its name is not a plain mask name,
-        its zip has no such member, or the member is not a bounded PNG. A zip
-        that cannot be fetched or read is a ``MetadataError``."""
+        its zip cannot be had (``errors``) or has no such member, or the
+        member is not a bounded PNG."""
         if not mask_name_ok(mask_path, image_id):
             return None
         remote = self.archives.get(split, {}).get(image_id[0].lower())
         if remote is None:
             return None
-        archive, members, lock = self._open(remote)
-        with lock:  # one member read at a time per zip
-            return _member(archive, members.get(mask_path))
+        with self.lock:
+            if self.closed:
+                return None
+            entry = self.zips.setdefault(remote, _Zip())
+        with entry.lock:
+            if entry.archive is None and not entry.error:
+                self._open(remote, entry)
+            if entry.archive is None:
+                return None
+            return _member(entry.archive, entry.members.get(mask_path))
 
-    def _open(self, remote: RemoteFile) -> tuple[zipfile.ZipFile, dict[str, zipfile.ZipInfo], threading.Lock]:
-        with self.lock:  # one fetch per zip: other threads wait for it
-            if remote not in self.opened:
-                if not self.fetcher.download and not (self.fetcher.root / remote.path).is_file():
-                    raise MetadataError(f"{remote.path} is not in the metadata cache and -a download_metadata=false")
-                try:
-                    with exclusive(self.fetcher.root.parent, METADATA_DIR, self.fetcher.stop):
-                        path = self.fetcher.fetch(remote)
-                except StoreLocked as exc:
-                    raise FetchStopped(str(exc)) from None
-                try:
-                    archive = zipfile.ZipFile(path)
-                    members = {posixpath.basename(info.filename): info for info in archive.infolist()
-                               if not info.is_dir()}
-                except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError) as exc:
-                    path.unlink(missing_ok=True)  # fetched again next time
-                    raise MetadataError(f"{path}: not a readable zip of masks: {exc}") from exc
-                self.opened[remote] = (archive, members, threading.Lock())
-                self.fetched.append(remote.path)
-            return self.opened[remote]
+    def _open(self, remote: RemoteFile, entry: _Zip) -> None:
+        """Fetch and open ``remote`` (under its entry's lock), or record why not."""
+        path = self.fetcher.root / remote.path
+        try:
+            if not self.fetcher.download and not path.is_file():
+                raise MetadataError(f"{remote.path} is not in the metadata cache and -a download_metadata=false")
+            with exclusive(self.fetcher.root.parent, METADATA_DIR, self.fetcher.stop):
+                path = self.fetcher.fetch(remote)
+            entry.archive = zipfile.ZipFile(path)
+            entry.members = _members(entry.archive)
+        except (MetadataError, StoreLocked) as exc:
+            entry.error = str(exc)
+        except Exception as exc:  # noqa: BLE001 - any failure of a hostile zip: named, and fetched again next time
+            if entry.archive is not None:
+                entry.archive.close()
+                entry.archive = None
+            path.unlink(missing_ok=True)
+            entry.error = f"{path}: not a readable zip of masks: {exc!r}"
+        if entry.error:
+            logger.error("Masks of %s left out: %s", remote.path, entry.error)
+        else:
+            logger.info("Taking masks from %s", path)
 
     def close(self) -> None:
-        """Close the zips; delete them unless they are kept, as the tarballs are."""
+        """Close the zips (each once its reader is done); later lookups find nothing."""
         with self.lock:
-            for remote, (archive, _, _) in self.opened.items():
-                archive.close()
-                if not self.fetcher.keep_archives:
-                    (self.fetcher.root / remote.path).unlink(missing_ok=True)
-            self.opened.clear()
+            self.closed = True
+        for entry in self.zips.values():
+            with entry.lock:
+                if entry.archive is not None:
+                    entry.archive.close()
+                    entry.archive = None
+
+
+def _members(archive: zipfile.ZipFile) -> dict[str, zipfile.ZipInfo | None]:
+    """The zip's files by name: at its top or in one plain folder (as
+    ``train-masks-0/…``); a name given twice is ambiguous (``None``), one
+    anywhere else (absolute, ``..``, deeper) is not a member at all."""
+    members: dict[str, zipfile.ZipInfo | None] = {}
+    for info in archive.infolist():
+        parts = info.filename.split("/")
+        if info.is_dir() or len(parts) > 2 or (len(parts) == 2 and not _MEMBER_FOLDER.fullmatch(parts[0])):
+            continue
+        members[parts[-1]] = None if parts[-1] in members else info
+    return members
 
 
 def _member(archive: zipfile.ZipFile, info: zipfile.ZipInfo | None) -> bytes | None:
@@ -109,7 +153,7 @@ def _member(archive: zipfile.ZipFile, info: zipfile.ZipInfo | None) -> bytes | N
     try:
         with archive.open(info) as source:
             data = source.read(MAX_MASK_BYTES + 1)
-    except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError):  # a bad CRC, an unknown method
+    except Exception:  # noqa: BLE001 - a bad CRC, a corrupt stream, encryption, an unknown method: no mask
         return None
     if len(data) > MAX_MASK_BYTES or not data.startswith(_PNG):
         return None

@@ -132,12 +132,12 @@ def _area(corners: list[Point]) -> float:
     return abs(float(np.dot(xs, np.roll(ys, -1)) - np.dot(ys, np.roll(xs, -1)))) / 2
 
 
-def decode_mask(data: bytes, max_pixels: int) -> Image.Image:
-    """A mask file's pixels as mode "L", decoded only under ``max_pixels`` (a
-    header can claim any size): ``ValueError`` over the bound or for bytes that
-    are not an image."""
+def decode_mask(data: bytes, max_pixels: int, max_decode_bytes: int | None = None) -> Image.Image:
+    """A mask file's pixels as mode "L", decoded only under ``max_pixels`` and
+    ``max_decode_bytes`` (a header can claim any size and depth): ``ValueError``
+    over a bound or for bytes that are not an image."""
     try:
-        image = decode(data, max_pixels)
+        image = decode(data, max_pixels, max_decode_bytes=max_decode_bytes)
     except ImageRejected as exc:
         raise ValueError(exc.details) from exc
     return image if image.mode == "L" else image.convert("L")

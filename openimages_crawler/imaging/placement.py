@@ -25,8 +25,10 @@ from openimages_crawler.imaging.pillow import Geometry, ResizeSpec
 
 Annotations = dict[str, list[dict[str, Any]]]
 
-# Pixels a mask PNG may decode to (far above any Open Images photo's).
-MAX_MASK_PIXELS = 100_000_000
+# Pixels and bytes a mask PNG may decode to (above any Open Images photo's: a mask is one
+# byte a pixel; a file claiming more, or a deeper mode, is not decoded).
+MAX_MASK_PIXELS = 50_000_000
+MAX_MASK_DECODE_BYTES = 128 << 20
 BOX_COORDINATES = ("XMin", "XMax", "YMin", "YMax")
 MASK_BOX = ("BoxXMin", "BoxXMax", "BoxYMin", "BoxYMax")
 
@@ -98,13 +100,17 @@ def _mask(item: dict[str, Any], geometry: Geometry | None, spec: ResizeSpec | No
 def _moved_png(png: bytes, geometry: Geometry | None, spec: ResizeSpec, size: tuple[int, int]) -> bytes | None:
     """The official mask moved into the output, as a 1-bit PNG; ``None`` if it does not decode."""
     try:
-        mask = decode_mask(png, MAX_MASK_PIXELS)
+        mask = decode_mask(png, MAX_MASK_PIXELS, MAX_MASK_DECODE_BYTES)
     except ValueError:
         return None
     with mask:
-        moved = stored_mask(mask, geometry, spec, size)
+        return _one_bit_png(stored_mask(mask, geometry, spec, size))
+
+
+def _one_bit_png(mask: Image.Image) -> bytes:
+    """A 0/255 mask as the smallest PNG: one bit a pixel."""
     out = io.BytesIO()
-    moved.convert("1", dither=Image.Dither.NONE).save(out, "PNG")
+    mask.convert("1", dither=Image.Dither.NONE).save(out, "PNG")
     return out.getvalue()
 
 
@@ -112,11 +118,24 @@ def mask_at(png: bytes, size: tuple[int, int]) -> Image.Image | None:
     """A mask PNG (an output's, or an official one at its own resolution) as
     0/255 pixels of ``size``; ``None`` if it does not decode."""
     try:
-        mask = decode_mask(png, MAX_MASK_PIXELS)
+        mask = decode_mask(png, MAX_MASK_PIXELS, MAX_MASK_DECODE_BYTES)
     except ValueError:
         return None
     with mask:
         return stored_mask(mask, None, None, size)
+
+
+def mask_png_at(png: bytes, size: tuple[int, int]) -> bytes | None:
+    """A mask PNG of exactly ``size`` (an official one may have its own
+    resolution): as it is when it has, else resampled (1-bit PNG)."""
+    try:
+        with Image.open(io.BytesIO(png)) as header:
+            if header.size == size:
+                return png
+    except (OSError, ValueError):
+        return None
+    mask = mask_at(png, size)
+    return None if mask is None else _one_bit_png(mask)
 
 
 def _narrative(item: dict[str, Any], geometry: Geometry | None, spec: ResizeSpec | None,
@@ -137,14 +156,11 @@ def objects_with_masks(boxes: list[dict[str, Any]], masks: list[dict[str, Any]] 
     """The objects of an image and each one's mask PNG (``None``: no masks
     written). A mask belongs to the box of its class with the same coordinates
     (the masks were drawn on the boxes; 1e-4 apart at most); each box takes
-    one mask at most. Without boxes, the masks are the objects, with their
-    boxes' coordinates. A box without a mask has ``None``."""
+    one mask at most. A mask no box takes (all of them, without boxes) is an
+    object of its own, with its box's coordinates. A box without a mask has
+    ``None``."""
     if masks is None:
         return boxes, None
-    if not boxes:
-        objects = [{**mask, **dict(zip(BOX_COORDINATES, (mask[name] for name in MASK_BOX), strict=True))}
-                   for mask in masks]
-        return objects, [mask["png"] for mask in masks]
     free = list(masks)
     found: list[bytes | None] = []
     for box in boxes:
@@ -153,4 +169,5 @@ def objects_with_masks(boxes: list[dict[str, Any]], masks: list[dict[str, Any]] 
         if match is not None:
             free.remove(match)
         found.append(match["png"] if match is not None else None)
-    return boxes, found
+    alone = [{**mask, **dict(zip(BOX_COORDINATES, (mask[name] for name in MASK_BOX), strict=True))} for mask in free]
+    return boxes + alone, found + [mask["png"] for mask in free]

@@ -45,7 +45,7 @@ class CrawlArguments:
     source: str = "original"
     classes: list[str] = field(default_factory=list)
     match_all: bool = False
-    class_kinds: tuple[str, ...] = ("boxes",)  # the kinds whose files say which images carry the classes
+    class_kinds: tuple[str, ...] = ()  # with classes: the kinds whose files say which images carry them
     only_matching: bool = True  # with classes: the annotation files keep the requested classes only
     per_class: int | None = None  # -a per_class=N: at most N images per requested class, per split
     seed: int = 0  # -a seed=S: which balanced sample per_class takes
@@ -229,10 +229,10 @@ def _parse_kinds(annotations: str | bool | None) -> tuple[tuple[str, ...] | None
 def _class_kinds(class_list: list[str], labels: str | None, listed: tuple[str, ...] | None) -> tuple[str, ...]:
     """Where ``-a classes`` are looked for: the kind ``-a labels`` names
     (boxes by default), or every kind with classes that ``-a annotations`` lists."""
-    if listed is None:
-        return (LABEL_KINDS[labels or "boxes"],)
     if not class_list:
         return ()
+    if listed is None:
+        return (LABEL_KINDS[labels or "boxes"],)
     if labels is not None:
         raise ArgumentError("-a labels applies with -a annotations=true; with kinds listed, classes "
                             "are looked for in them: list labels for verified image labels")
@@ -251,13 +251,15 @@ def _parse_exports(
 
     Annotations are written by default when classes select the images (an id
     list or a shard would otherwise fetch gigabytes nobody asked for). An
-    export needs the boxes: asking for one writes them unless told not to.
+    export needs the boxes or the masks: asking for one writes the boxes
+    unless told otherwise.
     """
     exports = parse_export_formats(export) if export is not None else ()
     if kinds is None:
         kinds = DEFAULT_KINDS if class_list or exports else ()
-    if exports and "boxes" not in kinds:
-        raise ArgumentError("-a export needs the boxes: drop -a annotations=false, or list boxes in it")
+    if exports and not {"boxes", "masks"} & set(kinds):
+        raise ArgumentError("-a export needs the boxes or the masks: drop -a annotations=false, or list "
+                            "boxes or masks in it")
     if exports and not version:
         raise ArgumentError("-a export needs -a version=N (the catalogue knows its annotations)")
     return exports, kinds

@@ -17,7 +17,7 @@ from openimages_crawler.dataset.annotations import (
 )
 from openimages_crawler.dataset.catalogue import ANNOTATION_KINDS, CLASS_NAMES_FILE, MASK_COLUMN
 from openimages_crawler.dataset.fetch import FetchStopped
-from openimages_crawler.dataset.masks import MaskPngs, mask_name_ok
+from openimages_crawler.dataset.masks import MaskArchives, mask_name_ok
 from openimages_crawler.dataset.rows import MetadataError
 from openimages_crawler.store.base import Store, writing_text
 from openimages_crawler.store.layout import StoreLayout
@@ -40,7 +40,7 @@ class AnnotationOutput:
         class_names: Path | None = None,
         *,
         extras: list[Path] | None = None,
-        masks: MaskPngs | None = None,
+        masks: MaskArchives | None = None,
         layout: StoreLayout | None = None,
     ) -> None:
         self.store = store  # its copies are fetched into ``records``, added to there and sent back
@@ -91,7 +91,7 @@ class AnnotationOutput:
                 errors += 1
                 continue
             logger.info("Wrote %s: %d rows added for %d selected images", target, added, len(image_ids))
-        return errors + self.write_beside()
+        return errors + self.write_beside() + (len(self.masks.errors) if self.masks is not None else 0)
 
     def write_masks(self, split: str, rows: Path, image_ids: set[str]) -> None:
         """The official PNG of each mask row of ``image_ids`` not in the store

@@ -426,7 +426,7 @@ def _read_annotations(con: Any, table: str, subset: str, path: Path) -> bool:
         return True
     if ANNOTATION_KINDS.get(table) is not None and ANNOTATION_KINDS[table].json_lines:
         con.execute("CREATE OR REPLACE TEMP TABLE _new AS SELECT ? AS Subset, * FROM "
-                    "read_json(?, format = 'newline_delimited', columns = ?)", [subset, str(path), NARRATIVE_COLUMNS])
+                    "read_json(?, format = 'newline_delimited', columns = ?, ignore_errors = true)", [subset, str(path), NARRATIVE_COLUMNS])
         return True
     header = _header(path)
     if header.names:

@@ -45,6 +45,9 @@ class ExportClass:
 
 # What a YOLO export labels (``--task``): boxes, or the masks' outlines.
 YOLO_TASKS = ("detect", "segment")
+# The largest parts of a mask an outline joins (joining is quadratic in the parts; the
+# rest of a mask broken into more pieces than this is specks).
+MAX_PARTS = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,8 +169,8 @@ class YoloWriter:
     linking to the stored file (files outputs), ``classes.txt`` and
     ``data.yaml``. A label line is ``class x_center y_center width height``
     (fractions; task ``detect``) or ``class x1 y1 x2 y2 …`` (task ``segment``:
-    the outline of the object's mask, its separate parts joined into one
-    polygon as Ultralytics' own converter joins them; an object without a
+    the outline of the object's mask, its separate parts (the MAX_PARTS
+    largest) joined into one polygon as Ultralytics' own converter joins them; an object without a
     mask is left out, counted in ``without_mask``: Ultralytics drops every
     outline of a dataset that mixes boxes and outlines)."""
 
@@ -188,7 +191,7 @@ class YoloWriter:
             if number is None:
                 continue
             if self.segment:
-                polygon = joined_polygon(mask_polygons(mask)) if mask is not None else []
+                polygon = joined_polygon(mask_polygons(mask)[:MAX_PARTS]) if mask is not None else []
                 if not polygon:
                     self.without_mask += 1
                     continue

@@ -22,6 +22,7 @@ from PIL import Image
 from openimages_crawler.imaging.placement import (
     BOX_COORDINATES,
     MASK_BOX,
+    mask_png_at,
     objects_with_masks,
 )
 
@@ -225,7 +226,9 @@ def _tf_annotations(annotations: Annotations, size: tuple[int, int]) -> dict[str
         "image/class/confidence": ([label["Confidence"] for label in labels], "float"),
     }
     if masks is not None:
-        features["image/object/mask"] = ([png or _empty_png(size) for png in masks], "byte")
+        # the API's masks are of the image's size (an original's official ones may not be)
+        sized = [mask_png_at(png, size) if png is not None else None for png in masks]
+        features["image/object/mask"] = ([png or _empty_png(size) for png in sized], "byte")
     if "points" in annotations:
         points = annotations["points"]
         features.update({"image/point/x": ([point["X"] for point in points], "float"),

@@ -20,7 +20,14 @@ from openimages_crawler.crawl.pipeline import STORE_UNWRITABLE
 from openimages_crawler.crawl.run import CrawlRun
 from openimages_crawler.crawl.stop import STOP_REQUESTED
 from openimages_crawler.dataset.selection import SelectionError, Shard
-from openimages_crawler.exits import EXIT_AFTER_SIGNAL, EXIT_INCOMPLETE, EXIT_OK, EXIT_USAGE, Exit
+from openimages_crawler.exits import (
+    EXIT_AFTER_SIGNAL,
+    EXIT_INCOMPLETE,
+    EXIT_OK,
+    EXIT_USAGE,
+    Exit,
+    annotations_unwritten,
+)
 from openimages_crawler.monitor.dashboard import Dashboard
 from openimages_crawler.monitor.extensions import CrawlProgress, RunReport
 from openimages_crawler.monitor.status import mark_exit
@@ -92,7 +99,8 @@ class ProcessCrawl:
             return stopped
         reason = stats.get_value("finish_reason")
         if reason == "finished":
-            return Exit(EXIT_OK)
+            errors = stats.get_value("openimages/annotation_errors", 0)
+            return annotations_unwritten(errors) if errors else Exit(EXIT_OK)
         read = stats.get_value("openimages/rows_read", 0)
         unread = f", and about {max(run.rows_total - read, 0):,} rows not read yet," if run.rows_total is not None \
             else ""

@@ -73,6 +73,8 @@ class LocalStore:
             parent.mkdir(parents=True, exist_ok=True)
             self._made_dirs.add(parent)
         temp = self.staging / f"{uuid.uuid4().hex}.part"
+        if not self.staging.is_dir():  # another object of this folder in this process closed it: staged again
+            self.staging.mkdir(parents=True, exist_ok=True)
         try:
             with open(temp, "wb") as handle:
                 handle.write(data)
