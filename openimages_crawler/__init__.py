@@ -12,3 +12,5 @@ The folders follow the data path:
 - ``commands/``: ``scrapy demo`` and ``scrapy resize``;
 - ``testing/``: the offline mirror and generated images, for tests and the demo.
 """
+
+__version__ = "1.0"  # setup.py reads it; the user agent names it

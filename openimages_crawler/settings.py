@@ -47,7 +47,11 @@ OPENIMAGES_RESIZED_DIR = "images-resized"
 # Characters of the ImageID used as a prefix folder (0 = no prefix folder).
 OPENIMAGES_SUBDIR_CHARS = 3
 # ShrinkToFit (fit in the box, never enlarge), FillCrop (cover, centre crop) or FillDistort.
+# Or FitPad (ShrinkToFit, then padded to the size x size square) or ShortSide (the shorter side becomes the size).
 OPENIMAGES_RESIZE_MODE = "ShrinkToFit"
+# FitPad's padding colour, for every output without its own "pad_color": a colour Pillow's
+# ImageColor knows ("black", "#808080", "rgb(124,116,104)"). The other modes do not pad.
+OPENIMAGES_PAD_COLOR = "black"
 # Box size in pixels for the resize modes.
 OPENIMAGES_RESIZE_SIZE = 224
 # Resampling filter: lanczos, nearest, bilinear, bicubic, box or hamming.
@@ -71,6 +75,17 @@ OPENIMAGES_SHARD_SIZE = 10000
 OPENIMAGES_CHECK_MD5_IF_EXISTS = True
 # Largest image, in pixels, that is decoded (decompression bomb guard).
 OPENIMAGES_MAX_PIXELS = 178_956_970
+# Hashes of each original's bytes the results record, a column each (hashlib names,
+# comma-separated: sha256, blake2b, ...); empty: none.
+OPENIMAGES_HASHES = ""
+# Filters on the decoded image (0 = off; exactly at a limit is kept): an image outside them is
+# recorded with FailureReason filtered (not an error; never retried by retry_failed=transient).
+# The fewest pixels of its shorter side:
+OPENIMAGES_MIN_IMAGE_SIDE = 0
+# The most pixels (width x height):
+OPENIMAGES_MAX_IMAGE_AREA = 0
+# The largest ratio of its longer side to its shorter:
+OPENIMAGES_MAX_ASPECT_RATIO = 0
 # Most memory, in bytes, one image's decode and conversion to upright RGB may hold (a
 # worker's bound; OPENIMAGES_WORKERS decode at once), estimated from the header before any
 # pixel is decoded, else too_large: width x height x (twice the decoded mode's bytes a pixel,
@@ -143,8 +158,13 @@ CONCURRENT_ITEMS = 1
 SCRAPER_SLOT_MAX_ACTIVE_SIZE = 64 * 1024 * 1024
 # Threads for DNS lookups and file reads.
 REACTOR_THREADPOOL_MAXSIZE = 20
-# Sent with every image request.
-USER_AGENT = "openimages-crawler (+https://storage.googleapis.com/openimages/web/index.html)"
+# How to reach whoever runs the crawl (a URL or an e-mail address), in the user agent every
+# request sends: openimages-crawler/{version} (+{project page}; {contact}); empty: none.
+# -s USER_AGENT=... replaces the whole agent.
+OPENIMAGES_CONTACT = ""
+# X-Robots-Tag directives (for all agents, or for "openimages-crawler:") that keep an image
+# out of the dataset: failure reason opted_out, final. Empty: the header is not checked.
+OPENIMAGES_DISALLOWED_DIRECTIVES = "noai,noimageai,noindex,noimageindex"
 
 # --- Engine components -------------------------------------------------------
 # The HTTP(S) download handler: aiohttp (scrapy-download-handlers-incubator's, about a third less
@@ -152,7 +172,7 @@ USER_AGENT = "openimages-crawler (+https://storage.googleapis.com/openimages/web
 # above: timeouts, cut bodies, DOWNLOAD_MAXSIZE, no redirects, the limits, the address guard.
 OPENIMAGES_DOWNLOAD_HANDLER = "aiohttp"
 # Sets DOWNLOAD_HANDLERS from OPENIMAGES_DOWNLOAD_HANDLER (a DOWNLOAD_HANDLERS given with -s wins).
-ADDONS = {"openimages_crawler.crawl.handlers.HandlerChoice": 0}
+ADDONS = {"openimages_crawler.crawl.handlers.HandlerChoice": 0, "openimages_crawler.crawl.politeness.PoliteAgent": 0}
 # Holds CONCURRENT_REQUESTS(_PER_DOMAIN) (Scrapy 2.19 does not with DOWNLOAD_DELAY=0).
 DOWNLOADER = "openimages_crawler.crawl.downloader.ConnectionLimitDownloader"
 # In-memory queue even with JOBDIR: the store itself is the checkpoint.

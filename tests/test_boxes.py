@@ -13,14 +13,18 @@ from openimages_crawler.imaging.boxes import (
     stored_box,
     turned_box,
 )
-from openimages_crawler.imaging.pillow import ResizeSpec
+from openimages_crawler.imaging.pillow import Geometry, ResizeSpec, content_box
 from openimages_crawler.imaging.placement import placed_annotations
 from openimages_crawler.imaging.process import Expected, process_image
 
 MAX_PIXELS = 10_000_000
 TURNS = [None, *Image.Transpose]
+YELLOW = (255, 255, 0)  # a light padding: the dark box is found, the padding is not
 SPECS = [ResizeSpec("ShrinkToFit", 64, format="png"), ResizeSpec("FillDistort", 50, format="png"),
-         ResizeSpec("FillCrop", 60, format="png")]
+         ResizeSpec("FillCrop", 60, format="png"),
+         ResizeSpec("FitPad", 64, format="png", pad_color=YELLOW),  # shrunk, padded along one axis
+         ResizeSpec("FitPad", 256, format="png", pad_color=YELLOW),  # not enlarged: padded all round
+         ResizeSpec("ShortSide", 50, format="png"), ResizeSpec("ShortSide", 150, format="png")]  # shrunk, enlarged
 
 
 def drawn(width: int, height: int, box: NormBox) -> Image.Image:
@@ -90,8 +94,63 @@ def test_every_output_holds_the_box_where_stored_box_says(orientation: int | Non
     for spec, data in zip(SPECS, outcome.encoded, strict=True):
         output = Image.open(io.BytesIO(data))
         assert_near(found(output), stored_box(box, outcome.geometry, spec), output.size)
+        if spec.mode == "FitPad":
+            assert_padded(output, outcome.geometry, spec)
     if orientation:  # the file's orientation wins; the box is upright again
         assert_near(turned_box(box, outcome.geometry.turn), found(upright), upright.size)
+
+
+def assert_padded(output: Image.Image, geometry: Geometry, spec: ResizeSpec) -> None:
+    """The pad colour all round ``content_box``, and the (white) image right up to its edges."""
+    left, top, right, bottom = content_box(*geometry.upright_size, spec)
+    assert output.size == (spec.size, spec.size) and right - left <= spec.size and bottom - top <= spec.size
+    rgb = output.convert("RGB")
+    for x in range(spec.size):
+        for y in range(spec.size):
+            inside = left <= x < right and top <= y < bottom
+            if not inside:
+                assert rgb.getpixel((x, y)) == spec.pad_color, (x, y)
+            elif x in (left, right - 1) or y in (top, bottom - 1):
+                assert rgb.getpixel((x, y))[2] > 200, (x, y)  # the image's white, not the yellow padding
+
+
+@pytest.mark.parametrize("orientation", [None, *range(1, 9)])
+@pytest.mark.parametrize("stored_size", [(200, 120), (120, 200)], ids=["landscape", "portrait"])
+def test_fit_pad_and_short_side_sizes_for_every_orientation(orientation: int | None,
+                                                            stored_size: tuple[int, int]) -> None:
+    """FitPad is always size x size; ShortSide's shorter side is the size, the
+    aspect kept (to rounding), of the upright image (EXIF 5-8 swap the sides)."""
+    outcome = process_image(jpeg(drawn(*stored_size, NormBox(0.3, 0.6, 0.2, 0.7)), orientation), Expected(),
+                            SPECS, max_pixels=MAX_PIXELS)
+    assert outcome.ok and outcome.geometry is not None
+    width, height = stored_size[::-1] if orientation in (5, 6, 7, 8) else stored_size
+    assert outcome.geometry.upright_size == (width, height)
+    for spec, (out_w, out_h), data in zip(SPECS, outcome.sizes, outcome.encoded, strict=True):
+        assert Image.open(io.BytesIO(data)).size == (out_w, out_h)
+        if spec.mode == "FitPad":
+            assert (out_w, out_h) == (spec.size, spec.size)
+            left, top, right, bottom = content_box(width, height, spec)
+            scale = min(1.0, spec.size / max(width, height))  # shrunk to fit, never enlarged
+            assert (right - left, bottom - top) == (round(width * scale), round(height * scale))
+            assert (left, top) == ((spec.size - (right - left)) // 2, (spec.size - (bottom - top)) // 2)
+        elif spec.mode == "ShortSide":
+            assert min(out_w, out_h) == spec.size
+            assert (out_w >= out_h) == (width >= height)
+            assert max(out_w, out_h) == round(max(width, height) * spec.size / min(width, height))
+            assert abs(out_w / out_h - width / height) <= 1 / spec.size  # the aspect, to rounding
+
+
+def test_fit_pad_moves_boxes_into_the_square_at_the_padding_offsets() -> None:
+    """A 200x120 image in FitPad 64: 64x38 at (0, 13); in FitPad 256: as it is, at (28, 68)."""
+    geometry = Geometry(None, (200, 120))
+    box = NormBox(0.25, 0.75, 0.0, 1.0)
+    shrunk = stored_box(box, geometry, SPECS[3])
+    assert shrunk is not None
+    assert shrunk.pixels(64, 64) == pytest.approx((16, 13, 32, 38))
+    padded = stored_box(box, geometry, SPECS[4])
+    assert padded is not None
+    assert padded.pixels(256, 256) == pytest.approx((28 + 50, 68, 100, 120))
+    assert stored_box(box, geometry, SPECS[5]) == box  # ShortSide only scales
 
 
 def test_fill_crop_clips_boxes_it_cuts_and_drops_boxes_it_removes() -> None:

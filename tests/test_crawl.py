@@ -23,9 +23,10 @@ from openimages_crawler.checkpoint.parts import all_results
 from openimages_crawler.dataset.catalogue import (
     FAILURE_COLUMNS,
     IMAGE_INFO_COLUMNS,
+    IMAGE_SIZE_COLUMNS,
     IMAGES_CSV_COLUMNS,
 )
-from openimages_crawler.reasons import FAILURE_REASONS
+from openimages_crawler.reasons import FAILURE_REASONS, POLICY_REASONS
 from openimages_crawler.testing.images import IMAGE_KINDS
 from openimages_crawler.testing.mirror import MirrorRow, Route
 from tests.conftest import (
@@ -76,18 +77,22 @@ def test_every_row_gets_its_expected_outcome_exactly_once(mirror: Served, tmp_pa
     assert f"  report: {store}/report.html" in summary and f"  database: {store}/openimages.duckdb" in summary
     assert summary[-1].endswith("-a retry_failed=transient") and "scrapy crawl openimages -a metadata=" in summary[-1]
     assert "ERROR" not in done.stderr
-    # Every FailureReason is exercised by the mirror but io_error (a crawl never records it) and
-    # blocked_host (the mirror itself is on 127.x): each has a test of its own.
-    assert set(expected.values()) >= set(FAILURE_REASONS) - {"io_error", "blocked_host"}
+    # Every FailureReason is exercised by the mirror but io_error (a crawl never records it),
+    # blocked_host (the mirror itself is on 127.x) and the two that are not errors (opted_out,
+    # filtered: tests/test_polite.py): each has a test of its own.
+    assert set(expected.values()) >= set(FAILURE_REASONS) - {"io_error", "blocked_host", *POLICY_REASONS}
 
-    # Results keep the input's columns, in order, and its values byte for byte.
+    # Results keep the input's columns, in order, and its values byte for byte; then the
+    # stored original's upright size (empty for a failure).
     header, success = read_csv(store / "train" / "images-success.csv")
-    assert header == list(IMAGES_CSV_COLUMNS)
+    assert header == [*IMAGES_CSV_COLUMNS, *IMAGE_SIZE_COLUMNS]
     failure_header, failures = read_csv(store / "train" / "images-failure.csv")
-    assert failure_header == [*IMAGES_CSV_COLUMNS, *FAILURE_COLUMNS]
+    assert failure_header == [*IMAGES_CSV_COLUMNS, *IMAGE_SIZE_COLUMNS, *FAILURE_COLUMNS]
     by_id = {row.fields["ImageID"]: row.fields for row in mirror.mirror.rows}
     for row in success:
-        assert row == {k: by_id[row["ImageID"]][k] for k in IMAGES_CSV_COLUMNS}
+        assert {k: row[k] for k in IMAGES_CSV_COLUMNS} == {k: by_id[row["ImageID"]][k] for k in IMAGES_CSV_COLUMNS}
+        assert int(row["OriginalWidth"]) > 0 and int(row["OriginalHeight"]) > 0
+    assert all(row["OriginalWidth"] == row["OriginalHeight"] == "" for row in failures)
     assert all(row["FailureDetails"] for row in failures)
 
     # Originals are byte-exact and match the metadata; resized are RGB, within the box.
@@ -230,7 +235,7 @@ def test_v4_gzip_subset_and_limit(tmp_path: Path) -> None:
         store = tmp_path / "store"
         run_crawl(metadata, store, subset="validation", limit="3")
         header, success = read_csv(store / "validation" / "images-success.csv")
-        assert header == list(IMAGE_INFO_COLUMNS)
+        assert header == [*IMAGE_INFO_COLUMNS, *IMAGE_SIZE_COLUMNS]
         wanted = [r.fields["ImageID"] for r in rows if r.fields["Subset"] == "validation"][:3]
         assert sorted(row["ImageID"] for row in success) == sorted(wanted)
         assert not (store / "train").exists()

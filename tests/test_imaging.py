@@ -10,15 +10,22 @@ import pytest
 from PIL import Image
 
 from openimages_crawler.imaging.pillow import (
+    MAX_OUTPUT_SIDE,
     REDUCING_GAP,
     RESAMPLE_FILTERS,
     RESIZE_MODES,
+    Geometry,
     ImageRejected,
     ResizeSpec,
+    content_box,
     decode,
+    draft_request,
     full_size,
+    parse_color,
+    read_provenance,
     resize,
     resized_bytes,
+    resized_images,
     resized_set,
     target_size,
     upright_rgb,
@@ -46,6 +53,15 @@ def jpeg(width: int, height: int) -> bytes:
         ("FillCrop", (1000, 500), (224, 224)),
         ("FillCrop", (100, 50), (224, 224)),
         ("FillDistort", (1000, 500), (224, 224)),
+        ("FitPad", (1000, 500), (224, 224)),
+        ("FitPad", (100, 50), (224, 224)),
+        ("ShortSide", (1000, 500), (448, 224)),
+        ("ShortSide", (500, 1000), (224, 448)),
+        ("ShortSide", (600, 800), (224, 299)),  # 298.67 rounded
+        ("ShortSide", (100, 50), (448, 224)),  # enlarged: the shorter side is the size
+        ("ShortSide", (224, 10), (5018, 224)),
+        ("ShortSide", (1000, 3000), (224, 672)),
+        ("ShortSide", (300, 300), (224, 224)),
     ],
 )
 def test_resize_sizes(mode: str, size_in: tuple[int, int], size_out: tuple[int, int]) -> None:
@@ -61,7 +77,7 @@ def test_every_mode_and_filter_produces_a_decodable_jpeg(mode: str, resample: st
     data = resized_bytes(image, ResizeSpec(mode=mode, resample=resample, size=64))
     with Image.open(io.BytesIO(data)) as out:
         assert out.format == "JPEG" and out.mode == "RGB"
-        assert out.size == ((64, 48) if mode == "ShrinkToFit" else (64, 64))
+        assert out.size == {"ShrinkToFit": (64, 48), "ShortSide": (85, 64)}.get(mode, (64, 64))
 
 
 def test_fill_crop_keeps_the_centre() -> None:
@@ -133,9 +149,126 @@ def test_rejections() -> None:
 
 def test_bad_specs_are_refused() -> None:
     for bad in ({"mode": "Stretch"}, {"resample": "cubic"}, {"format": "gif"}, {"size": 0},
-                {"quality": 101}):
+                {"quality": 101}, {"pad_color": (0, 0, 256)}, {"pad_color": (0, 0)}, {"pad_color": [0, 0, 0]},
+                {"pad_color": "black"}, {"pad_color": (0.5, 0, 0)}):
         with pytest.raises(ValueError):
             ResizeSpec(**bad)  # type: ignore[arg-type]
+
+
+# --- FitPad and ShortSide -------------------------------------------------------
+
+
+def test_fit_pad_centres_shrink_to_fit_on_the_pad_colour() -> None:
+    image = Image.new("RGB", (300, 100), (0, 0, 255))
+    out = resize(image, ResizeSpec(mode="FitPad", size=90, pad_color=(10, 200, 30)))
+    assert out.size == (90, 90)
+    assert content_box(300, 100, ResizeSpec(mode="FitPad", size=90)) == (0, 30, 90, 60)  # 90x30 at (90-30)//2
+    pixels = np.asarray(out)
+    assert (pixels[:30] == (10, 200, 30)).all() and (pixels[60:] == (10, 200, 30)).all()
+    assert (pixels[30:60] == (0, 0, 255)).all()
+    # Not enlarged, and an odd margin puts the extra pixel after the image (as (size - w) // 2).
+    small = resize(Image.new("RGB", (41, 20), (0, 0, 255)), ResizeSpec(mode="FitPad", size=64))
+    assert small.getbbox() == (11, 22, 52, 42) and small.getpixel((0, 0)) == (0, 0, 0)  # default: black
+
+
+def test_short_side_enlarges_and_refuses_an_output_too_long() -> None:
+    spec = ResizeSpec(mode="ShortSide", size=300)
+    assert resize(Image.new("RGB", (600, 800)), spec).size == (300, 400)
+    assert resize(Image.new("RGB", (150, 100)), spec).size == (450, 300)
+    thin = Image.new("RGB", (MAX_OUTPUT_SIDE // 100, 2))  # 655x2: the long side would be 98,250
+    with pytest.raises(ValueError, match="largest output side"):
+        resize(thin, spec)
+
+
+@pytest.mark.parametrize("mode", ["FitPad", "ShortSide"])
+@pytest.mark.parametrize("kind", ["jpeg_odd_size", "jpeg_portrait_odd", "jpeg_exif_6"])
+def test_new_modes_decode_reduced_but_at_least_twice_the_image_part(kind: str, mode: str) -> None:
+    """The reduced JPEG decode keeps REDUCING_GAP above FitPad's image part
+    (ShrinkToFit's) and ShortSide's whole output, in the file's orientation."""
+    data = ALL_KINDS[kind]
+    spec = ResizeSpec(mode=mode, size=150)
+    full = decode(data, MAX_PIXELS)
+    reduced = decode(data, MAX_PIXELS, reduce_for=(spec,))
+    assert reduced.width < full.width and reduced.height < full.height
+    wanted = draft_request(*full.size, spec)
+    assert reduced.width >= wanted[0] or reduced.height >= wanted[1]
+    upright = upright_rgb(full)
+    left, top, right, bottom = content_box(*upright.size, spec)
+    image_part = (right - left, bottom - top)
+    if upright.size != full.size:
+        image_part = image_part[::-1]
+    assert reduced.width >= REDUCING_GAP * image_part[0] - 1 or reduced.height >= REDUCING_GAP * image_part[1] - 1
+
+
+@pytest.mark.parametrize("spec", [ResizeSpec(mode="FitPad", size=80, pad_color=(1, 2, 3)),
+                                  ResizeSpec(mode="FitPad", size=80), ResizeSpec(mode="ShortSide", size=80)],
+                         ids=["fitpad-colour", "fitpad-black", "shortside"])
+@pytest.mark.parametrize("fmt", ["jpg", "png", "webp"])
+def test_provenance_round_trip_of_the_new_modes(spec: ResizeSpec, fmt: str) -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    data = _jpeg_bytes(photo(300, 200, 3), exif=exif.tobytes())
+    spec = ResizeSpec(mode=spec.mode, size=spec.size, format=fmt, pad_color=spec.pad_color)
+    [(encoded, size)], geometry = resized_images(decode(data, MAX_PIXELS), [spec])
+    with Image.open(io.BytesIO(encoded)) as out:
+        assert out.size == size == ((80, 80) if spec.mode == "FitPad" else (80, 120))
+        found = read_provenance(out)
+    assert found is not None
+    assert found[0] == geometry == Geometry(Image.Transpose.ROTATE_270, (200, 300))
+    assert (found[1].mode, found[1].size, found[1].pad_color) == (spec.mode, spec.size, spec.pad_color)
+
+
+def test_provenance_with_a_bad_pad_colour_is_no_provenance() -> None:
+    from openimages_crawler.imaging.pillow import (
+        _EXIF_IFD,
+        _USER_COMMENT,
+        PROVENANCE_PREFIX,
+    )
+
+    for pad, expected in (('"#0a0b0c"', (10, 11, 12)), ('"nocolour"', None), ("7", None)):
+        exif = Image.Exif()
+        exif.get_ifd(_EXIF_IFD)[_USER_COMMENT] = PROVENANCE_PREFIX + (
+            f'{{"turn":null,"upright":[4,2],"mode":"FitPad","size":8,"pad":{pad}}}').encode()
+        out = io.BytesIO()
+        Image.new("RGB", (8, 8)).save(out, "PNG", exif=exif.tobytes())
+        found = read_provenance(Image.open(io.BytesIO(out.getvalue())))
+        assert (found[1].pad_color if found else None) == expected, pad
+
+
+def test_pad_colours_parse_or_say_why_not() -> None:
+    assert parse_color("black") == (0, 0, 0)
+    assert parse_color("#808080") == parse_color("rgb(128,128,128)") == parse_color([128, 128, 128]) == (128, 128, 128)
+    assert parse_color(" #fff ") == (255, 255, 255)
+    assert parse_color("#ff0000ff") == (255, 0, 0)  # opaque alpha is fine
+    for bad, message in (("nocolour", "not a colour Pillow knows"), ("#12345", "not a colour Pillow knows"),
+                         ("#ff000080", "transparent"), ([0, 0, 300], "three 0-255"), ([0, 0], "three 0-255"),
+                         ((0.5, 0, 0), "three 0-255"), (None, "not a colour"), (7, "not a colour")):
+        with pytest.raises(ValueError, match=message):
+            parse_color(bad)
+
+
+def test_a_bad_pad_colour_stops_the_crawl_with_one_line() -> None:
+    from scrapy.exceptions import UsageError
+
+    from openimages_crawler.crawl.config import CrawlConfig
+    from tests.conftest import project_settings
+
+    base = {"IMAGES_STORE": "/tmp/unused-store"}
+    config = CrawlConfig.from_settings(project_settings({**base, "OPENIMAGES_RESIZE_MODE": "FitPad",
+                                                         "OPENIMAGES_PAD_COLOR": "#808080"}))
+    assert config.outputs[0].spec == ResizeSpec(mode="FitPad", pad_color=(128, 128, 128))
+    outputs = [{"dir": "pad", "mode": "FitPad", "size": 64, "pad_color": "white"},
+               {"dir": "pad-default", "mode": "FitPad", "size": 64}, {"dir": "short", "mode": "ShortSide", "size": 64}]
+    config = CrawlConfig.from_settings(project_settings({**base, "OPENIMAGES_OUTPUTS": outputs,
+                                                         "OPENIMAGES_PAD_COLOR": "rgb(1,2,3)"}))
+    assert [output.spec.pad_color for output in config.outputs] == [(255, 255, 255), (1, 2, 3), (1, 2, 3)]
+    assert [output.spec.mode for output in config.outputs] == ["FitPad", "FitPad", "ShortSide"]
+    with pytest.raises(UsageError, match=r"^OPENIMAGES_PAD_COLOR: 'nocolour' is not a colour Pillow knows") as bad:
+        CrawlConfig.from_settings(project_settings({**base, "OPENIMAGES_PAD_COLOR": "nocolour"}))
+    assert "\n" not in str(bad.value)
+    with pytest.raises(UsageError, match=r"OPENIMAGES_OUTPUTS entry .*: pad_color '#ff000000' is transparent"):
+        CrawlConfig.from_settings(project_settings({**base, "OPENIMAGES_OUTPUTS": [
+            {"dir": "pad", "mode": "FitPad", "size": 64, "pad_color": "#ff000000"}]}))
 
 
 def test_process_image_checks_size_then_md5_then_decodes(tmp_path: Path) -> None:

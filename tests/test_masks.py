@@ -19,12 +19,16 @@ from openimages_crawler.imaging.masks import (
     mask_polygons,
     mask_rle,
 )
-from openimages_crawler.imaging.pillow import Geometry, ResizeSpec
+from openimages_crawler.imaging.pillow import Geometry, ResizeSpec, content_box
 from openimages_crawler.imaging.process import Expected, process_image
 
 MAX_PIXELS = 10_000_000
+YELLOW = (255, 255, 0)  # FitPad's padding here: neither red nor white, and no blue to weigh
 SPECS = [ResizeSpec("ShrinkToFit", 64, format="png"), ResizeSpec("FillDistort", 50, format="png"),
-         ResizeSpec("FillCrop", 60, format="png")]
+         ResizeSpec("FillCrop", 60, format="png"),
+         ResizeSpec("FitPad", 64, format="png", pad_color=YELLOW),
+         ResizeSpec("FitPad", 600, format="png", pad_color=YELLOW),
+         ResizeSpec("ShortSide", 60, format="png"), ResizeSpec("ShortSide", 400, format="png")]
 FILE_SIZE = (480, 320)  # FillCrop keeps x in 1/6..5/6 of the file's pixels, whatever the turn
 MASK_SIZE = (240, 160)  # masks need not have the image's pixel size: half of it here
 # EXIF orientation (None: no tag) and V4 Rotation; the Rotation applies only without an orientation.
@@ -85,6 +89,14 @@ def test_every_output_holds_the_mask_where_stored_mask_says(orientation: int | N
         assert iou(np.asarray(moved) > 0, drawn) >= 0.95, spec
         if spec is not None and spec.mode == "FillCrop":  # the crop cut some of the shape
             assert drawn[0].any() or drawn[-1].any() or drawn[:, 0].any() or drawn[:, -1].any()
+        if spec is not None and spec.mode == "FitPad":  # the pad colour in the image, 0 in the mask
+            left, top, right, bottom = content_box(*geometry.upright_size, spec)
+            padding = np.ones(image.size[::-1], bool)
+            padding[top:bottom, left:right] = False
+            assert padding.any()
+            assert np.all(np.asarray(image.convert("RGB"))[padding] == YELLOW)
+            assert not np.asarray(moved)[padding].any()
+            assert np.asarray(moved)[top:bottom, left:right].any()
 
 
 def dot(x: float, y: float) -> Image.Image:
@@ -138,6 +150,25 @@ def test_fill_crop_keeps_its_edge_and_traces_stray_along_the_uncut_axis(turn: Im
     stray = stored_point(0.5, 1.02, geometry, fill_crop)  # the file's x = 0.5 is the crop's middle
     assert stray is not None and stray == pytest.approx(stored_point(0.5, 1.02, geometry, shrink))
     assert stored_point(0.5, 1.02, geometry, None) == (0.5, 1.02)
+
+
+@pytest.mark.parametrize("turn", [None, *Image.Transpose], ids=lambda turn: getattr(turn, "name", "none"))
+def test_fit_pad_moves_points_into_the_square_and_traces_stray_into_the_padding(turn: Image.Transpose | None) -> None:
+    swaps = turn in (Image.Transpose.ROTATE_90, Image.Transpose.ROTATE_270, Image.Transpose.TRANSPOSE,
+                     Image.Transpose.TRANSVERSE)
+    geometry = Geometry(turn, FILE_SIZE[::-1] if swaps else FILE_SIZE)
+    fit_pad = SPECS[3]  # 64x43 (or 43x64) at offset 10 along the padded axis
+    left, top, right, bottom = content_box(*geometry.upright_size, fit_pad)
+    assert {left, top} == {0, 10} and {right - left, bottom - top} == {64, 43}
+    # Corners, a point inside, and a narrative trace's steps a little outside the image (kept, unclipped).
+    for x, y in ((0.0, 0.0), (1.0, 1.0), (0.3, 0.7), (1.02, -0.02), (-0.02, 1.02)):
+        moved = stored_point(x, y, geometry, fit_pad)
+        shrunk = stored_point(x, y, geometry, SPECS[0])  # ShrinkToFit: the same image, unpadded
+        assert moved is not None and shrunk is not None
+        assert moved[0] * 64 == pytest.approx(left + shrunk[0] * (right - left))
+        assert moved[1] * 64 == pytest.approx(top + shrunk[1] * (bottom - top))
+        padded_axis = 1 if top else 0
+        assert 0.0 < moved[padded_axis] < 1.0  # in the padding, not clipped to the image's edge
 
 
 def blobs(size: tuple[int, int], *, second: bool = False, ring: bool = False) -> Image.Image:

@@ -246,6 +246,41 @@ def test_output_inside_the_input_and_bad_arguments(tmp_path: Path) -> None:
 
 
 @pytest.mark.e2e
+def test_fit_pad_and_short_side(tmp_path: Path) -> None:
+    """The new modes through the command: FitPad pads with --pad-color (as the
+    crawl's resize, byte for byte), ShortSide makes the shorter side the size,
+    enlarging a small image; a bad colour is a one-line usage error."""
+    from openimages_crawler.imaging.pillow import read_provenance
+
+    source = tmp_path / "in"
+    source.mkdir()
+    (source / "wide.jpg").write_bytes(encoded(photo(300, 150, 1), "JPEG"))
+    (source / "small.jpg").write_bytes(encoded(photo(60, 40, 2), "JPEG"))
+    padded, short = tmp_path / "pad", tmp_path / "short"
+    done = run_resize(source, padded, "--size", "100", "--mode", "FitPad", "--pad-color", "#808080", "--ext", "png")
+    assert done.returncode == 0, done.stderr[-3000:]
+    spec = ResizeSpec(mode="FitPad", size=100, format="png", pad_color=(128, 128, 128))
+    for name, (left, top) in (("wide", (0, 25)), ("small", (20, 30))):  # where the image starts
+        data = (source / f"{name}.jpg").read_bytes()
+        assert (padded / f"{name}.png").read_bytes() == resized_bytes(
+            decode(data, MAX_PIXELS, reduce_for=(spec,)), spec, reducing_gap=REDUCING_GAP)
+        with Image.open(padded / f"{name}.png") as image:
+            assert image.size == (100, 100)
+            assert image.getpixel((0, 0)) == image.getpixel((99, 99)) == (128, 128, 128)
+            assert image.getpixel((left, top)) != (128, 128, 128) and image.getpixel((left, top - 1)) == (128, 128, 128)
+            provenance = read_provenance(image)
+            assert provenance is not None and provenance[1].pad_color == (128, 128, 128)
+    done = run_resize(source, short, "--size", "120", "--mode", "ShortSide", "--ext", "png")
+    assert done.returncode == 0, done.stderr[-3000:]
+    for name, size in (("wide", (240, 120)), ("small", (180, 120))):
+        with Image.open(short / f"{name}.png") as image:
+            assert image.size == size
+    bad = run_resize(source, tmp_path / "bad", "--size", "50", "--mode", "FitPad", "--pad-color", "nocolour")
+    assert bad.returncode != 0 and "--pad-color: 'nocolour' is not a colour Pillow knows" in bad.stderr
+    assert not (tmp_path / "bad").exists()
+
+
+@pytest.mark.e2e
 @pytest.mark.parametrize("ext", ["png", "jpg"])
 def test_formats(tmp_path: Path, ext: str) -> None:
     source, out = tmp_path / "in", tmp_path / "out"

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from openimages_crawler.checkpoint.ledger import ResultsLedger
-from openimages_crawler.checkpoint.results import FailureRow, SuccessRow, with_download
+from openimages_crawler.checkpoint.results import FailureRow, SuccessRow, with_download, with_recorded
 from openimages_crawler.dataset.rows import ImageRow, InvalidRow
 from openimages_crawler.dataset.source import ImageSource
 from openimages_crawler.outputs.sinks import OutputSink
@@ -65,6 +65,7 @@ class RowPlanner:
         save_originals: bool,
         check_md5_if_exists: bool,
         originals: OutputSink | None = None,
+        recorded_columns: tuple[str, ...] = (),
     ) -> None:
         self.ledger = ledger
         self.store = store
@@ -74,10 +75,12 @@ class RowPlanner:
         self.save_originals = save_originals
         self.check_md5_if_exists = check_md5_if_exists
         self.originals = originals  # a container of originals (None: files in the layout)
+        self.recorded_columns = recorded_columns  # the results' own columns (sizes, hashes), empty here
 
     def result_fields(self, fields: dict[str, str]) -> dict[str, str]:
         """A row's fields as a result without a download."""
-        return with_download(fields) if self.source.records_download else fields
+        fields = with_download(fields) if self.source.records_download else fields
+        return with_recorded(fields, self.recorded_columns)
 
     def plan(self, row: ImageRow | InvalidRow) -> Work:
         """Nothing (``None``), a result straight away, or a ``RowPlan``."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 
-from openimages_crawler.dataset.catalogue import DOWNLOAD_COLUMNS, FAILURE_COLUMNS
+from openimages_crawler.dataset.catalogue import DOWNLOAD_COLUMNS, FAILURE_COLUMNS, IMAGE_SIZE_COLUMNS
 
 
 class ResultRow(dict[str, str]):
@@ -27,6 +27,15 @@ def with_download(
     """The input's fields plus DOWNLOAD_COLUMNS (empty where not known)."""
     values = (url, "" if size is None else str(size), base64.b64encode(md5).decode() if md5 else "")
     return {**fields, **dict(zip(DOWNLOAD_COLUMNS, values, strict=True))}
+
+
+def with_recorded(fields: dict[str, str], columns: tuple[str, ...], upright: tuple[int, int] | None = None,
+                  hashes: dict[str, str] | None = None) -> dict[str, str]:
+    """The fields plus ``columns`` (IMAGE_SIZE_COLUMNS and the hash names a
+    run records): the stored original's upright size and digests, empty where
+    not known (a failure, or an image found stored without processing it)."""
+    known = dict(zip(IMAGE_SIZE_COLUMNS, (str(side) for side in upright), strict=True)) if upright else {}
+    return {**fields, **{column: known.get(column, (hashes or {}).get(column, "")) for column in columns}}
 
 
 class SuccessRow(ResultRow):

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from scrapy.commands.crawl import Command as ScrapyCrawlCommand
 from scrapy.exceptions import UsageError
 
+from openimages_crawler.commands.setting_names import check_setting_names, spider_settings
 from openimages_crawler.crawl.config import CrawlConfig, check_store, isolate_shard_records, open_crawl_store
 from openimages_crawler.crawl.processes import die_with_supervisor, plan_processes, process_count, supervisor_pid
 from openimages_crawler.crawl.spider import OpenImagesSpider, scrapy_arguments
@@ -68,7 +69,8 @@ class Command(ScrapyCrawlCommand):
     def check(self, spider_name: str, given: dict[str, Any]) -> Extras:
         """What can be checked before the crawl starts, without touching the
         store; what follows the crawl (``-a export``)."""
-        assert self.settings is not None
+        assert self.settings is not None and self.crawler_process is not None
+        check_setting_names(self.settings, spider_settings(self.crawler_process, spider_name))  # misspelled names
         if spider_name != OpenImagesSpider.name:
             return Extras()
         try:

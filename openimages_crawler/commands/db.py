@@ -9,6 +9,7 @@ from scrapy.commands import ScrapyCommand
 from scrapy.exceptions import UsageError
 from scrapy.utils.log import configure_logging
 
+from openimages_crawler.commands.setting_names import refuse_unknown_settings
 from openimages_crawler.run.database import STORE_PLACEHOLDER, run_database
 from openimages_crawler.run.export import folder_store
 
@@ -38,6 +39,9 @@ class Command(ScrapyCommand):
     def run(self, args: list[str], opts: argparse.Namespace) -> None:
         assert self.settings is not None
         settings = self.settings
+        if (refused := refuse_unknown_settings(self.settings)) is not None:  # a misspelled name: one line, exit 2
+            self.exitcode = refused
+            return
         configure_logging(settings)
         if args:
             raise UsageError(f"unexpected argument {args[0]!r}: give the store with --store")

@@ -9,6 +9,7 @@ from pathlib import Path
 from scrapy.commands import ScrapyCommand
 from scrapy.settings import SETTINGS_PRIORITIES
 
+from openimages_crawler.commands.setting_names import refuse_unknown_settings
 from openimages_crawler.monitor.logs import quiet_framework
 from openimages_crawler.run.demo import DEMO_TIMEOUT, run_demo
 
@@ -52,4 +53,7 @@ class Command(ScrapyCommand):
 
     def run(self, args: list[str], opts: argparse.Namespace) -> None:
         assert self.crawler_process is not None and self.settings is not None
+        if (refused := refuse_unknown_settings(self.settings)) is not None:  # a misspelled name: one line, exit 2
+            self.exitcode = refused
+            return
         self.exitcode = run_demo(self.crawler_process, self.settings, Path(opts.dir), opts.copies)

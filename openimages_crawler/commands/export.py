@@ -9,6 +9,7 @@ from scrapy.commands import ScrapyCommand
 from scrapy.exceptions import UsageError
 from scrapy.utils.log import configure_logging
 
+from openimages_crawler.commands.setting_names import refuse_unknown_settings
 from openimages_crawler.dataset.annotations import parse_class_list
 from openimages_crawler.dataset.selection import SelectionError
 from openimages_crawler.job.arguments import ArgumentError, parse_export_formats
@@ -88,6 +89,9 @@ class Command(ScrapyCommand):
     def run(self, args: list[str], opts: argparse.Namespace) -> None:
         assert self.settings is not None
         settings = self.settings
+        if (refused := refuse_unknown_settings(self.settings)) is not None:  # a misspelled name: one line, exit 2
+            self.exitcode = refused
+            return
         configure_logging(settings)  # no crawler process does it for this command
         if len(args) != 1:
             raise UsageError(f"give one format list: scrapy export {FORMAT_LIST} --store STORE")

@@ -11,6 +11,7 @@ from scrapy.exceptions import UsageError
 from scrapy.utils.conf import arglist_to_dict
 from scrapy.utils.log import configure_logging
 
+from openimages_crawler.commands.setting_names import check_setting_names
 from openimages_crawler.exits import EXIT_USAGE, fail
 from openimages_crawler.fleet.control import cancel_fleet, show_status
 from openimages_crawler.fleet.launch import FleetRequest, fleet_store, reattach, start_fleet
@@ -72,6 +73,7 @@ class Command(ScrapyCommand):
 
     def dispatch(self, args: list[str], opts: argparse.Namespace) -> int:
         assert self.settings is not None
+        check_setting_names(self.settings)  # a misspelled name: one line, before any job is scheduled
         if opts.status or opts.cancel or (opts.watch and not args):
             if args or opts.spargs:
                 raise UsageError("--status, --cancel and --watch alone act on the store's fleet: "

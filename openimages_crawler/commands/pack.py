@@ -14,6 +14,7 @@ from scrapy.commands import ScrapyCommand
 from scrapy.exceptions import UsageError
 from scrapy.utils.log import configure_logging
 
+from openimages_crawler.commands.setting_names import refuse_unknown_settings
 from openimages_crawler.imaging.pack import PackOptions, read_metadata
 from openimages_crawler.monitor.progress import ProgressDisplay
 from openimages_crawler.outputs.formats import PACKED_CONTAINERS
@@ -58,6 +59,9 @@ class Command(ScrapyCommand):
     def run(self, args: list[str], opts: argparse.Namespace) -> None:
         assert self.settings is not None
         settings = self.settings
+        if (refused := refuse_unknown_settings(self.settings)) is not None:  # a misspelled name: one line, exit 2
+            self.exitcode = refused
+            return
         configure_logging(settings)  # no crawler process does it for this command
         in_dir, out_dir = Path(opts.in_dir), Path(opts.out_dir)
         if args:

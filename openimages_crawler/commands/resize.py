@@ -16,11 +16,13 @@ from scrapy.commands import ScrapyCommand
 from scrapy.exceptions import UsageError
 from scrapy.utils.log import configure_logging
 
+from openimages_crawler.commands.setting_names import refuse_unknown_settings
 from openimages_crawler.imaging.pillow import (
     OUTPUT_FORMATS,
     RESAMPLE_FILTERS,
     RESIZE_MODES,
     ResizeSpec,
+    parse_color,
 )
 from openimages_crawler.imaging.tree import ResizeOptions
 from openimages_crawler.monitor.progress import ProgressDisplay
@@ -55,7 +57,12 @@ class Command(ScrapyCommand):
         parser.add_argument("--size", type=int, required=True, help="box size in pixels (required)")
         parser.add_argument("--mode", default="ShrinkToFit", choices=RESIZE_MODES,
                             help="ShrinkToFit: fit inside the box, never enlarge; FillCrop: fill the box, "
-                            "crop the centre; FillDistort: fill the box, stretch (default: ShrinkToFit)")
+                            "crop the centre; FillDistort: fill the box, stretch; FitPad: ShrinkToFit, then pad "
+                            "to the square (--pad-color); ShortSide: the shorter side becomes SIZE, enlarged "
+                            "if smaller, aspect kept (default: ShrinkToFit)")
+        parser.add_argument("--pad-color", default=None,
+                            help="FitPad's padding colour, any Pillow colour: black, '#808080', "
+                            "'rgb(124,116,104)' (default: OPENIMAGES_PAD_COLOR, black)")
         parser.add_argument("--ext", default="jpg", choices=tuple(OUTPUT_FORMATS),
                             help="output format (default: jpg)")
         parser.add_argument("--algorithm", default="lanczos", choices=tuple(RESAMPLE_FILTERS),
@@ -70,6 +77,9 @@ class Command(ScrapyCommand):
     def run(self, args: list[str], opts: argparse.Namespace) -> None:
         assert self.settings is not None
         settings = self.settings
+        if (refused := refuse_unknown_settings(self.settings)) is not None:  # a misspelled name: one line, exit 2
+            self.exitcode = refused
+            return
         configure_logging(settings)  # no crawler process does it for this command
         in_dir, out_dir = Path(opts.in_dir), Path(opts.out_dir)
         if not in_dir.is_dir():
@@ -78,9 +88,16 @@ class Command(ScrapyCommand):
             raise UsageError("-o must be another folder than -i")
         if opts.processes < 0:
             raise UsageError(f"-j {opts.processes}: give 1 or more processes (0: one per CPU)")
+        color, color_name = opts.pad_color, "--pad-color"
+        if color is None:  # outside the project there is no setting: ResizeSpec's own default
+            color, color_name = settings["OPENIMAGES_PAD_COLOR"], "OPENIMAGES_PAD_COLOR"
+        try:
+            padding = {} if color is None else {"pad_color": parse_color(color)}
+        except ValueError as exc:
+            raise UsageError(f"{color_name}: {exc}") from None
         try:
             spec = ResizeSpec(mode=opts.mode, size=opts.size, resample=opts.algorithm, format=opts.ext,
-                              quality=opts.quality)
+                              quality=opts.quality, **padding)
         except ValueError as exc:
             raise UsageError(str(exc)) from None
         options = ResizeOptions(

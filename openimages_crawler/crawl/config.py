@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -12,22 +13,34 @@ from scrapy.settings import BaseSettings
 from scrapy.utils.misc import load_object
 
 from openimages_crawler.checkpoint.results import FailureRow, SuccessRow
+from openimages_crawler.crawl.politeness import parse_directives
 from openimages_crawler.dataset.selection import Shard
-from openimages_crawler.imaging.pillow import ResizeSpec
+from openimages_crawler.imaging.pillow import ResizeSpec, parse_color
+from openimages_crawler.imaging.process import SizeFilter
 from openimages_crawler.outputs.containers import PackSink, scratch_folder
-from openimages_crawler.outputs.formats import CONTAINERS, FILES, UnknownFormat, container
+from openimages_crawler.outputs.formats import (
+    CONTAINERS,
+    FILES,
+    UnknownFormat,
+    container,
+)
 from openimages_crawler.outputs.sinks import FilesSink, OutputSink
 from openimages_crawler.redact import remember
 from openimages_crawler.store import STORE_SCHEMES, UnsupportedStore, open_store
 from openimages_crawler.store.base import Store, StoreOptions
-from openimages_crawler.store.layout import MASKS_DIR, METADATA_DIR, StoreLayout, part_label
+from openimages_crawler.store.layout import (
+    MASKS_DIR,
+    METADATA_DIR,
+    StoreLayout,
+    part_label,
+)
 from openimages_crawler.store.local import LocalStore
 from openimages_crawler.store.objects import StoreUnavailable
 
 # Keys of one OPENIMAGES_OUTPUTS entry: required, then optional (defaults from
 # the single-output settings).
 _OUTPUT_KEYS = ("dir", "mode", "size")
-_OPTIONAL_OUTPUT_KEYS = ("format", "quality", "resample", "container")
+_OPTIONAL_OUTPUT_KEYS = ("format", "quality", "resample", "container", "pad_color")
 
 
 # What CrawlConfig reads; a crawl without the project's settings module would
@@ -40,7 +53,7 @@ _READ_SETTINGS = (
     "OPENIMAGES_DOWNLOAD_300K", "OPENIMAGES_RESIZE", "OPENIMAGES_RESIZED_DIR", "OPENIMAGES_RESIZE_MODE",
     "OPENIMAGES_RESIZE_SIZE", "OPENIMAGES_RESAMPLE", "OPENIMAGES_RESIZE_FORMAT", "OPENIMAGES_RESIZE_QUALITY",
     "OPENIMAGES_RESIZE_CONTAINER", "OPENIMAGES_ORIGINALS_CONTAINER", "OPENIMAGES_SHARD_SIZE",
-    "OPENIMAGES_OUTPUTS",
+    "OPENIMAGES_OUTPUTS", "OPENIMAGES_PAD_COLOR",
 )
 
 
@@ -76,6 +89,9 @@ class CrawlConfig:
     thumbnails_300k: bool
     cvdf_url: str
     originals_container: str = FILES
+    keep: SizeFilter = SizeFilter()  # OPENIMAGES_MIN_IMAGE_SIDE, _MAX_IMAGE_AREA, _MAX_ASPECT_RATIO
+    hashes: tuple[str, ...] = ()  # OPENIMAGES_HASHES
+    disallowed: frozenset[str] = frozenset()  # OPENIMAGES_DISALLOWED_DIRECTIVES
     pack_size: int = 10000  # images per pack (OPENIMAGES_SHARD_SIZE)
     status_hosts: int = 100  # hosts a process's record names (OPENIMAGES_STATUS_HOSTS)
 
@@ -122,6 +138,9 @@ class CrawlConfig:
             check_md5_if_exists=settings.getbool("OPENIMAGES_CHECK_MD5_IF_EXISTS"),
             max_pixels=settings.getint("OPENIMAGES_MAX_PIXELS"),
             max_decode_bytes=settings.getint("OPENIMAGES_MAX_DECODE_BYTES"),
+            keep=_size_filter(settings),
+            hashes=_hashes(settings["OPENIMAGES_HASHES"]),
+            disallowed=parse_directives(settings["OPENIMAGES_DISALLOWED_DIRECTIVES"]),
             min_free_bytes=settings.getint("OPENIMAGES_MIN_FREE_BYTES"),
             max_row_bytes=settings.getint("OPENIMAGES_MAX_ROW_BYTES"),
             workers=settings.getint("OPENIMAGES_WORKERS") or os.cpu_count() or 1,
@@ -155,6 +174,7 @@ def _outputs(settings: BaseSettings) -> tuple[ResizedOutput, ...]:
         "format": settings["OPENIMAGES_RESIZE_FORMAT"],
         "quality": settings["OPENIMAGES_RESIZE_QUALITY"],
         "container": settings["OPENIMAGES_RESIZE_CONTAINER"],
+        "pad_color": settings["OPENIMAGES_PAD_COLOR"],
     }
     entries = settings["OPENIMAGES_OUTPUTS"] or []
     if isinstance(entries, str):
@@ -190,6 +210,7 @@ def _outputs(settings: BaseSettings) -> tuple[ResizedOutput, ...]:
                 resample=str(values["resample"]).lower(),
                 format=str(values["format"]).lower(),
                 quality=int(values["quality"]),
+                pad_color=_pad_color(values["pad_color"], "pad_color" in entry, f"{label} {entry}"),
             )
         except (TypeError, ValueError) as exc:
             raise UsageError(f"bad {label} {entry}: {exc}") from None
@@ -200,6 +221,14 @@ def _outputs(settings: BaseSettings) -> tuple[ResizedOutput, ...]:
     if len(set(folders)) != len(folders):
         raise UsageError(f"OPENIMAGES_OUTPUTS: each output needs its own dir, not {folders}")
     return tuple(outputs)
+
+
+def _pad_color(value: object, own: bool, label: str) -> tuple[int, int, int]:
+    """FitPad's padding colour: an output's own ``pad_color``, else OPENIMAGES_PAD_COLOR."""
+    try:
+        return parse_color(value)
+    except ValueError as exc:
+        raise UsageError(f"{label}: pad_color {exc}" if own else f"OPENIMAGES_PAD_COLOR: {exc}") from None
 
 
 def _container(value: object, name: str) -> str:
@@ -217,6 +246,34 @@ def _count(value: object) -> int | None:
     except ValueError:
         return None
     return number if number >= 0 else None
+
+
+def _hashes(value: object) -> tuple[str, ...]:
+    """OPENIMAGES_HASHES: hashlib names every Python has (each a results column)."""
+    names = value.split(",") if isinstance(value, str) else list(value or ())
+    found = tuple(dict.fromkeys(str(name).strip().lower() for name in names if str(name).strip()))
+    unknown = [name for name in found if name not in hashlib.algorithms_guaranteed or name.startswith("shake")]
+    if unknown:
+        known = ", ".join(sorted(name for name in hashlib.algorithms_guaranteed if not name.startswith("shake")))
+        raise UsageError(f"OPENIMAGES_HASHES: {', '.join(unknown)} is not a hash this crawl can record ({known})")
+    return found
+
+
+def _size_filter(settings: BaseSettings) -> SizeFilter:
+    """The image filters, each 0 (off) or positive."""
+    values = {}
+    for name in ("OPENIMAGES_MIN_IMAGE_SIDE", "OPENIMAGES_MAX_IMAGE_AREA", "OPENIMAGES_MAX_ASPECT_RATIO"):
+        try:
+            values[name] = float(settings[name] or 0)
+        except (TypeError, ValueError):
+            raise UsageError(f"{name}={settings[name]!r} is not a number") from None
+        if values[name] < 0 or values[name] != values[name]:
+            raise UsageError(f"{name}={settings[name]!r} must be 0 (off) or more")
+    ratio = values["OPENIMAGES_MAX_ASPECT_RATIO"]
+    if 0 < ratio < 1:
+        raise UsageError(f"OPENIMAGES_MAX_ASPECT_RATIO={ratio:g}: a ratio of the longer side to the shorter is 1 "
+                         "or more (0 = off)")
+    return SizeFilter(int(values["OPENIMAGES_MIN_IMAGE_SIDE"]), int(values["OPENIMAGES_MAX_IMAGE_AREA"]), ratio)
 
 
 def _folder_name(value: str, name: str) -> str:

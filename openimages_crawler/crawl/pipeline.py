@@ -26,7 +26,12 @@ from scrapy.utils.defer import _schedule_coro
 
 from openimages_crawler import reasons
 from openimages_crawler.checkpoint.pending import PendingRows
-from openimages_crawler.checkpoint.results import FailureRow, SuccessRow, with_download
+from openimages_crawler.checkpoint.results import (
+    FailureRow,
+    SuccessRow,
+    with_download,
+    with_recorded,
+)
 from openimages_crawler.crawl import errors
 from openimages_crawler.crawl.items import (
     ALREADY_RECORDED,
@@ -34,6 +39,7 @@ from openimages_crawler.crawl.items import (
     Unrecorded,
     request_meta,
 )
+from openimages_crawler.crawl.politeness import opt_out
 from openimages_crawler.crawl.run import CrawlRun
 from openimages_crawler.crawl.saving import process, save, timed
 from openimages_crawler.imaging.process import Outcome
@@ -168,6 +174,10 @@ class OpenImagesPipeline(ImagesPipeline):
         status = errors.status_failure(response)
         if status is not None:
             return Outcome(*status)
+        robots = opt_out((value.decode("latin-1") for value in response.headers.getlist("X-Robots-Tag")),
+                         self.config.disallowed)
+        if robots is not None:
+            return Outcome(reasons.OPTED_OUT, f"X-Robots-Tag: {robots[:200]}")
         assert self.executor is not None
         loop = asyncio.get_running_loop()
         task = partial(self.store_image, response.body, item)
@@ -208,7 +218,7 @@ class OpenImagesPipeline(ImagesPipeline):
         if outcome.reason == reasons.IO_ERROR:  # never a verdict on the row: it stays pending
             self.stop_for_the_store(outcome.details)
             return Unrecorded(row.image_id, "the store cannot be written")
-        if not ok and plan.from_store:
+        if not ok and plan.from_store and outcome.reason != reasons.FILTERED:  # a filter is no verdict on the file
             logger.info("Stored original of %s failed verification (%s: %s); downloading it again",
                         row.image_id, outcome.reason, outcome.details)
             self.stats.inc_value("openimages/store_fallback")
@@ -226,6 +236,8 @@ class OpenImagesPipeline(ImagesPipeline):
         fields = row.fields
         if plan.record_download:
             fields = with_download(fields, plan.url, outcome.size or None, outcome.md5)
+        fields = with_recorded(fields, self.run.recorded_columns, outcome.upright if ok else None,
+                               outcome.hashes if ok else None)
         if ok:
             success = SuccessRow(fields, row.subset)
             if self.pending.add(success, outcome.tickets):

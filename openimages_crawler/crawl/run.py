@@ -22,8 +22,9 @@ from typing import TYPE_CHECKING, Any
 from scrapy.exceptions import UsageError
 
 from openimages_crawler.checkpoint import settle
+from openimages_crawler.checkpoint.csvfiles import read_csv_header
 from openimages_crawler.checkpoint.ledger import ResultsLedger
-from openimages_crawler.checkpoint.parts import recover_all
+from openimages_crawler.checkpoint.parts import all_results, recover_all
 from openimages_crawler.checkpoint.planner import PlannedOutput, RowPlanner
 from openimages_crawler.crawl.config import (
     CrawlConfig,
@@ -46,6 +47,8 @@ from openimages_crawler.dataset.catalogue import (
     ANNOTATION_KINDS,
     ATTRIBUTE_NAMES_FILE,
     DOWNLOAD_COLUMNS,
+    FAILURE_COLUMNS,
+    IMAGE_SIZE_COLUMNS,
 )
 from openimages_crawler.dataset.masks import StoredMasks
 from openimages_crawler.dataset.rows import MetadataError
@@ -98,6 +101,7 @@ class CrawlRun:
         self.part = ""  # this process's label in part files and records ("" until the spider opens the run)
         self.rows_total: int | None = None  # rows the crawl will handle, estimated (progress)
         self.prepare_seconds = 0.0
+        self.recorded_columns: tuple[str, ...] = ()  # the results' own columns (columns_to_record)
         self.labelled: SampleAnnotations | None = None  # the labels and boxes container samples carry
         self.annotations: AnnotationOutput | None = None
         # Why the run stopped short, each said by the exit status (none: it ran to its end).
@@ -146,9 +150,28 @@ class CrawlRun:
         return self.store if self.supervisor is None else self.records
 
     @property
+    def input_header(self) -> list[str]:
+        """The input's columns, and DOWNLOAD_COLUMNS where the image may come from elsewhere."""
+        return self.dataset.header + (list(DOWNLOAD_COLUMNS) if self.source.records_download else [])
+
+    @property
     def result_header(self) -> list[str]:
         """The columns of the results files (failure files add FAILURE_COLUMNS)."""
-        return self.dataset.header + (list(DOWNLOAD_COLUMNS) if self.source.records_download else [])
+        return self.input_header + list(self.recorded_columns)
+
+    def columns_to_record(self) -> tuple[str, ...]:
+        """The results' own columns: the original's upright size and OPENIMAGES_HASHES;
+        none in a store whose results files were written before they existed (they
+        keep their columns: its rows are recorded without them, said once)."""
+        wanted = (*IMAGE_SIZE_COLUMNS, *self.config.hashes)
+        for kind, patterns in self.files.items():
+            for path in all_results(patterns):
+                found = read_csv_header(path)
+                if found and found == self.input_header + (list(FAILURE_COLUMNS) if kind == "failure" else []):
+                    logger.warning("%s predates the columns %s: this store's results do not record them "
+                                   "(a new store does)", path, ", ".join(wanted))
+                    return ()
+        return wanted
 
     def open(self, arguments: CrawlArguments, given: dict[str, Any], job: str,
              on_lost: Callable[[str], None]) -> None:
@@ -215,6 +238,7 @@ class CrawlRun:
         try:
             with exclusive(self.records.root, "results"):
                 recover_all(self.patterns)
+                self.recorded_columns = self.columns_to_record()
                 self.ledger = ResultsLedger.load(self.files, self.result_header, self.arguments.retry)
         except MetadataError as exc:
             raise UsageError(str(exc)) from exc
@@ -227,7 +251,7 @@ class CrawlRun:
                         for output in config.outputs)
         return RowPlanner(self.ledger, self.store, config.layout, outputs, self.source,
                           save_originals=config.save_originals, check_md5_if_exists=config.check_md5_if_exists,
-                          originals=self.originals)
+                          originals=self.originals, recorded_columns=self.recorded_columns)
 
     def index_annotations(self) -> SampleAnnotations | None:
         """What the outputs carry when annotations are written: each image's

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from openimages_crawler import reasons
+from openimages_crawler.checkpoint.results import with_recorded
 from openimages_crawler.dataset.masks import mask_name_ok
 from openimages_crawler.imaging.pillow import ResizeSpec
 from openimages_crawler.imaging.placement import placed_annotations
@@ -34,7 +36,7 @@ def process(config: CrawlConfig, body: bytes, plan: RowPlan) -> Outcome:
     specs = {output.dir: output.spec for output in config.outputs}
     return process_image(body, expected, [specs[folder] for folder in plan.outputs], max_pixels=config.max_pixels,
                          max_decode_bytes=config.max_decode_bytes, fast=config.fast_resize, rotation=row.rotation,
-                         want_md5=plan.record_download)
+                         want_md5=plan.record_download, keep=config.keep, hashes=config.hashes)
 
 
 def save(run: CrawlRun, body: bytes, plan: RowPlan, outcome: Outcome, original_key: str) -> Outcome:
@@ -50,6 +52,9 @@ def save(run: CrawlRun, body: bytes, plan: RowPlan, outcome: Outcome, original_k
     tickets: list[str | None] = []
     labelled: Annotations | None = None
     specs = {output.dir: output.spec for output in config.outputs}
+    # the packs' metadata holds what the results record: the original's size and hashes
+    row = replace(plan.row, fields=with_recorded(plan.row.fields, run.recorded_columns, outcome.upright,
+                                                 outcome.hashes))
     try:
         if run.labelled is not None:
             labelled = run.labelled.of(plan.row.subset, plan.row.image_id)
@@ -59,16 +64,16 @@ def save(run: CrawlRun, body: bytes, plan: RowPlan, outcome: Outcome, original_k
                 outcome.bytes_written += write_masks(run, plan, config.layout.originals_dir, labelled, None,
                                                      outcome.original_size, outcome)
             else:
-                tickets.append(run.originals.write(plan.row, original_key.rpartition(".")[2], body,
+                tickets.append(run.originals.write(row, original_key.rpartition(".")[2], body,
                                                    outcome.original_size,
                                                    _placed(labelled, outcome, None, outcome.original_size)))
             outcome.bytes_written += len(body)
         for folder, data, size in zip(plan.outputs, encoded, outcome.sizes, strict=True):
             sink, spec = run.sinks[folder], specs[folder]
             if isinstance(sink, PackSink):  # the sample carries its annotations
-                tickets.append(sink.write(plan.row, spec.format, data, size, _placed(labelled, outcome, spec, size)))
+                tickets.append(sink.write(row, spec.format, data, size, _placed(labelled, outcome, spec, size)))
             else:
-                tickets.append(sink.write(plan.row, spec.format, data, size, None))
+                tickets.append(sink.write(row, spec.format, data, size, None))
                 outcome.bytes_written += write_masks(run, plan, folder, labelled, spec, size, outcome)
             outcome.bytes_written += len(data)
         outcome.tickets = [ticket for ticket in tickets if ticket is not None]

@@ -37,6 +37,12 @@ DOWNLOAD_COLUMNS: Final = ("DownloadURL", "DownloadSize", "DownloadMD5")
 DEFAULT_CVDF_URL: Final = "https://open-images-dataset.s3.amazonaws.com"
 
 
+# Columns every results file adds after the input's (and DOWNLOAD_COLUMNS): the stored
+# original's pixel size once upright, then one column per OPENIMAGES_HASHES name (the hex
+# digest of the original's bytes, named as hashlib names it: sha256).
+IMAGE_SIZE_COLUMNS: Final = ("OriginalWidth", "OriginalHeight")
+
+
 def cvdf_url(base: str, split: str, image_id: str) -> str:
     return f"{base.rstrip('/')}/{split}/{image_id}.jpg"
 

@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from openimages_crawler.reasons import CONNECTION, FAILURE_REASONS, HTTP_ERROR, TIMEOUT
+from openimages_crawler.reasons import CONNECTION, FAILURE_REASONS, HTTP_ERROR, OPTED_OUT, TIMEOUT
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -28,6 +28,9 @@ class RetryFilter:
         if unknown or not names:
             raise ValueError(f"-a retry_failed={text!r}: give FailureReason codes or {TRANSIENT} "
                              f"(codes: {', '.join(FAILURE_REASONS)})")
+        if OPTED_OUT in names:
+            raise ValueError(f"-a retry_failed: {OPTED_OUT} is final (the publisher said no); "
+                             "give other FailureReason codes")
         return cls(frozenset(names) - {TRANSIENT}, TRANSIENT in names)
 
     def matches(self, reason: str, details: str) -> bool:

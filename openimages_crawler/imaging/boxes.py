@@ -4,8 +4,9 @@ Open Images boxes are fractions (XMin, XMax, YMin, YMax in 0..1) of the
 image as its file stores the pixels; its Rotation (or the file's EXIF
 orientation) says how "the image and boxes should be rotated". A stored
 output was turned upright (``pillow.upright_rgb``) and then resized: scaled
-(ShrinkToFit, FillDistort) or scaled and cropped to the centred square
-(FillCrop). ``stored_box`` applies the same steps to a box; a box cut by the
+(ShrinkToFit, FillDistort, ShortSide), scaled and cropped to the centred square
+(FillCrop) or scaled and padded to the square (FitPad: the image is a centred
+rectangle of the output). ``stored_box`` applies the same steps to a box; a box cut by the
 crop is clipped, one left with no area is dropped. ``stored_point`` and
 ``stored_mask`` move V7 points, narrative traces and V5 instance masks (which
 cover the whole image, in the file's orientation, at any size) the same way.
@@ -19,7 +20,7 @@ from typing import Any
 
 from PIL import Image
 
-from openimages_crawler.imaging.pillow import Geometry, ResizeSpec
+from openimages_crawler.imaging.pillow import Geometry, ResizeSpec, content_box
 
 Transpose = Image.Transpose
 
@@ -79,8 +80,15 @@ WHOLE = NormBox(0.0, 1.0, 0.0, 1.0)
 
 
 def crop_window(geometry: Geometry, spec: ResizeSpec) -> NormBox:
-    """The part of the upright image an output of ``spec`` holds: FillCrop's
-    centred square, cut as ``pillow.resize`` cuts it; the whole image otherwise."""
+    """The part of the upright image an output of ``spec`` holds, as fractions
+    of the upright image: FillCrop's centred square, cut as ``pillow.resize``
+    cuts it; FitPad's whole square, which reaches past the image (below 0 or
+    above 1) where it is padding, at ``pillow.content_box``'s whole-pixel
+    offsets; the whole image otherwise."""
+    if spec.mode == "FitPad":
+        left, top, right, bottom = content_box(*geometry.upright_size, spec)
+        inner_w, inner_h = right - left, bottom - top
+        return NormBox(-left / inner_w, (spec.size - left) / inner_w, -top / inner_h, (spec.size - top) / inner_h)
     if spec.mode != "FillCrop":
         return WHOLE
     width, height = geometry.upright_size
@@ -90,8 +98,14 @@ def crop_window(geometry: Geometry, spec: ResizeSpec) -> NormBox:
 
 
 def _into(value: float, low: float, high: float) -> float:
-    """``value`` as a fraction of the window ``low``..``high`` along one axis, clipped to it."""
+    """``value`` as a fraction of the window ``low``..``high`` along one axis,
+    clipped to it (a window past 0..1 is padding: the image's fractions map into it)."""
     return min(max((value - low) / (high - low), 0.0), 1.0)
+
+
+def _uncut(low: float, high: float) -> bool:
+    """The window holds the whole image along this axis (all of it, maybe padded)."""
+    return low <= 0.0 and high >= 1.0
 
 
 def stored_box(box: NormBox, geometry: Geometry | None, spec: ResizeSpec | None) -> NormBox | None:
@@ -114,9 +128,12 @@ def stored_box(box: NormBox, geometry: Geometry | None, spec: ResizeSpec | None)
 def _cropped(value: float, low: float, high: float) -> float | None:
     """``value`` along one axis of the crop window ``low``..``high``; ``None`` when
     the crop cut it away (its edge is kept). An axis the crop does not cut keeps
-    every value: narrative traces stray a little outside the image."""
+    every value: narrative traces stray a little outside the image (FitPad's
+    padded axis moves them into the square, unclipped)."""
     if (low, high) == (0.0, 1.0):
         return value
+    if _uncut(low, high):
+        return (value - low) / (high - low)
     if not low - _EDGE <= value <= high + _EDGE:
         return None
     return _into(value, low, high)
@@ -148,7 +165,8 @@ def stored_mask(mask: Image.Image, geometry: Geometry | None, spec: ResizeSpec |
                 size: tuple[int, int]) -> Image.Image:
     """An instance mask (covering the whole image in the file's orientation, at
     any pixel size) as mode "L" 0/255 of the stored image of ``size``: turned,
-    scaled and cropped as the image was (``spec`` ``None``: the original, only scaled).
+    scaled and cropped as the image was (``spec`` ``None``: the original, only scaled);
+    FitPad's padding is 0 (outside), the mask is pasted at the image's offset.
 
     Nearest-neighbour sampling only picks source values, so it commutes with the
     threshold and the turn: the full mask is read once, by one resample of the
@@ -161,12 +179,22 @@ def stored_mask(mask: Image.Image, geometry: Geometry | None, spec: ResizeSpec |
     assert geometry is not None, "an output's geometry comes with its encoding"
     turn = geometry.turn
     window, unturned_size = crop_window(geometry, spec), size
+    offset = None
+    if _uncut(window.xmin, window.xmax) and _uncut(window.ymin, window.ymax) and window != WHOLE:
+        # Padding (FitPad): the whole mask into the image's part, 0 around it.
+        left, top, right, bottom = content_box(*geometry.upright_size, spec)
+        window, unturned_size, offset = WHOLE, (right - left, bottom - top), (left, top)
     if turn in _SWAPPING:  # both in the file's orientation
         window = NormBox(window.ymin, window.ymax, window.xmin, window.xmax)
-        unturned_size = (size[1], size[0])
+        unturned_size = (unturned_size[1], unturned_size[0])
     width, height = source.size
     sampled = source.resize(unturned_size, Image.Resampling.NEAREST,
                             box=(window.xmin * width, window.ymin * height,
                                  window.xmax * width, window.ymax * height))
     moved = _binary(sampled)
-    return moved if turn is None else moved.transpose(turn)
+    moved = moved if turn is None else moved.transpose(turn)
+    if offset is None:
+        return moved
+    padded = Image.new("L", size, 0)
+    padded.paste(moved, offset)
+    return padded

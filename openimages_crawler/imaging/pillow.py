@@ -11,14 +11,21 @@ import json
 import math
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Final
 
-from PIL import ExifTags, Image, ImageMode, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageColor, ImageMode, ImageOps, UnidentifiedImageError
 
 from openimages_crawler.reasons import CORRUPT, NOT_IMAGE, TOO_LARGE
 
-RESIZE_MODES: Final = ("ShrinkToFit", "FillCrop", "FillDistort")
+RESIZE_MODES: Final = ("ShrinkToFit", "FillCrop", "FillDistort", "FitPad", "ShortSide")
+
+# FitPad's padding unless a spec says otherwise (OPENIMAGES_PAD_COLOR's default).
+DEFAULT_PAD_COLOR: Final = (0, 0, 0)
+
+# No ShortSide output side is longer (JPEG's limit; WebP's is 16,383): enlarging a very
+# long, thin image would otherwise make a huge output (``resize`` refuses it).
+MAX_OUTPUT_SIDE: Final = 65_500
 
 RESAMPLE_FILTERS: Final[dict[str, Image.Resampling]] = {
     "lanczos": Image.Resampling.LANCZOS,
@@ -93,13 +100,15 @@ class ImageRejected(Exception):
 
 @dataclass(frozen=True, slots=True)
 class ResizeSpec:
-    """One resized output: mode, box size, resample filter, format, quality."""
+    """One resized output: mode, box size, resample filter, format, quality,
+    and FitPad's padding colour (RGB; other modes ignore it)."""
 
     mode: str = "ShrinkToFit"
     size: int = 224
     resample: str = "lanczos"
     format: str = "jpg"
     quality: int = 90
+    pad_color: tuple[int, int, int] = DEFAULT_PAD_COLOR
 
     def __post_init__(self) -> None:
         if self.mode not in RESIZE_MODES:
@@ -114,6 +123,29 @@ class ResizeSpec:
             raise ValueError(f"resize size must be a positive number of pixels, not {self.size}")
         if not 1 <= self.quality <= 100:
             raise ValueError(f"quality must be between 1 and 100, not {self.quality}")
+        if (not isinstance(self.pad_color, tuple) or len(self.pad_color) != 3
+                or not all(type(value) is int and 0 <= value <= 255 for value in self.pad_color)):
+            raise ValueError(f"pad colour must be three 0-255 values (R, G, B), not {self.pad_color!r}")
+
+
+def parse_color(value: object) -> tuple[int, int, int]:
+    """A colour as Pillow's ImageColor names it (``black``, ``#808080``, ``#fff``,
+    ``rgb(124,116,104)``, ``hsl(0,0%,50%)``) or three 0-255 numbers, as RGB; a
+    ValueError says what is wrong. An alpha part is refused: outputs are RGB."""
+    if isinstance(value, list | tuple):
+        if len(value) != 3 or not all(type(part) is int and 0 <= part <= 255 for part in value):
+            raise ValueError(f"{list(value)!r} is not three 0-255 values (R, G, B)")
+        return (value[0], value[1], value[2])
+    if not isinstance(value, str):
+        raise ValueError(f"{value!r} is not a colour")  # noqa: TRY004 - a bad setting, as a bad name
+    try:
+        rgb = ImageColor.getrgb(value.strip())
+    except ValueError:
+        raise ValueError(f"{value!r} is not a colour Pillow knows (a name such as black, #rrggbb, "
+                         "rgb(r,g,b) or three 0-255 numbers)") from None
+    if len(rgb) == 4 and rgb[3] != 255:
+        raise ValueError(f"{value!r} is transparent: the padding is opaque RGB")
+    return (rgb[0], rgb[1], rgb[2])
 
 
 def decode(
@@ -232,10 +264,7 @@ def upright_rgb(image: Image.Image, rotation: int = 0) -> Image.Image:
     depend on a reduced decode.
     """
     width, height = full_size(image)
-    try:
-        orientation = image.getexif().get(ExifTags.Base.Orientation)
-    except Exception:  # a malformed EXIF block must not lose a good image
-        orientation = None
+    orientation = _orientation(image)
     turn = None
     if orientation is not None:
         try:
@@ -252,6 +281,22 @@ def upright_rgb(image: Image.Image, rotation: int = 0) -> Image.Image:
     image.info[FULL_SIZE] = (width, height)
     image.info[TURN] = turn
     return image
+
+
+def _orientation(image: Image.Image) -> int | None:
+    try:
+        return image.getexif().get(ExifTags.Base.Orientation)
+    except Exception:  # noqa: BLE001 - a malformed EXIF block must not lose a good image
+        return None
+
+
+def upright_size(image: Image.Image, rotation: int = 0) -> tuple[int, int]:
+    """The full-resolution size of the image once upright (as ``upright_rgb``
+    turns it: its EXIF orientation, else ``rotation``), without turning it."""
+    width, height = full_size(image)
+    orientation = _orientation(image)
+    turn = _EXIF_TURNS.get(orientation) if orientation is not None else _ROTATIONS.get(rotation)
+    return (height, width) if turn in _SWAPPING_TURNS else (width, height)
 
 
 def _has_alpha(image: Image.Image) -> bool:
@@ -291,13 +336,32 @@ def target_size(width: int, height: int, spec: ResizeSpec) -> tuple[int, int]:
             return width, height
         scale = box / longest
         return max(1, round(width * scale)), max(1, round(height * scale))
+    if spec.mode == "ShortSide":  # the shorter side becomes ``size``, enlarged or not
+        if width <= height:
+            return box, max(1, round(height * box / width))
+        return max(1, round(width * box / height)), box
     return box, box
 
 
+def content_box(width: int, height: int, spec: ResizeSpec) -> tuple[int, int, int, int]:
+    """Where the upright image's pixels are in its output: (left, top, right,
+    bottom) in output pixels. FitPad centres ShrinkToFit's image in the
+    square at whole-pixel offsets (``(size - w) // 2``, as ``resize`` pastes
+    it); every other mode fills its whole output."""
+    if spec.mode != "FitPad":
+        return (0, 0, *target_size(width, height, spec))
+    inner_w, inner_h = target_size(width, height, replace(spec, mode="ShrinkToFit"))
+    left, top = (spec.size - inner_w) // 2, (spec.size - inner_h) // 2
+    return left, top, left + inner_w, top + inner_h
+
+
 def scaled_size(width: int, height: int, spec: ResizeSpec) -> tuple[float, float]:
-    """Size the whole image is scaled to before any crop."""
-    if spec.mode == "ShrinkToFit":
+    """Size the whole image is scaled to before any crop (FitPad: before the padding)."""
+    if spec.mode in ("ShrinkToFit", "ShortSide"):
         return target_size(width, height, spec)
+    if spec.mode == "FitPad":
+        left, top, right, bottom = content_box(width, height, spec)
+        return right - left, bottom - top
     if spec.mode == "FillCrop":
         scale = max(spec.size / width, spec.size / height)
         return width * scale, height * scale
@@ -308,7 +372,8 @@ def draft_request(width: int, height: int, spec: ResizeSpec) -> tuple[int, int]:
     """The smallest decode size that keeps ``REDUCING_GAP`` above the output.
 
     Holds for either EXIF orientation: every mode is symmetric in width and
-    height.
+    height. FitPad's image part is ShrinkToFit's (the padding needs no
+    pixels); ShortSide's is its whole output.
     """
     scaled_w, scaled_h = scaled_size(width, height, spec)
     return math.ceil(scaled_w * REDUCING_GAP), math.ceil(scaled_h * REDUCING_GAP)
@@ -320,12 +385,24 @@ def resize(image: Image.Image, spec: ResizeSpec, *, reducing_gap: float | None =
     Sizes and the crop are computed on the full-resolution size, so a reduced
     decode gives the same output size as a full one. ``reducing_gap`` lets
     Pillow box-reduce by an integer factor first while keeping that factor
-    above the output; ``None`` is a plain resize.
+    above the output; ``None`` is a plain resize. FitPad pastes ShrinkToFit's
+    image into a ``size`` square of ``spec.pad_color`` at ``content_box``;
+    ShortSide enlarges an image whose shorter side is under ``size`` (a
+    ValueError when its longer side would pass ``MAX_OUTPUT_SIDE``).
     """
     resample = RESAMPLE_FILTERS[spec.resample]
     width, height = full_size(image)
-    if spec.mode == "ShrinkToFit":
+    if spec.mode == "FitPad":  # ShrinkToFit's image, centred on the pad colour
+        left, top, _, _ = content_box(width, height, spec)
+        inner = resize(image, replace(spec, mode="ShrinkToFit"), reducing_gap=reducing_gap)
+        padded = Image.new("RGB", (spec.size, spec.size), spec.pad_color)
+        padded.paste(inner, (left, top))
+        return padded
+    if spec.mode in ("ShrinkToFit", "ShortSide"):
         size = target_size(width, height, spec)
+        if spec.mode == "ShortSide" and max(size) > MAX_OUTPUT_SIDE:
+            raise ValueError(f"{spec.mode} {spec.size} of a {width}x{height} image would be {size[0]}x{size[1]}, "
+                             f"over the largest output side ({MAX_OUTPUT_SIDE})")
         if size == image.size:
             return image
         return image.resize(size, resample, reducing_gap=reducing_gap)
@@ -386,9 +463,11 @@ def provenance_exif(geometry: Geometry, spec: ResizeSpec) -> bytes:
     the UserComment, so labels can be moved into it later from the file alone
     (``read_provenance``; about 120 bytes, no Orientation tag)."""
     exif = Image.Exif()
-    text = json.dumps({"turn": geometry.turn.name if geometry.turn is not None else None,
-                       "upright": list(geometry.upright_size), "mode": spec.mode, "size": spec.size},
-                      separators=(",", ":"))
+    made = {"turn": geometry.turn.name if geometry.turn is not None else None,
+            "upright": list(geometry.upright_size), "mode": spec.mode, "size": spec.size}
+    if spec.mode == "FitPad":  # the padding's colour, for the record: boxes need only the mode
+        made["pad"] = "#{:02x}{:02x}{:02x}".format(*spec.pad_color)
+    text = json.dumps(made, separators=(",", ":"))
     exif.get_ifd(_EXIF_IFD)[_USER_COMMENT] = PROVENANCE_PREFIX + text.encode()
     return exif.tobytes()
 
@@ -406,7 +485,9 @@ def read_provenance(image: Image.Image) -> tuple[Geometry, ResizeSpec] | None:
         found = json.loads(comment[len(PROVENANCE_PREFIX):])
         turn = Image.Transpose[found["turn"]] if found["turn"] else None
         width, height = (int(value) for value in found["upright"])
-        return Geometry(turn, (width, height)), ResizeSpec(mode=found["mode"], size=int(found["size"]))
+        pad = parse_color(found["pad"]) if "pad" in found else DEFAULT_PAD_COLOR
+        return Geometry(turn, (width, height)), ResizeSpec(mode=found["mode"], size=int(found["size"]),
+                                                           pad_color=pad)
     except (ValueError, KeyError, TypeError):
         return None
 

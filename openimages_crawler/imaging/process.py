@@ -20,8 +20,9 @@ from openimages_crawler.imaging.pillow import (
     decode,
     full_size,
     resized_images,
+    upright_size,
 )
-from openimages_crawler.reasons import CORRUPT, MD5_MISMATCH, SIZE_MISMATCH
+from openimages_crawler.reasons import CORRUPT, FILTERED, MD5_MISMATCH, SIZE_MISMATCH
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +31,29 @@ class Expected:
 
     size: int | None = None
     md5: bytes | None = None  # the 16-byte binary digest
+
+
+@dataclass(frozen=True, slots=True)
+class SizeFilter:
+    """Which decoded images a dataset keeps (OPENIMAGES_MIN_IMAGE_SIDE,
+    _MAX_IMAGE_AREA, _MAX_ASPECT_RATIO; 0 = off): exactly at a limit is kept.
+    The sides are the image's, whichever way up: none of them depends on it."""
+
+    min_side: int = 0
+    max_area: int = 0
+    max_aspect_ratio: float = 0.0
+
+    def refusal(self, width: int, height: int) -> str | None:
+        """Why a ``width`` x ``height`` image is left out, or ``None``."""
+        short, long = min(width, height), max(width, height)
+        if self.min_side and short < self.min_side:
+            return f"{width}x{height}: shorter side {short} under OPENIMAGES_MIN_IMAGE_SIDE ({self.min_side})"
+        if self.max_area and width * height > self.max_area:
+            return f"{width}x{height}: {width * height} pixels over OPENIMAGES_MAX_IMAGE_AREA ({self.max_area})"
+        if self.max_aspect_ratio and long > self.max_aspect_ratio * short:
+            return (f"{width}x{height}: aspect ratio {long / short:.3g} over OPENIMAGES_MAX_ASPECT_RATIO "
+                    f"({self.max_aspect_ratio:g})")
+        return None
 
 
 @dataclass(slots=True)
@@ -44,6 +68,8 @@ class Outcome:
     encoded: list[bytes] = field(default_factory=list)  # one per ResizeSpec, on success
     sizes: list[tuple[int, int]] = field(default_factory=list)  # each encoded output's width, height
     original_size: tuple[int, int] = (0, 0)  # the decoded image's, as stored (before any turn)
+    upright: tuple[int, int] = (0, 0)  # the original's pixel size once upright
+    hashes: dict[str, str] = field(default_factory=dict)  # hash name -> hex digest of the bytes
     geometry: Geometry | None = None  # how the outputs were made from it (their boxes follow)
     tickets: list[str] = field(default_factory=list)  # the open packs that hold the outputs (outputs.containers)
 
@@ -82,6 +108,8 @@ def process_image(
     fast: bool = True,
     rotation: int = 0,
     want_md5: bool = False,
+    keep: SizeFilter = SizeFilter(),
+    hashes: Sequence[str] = (),
 ) -> Outcome:
     """Verify ``body`` against ``expected``, decode all of it once, and encode
     every output of ``specs`` (``Outcome.encoded``, in order).
@@ -92,6 +120,9 @@ def process_image(
     (``REDUCING_GAP``); False is a full decode and a plain resize.
     ``rotation``: V4+ Rotation for files without an EXIF orientation.
     ``want_md5``: the results need the MD5 even when nothing checks it.
+    ``keep``: the image filters; an image outside them is ``filtered``, after it
+    decoded (a broken file is ``corrupt``, whatever its size).
+    ``hashes``: hashlib names whose digests of the bytes the results record.
     """
     # No MD5 when nothing needs it (OPENIMAGES_CHECK_MD5_IF_EXISTS=False on stored files).
     digest = hashlib.md5(body).digest() if expected.md5 is not None or want_md5 else None
@@ -104,6 +135,11 @@ def process_image(
     except ImageRejected as exc:
         return Outcome(exc.reason, exc.details)
     original_size = full_size(image)
+    upright = upright_size(image, rotation)
+    refusal = keep.refusal(*original_size)
+    if refusal is not None:
+        image.close()
+        return Outcome(FILTERED, refusal)
     outputs: list[tuple[bytes, tuple[int, int]]] = []
     geometry = None
     try:
@@ -115,4 +151,5 @@ def process_image(
     finally:
         image.close()
     return Outcome(md5=digest, size=len(body), encoded=[data for data, _ in outputs],
-                   sizes=[size for _, size in outputs], original_size=original_size, geometry=geometry)
+                   sizes=[size for _, size in outputs], original_size=original_size, upright=upright,
+                   geometry=geometry, hashes={name: hashlib.new(name, body).hexdigest() for name in hashes})

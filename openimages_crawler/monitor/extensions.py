@@ -27,7 +27,7 @@ from openimages_crawler.monitor.progress import (
 )
 from openimages_crawler.monitor.status import HostRanking, ImageEntry, PartStatus, RecordSender, set_counts
 from openimages_crawler.outputs.formats import FILES
-from openimages_crawler.reasons import FAILURE_STAT_PREFIX
+from openimages_crawler.reasons import FAILURE_STAT_PREFIX, POLICY_REASONS
 
 if TYPE_CHECKING:
     from typing import Self
@@ -85,9 +85,10 @@ class CrawlProgress(Ticking):
             for key, value in stats.items()
             if key.startswith(FAILURE_STAT_PREFIX)
         }
+        left_out = {reason: failures.pop(reason) for reason in POLICY_REASONS if reason in failures}
         ok = stats.get("openimages/success", 0)
         failed = sum(failures.values())
-        done = ok + failed + sum(
+        done = ok + failed + sum(left_out.values()) + sum(
             stats.get(key, 0)
             for key in ("openimages/rows_skipped", "openimages/repaired/ok", "openimages/repaired/failed")
         )
@@ -104,6 +105,7 @@ class CrawlProgress(Ticking):
             bytes_in=stats.get("downloader/response_bytes", 0),
             bytes_out=stats.get("openimages/bytes_written", 0),
             failures=failures,
+            left_out=left_out,
             downloading=len(downloader.active) if downloader is not None else 0,
             working=stats.get("openimages/in_workers", 0),
             total=total,

@@ -37,15 +37,21 @@ class Counts:
     failed: int = 0
     bytes_in: int = 0  # downloaded (or read)
     bytes_out: int = 0  # written
-    failures: dict[str, int] = field(default_factory=dict)  # FailureReason -> count
+    failures: dict[str, int] = field(default_factory=dict)  # FailureReason -> count, errors only
+    left_out: dict[str, int] = field(default_factory=dict)  # POLICY_REASONS -> count: fine images not kept
     downloading: int | None = 0  # transfers in progress (None: nothing is downloaded)
     working: int = 0  # images in the worker pool (verify, decode, resize, write)
     total: int | None = None  # rows expected, when known or estimated
 
     @property
     def images(self) -> int:
-        """Images processed (stored or failed), not counting rows done before."""
-        return self.ok + self.failed
+        """Images processed (stored, failed or left out), not counting rows done before."""
+        return self.ok + self.failed + self.omitted
+
+    @property
+    def omitted(self) -> int:
+        """Images left out by the crawl's choice (opted out, filtered)."""
+        return sum(self.left_out.values())
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +161,8 @@ def summary_line(counts: Counts, rates: Rates, unit: str = "rows") -> str:
     failed = f"failed {counts.failed:,}"
     if counts.failed:
         failed += f" ({failure_breakdown(counts.failures)})"
+    if counts.omitted:
+        failed += f", left out {counts.omitted:,} ({failure_breakdown(counts.left_out)})"
     downloading = "" if counts.downloading is None else f"downloading {counts.downloading}, "
     return (
         f"{done} | {rates.images_per_s:.1f} img/s, {rates.mb_in_per_s:.1f} MB/s in, "

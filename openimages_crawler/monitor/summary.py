@@ -44,11 +44,14 @@ def closing_summary(end: RunEnd) -> str:
         pending = "0 pending" if end.finished else (
             f"about {counts.total - counts.done:,} pending" if counts.total is not None and counts.total > counts.done
             else "the rest pending")
+        omitted = f"{counts.omitted:,} left out, " if counts.omitted else ""
         lines = [f"{'Finished' if end.finished else 'Stopped'} after {duration(counts.time)}: {counts.done:,} rows "
-                 f"accounted: {counts.ok:,} stored, {counts.failed:,} failed, {already:,} already done before, "
-                 f"{pending}"]
+                 f"accounted: {counts.ok:,} stored, {counts.failed:,} failed, {omitted}{already:,} already done "
+                 f"before, {pending}"]
         if counts.failed:
             lines.append(f"  failed by reason: {failure_breakdown(counts.failures, limit=len(counts.failures))}")
+        if counts.omitted:
+            lines.append(f"  left out (not errors): {failure_breakdown(counts.left_out, limit=len(counts.left_out))}")
         lines.append(f"  data: {byte_size(counts.bytes_in)} downloaded, {byte_size(counts.bytes_out)} written")
     if end.results:
         lines.append(f"  results: {', '.join(end.results)}")

@@ -50,6 +50,7 @@ class Route:
     content_encoding: str = ""  # sent as Content-Encoding (the body is sent as it is)
     ranges: bool = False  # answer "Range: bytes=N-" with 206 and the rest of the body
     bytes_per_second: int | None = None  # send the body slowly
+    headers: tuple[tuple[str, str], ...] = ()  # more response headers (X-Robots-Tag, say)
 
 
 @dataclass
@@ -241,6 +242,7 @@ class ConnectionCounter:
         self.connections = Gauge()
         self.in_flight = Gauge()
         self.requests: Counter[str] = Counter()  # path -> requests served
+        self.user_agents: Counter[str] = Counter()  # User-Agent -> requests that sent it
 
     def reset_peaks(self) -> None:
         with self.lock:
@@ -283,6 +285,7 @@ class _Handler(BaseHTTPRequestHandler):
         counter = self.server.counter
         with counter.lock:
             counter.requests[path] += 1
+            counter.user_agents[self.headers.get("User-Agent", "")] += 1
             attempt = counter.requests[path]
         if route is None:
             return self._send(404, b"not in the mirror", "text/plain")
@@ -321,7 +324,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Length", str(len(route.body)))
             self.end_headers()
             return self._write(route.body, route)
-        return self._send(route.status, route.body, route.content_type, route.content_encoding)
+        return self._send(route.status, route.body, route.content_type, route.content_encoding, route.headers)
 
     def _write(self, body: bytes, route: Route) -> None:
         step = route.bytes_per_second or len(body) or 1
@@ -331,9 +334,12 @@ class _Handler(BaseHTTPRequestHandler):
             if route.bytes_per_second:
                 time.sleep(0.1)
 
-    def _send(self, status: int, body: bytes, content_type: str, content_encoding: str = "") -> None:
+    def _send(self, status: int, body: bytes, content_type: str, content_encoding: str = "",
+              headers: tuple[tuple[str, str], ...] = ()) -> None:
         self.send_response(status)
         self.send_header("Content-Type", content_type)
+        for name, value in headers:
+            self.send_header(name, value)
         if content_encoding:
             self.send_header("Content-Encoding", content_encoding)
         self.send_header("Content-Length", str(len(body)))
