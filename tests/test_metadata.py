@@ -142,7 +142,7 @@ def test_v4_image_info_file_and_its_rotation_column(metadata_mirror: MetadataMir
     expected = {row["ImageID"] for row in metadata_mirror.rows("validation")}
     assert set(outcomes(store, "validation")) == expected
     header = (store / "validation" / "images-success.csv").read_text().splitlines()[0]
-    assert header.endswith(",Rotation")
+    assert header.endswith(",Rotation,OriginalWidth,OriginalHeight")  # the input's columns, then the recorded size
     assert (store / "metadata" / path).is_file()
 
 

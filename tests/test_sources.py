@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 import pytest
 from PIL import Image
 
-from openimages_crawler.dataset.catalogue import DOWNLOAD_COLUMNS, IMAGE_INFO_COLUMNS
+from openimages_crawler.dataset.catalogue import DOWNLOAD_COLUMNS, IMAGE_INFO_COLUMNS, IMAGE_SIZE_COLUMNS
 from openimages_crawler.testing.images import photo
 from openimages_crawler.testing.mirror import Route
 from tests.conftest import (
@@ -55,7 +55,7 @@ def test_300k_thumbnails_where_rows_have_one(tmp_path: Path) -> None:
         run_crawl(served.metadata, store, {"OPENIMAGES_DOWNLOAD_300K": "True"})
         assert outcomes(store) == {r.fields["ImageID"]: ["success"] for r in rows}
         header, success = read_csv(store / "train" / "images-success.csv")
-        assert header[-3:] == list(DOWNLOAD_COLUMNS)
+        assert header[-5:] == [*DOWNLOAD_COLUMNS, *IMAGE_SIZE_COLUMNS]
         for result in success:
             thumb = thumbnails.get(result["ImageID"])
             if thumb is not None:  # no size/MD5 check: the real ones are made on the fly
