@@ -182,6 +182,10 @@ def all_contenders(img2dataset_threads: int, baseline_processes: int, with_img2d
             "ours_fillcrop", "ours: FillCrop 224, no originals",
             "OPENIMAGES_RESIZE_MODE=FillCrop", "OPENIMAGES_RESIZE_SIZE=224",
         ),
+        ours("ours_fitpad", "ours: FitPad 224 (letterboxed square), no originals",
+             "OPENIMAGES_RESIZE_MODE=FitPad", "OPENIMAGES_RESIZE_SIZE=224"),
+        ours("ours_shortside", "ours: ShortSide 224, no originals",
+             "OPENIMAGES_RESIZE_MODE=ShortSide", "OPENIMAGES_RESIZE_SIZE=224"),
         ours(
             "ours_shrink_wds", "ours: ShrinkToFit 224 as WebDataset packs of 1,000, all cores",
             *SHRINK_224, "OPENIMAGES_RESIZE_CONTAINER=webdataset", f"OPENIMAGES_SHARD_SIZE={PACK_SIZE}",
@@ -213,6 +217,9 @@ def all_contenders(img2dataset_threads: int, baseline_processes: int, with_img2d
                 "keep_ratio_largest", img2dataset_threads, output_format="webdataset",
             ),
             img2dataset("i2d_center_crop", "img2dataset center_crop 224", "center_crop", img2dataset_threads),
+            img2dataset("i2d_border", "img2dataset border 224 (FitPad's peer)", "border", img2dataset_threads),
+            img2dataset("i2d_keep_ratio", "img2dataset keep_ratio 224 (ShortSide's peer)", "keep_ratio",
+                        img2dataset_threads),
             img2dataset("i2d_no", "img2dataset resize_mode=no", "no", img2dataset_threads),
         ]
     contenders += [baseline(baseline_processes), limit("fast"), limit("plain")]
