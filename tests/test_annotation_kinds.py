@@ -376,6 +376,9 @@ def test_masks_points_relationships_and_narratives_of_a_class(sample_mirror: Sam
     assert sorted(path.name for path in (store / "metadata").rglob("*.zip")) == sorted(
         f"validation-masks-{digit}.zip" for digit in needed)  # kept in the cache, as the CSVs
 
+    # every request (the metadata, the zips, the images) says who crawls
+    assert {agent.split("/")[0] for agent in sample_mirror.server.counter.user_agents} == {"openimages-crawler"}
+
     again = crawl(sample_mirror, store, **args)
     assert again.returncode == 0, again.stderr[-3000:]
     assert all(sample_mirror.downloads(remote.path) == (digit in needed) for digit, remote in zips.items())

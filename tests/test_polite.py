@@ -17,6 +17,7 @@ from scrapy.exceptions import UsageError
 from openimages_crawler import __version__
 from openimages_crawler.crawl.politeness import (
     AGENT_TOKEN,
+    crawl_user_agent,
     opt_out,
     parse_directives,
     user_agent,
@@ -58,6 +59,15 @@ def test_user_agent_says_who_crawls_and_how_to_reach_them() -> None:
     assert user_agent("ml-data@example.org").endswith("; ml-data@example.org)")
     with pytest.raises(UsageError, match="OPENIMAGES_CONTACT"):
         user_agent("me (at) example.org")
+
+
+def test_a_user_agent_given_wins_over_ours() -> None:
+    from scrapy.settings import Settings
+
+    settings = Settings({"OPENIMAGES_CONTACT": "ops@example.org"})
+    assert crawl_user_agent(settings) == user_agent("ops@example.org")
+    settings.set("USER_AGENT", "my-lab-crawler/2 (+https://lab.example.org)", "cmdline")
+    assert crawl_user_agent(settings) == "my-lab-crawler/2 (+https://lab.example.org)"
 
 
 def test_opted_out_is_final_and_policy_reasons_are_not_transient() -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from scrapy.exceptions import UsageError
-from scrapy.settings import BaseSettings
+from scrapy.settings import SETTINGS_PRIORITIES, BaseSettings
 
 from openimages_crawler import __version__
 
@@ -30,12 +30,19 @@ def user_agent(contact: str) -> str:
     return f"{AGENT_TOKEN}/{__version__} (+{PROJECT_URL}" + (f"; {contact})" if contact else ")")
 
 
+def crawl_user_agent(settings: BaseSettings) -> str:
+    """The agent every request of the crawl sends (the metadata's too): USER_AGENT
+    where it was given (``-s``, a settings module), else ours with OPENIMAGES_CONTACT."""
+    if (settings.getpriority("USER_AGENT") or 0) > SETTINGS_PRIORITIES["addon"]:
+        return str(settings["USER_AGENT"])
+    return user_agent(str(settings["OPENIMAGES_CONTACT"] or ""))
+
+
 class PoliteAgent:
-    """A Scrapy add-on: USER_AGENT from OPENIMAGES_CONTACT (an add-on's
-    priority: ``-s USER_AGENT=…`` or a settings module's still wins)."""
+    """A Scrapy add-on: USER_AGENT for the image requests (``crawl_user_agent``)."""
 
     def update_settings(self, settings: BaseSettings) -> None:
-        settings.set("USER_AGENT", user_agent(str(settings["OPENIMAGES_CONTACT"] or "")), "addon")
+        settings.set("USER_AGENT", crawl_user_agent(settings), "addon")
 
 
 def parse_directives(value: object) -> frozenset[str]:

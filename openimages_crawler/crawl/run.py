@@ -36,6 +36,7 @@ from openimages_crawler.crawl.config import (
     results_files,
 )
 from openimages_crawler.crawl.errors import ShardLocked
+from openimages_crawler.crawl.politeness import crawl_user_agent
 from openimages_crawler.crawl.processes import process_share, supervisor_pid
 from openimages_crawler.crawl.stop import STOP_REQUESTED
 from openimages_crawler.dataset.annotation_index import (
@@ -217,7 +218,7 @@ class CrawlRun:
         cache = Path(str(self.settings.get("OPENIMAGES_METADATA_DIR") or self.records.root / METADATA_DIR))
         options = MetadataOptions(cache=cache, url=config.metadata_url, verify=config.metadata_verify,
                                   keep_archives=config.keep_archives, max_row_bytes=config.max_row_bytes,
-                                  stop=STOP_REQUESTED)
+                                  stop=STOP_REQUESTED, user_agent=crawl_user_agent(self.settings))
         try:
             with exclusive(cache.parent, METADATA_DIR, STOP_REQUESTED):  # fetched once per cache
                 self.dataset: DatasetPlan = prepare(self.arguments, options, selection)

@@ -55,6 +55,7 @@ class MetadataFetcher:
         download: bool = True,
         timeout: float = 60.0,
         stop: threading.Event | None = None,
+        user_agent: str = "",
     ) -> None:
         if urlsplit(base_url).scheme not in ("http", "https"):
             raise MetadataError(f"OPENIMAGES_METADATA_URL must be http(s), not {base_url!r}")
@@ -66,6 +67,8 @@ class MetadataFetcher:
         self.timeout = timeout
         self.stop = stop or threading.Event()  # set: a download in progress gives up (Ctrl-C)
         self.opener = urllib.request.build_opener(_HttpRedirectsOnly)
+        if user_agent:  # as the image requests: who crawls, and how to reach them
+            self.opener.addheaders = [("User-Agent", user_agent)]
 
     def csv_paths(self, sources: Iterable[MetadataSource]) -> list[Path]:
         """Local CSVs of ``sources``, fetching and unpacking what is not cached."""

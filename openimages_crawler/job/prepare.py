@@ -64,6 +64,7 @@ class MetadataOptions:
     verify: bool = True  # OPENIMAGES_METADATA_VERIFY
     keep_archives: bool = False  # OPENIMAGES_SAVE_TARBALLS
     stop: threading.Event | None = None  # set: a download in progress gives up
+    user_agent: str = ""  # the crawl's (USER_AGENT): metadata requests say who crawls too
 
 
 @dataclass
@@ -138,6 +139,7 @@ class _Preparation:
             keep_archives=options.keep_archives,
             download=self.arguments.download_metadata,
             stop=options.stop,
+            user_agent=options.user_agent,
         )
 
     def run(self, selection: Selection) -> DatasetPlan:
