@@ -176,8 +176,13 @@ def test_short_side_enlarges_and_refuses_an_output_too_long() -> None:
     assert resize(Image.new("RGB", (600, 800)), spec).size == (300, 400)
     assert resize(Image.new("RGB", (150, 100)), spec).size == (450, 300)
     thin = Image.new("RGB", (MAX_OUTPUT_SIDE // 100, 2))  # 655x2: the long side would be 98,250
-    with pytest.raises(ValueError, match="largest output side"):
+    with pytest.raises(ImageRejected, match="over the largest output") as refused:
         resize(thin, spec)
+    assert refused.value.reason == "too_large"
+    with pytest.raises(ImageRejected, match="40,000,000 pixels"):  # 4000x40000: 160 MP, sides allowed
+        resize(Image.new("RGB", (100, 1000)), ResizeSpec(mode="ShortSide", size=4000))
+    with pytest.raises(ImageRejected, match="16383 px a side"):  # WebP's own limit
+        resize(Image.new("RGB", (10, 600)), ResizeSpec(mode="ShortSide", size=300, format="webp"))  # 300x18000
 
 
 @pytest.mark.parametrize("mode", ["FitPad", "ShortSide"])
@@ -240,9 +245,11 @@ def test_pad_colours_parse_or_say_why_not() -> None:
     assert parse_color("#808080") == parse_color("rgb(128,128,128)") == parse_color([128, 128, 128]) == (128, 128, 128)
     assert parse_color(" #fff ") == (255, 255, 255)
     assert parse_color("#ff0000ff") == (255, 0, 0)  # opaque alpha is fine
+    assert parse_color("124,116,104") == (124, 116, 104)  # as -s gives it
     for bad, message in (("nocolour", "not a colour Pillow knows"), ("#12345", "not a colour Pillow knows"),
                          ("#ff000080", "transparent"), ([0, 0, 300], "three 0-255"), ([0, 0], "three 0-255"),
-                         ((0.5, 0, 0), "three 0-255"), (None, "not a colour"), (7, "not a colour")):
+                         ((0.5, 0, 0), "three 0-255"), (None, "not a colour"), (7, "not a colour"),
+                         ("300,0,0", "three 0-255")):
         with pytest.raises(ValueError, match=message):
             parse_color(bad)
 

@@ -42,6 +42,10 @@ DEFAULT = parse_directives("noai,noimageai,noindex,noimageindex")
     (["googlebot: noindex"], None),  # for another agent
     (["unavailable_after: 25 Jun 2010 15:00:00 PST"], None),  # a directive with a value
     (["nofollow, noarchive"], None),
+    (["noindex, unavailable_after: 25 Jun 2010 15:00:00 PST"], "noindex, unavailable_after: 25 Jun 2010 15:00:00 PST"),
+    (["max-image-preview:large, noai"], "max-image-preview:large, noai"),  # a valued directive first
+    (["none"], "none"),  # noindex, nofollow
+    (["googlebot: none"], None),
     ([], None),
 ])
 def test_opt_out_directives_for_all_agents_or_ours(values: list[str], refused: str | None) -> None:
@@ -57,8 +61,9 @@ def test_an_empty_setting_turns_the_check_off() -> None:
 def test_user_agent_says_who_crawls_and_how_to_reach_them() -> None:
     assert user_agent("") == f"openimages-crawler/{__version__} (+https://github.com/openimages-crawler/openimages-crawler)"
     assert user_agent("ml-data@example.org").endswith("; ml-data@example.org)")
-    with pytest.raises(UsageError, match="OPENIMAGES_CONTACT"):
-        user_agent("me (at) example.org")
+    for bad in ("me (at) example.org", "ops@example.org\x00", "ops@exämple.org\x7f"):
+        with pytest.raises(UsageError, match="OPENIMAGES_CONTACT"):
+            user_agent(bad)
 
 
 def test_a_user_agent_given_wins_over_ours() -> None:
@@ -84,7 +89,7 @@ def test_opted_out_is_final_and_policy_reasons_are_not_transient() -> None:
     (SizeFilter(min_side=49), "shorter side 48 under OPENIMAGES_MIN_IMAGE_SIDE (49)"),
     (SizeFilter(max_area=64 * 48), None),
     (SizeFilter(max_area=64 * 48 - 1), "3072 pixels over OPENIMAGES_MAX_IMAGE_AREA (3071)"),
-    (SizeFilter(max_aspect_ratio=64 / 48), None),
+    (SizeFilter(max_aspect_ratio=1.3334), None),  # 64/48 = 1.3333...: the exact edge is the 115x100 test
     (SizeFilter(max_aspect_ratio=1.33), "aspect ratio 1.33 over OPENIMAGES_MAX_ASPECT_RATIO (1.33)"),
     (SizeFilter(), None),
 ])
@@ -95,6 +100,11 @@ def test_each_filter_keeps_its_edge(keep: SizeFilter, refused: str | None) -> No
         assert outcome.ok, outcome.details
     else:
         assert outcome.reason == "filtered" and outcome.details == f"64x48: {refused}"
+
+
+def test_a_ratio_exactly_at_the_limit_is_kept_whatever_floats_say() -> None:
+    body = encoded(photo(115, 100, 3), "JPEG", quality=90)  # 1.15 * 100 is 114.99999999999999 in floats
+    assert process_image(body, Expected(), [], max_pixels=10**7, keep=SizeFilter(max_aspect_ratio=1.15)).ok
 
 
 def test_a_filter_applies_to_the_upright_sides_whatever_the_turn() -> None:
@@ -184,3 +194,17 @@ def test_opt_outs_are_recorded_once_the_agent_names_its_contact_and_filters_keep
         assert outcomes(store) == found
     finally:
         server.close()
+
+
+def test_processes_left_out_counts_add_up_in_the_run_figures() -> None:
+    """A multi-process run's summary sums each process's left-out rows, apart from its failures."""
+    from openimages_crawler.monitor.progress import Counts
+    from openimages_crawler.monitor.status import PartStatus, set_counts, total_counts
+
+    records = []
+    for part, left_out in (("1of2", {"opted_out": 2}), ("2of2", {"opted_out": 1, "filtered": 3})):
+        record = PartStatus(part=part)
+        set_counts(record, Counts(time=1.0, done=7, ok=1, failed=0, left_out=left_out), {})
+        records.append(PartStatus(**json.loads(record.encode())))  # as read back from the store
+    summed = total_counts(records, 2.0)
+    assert summed.left_out == {"opted_out": 3, "filtered": 3} and summed.failed == 0 and summed.omitted == 6

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
@@ -53,7 +54,8 @@ _READ_SETTINGS = (
     "OPENIMAGES_DOWNLOAD_300K", "OPENIMAGES_RESIZE", "OPENIMAGES_RESIZED_DIR", "OPENIMAGES_RESIZE_MODE",
     "OPENIMAGES_RESIZE_SIZE", "OPENIMAGES_RESAMPLE", "OPENIMAGES_RESIZE_FORMAT", "OPENIMAGES_RESIZE_QUALITY",
     "OPENIMAGES_RESIZE_CONTAINER", "OPENIMAGES_ORIGINALS_CONTAINER", "OPENIMAGES_SHARD_SIZE",
-    "OPENIMAGES_OUTPUTS", "OPENIMAGES_PAD_COLOR",
+    "OPENIMAGES_OUTPUTS", "OPENIMAGES_PAD_COLOR", "OPENIMAGES_DISALLOWED_DIRECTIVES", "OPENIMAGES_HASHES",
+    "OPENIMAGES_MIN_IMAGE_SIDE", "OPENIMAGES_MAX_IMAGE_AREA", "OPENIMAGES_MAX_ASPECT_RATIO",
 )
 
 
@@ -267,8 +269,10 @@ def _size_filter(settings: BaseSettings) -> SizeFilter:
             values[name] = float(settings[name] or 0)
         except (TypeError, ValueError):
             raise UsageError(f"{name}={settings[name]!r} is not a number") from None
-        if values[name] < 0 or values[name] != values[name]:
-            raise UsageError(f"{name}={settings[name]!r} must be 0 (off) or more")
+        if not math.isfinite(values[name]) or values[name] < 0:
+            raise UsageError(f"{name}={settings[name]!r} must be 0 (off) or a positive number")
+        if name != "OPENIMAGES_MAX_ASPECT_RATIO" and not values[name].is_integer():
+            raise UsageError(f"{name}={settings[name]!r} is not a whole number of pixels")
     ratio = values["OPENIMAGES_MAX_ASPECT_RATIO"]
     if 0 < ratio < 1:
         raise UsageError(f"OPENIMAGES_MAX_ASPECT_RATIO={ratio:g}: a ratio of the longer side to the shorter is 1 "

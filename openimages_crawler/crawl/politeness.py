@@ -17,6 +17,8 @@ from scrapy.settings import SETTINGS_PRIORITIES, BaseSettings
 
 from openimages_crawler import __version__
 
+# X-Robots-Tag directives that take a value after a colon (not an agent's name).
+_VALUED = frozenset({"unavailable_after", "max-snippet", "max-image-preview", "max-video-preview"})
 # How the crawl names itself in its user agent, and the token X-Robots-Tag names it by.
 AGENT_TOKEN = "openimages-crawler"
 PROJECT_URL = "https://github.com/openimages-crawler/openimages-crawler"
@@ -25,7 +27,7 @@ PROJECT_URL = "https://github.com/openimages-crawler/openimages-crawler"
 def user_agent(contact: str) -> str:
     """``openimages-crawler/{version} (+{project}; {contact})``: who crawls, and how to reach them."""
     contact = " ".join(contact.split())  # one line, whatever the setting holds
-    if any(character in contact for character in "()\r\n"):
+    if any(character in contact for character in "()") or not contact.isprintable() or not contact.isascii():
         raise UsageError(f"OPENIMAGES_CONTACT={contact!r}: give a URL or an e-mail address (no parentheses)")
     return f"{AGENT_TOKEN}/{__version__} (+{PROJECT_URL}" + (f"; {contact})" if contact else ")")
 
@@ -52,15 +54,25 @@ def parse_directives(value: object) -> frozenset[str]:
 
 
 def opt_out(values: Iterable[str], disallowed: frozenset[str], token: str = AGENT_TOKEN) -> str | None:
-    """The ``X-Robots-Tag`` value that opts the image out of this crawl, or ``None``."""
+    """The ``X-Robots-Tag`` value that opts the image out of this crawl, or ``None``.
+
+    A value is a comma-separated list of directives, for every agent, or for
+    one when it starts ``agent:`` (a first item holding a colon whose head is
+    not a directive that takes a value, such as ``max-image-preview:large``);
+    a directive's own ``:value`` is not part of its name, and ``none`` means
+    ``noindex, nofollow`` (Google's definition)."""
     if not disallowed:
         return None
     for value in values:
-        agent, colon, directives = value.partition(":")
-        if not colon:
-            directives = value  # for every agent
-        elif agent.strip().lower() != token:
-            continue  # for another agent (or a directive with a value, such as unavailable_after)
-        if any(directive.strip().lower() in disallowed for directive in directives.split(",")):
+        items = value.split(",")
+        head, colon, rest = items[0].partition(":")
+        if colon and head.strip().lower() not in _VALUED and " " not in head.strip():
+            if head.strip().lower() != token:
+                continue  # for another agent
+            items[0] = rest
+        names = {item.partition(":")[0].strip().lower() for item in items}
+        if "none" in names:
+            names |= {"noindex", "nofollow"}
+        if names & disallowed:
             return value.strip()
     return None

@@ -165,10 +165,17 @@ class CrawlRun:
         none in a store whose results files were written before they existed (they
         keep their columns: its rows are recorded without them, said once)."""
         wanted = (*IMAGE_SIZE_COLUMNS, *self.config.hashes)
+        clash = [column for column in wanted if column in self.input_header]
+        if clash:
+            raise MetadataError(f"the metadata has the columns {', '.join(clash)}, which the results record "
+                                "themselves: rename them in the metadata (or drop them from OPENIMAGES_HASHES)")
         for kind, patterns in self.files.items():
             for path in all_results(patterns):
                 found = read_csv_header(path)
                 if found and found == self.input_header + (list(FAILURE_COLUMNS) if kind == "failure" else []):
+                    if self.config.hashes:
+                        raise MetadataError(f"{path} predates the results' own columns: OPENIMAGES_HASHES cannot "
+                                            "be recorded in this store; use another IMAGES_STORE, or drop it")
                     logger.warning("%s predates the columns %s: this store's results do not record them "
                                    "(a new store does)", path, ", ".join(wanted))
                     return ()

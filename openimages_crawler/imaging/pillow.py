@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import re
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -26,6 +27,9 @@ DEFAULT_PAD_COLOR: Final = (0, 0, 0)
 # No ShortSide output side is longer (JPEG's limit; WebP's is 16,383): enlarging a very
 # long, thin image would otherwise make a huge output (``resize`` refuses it).
 MAX_OUTPUT_SIDE: Final = 65_500
+MAX_WEBP_SIDE: Final = 16_383
+# Nor has more pixels (an enlarged output is held whole in a worker: 40 MP is 120 MB of RGB).
+MAX_OUTPUT_PIXELS: Final = 40_000_000
 
 RESAMPLE_FILTERS: Final[dict[str, Image.Resampling]] = {
     "lanczos": Image.Resampling.LANCZOS,
@@ -138,6 +142,8 @@ def parse_color(value: object) -> tuple[int, int, int]:
         return (value[0], value[1], value[2])
     if not isinstance(value, str):
         raise ValueError(f"{value!r} is not a colour")  # noqa: TRY004 - a bad setting, as a bad name
+    if re.fullmatch(r"\s*\d{1,3}\s*,\s*\d{1,3}\s*,\s*\d{1,3}\s*", value):  # -s OPENIMAGES_PAD_COLOR=124,116,104
+        return parse_color([int(part) for part in value.split(",")])
     try:
         rgb = ImageColor.getrgb(value.strip())
     except ValueError:
@@ -387,8 +393,9 @@ def resize(image: Image.Image, spec: ResizeSpec, *, reducing_gap: float | None =
     Pillow box-reduce by an integer factor first while keeping that factor
     above the output; ``None`` is a plain resize. FitPad pastes ShrinkToFit's
     image into a ``size`` square of ``spec.pad_color`` at ``content_box``;
-    ShortSide enlarges an image whose shorter side is under ``size`` (a
-    ValueError when its longer side would pass ``MAX_OUTPUT_SIDE``).
+    ShortSide enlarges an image whose shorter side is under ``size``
+    (``too_large`` when the output would pass ``MAX_OUTPUT_SIDE``, WebP's
+    side or ``MAX_OUTPUT_PIXELS``).
     """
     resample = RESAMPLE_FILTERS[spec.resample]
     width, height = full_size(image)
@@ -400,9 +407,11 @@ def resize(image: Image.Image, spec: ResizeSpec, *, reducing_gap: float | None =
         return padded
     if spec.mode in ("ShrinkToFit", "ShortSide"):
         size = target_size(width, height, spec)
-        if spec.mode == "ShortSide" and max(size) > MAX_OUTPUT_SIDE:
-            raise ValueError(f"{spec.mode} {spec.size} of a {width}x{height} image would be {size[0]}x{size[1]}, "
-                             f"over the largest output side ({MAX_OUTPUT_SIDE})")
+        longest = MAX_WEBP_SIDE if spec.format == "webp" else MAX_OUTPUT_SIDE
+        if spec.mode == "ShortSide" and (max(size) > longest or size[0] * size[1] > MAX_OUTPUT_PIXELS):
+            raise ImageRejected(TOO_LARGE, f"{spec.mode} {spec.size} of a {width}x{height} image would be "
+                                f"{size[0]}x{size[1]}, over the largest output ({longest} px a side, "
+                                f"{MAX_OUTPUT_PIXELS:,} pixels)")
         if size == image.size:
             return image
         return image.resize(size, resample, reducing_gap=reducing_gap)

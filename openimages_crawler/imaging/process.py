@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+from fractions import Fraction
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -50,7 +51,7 @@ class SizeFilter:
             return f"{width}x{height}: shorter side {short} under OPENIMAGES_MIN_IMAGE_SIDE ({self.min_side})"
         if self.max_area and width * height > self.max_area:
             return f"{width}x{height}: {width * height} pixels over OPENIMAGES_MAX_IMAGE_AREA ({self.max_area})"
-        if self.max_aspect_ratio and long > self.max_aspect_ratio * short:
+        if self.max_aspect_ratio and Fraction(long, short) > Fraction(str(self.max_aspect_ratio)):
             return (f"{width}x{height}: aspect ratio {long / short:.3g} over OPENIMAGES_MAX_ASPECT_RATIO "
                     f"({self.max_aspect_ratio:g})")
         return None
@@ -146,6 +147,8 @@ def process_image(
         if specs:
             outputs, geometry = resized_images(image, specs, reducing_gap=REDUCING_GAP if fast else None,
                                                rotation=rotation)
+    except ImageRejected as exc:  # an output too large to make
+        return Outcome(exc.reason, exc.details)
     except (OSError, ValueError) as exc:
         return Outcome(CORRUPT, f"{image.format} could not be converted: {exc}")
     finally:

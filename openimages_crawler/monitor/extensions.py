@@ -160,6 +160,8 @@ class RunReport:
         if not isinstance(item, SuccessRow | FailureRow):
             return
         host = result_host(item)
+        if isinstance(item, FailureRow) and item.reason in POLICY_REASONS:
+            return  # not a host's failure: the crawl chose to leave the image out
         if isinstance(item, FailureRow):
             self.hosts.add(host, item.reason)
             self.failures.appendleft(failure_entry(item))

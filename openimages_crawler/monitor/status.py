@@ -320,8 +320,10 @@ def total_counts(records: list[PartStatus], time: float) -> Counts:
     """The figures of several processes as one (``time``: the supervisor's clock)."""
     parts = [record.figures() for record in records]
     failures: Counter[str] = Counter()
+    left_out: Counter[str] = Counter()
     for counts in parts:
         failures.update(counts.failures)
+        left_out.update(counts.left_out)
     totals = [counts.total for counts in parts]
     return Counts(
         time=time,
@@ -331,6 +333,7 @@ def total_counts(records: list[PartStatus], time: float) -> Counts:
         bytes_in=sum(c.bytes_in for c in parts),
         bytes_out=sum(c.bytes_out for c in parts),
         failures=dict(failures),
+        left_out=dict(left_out),
         downloading=sum(c.downloading or 0 for c in parts),
         working=sum(c.working for c in parts),
         total=sum(t for t in totals if t is not None) if totals and None not in totals else None,
