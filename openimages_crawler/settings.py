@@ -159,7 +159,7 @@ SCRAPER_SLOT_MAX_ACTIVE_SIZE = 64 * 1024 * 1024
 # Threads for DNS lookups and file reads.
 REACTOR_THREADPOOL_MAXSIZE = 20
 # How to reach whoever runs the crawl (a URL or an e-mail address), in the user agent every
-# request sends: openimages-crawler/{version} (+{project page}; {contact}); empty: none.
+# request sends: openimages-crawler/{version} (+{contact}); empty: the name and version only.
 # -s USER_AGENT=... replaces the whole agent.
 OPENIMAGES_CONTACT = ""
 # X-Robots-Tag directives (for all agents, or for "openimages-crawler:") that keep an image

@@ -59,8 +59,8 @@ def test_an_empty_setting_turns_the_check_off() -> None:
 
 
 def test_user_agent_says_who_crawls_and_how_to_reach_them() -> None:
-    assert user_agent("") == f"openimages-crawler/{__version__} (+https://github.com/openimages-crawler/openimages-crawler)"
-    assert user_agent("ml-data@example.org").endswith("; ml-data@example.org)")
+    assert user_agent("") == f"openimages-crawler/{__version__}"
+    assert user_agent("ml-data@example.org") == f"openimages-crawler/{__version__} (+ml-data@example.org)"
     for bad in ("me (at) example.org", "ops@example.org\x00", "ops@exämple.org\x7f"):
         with pytest.raises(UsageError, match="OPENIMAGES_CONTACT"):
             user_agent(bad)
@@ -183,8 +183,7 @@ def test_opt_outs_are_recorded_once_the_agent_names_its_contact_and_filters_keep
         assert recorded == {image_id: row["sha256"] for image_id, row in stored.items()}
         assert str(widths["0000000000000005"]) == "300"
         agents = set(server.counter.user_agents)
-        assert agents == {f"openimages-crawler/{__version__} (+https://github.com/openimages-crawler/"
-                          "openimages-crawler; https://example.org/crawl-contact)"}
+        assert agents == {f"openimages-crawler/{__version__} (+https://example.org/crawl-contact)"}
         assert "6 rows accounted: 3 stored, 0 failed, 3 left out" in done.stderr
         assert "left out (not errors): opted_out 2, filtered 1" in done.stderr
         before = sum(server.counter.requests.values())

@@ -21,15 +21,15 @@ from openimages_crawler import __version__
 _VALUED = frozenset({"unavailable_after", "max-snippet", "max-image-preview", "max-video-preview"})
 # How the crawl names itself in its user agent, and the token X-Robots-Tag names it by.
 AGENT_TOKEN = "openimages-crawler"
-PROJECT_URL = "https://github.com/openimages-crawler/openimages-crawler"
 
 
 def user_agent(contact: str) -> str:
-    """``openimages-crawler/{version} (+{project}; {contact})``: who crawls, and how to reach them."""
+    """``openimages-crawler/{version} (+{contact})``: who crawls, and how to reach them
+    (the project has no page of its own to name: the contact is the crawl's runner)."""
     contact = " ".join(contact.split())  # one line, whatever the setting holds
     if any(character in contact for character in "()") or not contact.isprintable() or not contact.isascii():
         raise UsageError(f"OPENIMAGES_CONTACT={contact!r}: give a URL or an e-mail address (no parentheses)")
-    return f"{AGENT_TOKEN}/{__version__} (+{PROJECT_URL}" + (f"; {contact})" if contact else ")")
+    return f"{AGENT_TOKEN}/{__version__}" + (f" (+{contact})" if contact else "")
 
 
 def crawl_user_agent(settings: BaseSettings) -> str:
