@@ -10,6 +10,7 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -169,13 +170,7 @@ def _metadata(tmp_path: Path) -> Path:
 
 @pytest.mark.e2e
 def test_a_misspelled_setting_stops_the_crawl_before_anything_is_written(tmp_path: Path) -> None:
-    store = tmp_path / "store"
-    command = crawl_command(_metadata(tmp_path), store, {"OPENIMAGES_RESIZE_SIZ": "300"})
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 2, done.stderr[-3000:]
-    assert _one_error_line(done.stderr) == (
-        "ERROR: unknown setting OPENIMAGES_RESIZE_SIZ; did you mean OPENIMAGES_RESIZE_SIZE?")
-    assert not store.exists()
+    _crawl_refused(tmp_path, {"OPENIMAGES_RESIZE_SIZ": "300"}, os.environ)
 
 
 @pytest.mark.e2e
@@ -183,11 +178,15 @@ def test_a_misspelled_setting_in_a_settings_module_from_the_environment_stops_th
     """SCRAPY_SETTINGS_MODULE (the environment's way to a settings module) naming a module with a typo."""
     (tmp_path / "typo_settings.py").write_text("from openimages_crawler.settings import *  # noqa: F403\n"
                                                "OPENIMAGES_RESIZE_SIZ = 300\n")
+    _crawl_refused(tmp_path, {}, {**os.environ, "SCRAPY_SETTINGS_MODULE": "typo_settings",
+                                   "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)])})
+
+
+def _crawl_refused(tmp_path: Path, settings: dict[str, str], environment: Mapping[str, str]) -> None:
+    """The crawl stops with exit 2 and one line naming OPENIMAGES_RESIZE_SIZE, writing nothing."""
     store = tmp_path / "store"
-    environment = {**os.environ, "SCRAPY_SETTINGS_MODULE": "typo_settings",
-                   "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)])}
-    command = crawl_command(_metadata(tmp_path), store)
-    done = subprocess.run(command, cwd=ROOT, env=environment, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(crawl_command(_metadata(tmp_path), store, settings), cwd=ROOT, env=dict(environment),
+                          capture_output=True, text=True, timeout=120)
     assert done.returncode == 2, done.stderr[-3000:]
     assert _one_error_line(done.stderr) == (
         "ERROR: unknown setting OPENIMAGES_RESIZE_SIZ; did you mean OPENIMAGES_RESIZE_SIZE?")
