@@ -10,7 +10,6 @@ import csv
 import hashlib
 import io
 import json
-import threading
 import zipfile
 from pathlib import Path
 
@@ -27,13 +26,11 @@ from openimages_crawler.dataset.annotations import (
 from openimages_crawler.dataset.catalogue import ANNOTATION_KINDS, VERSIONS, RemoteFile
 from openimages_crawler.dataset.fetch import MetadataFetcher
 from openimages_crawler.dataset.masks import MAX_MASK_BYTES, MaskArchives, mask_name_ok
-from openimages_crawler.dataset.rows import MetadataError
 from openimages_crawler.job.arguments import ArgumentError, CrawlArguments
 from openimages_crawler.job.prepare import MetadataOptions, prepare, selection_of
 from openimages_crawler.testing.mirror import Route
 from tests.conftest import outcomes
 from tests.test_classes import (  # noqa: F401
-    SPLITS,
     SampleMirror,
     annotation_lines,
     crawl,

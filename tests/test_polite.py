@@ -38,7 +38,7 @@ DEFAULT = parse_directives("noai,noimageai,noindex,noimageindex")
     (["nofollow, NoImageIndex"], "nofollow, NoImageIndex"),  # any one of a list, any case
     (["nofollow", "noimageai"], "noimageai"),  # the header given twice
     ([f"{AGENT_TOKEN}: noai"], f"{AGENT_TOKEN}: noai"),  # for this crawl's agent
-    ([f"OpenImages-Crawler: noindex"], "OpenImages-Crawler: noindex"),
+    (["OpenImages-Crawler: noindex"], "OpenImages-Crawler: noindex"),
     (["googlebot: noindex"], None),  # for another agent
     (["unavailable_after: 25 Jun 2010 15:00:00 PST"], None),  # a directive with a value
     (["nofollow, noarchive"], None),

@@ -16,7 +16,6 @@ from openimages_crawler.imaging.pillow import ResizeSpec
 from openimages_crawler.imaging.placement import placed_annotations
 from openimages_crawler.imaging.process import Expected, Outcome, process_image
 from openimages_crawler.outputs.containers import Annotations, PackSink
-from openimages_crawler.outputs.sinks import OutputSink
 
 if TYPE_CHECKING:
     from openimages_crawler.checkpoint.planner import RowPlan

@@ -16,7 +16,6 @@ Pure functions, no Scrapy.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from PIL import Image
 
